@@ -1,0 +1,16 @@
+"""icmix: in-context learning of latent mixture models.
+
+The flow of the library: tasks -> predictors (estimators, trained and constructed
+transformers) -> metrics -> experiments -> figures.
+
+- ``icmix.tasks``: ``MTDTask``.
+- ``icmix.estimators.mtd``: ``mirror_descent``, ``em``, ``bayes_exact``, ``bayes_gibbs``, ``predictive``.
+- ``icmix.metrics``: ``kl_divergence``, ``mean_ci``.
+- ``icmix.evaluate``: estimators x lengths -> tidy table, with step-size tuning.
+- ``icmix.experiments``: one module per paper figure (``compute`` -> table, ``draw`` -> figure).
+"""
+
+from icmix.tasks import MTDTask
+
+__version__ = "0.1.0"
+__all__ = ["MTDTask", "__version__"]

@@ -1,0 +1,117 @@
+"""Input validation shared by tasks, estimators and the CLI.
+
+Every public entry point validates its inputs here, once, so that a bad input gets the
+same clear ``ValueError`` wherever it comes in.  Shapes glossary: B batch, T length,
+Q vocabulary, M lags (order), P prefix lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ROW_SUM_ATOL = 1e-6
+
+
+def as_transition(transition, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate a transition matrix and return it as a float tensor ``(Q, Q)``.
+
+    Raises ``ValueError`` if it is not square, has NaN or negative entries, or a row does
+    not sum to 1 (within ``1e-6``).  Integer inputs are promoted to float64.
+    """
+    pi = torch.as_tensor(np.asarray(transition) if not isinstance(transition, Tensor) else transition)
+    if pi.ndim != 2 or pi.shape[0] != pi.shape[1]:
+        raise ValueError(f"transition matrix must be square (Q, Q), got shape {tuple(pi.shape)}")
+    if pi.shape[0] < 2:
+        raise ValueError(f"transition matrix needs a vocabulary of at least 2, got {pi.shape[0]}")
+    if dtype is None:
+        dtype = pi.dtype if pi.is_floating_point() else torch.float64
+    pi = pi.to(dtype)
+    if torch.isnan(pi).any() or torch.isinf(pi).any():
+        raise ValueError("transition matrix has NaN or infinite entries")
+    if (pi < 0).any():
+        i, j = (pi < 0).nonzero()[0].tolist()
+        raise ValueError(f"transition matrix has a negative entry: pi[{i}, {j}] = {pi[i, j].item():.3g}")
+    row_sums = pi.sum(dim=1)
+    bad = (row_sums - 1).abs() > ROW_SUM_ATOL
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"transition matrix is not row-stochastic: row {i} sums to {row_sums[i].item():.6g} "
+            f"(every row must sum to 1 within {ROW_SUM_ATOL})"
+        )
+    return pi
+
+
+def check_order(order: int, length: int | None = None) -> int:
+    """Validate the MTD order ``m`` (number of lags), and ``m < length`` if a length is given."""
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
+        raise ValueError(f"order must be an integer, got {order!r}")
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if length is not None and order >= length:
+        raise ValueError(
+            f"order must be smaller than the sequence length: order={order} >= length={length} "
+            "(the first `order` tokens have no full lag history, so nothing can be estimated)"
+        )
+    return int(order)
+
+
+def as_tokens(tokens, vocab_size: int, order: int) -> Tensor:
+    """Validate a token batch and return it as int64 ``(B, T)``.
+
+    Raises ``ValueError`` for a shape other than ``(B, T)``, non-integer values, tokens
+    outside ``[0, vocab_size)``, or ``order >= T``.
+    """
+    t = tokens if isinstance(tokens, Tensor) else torch.as_tensor(np.asarray(tokens))
+    if t.ndim != 2:
+        raise ValueError(
+            f"tokens must have shape (B, T), got {tuple(t.shape)}; wrap a single sequence as tokens[None]"
+        )
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError("tokens must be integers")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"tokens must be integers, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if t.shape[0] == 0:
+        raise ValueError("tokens has an empty batch")
+    check_order(order, t.shape[1])
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"tokens must lie in [0, {vocab_size}) for this transition matrix, found range [{lo}, {hi}]")
+    return t
+
+
+def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int) -> list[int]:
+    """Resolve the prefix lengths to evaluate: ``None`` (the full sequence), ``"all"``
+    (every prefix with at least one lag-complete transition, ``order+1 .. T``) or a list."""
+    if lengths is None:
+        return [length]
+    if isinstance(lengths, str):
+        if lengths != "all":
+            raise ValueError(f"lengths must be None, 'all' or a list of ints, got {lengths!r}")
+        return list(range(order + 1, length + 1))
+    out = [int(x) for x in lengths]
+    if not out:
+        raise ValueError("lengths is empty")
+    for x in out:
+        if x > length:
+            raise ValueError(f"prefix length {x} exceeds the sequence length {length}")
+        check_order(order, x)
+    return out
+
+
+def check_positive(name: str, value: float) -> float:
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -1,0 +1,283 @@
+"""The Bayes-optimal lag weights: the posterior mean of ``lam`` under a Dirichlet prior (SPEC §1).
+
+The next-token predictive is linear in ``lam``, so the Bayes-optimal predictor plugs in the
+posterior mean.  Prior and likelihood are not conjugate; two routes are provided.
+
+**Exact** (``bayes_exact``).  Expanding the likelihood,
+``prod_t sum_g lam_g c_tg = sum_n A_n lam^n`` over lag-count vectors ``n`` with ``|n| = N``.
+Under the Dirichlet(alpha) prior the latent lags ``Z_t`` form a Pólya urn, so
+
+    P(y, counts = n) = sum over lag paths of prod_t c_{t, Z_t} (n^{(t-1)}_{Z_t} + alpha) / (t - 1 + M alpha),
+
+a dynamic programme over t whose state is the count vector so far.  The posterior over
+counts gives ``E[lam_g | y] = sum_n P(n | y) (n_g + alpha) / (N + M alpha)``.
+
+Numerics: the state is the *normalised* posterior over counts, with its log normaliser
+(the log evidence) accumulated separately — the log-space DP with a shift per step.  The
+recursion only adds non-negative terms, so every state keeps full relative precision; a
+state whose posterior mass is below ~1e-308 of the total underflows to zero and
+contributes nothing representable to the mean.  No Monte-Carlo noise.
+
+The state lives on a dense grid of the first ``M - 1`` counts (the last is ``t - sum``),
+``(N + 1)^(M-1)`` cells, and step t only touches the cells with counts ``<= t``.  Cost per
+sequence is about ``N^M / M`` multiply-adds; practical limits with the default budget
+(``max_work = 2**28`` per sequence, ``max_states = 2**22``) are
+
+    M = 2: N <= 23,000;  M = 3: N <= 930;  M = 4: N <= 180;  M = 5: N <= 75;  M = 6: N <= 43,
+
+and beyond them ``bayes_exact`` refuses and points to ``bayes_gibbs``.  For M = 3 and
+length 256 one sequence takes about 20 ms on one CPU core.
+
+**Gibbs** (``bayes_gibbs``): alternate ``Z_t | lam ~ Categorical(r_t)`` and
+``lam | Z ~ Dirichlet(alpha + counts(Z))``, vectorised over sequences and prefixes, and
+average the Rao-Blackwellised ``E[lam | Z] = (alpha + counts) / (N + M alpha)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from icmix._checks import check_positive, check_positive_int
+from icmix.estimators.mtd.evidence import LagEvidence, lag_evidence, squeeze_prefixes
+from icmix.random import categorical, dirichlet, make_generator
+
+MAX_WORK = 1 << 28
+MAX_STATES = 1 << 22
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def exact_cost(order: int, n_rows: int) -> tuple[int, int]:
+    """``(states, work)`` of the exact DP for one sequence with ``n_rows`` transitions."""
+    k = order - 1
+    states = (n_rows + 1) ** k
+    work = sum((t + 1) ** k for t in range(1, n_rows + 1)) * order
+    return states, work
+
+
+def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Run the count DP on ``c (B, N, M)`` and read the posterior mean after ``record`` rows.
+
+    Returns ``(mean (B, P, M), log_evidence (B, P))``.
+    """
+    b, n_max, m = c.shape
+    k = m - 1
+    dtype, device = c.dtype, c.device
+    want = {n: i for i, n in enumerate(record)}
+    mean = torch.empty(b, len(record), m, dtype=dtype, device=device)
+    log_ev = torch.empty(b, len(record), dtype=dtype, device=device)
+    log_z = torch.zeros(b, dtype=dtype, device=device)
+    grid = torch.zeros((b,) + (n_max + 1,) * k, dtype=dtype, device=device)
+    grid[(slice(None),) + (0,) * k] = 1.0
+    ar = torch.arange(n_max + 1, dtype=dtype, device=device)
+
+    def along(vec: Tensor, axis: int) -> Tensor:  # vec (L,) -> shape broadcastable on grid axis `axis`
+        shape = [1] * (k + 1)
+        shape[axis + 1] = vec.shape[0]
+        return vec.view(shape)
+
+    # count_sum[n] = sum of the explicit counts of cell n; the implicit last lag has
+    # old count (t - 1) - count_sum when the new state is n.
+    count_sum = sum((along(ar, a) for a in range(k)), torch.zeros((1,) * (k + 1), dtype=dtype, device=device))
+    bshape = (b,) + (1,) * k
+    for t in range(1, n_max + 1):
+        window = (slice(None),) + (slice(0, t + 1),) * k
+        old = grid[window]
+        last = (t - 1 + alpha - count_sum[window]).clamp_min_(0)
+        ct = c[:, t - 1]  # (B, M)
+        new = old * last
+        new.mul_(ct[:, m - 1].view(bshape))
+        for a in range(k):
+            fac = along(ar[:t] + alpha, a) * ct[:, a].view(bshape)
+            new.narrow(a + 1, 1, t).addcmul_(old.narrow(a + 1, 0, t), fac)
+        z = new.sum(dim=tuple(range(1, k + 1)))
+        new.div_(z.view(bshape))
+        log_z += z.log() - math.log(t - 1 + m * alpha)
+        grid[window] = new
+        if t in want:
+            i = want[t]
+            counts = [(new * along(ar[: t + 1], a)).sum(dim=tuple(range(1, k + 1))) for a in range(k)]
+            counts.append(t - sum(counts, torch.zeros(b, dtype=dtype, device=device)))
+            mean[:, i] = (torch.stack(counts, -1) + alpha) / (t + m * alpha)
+            log_ev[:, i] = log_z
+    return mean, log_ev
+
+
+def bayes_exact(
+    tokens,
+    transition,
+    order: int,
+    alpha: float = 1.0,
+    lengths: Sequence[int] | str | None = None,
+    return_log_evidence: bool = False,
+    max_work: int = MAX_WORK,
+    max_states: int = MAX_STATES,
+):
+    """Exact posterior mean of the lag weights under a Dirichlet(alpha) prior.
+
+    Args:
+        tokens: int ``(B, T)``; transition ``(Q, Q)``; order M.
+        alpha: Dirichlet concentration (> 0).
+        lengths: ``None`` -> ``(B, M)`` from the full sequence; a list or ``"all"`` ->
+            ``(B, P, M)``, one per prefix.  One DP pass serves every prefix.
+        return_log_evidence: also return ``log P(y_{M+1..L} | y_{1..M})``, ``(B,)`` or ``(B, P)``.
+        max_work, max_states: refuse beyond this DP size per sequence (see module docs).
+
+    Raises:
+        ValueError: bad inputs, or a problem too large for the exact DP.
+    """
+    alpha = check_positive("alpha", alpha)
+    ev = lag_evidence(tokens, transition, order, lengths)
+    b, n_max, m = ev.c.shape
+    record = [L - m for L in ev.lengths]
+    if m == 1:
+        mean = torch.ones(b, len(record), 1, dtype=ev.c.dtype)
+        log_ev = ev.log_likelihood(mean)
+    else:
+        states, work = exact_cost(m, n_max)
+        if states > max_states or work > max_work:
+            raise ValueError(
+                f"exact Bayes is impractical for order={m} and {n_max} transitions "
+                f"({states:,} states, {work:.2e} operations per sequence; limits {max_states:,} and {max_work:.2e}). "
+                "Use bayes_gibbs, or raise max_work/max_states."
+            )
+        uniq = sorted(set(record))
+        step = max(1, _CHUNK_ELEMENTS // states)
+        means, logs = [], []
+        for start in range(0, b, step):
+            mu, le = _count_posterior_dp(ev.c[start : start + step], alpha, uniq)
+            means.append(mu)
+            logs.append(le)
+        pos = torch.tensor([uniq.index(r) for r in record])
+        mean = torch.cat(means)[:, pos]
+        log_ev = torch.cat(logs)[:, pos]
+    mean = squeeze_prefixes(mean, lengths)
+    if return_log_evidence:
+        return mean, squeeze_prefixes(log_ev, lengths)
+    return mean
+
+
+@dataclass(frozen=True)
+class GibbsState:
+    """Gibbs chain state.  ``lam (B, P, M)`` current draw; ``rb_sum``/``rb_sq`` running sums
+    of the Rao-Blackwellised estimate over kept draws; ``batch_sums (K, B, P, M)`` the same
+    per contiguous batch of draws (for batch-means standard errors)."""
+
+    lam: Tensor
+    step: int
+    rb_sum: Tensor
+    rb_sq: Tensor
+    batch_sums: Tensor
+    kept: int
+
+
+class GibbsSampler:
+    """Data-augmentation Gibbs sampler for the lag-weight posterior, exposed step by step.
+
+    Args:
+        evidence: the lag evidence (batch and prefixes).
+        alpha: Dirichlet prior concentration.
+        num_samples, burn_in: kept draws and discarded draws.
+        generator: the only source of randomness.
+        n_batches: contiguous batches for the batch-means standard error.
+    """
+
+    def __init__(self, evidence: LagEvidence, alpha: float, num_samples: int, burn_in: int, generator, n_batches: int = 20):
+        self.evidence = evidence
+        self.alpha = check_positive("alpha", alpha)
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        self.burn_in = check_positive_int("burn_in", burn_in, minimum=0)
+        self.n_batches = max(1, min(n_batches, self.num_samples))
+        self.generator = make_generator(generator)
+        self._mask = evidence.mask.bool()  # (P, N)
+        self._denom = (evidence.n_rows.to(evidence.c.dtype) + evidence.order * self.alpha)[None, :, None]
+
+    def init(self) -> GibbsState:
+        b, _, m = self.evidence.c.shape
+        p = len(self.evidence.lengths)
+        kw = dict(dtype=self.evidence.c.dtype, device=self.evidence.c.device)
+        zeros = torch.zeros(b, p, m, **kw)
+        return GibbsState(
+            lam=torch.full((b, p, m), 1.0 / m, **kw),
+            step=0,
+            rb_sum=zeros,
+            rb_sq=zeros,
+            batch_sums=torch.zeros(self.n_batches, b, p, m, **kw),
+            kept=0,
+        )
+
+    def step(self, state: GibbsState) -> GibbsState:
+        c, m = self.evidence.c, self.evidence.order
+        r = state.lam[:, :, None, :] * c[:, None, :, :]  # (B, P, N, M), unnormalised
+        z = categorical(r, self.generator)  # (B, P, N)
+        onehot = torch.nn.functional.one_hot(z, m).to(c.dtype) * self._mask[None, :, :, None]
+        counts = onehot.sum(2)  # (B, P, M)
+        lam = dirichlet(self.alpha + counts, self.generator)
+        if state.step < self.burn_in:
+            return GibbsState(lam, state.step + 1, state.rb_sum, state.rb_sq, state.batch_sums, state.kept)
+        rb = (counts + self.alpha) / self._denom
+        batch = state.kept * self.n_batches // self.num_samples
+        batch_sums = state.batch_sums.clone()
+        batch_sums[batch] += rb
+        return GibbsState(lam, state.step + 1, state.rb_sum + rb, state.rb_sq + rb * rb, batch_sums, state.kept + 1)
+
+    def readout(self, state: GibbsState) -> Tensor:
+        """``(B, P, M)`` posterior-mean estimate (Rao-Blackwellised average of kept draws)."""
+        if state.kept == 0:
+            raise ValueError("no kept draws yet: run past burn_in")
+        return state.rb_sum / state.kept
+
+    def standard_error(self, state: GibbsState) -> Tensor:
+        """``(B, P, M)`` Monte-Carlo standard error by batch means over ``n_batches`` batches."""
+        sizes = torch.bincount(
+            torch.arange(state.kept) * self.n_batches // self.num_samples, minlength=self.n_batches
+        ).to(state.rb_sum.dtype)
+        full = sizes > 0
+        means = state.batch_sums[full] / sizes[full].view(-1, 1, 1, 1)
+        k = means.shape[0]
+        if k < 2:
+            return torch.full_like(state.rb_sum, float("nan"))
+        return means.std(0, unbiased=True) / math.sqrt(k)
+
+    def effective_sample_size(self, state: GibbsState) -> Tensor:
+        """``(B, P, M)`` ESS = (variance of single draws) / (batch-means standard error)^2."""
+        mean = self.readout(state)
+        var = (state.rb_sq / state.kept - mean * mean).clamp_min(0) * state.kept / max(1, state.kept - 1)
+        se = self.standard_error(state)
+        return var / (se * se).clamp_min(torch.finfo(se.dtype).tiny)
+
+
+def bayes_gibbs(
+    tokens,
+    transition,
+    order: int,
+    alpha: float = 1.0,
+    num_samples: int = 1000,
+    burn_in: int = 200,
+    generator: torch.Generator | int | None = None,
+    lengths: Sequence[int] | str | None = None,
+    return_stderr: bool = False,
+    progress: bool = False,
+):
+    """Posterior-mean lag weights by Gibbs sampling (any order, any length).
+
+    Returns ``(B, M)`` (or ``(B, P, M)`` with ``lengths``); with ``return_stderr`` also the
+    batch-means Monte-Carlo standard error of the same shape.
+    """
+    sampler = GibbsSampler(lag_evidence(tokens, transition, order, lengths), alpha, num_samples, burn_in, generator)
+    state = sampler.init()
+    steps = range(sampler.burn_in + sampler.num_samples)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="gibbs", leave=False)
+    for _ in steps:
+        state = sampler.step(state)
+    mean = squeeze_prefixes(sampler.readout(state), lengths)
+    if return_stderr:
+        return mean, squeeze_prefixes(sampler.standard_error(state), lengths)
+    return mean

@@ -1,0 +1,37 @@
+"""Next-token predictive of an MTD model given lag weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from icmix._checks import as_lengths, as_tokens, as_transition
+
+
+def predictive(tokens, transition, lam, lengths: Sequence[int] | str | None = None) -> Tensor:
+    """``p(y_{L+1} = j) = sum_g lam_g pi[y_{L+1-g}, j]`` after the prefix ``tokens[:, :L]``.
+
+    Args:
+        tokens: int ``(B, T)``; transition ``(Q, Q)``.
+        lam: ``(B, M)`` for the full sequence (``lengths=None``), or ``(B, P, M)`` with one
+            row per prefix length in ``lengths``.
+
+    Returns:
+        ``(B, Q)`` or ``(B, P, Q)`` next-token distributions.
+    """
+    pi = as_transition(transition)
+    lam = torch.as_tensor(lam, dtype=pi.dtype)
+    m = lam.shape[-1]
+    tokens = as_tokens(tokens, pi.shape[0], m)
+    lens = as_lengths(lengths, tokens.shape[1], m)
+    lam3 = lam[:, None] if lengths is None else lam
+    if lam3.ndim != 3 or lam3.shape[:2] != (tokens.shape[0], len(lens)):
+        want = f"({tokens.shape[0]}, {m})" if lengths is None else f"({tokens.shape[0]}, {len(lens)}, {m})"
+        raise ValueError(f"lam must have shape {want}, got {tuple(lam.shape)}")
+    lags = torch.arange(1, m + 1)
+    idx = torch.tensor(lens)[:, None] - lags[None, :]  # (P, M) positions y_{L+1-g} (0-based L-g)
+    src = tokens[:, idx]  # (B, P, M)
+    probs = torch.einsum("bpm,bpmq->bpq", lam3, pi[src])
+    return probs[:, 0] if lengths is None else probs

@@ -1,0 +1,168 @@
+"""Evaluation: predictors x task x prefix lengths -> a tidy table with confidence intervals.
+
+An MTD *predictor* answers one call, ``predict(tokens (B, T), task, lengths) -> (B, P, Q)``:
+the next-token distribution after each prefix ``tokens[:, :L]``, using nothing past it.
+Estimators of the lag weights become predictors through ``LagPredictor``; mirror descent
+with a step size tuned per length is ``TunedMirrorDescent``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from icmix.estimators import mtd as est
+from icmix.metrics import kl_divergence, mean_ci
+from icmix.random import make_generator
+from icmix.tasks import MTDTask
+
+# (tokens, transition, order, lengths) -> lam (B, P, M)
+LagEstimate = Callable[[Tensor, Tensor, int, list[int]], Tensor]
+
+DEFAULT_BETAS = tuple(float(b) for b in np.geomspace(0.05, 500.0, 57))
+
+
+@dataclass
+class LagPredictor:
+    """A predictor that plugs an estimate of the lag weights into the MTD predictive."""
+
+    name: str
+    estimate: LagEstimate
+
+    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        lam = self.estimate(tokens, task.transition, task.order, list(lengths))
+        return est.predictive(tokens, task.transition, lam, list(lengths))
+
+
+@dataclass
+class TunedMirrorDescent:
+    """k-step mirror descent whose step size is grid-searched per length, as the paper does.
+
+    The step size is parameterised as ``eta = beta / (M * N)`` (``N = L - M`` transitions),
+    the scale of Theorem 2 and of the transformer construction.  ``tune`` picks, for each
+    length, the ``beta`` with the lowest mean KL on a *separate* tuning batch; ``predict``
+    then uses it.
+    """
+
+    steps: int = 1
+    betas: Sequence[float] = DEFAULT_BETAS
+    name: str = ""
+    chosen_beta: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = f"MD {self.steps}-step (tuned η)"
+
+    def _eta(self, beta: float | Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        n = torch.tensor(lengths, dtype=torch.float64) - task.order
+        return torch.as_tensor(beta, dtype=torch.float64) / (task.order * n)
+
+    def tune(self, tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> None:
+        lengths = list(lengths)
+        p_true = true_predictive(tokens, lam_true, task, lengths)
+        scores = []
+        for beta in self.betas:
+            lam = est.mirror_descent(tokens, task.transition, task.order, self._eta(beta, task, lengths), self.steps, lengths)
+            p_hat = est.predictive(tokens, task.transition, lam, lengths)
+            scores.append(kl_divergence(p_true, p_hat).mean(0))  # (P,)
+        best = torch.stack(scores).argmin(0)
+        self.chosen_beta = {L: float(self.betas[i]) for L, i in zip(lengths, best.tolist())}
+
+    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        missing = [L for L in lengths if L not in self.chosen_beta]
+        if missing:
+            raise ValueError(f"{self.name}: not tuned for lengths {missing}; call tune() first")
+        beta = torch.tensor([self.chosen_beta[L] for L in lengths], dtype=torch.float64)
+        lam = est.mirror_descent(tokens, task.transition, task.order, self._eta(beta, task, lengths), self.steps, list(lengths))
+        return est.predictive(tokens, task.transition, lam, list(lengths))
+
+
+def true_predictive(tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+    """``(B, P, Q)`` next-token distributions under the sequences' true lag weights."""
+    lam = lam_true[:, None, :].expand(-1, len(lengths), -1)
+    return est.predictive(tokens, task.transition, lam, list(lengths))
+
+
+def standard_mtd_predictors(
+    order: int,
+    alpha: float = 1.0,
+    md_steps: Sequence[int] = (1, 2, 3, 4),
+    gibbs_samples: int = 1000,
+    gibbs_burn_in: int = 200,
+    em_max_iter: int = 2000,
+    seed: int = 0,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    include_gibbs: bool = True,
+) -> list:
+    """The estimators of the paper's Figure 3: exact and Gibbs Bayes, MLE, one-step MD at
+    ``eta = 1/(M+1)`` (Theorem 1) and k-step MD with tuned step sizes."""
+    eta_thm1 = 1.0 / (order + 1)
+    preds: list = [
+        LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, alpha, L)),
+    ]
+    if include_gibbs:
+        preds.append(
+            LagPredictor(
+                "Bayes (Gibbs)",
+                lambda x, pi, m, L: est.bayes_gibbs(
+                    x, pi, m, alpha, gibbs_samples, gibbs_burn_in, make_generator(seed + 7919), L
+                ),
+            )
+        )
+    preds.append(LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, em_max_iter, 1e-8, L)))
+    preds.append(LagPredictor("MD 1-step (η=1/(m+1))", lambda x, pi, m, L: est.mirror_descent(x, pi, m, eta_thm1, 1, L)))
+    preds.extend(TunedMirrorDescent(steps=k, betas=betas) for k in md_steps)
+    return preds
+
+
+def evaluate_mtd(
+    task: MTDTask,
+    predictors: Sequence,
+    lengths: Sequence[int],
+    n_sequences: int,
+    n_tune: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Mean KL(true || predicted) of the next token, per predictor and prefix length.
+
+    One batch of ``n_sequences`` sequences of length ``max(lengths)`` is evaluated at every
+    prefix length; tunable predictors are tuned on a separate batch of ``n_tune``.
+
+    Returns a tidy table with columns ``estimator, length, kl_mean, kl_sem, kl_ci, n, beta, eta``
+    (``kl_ci`` is the 95% Student-t half-width over sequences).
+    """
+    lengths = sorted(int(L) for L in lengths)
+    gen = make_generator(seed)
+    tokens, lam = task.sample(n_sequences, max(lengths), generator=gen)
+    p_true = true_predictive(tokens, lam, task, lengths)
+    tune_set = None
+    rows = []
+    it = predictors
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(predictors, desc=f"evaluate (seed {seed})", leave=False)
+    for pred in it:
+        if progress:
+            it.set_postfix_str(pred.name)
+        beta = {}
+        if hasattr(pred, "tune"):
+            if tune_set is None:
+                tune_set = task.sample(n_tune, max(lengths), generator=gen)
+            pred.tune(tune_set[0], tune_set[1], task, lengths)
+            beta = pred.chosen_beta
+        kl = kl_divergence(p_true, pred.predict(tokens, task, lengths))  # (B, P)
+        for j, L in enumerate(lengths):
+            mean, sem, ci = mean_ci(kl[:, j].numpy())
+            b = beta.get(L, np.nan)
+            rows.append(
+                dict(estimator=pred.name, length=L, kl_mean=mean, kl_sem=sem, kl_ci=ci, n=n_sequences,
+                     beta=b, eta=b / (task.order * (L - task.order)))
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,80 @@
+"""Plumbing shared by every experiment: config overrides, seeds, output files."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def apply_overrides(cfg, overrides: list[str] | None):
+    """Return ``cfg`` with ``key=value`` overrides applied (values parsed as Python literals).
+
+    Raises ``ValueError`` for an unknown key or a malformed override; type and range checks
+    are the config's own ``__post_init__``.
+    """
+    if not overrides:
+        return cfg
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in fields:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
+            value = tuple(value) if isinstance(value, list) else (value,)
+        changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def environment() -> dict:
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write a file via a temporary sibling and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: float) -> dict[str, Path]:
+    """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time)."""
+    out = Path(out)
+    paths = {"csv": out / f"{name}.csv", "png": out / f"{name}.png", "json": out / f"{name}.json"}
+    atomic_write(paths["csv"], lambda p: table.to_csv(p, index=False))
+    atomic_write(paths["png"], lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"))
+    meta = {"experiment": name, "config": dataclasses.asdict(cfg), "environment": environment(),
+            "wall_seconds": round(wall_s, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    return paths
