@@ -60,11 +60,12 @@ def check_order(order: int, length: int | None = None) -> int:
     return int(order)
 
 
-def as_tokens(tokens, vocab_size: int, order: int) -> Tensor:
+def as_tokens(tokens, vocab_size: int, order: int, predict_only: bool = False) -> Tensor:
     """Validate a token batch and return it as int64 ``(B, T)``.
 
     Raises ``ValueError`` for a shape other than ``(B, T)``, non-integer values, tokens
-    outside ``[0, vocab_size)``, or ``order >= T``.
+    outside ``[0, vocab_size)``, or ``order >= T``.  With ``predict_only`` (forming a
+    predictive from given lag weights), ``T = order`` is allowed.
     """
     t = tokens if isinstance(tokens, Tensor) else torch.as_tensor(np.asarray(tokens))
     if t.ndim != 2:
@@ -79,14 +80,14 @@ def as_tokens(tokens, vocab_size: int, order: int) -> Tensor:
     t = t.to(torch.int64)
     if t.shape[0] == 0:
         raise ValueError("tokens has an empty batch")
-    check_order(order, t.shape[1])
+    check_order(order, t.shape[1] + int(predict_only))
     lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"tokens must lie in [0, {vocab_size}) for this transition matrix, found range [{lo}, {hi}]")
     return t
 
 
-def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int) -> list[int]:
+def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int, predict_only: bool = False) -> list[int]:
     """Resolve the prefix lengths to evaluate: ``None`` (the full sequence), ``"all"``
     (every prefix with at least one lag-complete transition, ``order+1 .. T``) or a list."""
     if lengths is None:
@@ -101,7 +102,7 @@ def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int) -> 
     for x in out:
         if x > length:
             raise ValueError(f"prefix length {x} exceeds the sequence length {length}")
-        check_order(order, x)
+        check_order(order, x + int(predict_only))
     return out
 
 

@@ -94,7 +94,7 @@ def standard_mtd_predictors(
     md_steps: Sequence[int] = (1, 2, 3, 4),
     gibbs_samples: int = 1000,
     gibbs_burn_in: int = 200,
-    em_max_iter: int = 2000,
+    em_max_iter: int = 5000,
     seed: int = 0,
     betas: Sequence[float] = DEFAULT_BETAS,
     include_gibbs: bool = True,
@@ -114,7 +114,7 @@ def standard_mtd_predictors(
                 ),
             )
         )
-    preds.append(LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, em_max_iter, 1e-8, L)))
+    preds.append(LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, em_max_iter, 1e-7, L)))
     preds.append(LagPredictor("MD 1-step (η=1/(m+1))", lambda x, pi, m, L: est.mirror_descent(x, pi, m, eta_thm1, 1, L)))
     preds.extend(TunedMirrorDescent(steps=k, betas=betas) for k in md_steps)
     return preds

@@ -44,7 +44,7 @@ class Config:
     md_steps: tuple[int, ...] = (1, 2, 3, 4)
     gibbs_samples: int = 1000
     gibbs_burn_in: int = 200
-    em_max_iter: int = 2000
+    em_max_iter: int = 5000
     seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self):
@@ -61,7 +61,8 @@ class Config:
 
 
 PRESETS = {
-    "quick": Config(lengths=(8, 16, 32, 64, 128), n_sequences=400, n_tune=200, gibbs_samples=400, gibbs_burn_in=100),
+    "quick": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=500, n_tune=250, gibbs_samples=500,
+                    gibbs_burn_in=100, seeds=(0, 1, 2)),
     "paper": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=2000, n_tune=1000, gibbs_samples=2000,
                     gibbs_burn_in=500, seeds=(0, 1, 2)),
 }
@@ -94,27 +95,53 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STYLES = {
+    "Bayes (exact)": dict(color="black", lw=2.5),
+    "Bayes (Gibbs)": dict(color="grey", ls="--", lw=1.5),
+    "MLE (EM)": dict(color="tab:red", lw=2),
+    "MD 1-step (η=1/(m+1))": dict(color="tab:purple", ls=":"),
+}
+
+
+def _style(name: str) -> dict:
+    if name in STYLES:
+        return STYLES[name]
+    k = int(name.split()[1].split("-")[0])  # "MD k-step (tuned η)": darker with more steps
+    return dict(color=plt.get_cmap("Blues")(min(0.95, 0.35 + 0.15 * k)), lw=1.5)
+
+
+def ratio_to_bayes(table: pd.DataFrame) -> pd.DataFrame:
+    """KL of each estimator divided by exact Bayes' KL, per seed and length, then summarised."""
+    bayes = table[table["estimator"] == "Bayes (exact)"].set_index(["seed", "length"])["kl_mean"]
+    t = table.join(bayes.rename("kl_bayes"), on=["seed", "length"])
+    t = t.assign(kl_mean=t["kl_mean"] / t["kl_bayes"], kl_ci=t["kl_ci"] / t["kl_bayes"])
+    return summarise(t)
+
+
 def draw(table: pd.DataFrame, title: str = "MTD Fig. 3: regularised estimator vs Bayes and MLE"):
+    """Left: KL vs length.  Right: KL relative to exact Bayes (1 = Bayes-optimal)."""
     summary = summarise(table)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"Bayes (exact)": dict(color="black", lw=2.5), "Bayes (Gibbs)": dict(color="grey", ls="--", lw=1.5),
-              "MLE (EM)": dict(color="tab:red", lw=2), "MD 1-step (η=1/(m+1))": dict(color="tab:purple", ls=":")}
-    cmap = plt.get_cmap("Blues")
-    for i, (name, g) in enumerate(summary.groupby("estimator", sort=False)):
-        style = styles.get(name)
-        if style is None:  # tuned k-step MD: darker with more steps
-            k = int(name.split()[1].split("-")[0])
-            style = dict(color=cmap(0.35 + 0.15 * k), lw=1.5)
-        ci = np.nan_to_num(g["kl_ci"].to_numpy())
-        ax.errorbar(g["length"], g["kl_mean"], yerr=ci, label=name, marker="o", ms=3, capsize=2, **style)
-    ax.set_xscale("log", base=2)
+    ratio = ratio_to_bayes(table)
+    fig, (ax, axr) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for name, g in summary.groupby("estimator", sort=False):
+        ax.errorbar(g["length"], g["kl_mean"], yerr=np.nan_to_num(g["kl_ci"].to_numpy()), label=name,
+                    marker="o", ms=3, capsize=2, **_style(name))
+    for name, g in ratio.groupby("estimator", sort=False):
+        axr.plot(g["length"], g["kl_mean"], marker="o", ms=3, label=name, **_style(name))
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length T")
     ax.set_ylabel("KL(true ‖ predicted), next token")
+    axr.set_yscale("log")
+    axr.set_ylabel("KL / KL(Bayes exact)")
+    axr.axhline(1.0, color="black", lw=0.8)
     n_seeds = int(summary["n_seeds"].max())
-    ax.set_title(f"{title}\n(error bars: 95% CI over {'seeds' if n_seeds > 1 else 'sequences'})", fontsize=10)
+    ax.set_title(f"KL vs length (95% CI over {'seeds' if n_seeds > 1 else 'sequences'})", fontsize=10)
+    axr.set_title("excess over the Bayes-optimal predictor", fontsize=10)
+    for a in (ax, axr):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("sequence length T")
+        a.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -61,8 +61,13 @@ class LagEvidence:
         One cumulative sum serves every prefix.
         """
         gamma = self.c / self.c.sum(-1, keepdim=True)
-        csum = torch.cat([torch.zeros_like(gamma[:, :1]), gamma.cumsum(1)], dim=1)  # (B, N+1, M)
-        return csum[:, self.n_rows]
+        # Sum the segments between consecutive requested prefix ends, then accumulate:
+        # one pass over the rows however many prefixes are asked for.
+        ends = sorted(set(self.n_rows.tolist()))
+        starts = [0] + ends[:-1]
+        seg = torch.stack([gamma[:, a:b].sum(1) for a, b in zip(starts, ends)], dim=1)  # (B, S, M)
+        csum = seg.cumsum(1)
+        return csum[:, [ends.index(n) for n in self.n_rows.tolist()]]
 
     def _chunks(self, n_prefix: int):
         b, n, _ = self.c.shape
@@ -108,10 +113,13 @@ def lag_evidence(tokens, transition, order: int, lengths: Sequence[int] | str | 
     tokens = as_tokens(tokens, pi.shape[0], order)
     lens = as_lengths(lengths, tokens.shape[1], order)
     t_max = max(lens)
-    cur = tokens[:, order:t_max]  # (B, N)
-    c = torch.stack([pi[tokens[:, order - g : t_max - g], cur] for g in range(1, order + 1)], dim=-1)
-    impossible = c.sum(-1, keepdim=True) == 0
-    c = torch.where(impossible, torch.ones_like(c), c)
+    scaled = tokens[:, :t_max] * pi.shape[0]
+    flat = torch.stack([scaled[:, order - g : t_max - g] for g in range(1, order + 1)], dim=-1)  # (B, N, M)
+    flat += tokens[:, order:t_max, None]
+    c = torch.take(pi, flat)  # pi[y_{t-g}, y_t]; a flat gather is much faster than pi[i, j]
+    impossible = c.sum(-1) == 0
+    if impossible.any():
+        c[impossible] = 1.0
     return LagEvidence(c=c, lengths=tuple(lens))
 
 

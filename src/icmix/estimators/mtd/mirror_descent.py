@@ -66,7 +66,10 @@ class MirrorDescent:
             grad = self.evidence.order * self.evidence.responsibility_sums()
         else:
             grad = self.evidence.gradient(state.log_lam.exp())
-        logits = state.log_lam + self.eta * grad
+        # A huge step can underflow a weight to 0 and blow the next gradient up to inf;
+        # cap the move at a finite value so the softmax stays defined.
+        move = torch.nan_to_num(self.eta * grad, posinf=torch.finfo(grad.dtype).max / 4)
+        logits = state.log_lam + move
         return MDState(log_lam=torch.log_softmax(logits, dim=-1), step=state.step + 1)
 
     def readout(self, state: MDState) -> Tensor:

@@ -24,8 +24,8 @@ def predictive(tokens, transition, lam, lengths: Sequence[int] | str | None = No
     pi = as_transition(transition)
     lam = torch.as_tensor(lam, dtype=pi.dtype)
     m = lam.shape[-1]
-    tokens = as_tokens(tokens, pi.shape[0], m)
-    lens = as_lengths(lengths, tokens.shape[1], m)
+    tokens = as_tokens(tokens, pi.shape[0], m, predict_only=True)
+    lens = as_lengths(lengths, tokens.shape[1], m, predict_only=True)
     lam3 = lam[:, None] if lengths is None else lam
     if lam3.ndim != 3 or lam3.shape[:2] != (tokens.shape[0], len(lens)):
         want = f"({tokens.shape[0]}, {m})" if lengths is None else f"({tokens.shape[0]}, {len(lens)}, {m})"
