@@ -24,7 +24,7 @@ from icmix.tasks import MTDTask
 # (tokens, transition, order, lengths) -> lam (B, P, M)
 LagEstimate = Callable[[Tensor, Tensor, int, list[int]], Tensor]
 
-DEFAULT_BETAS = tuple(float(b) for b in np.geomspace(0.05, 500.0, 57))
+DEFAULT_BETAS = tuple(float(b) for b in np.geomspace(0.05, 500.0, 41))  # ratio 1.26 between points
 
 
 @dataclass
@@ -39,15 +39,43 @@ class LagPredictor:
         return est.predictive(tokens, task.transition, lam, list(lengths))
 
 
-@dataclass
-class TunedMirrorDescent:
-    """k-step mirror descent whose step size is grid-searched per length, as the paper does.
+class TunedBeta:
+    """A predictor family indexed by an inverse temperature ``beta``, tuned per length.
 
-    The step size is parameterised as ``eta = beta / (M * N)`` (``N = L - M`` transitions),
-    the scale of Theorem 2 and of the transformer construction.  ``tune`` picks, for each
-    length, the ``beta`` with the lowest mean KL on a *separate* tuning batch; ``predict``
-    then uses it.
+    Subclasses implement ``predict_beta(tokens, task, lengths, beta (P,)) -> (B, P, Q)``.
+    ``tune`` picks, for each length, the ``beta`` with the lowest mean KL on a *separate*
+    tuning batch, as the paper grid-searches the step size; ``predict`` then uses it.
     """
+
+    name: str
+    betas: Sequence[float]
+    chosen_beta: dict[int, float]
+
+    def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def tune(self, tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> None:
+        lengths = list(lengths)
+        p_true = true_predictive(tokens, lam_true, task, lengths)
+        scores = []
+        for beta in self.betas:
+            p_hat = self.predict_beta(tokens, task, lengths, torch.full((len(lengths),), float(beta), dtype=torch.float64))
+            scores.append(kl_divergence(p_true, p_hat).mean(0))  # (P,)
+        best = torch.stack(scores).argmin(0)
+        self.chosen_beta = {L: float(self.betas[i]) for L, i in zip(lengths, best.tolist())}
+
+    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        missing = [L for L in lengths if L not in self.chosen_beta]
+        if missing:
+            raise ValueError(f"{self.name}: not tuned for lengths {missing}; call tune() first")
+        beta = torch.tensor([self.chosen_beta[L] for L in lengths], dtype=torch.float64)
+        return self.predict_beta(tokens, task, list(lengths), beta)
+
+
+@dataclass
+class TunedMirrorDescent(TunedBeta):
+    """k-step mirror descent with ``eta = beta / (M * N)`` (``N = L - M`` transitions), the
+    scale of Theorem 2 and of the transformer construction, ``beta`` tuned per length."""
 
     steps: int = 1
     betas: Sequence[float] = DEFAULT_BETAS
@@ -58,28 +86,39 @@ class TunedMirrorDescent:
         if not self.name:
             self.name = f"MD {self.steps}-step (tuned η)"
 
-    def _eta(self, beta: float | Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+    def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
         n = torch.tensor(lengths, dtype=torch.float64) - task.order
-        return torch.as_tensor(beta, dtype=torch.float64) / (task.order * n)
+        lam = est.mirror_descent(tokens, task.transition, task.order, beta / (task.order * n), self.steps, lengths)
+        return est.predictive(tokens, task.transition, lam, lengths)
 
-    def tune(self, tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> None:
-        lengths = list(lengths)
-        p_true = true_predictive(tokens, lam_true, task, lengths)
-        scores = []
-        for beta in self.betas:
-            lam = est.mirror_descent(tokens, task.transition, task.order, self._eta(beta, task, lengths), self.steps, lengths)
-            p_hat = est.predictive(tokens, task.transition, lam, lengths)
-            scores.append(kl_divergence(p_true, p_hat).mean(0))  # (P,)
-        best = torch.stack(scores).argmin(0)
-        self.chosen_beta = {L: float(self.betas[i]) for L, i in zip(lengths, best.tolist())}
 
-    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
-        missing = [L for L in lengths if L not in self.chosen_beta]
-        if missing:
-            raise ValueError(f"{self.name}: not tuned for lengths {missing}; call tune() first")
-        beta = torch.tensor([self.chosen_beta[L] for L in lengths], dtype=torch.float64)
-        lam = est.mirror_descent(tokens, task.transition, task.order, self._eta(beta, task, lengths), self.steps, list(lengths))
-        return est.predictive(tokens, task.transition, lam, list(lengths))
+@dataclass
+class ConstructedMirrorDescent(TunedBeta):
+    """The hand-built 3-layer transformer (``icmix.construct``), with ``beta`` tuned per length.
+
+    One model is built per distinct ``beta``; its output at position ``L - 1`` is the
+    prediction after the prefix of length ``L``.  Runs in batches of ``batch_size``.
+    """
+
+    betas: Sequence[float] = DEFAULT_BETAS
+    name: str = "Construction (3-layer, tuned β)"
+    batch_size: int = 256
+    chosen_beta: dict[int, float] = field(default_factory=dict)
+
+    def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
+        from icmix.construct import mirror_descent_transformer
+
+        t = max(lengths)
+        pos = torch.tensor(lengths) - 1
+        out = torch.empty(tokens.shape[0], len(lengths), task.vocab_size, dtype=torch.float64)
+        for b in torch.unique(beta).tolist():
+            cols = (beta == b).nonzero().squeeze(1)
+            model = mirror_descent_transformer(task.transition, task.order, b, max_length=t)
+            with torch.no_grad():
+                for start in range(0, tokens.shape[0], self.batch_size):
+                    rows = slice(start, start + self.batch_size)
+                    out[rows, cols] = model(tokens[rows, :t])[:, pos[cols]]
+        return out
 
 
 def true_predictive(tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
@@ -98,9 +137,11 @@ def standard_mtd_predictors(
     seed: int = 0,
     betas: Sequence[float] = DEFAULT_BETAS,
     include_gibbs: bool = True,
+    include_construction: bool = True,
 ) -> list:
     """The estimators of the paper's Figure 3: exact and Gibbs Bayes, MLE, one-step MD at
-    ``eta = 1/(M+1)`` (Theorem 1) and k-step MD with tuned step sizes."""
+    ``eta = 1/(M+1)`` (Theorem 1), k-step MD with tuned step sizes, and the 3-layer
+    transformer construction (tuned like one-step MD, which it equals)."""
     eta_thm1 = 1.0 / (order + 1)
     preds: list = [
         LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, alpha, L)),
@@ -117,6 +158,8 @@ def standard_mtd_predictors(
     preds.append(LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, em_max_iter, 1e-7, L)))
     preds.append(LagPredictor("MD 1-step (η=1/(m+1))", lambda x, pi, m, L: est.mirror_descent(x, pi, m, eta_thm1, 1, L)))
     preds.extend(TunedMirrorDescent(steps=k, betas=betas) for k in md_steps)
+    if include_construction:
+        preds.append(ConstructedMirrorDescent(betas=betas))
     return preds
 
 
@@ -152,7 +195,7 @@ def evaluate_mtd(
         if progress:
             it.set_postfix_str(pred.name)
         beta = {}
-        if hasattr(pred, "tune"):
+        if isinstance(pred, TunedBeta):
             if tune_set is None:
                 tune_set = task.sample(n_tune, max(lengths), generator=gen)
             pred.tune(tune_set[0], tune_set[1], task, lengths)

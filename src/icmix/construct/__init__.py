@@ -1,0 +1,5 @@
+"""Hand-set transformer weights, one builder per algorithm."""
+
+from icmix.construct.mirror_descent import mirror_descent_transformer
+
+__all__ = ["mirror_descent_transformer"]

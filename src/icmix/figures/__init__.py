@@ -1,0 +1,1 @@
+"""Figure helpers shared by experiments and commands."""

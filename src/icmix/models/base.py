@@ -1,0 +1,60 @@
+"""Save and load for every icmix model: ``config.json`` (its frozen config) + ``model.safetensors``.
+
+A checkpoint rebuilds its model from its own config; a state dict that does not match
+the config is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class Pretrained(nn.Module):
+    """Mixin giving ``save_pretrained`` / ``from_pretrained``.  Subclasses set ``config_class``
+    and ``model_type`` and keep their config in ``self.config``."""
+
+    config_class: type
+    model_type: str
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from icmix.experiments.common import atomic_write
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"model_type": self.model_type, "config": dataclasses.asdict(self.config),
+                "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, p))
+        atomic_write(path / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu"):
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+            raise ValueError(f"{path} is not a saved model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        if meta.get("model_type") != cls.model_type:
+            raise ValueError(f"{path} holds a {meta.get('model_type')!r} model, not {cls.model_type!r}")
+        config = cls.config_class.from_dict(meta["config"])
+        model = cls(config).to(getattr(torch, meta.get("dtype", "float32")))
+        state = load_file(path / WEIGHTS_FILE, device=str(map_location))
+        expected = model.state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+        if missing or extra or wrong:
+            raise ValueError(
+                f"checkpoint in {path} does not match its config: missing {missing}, unexpected {extra}, "
+                f"wrong shapes {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in sorted(wrong)]}"
+            )
+        model.load_state_dict(state)
+        return model.to(map_location)

@@ -1,0 +1,245 @@
+"""The disentangled transformer (Nichani, Damian & Lee 2024), as used by the MTD paper (SPEC §1).
+
+Each layer has attention matrices ``A`` (query-key merged), no value or output projection
+(the value is the stream itself) and **concatenates** its output to the residual stream,
+so the stream grows layer by layer and every block keeps a name.  Relative positions
+enter the scores (``R_A``: one vector per offset, read by the query, so a plain per-offset
+bias is the special case that reads the one-hot token block) and the values (``R_V``: a
+one-hot of the offset appended to what is copied).
+
+Shapes: B batch, T length, Q vocabulary, H heads, D stream width, K value offsets.
+
+Stream blocks are named by path: the input is ``token`` (Q) and ``position`` (one-hot
+absolute position, or a single ``warmup`` marker ``1[pos < warmup]``); head h of layer l
+writes ``attn{l}.{h}/<every block of its input>`` followed by ``attn{l}.{h}/offset`` (K), and
+an optional MLP writes ``mlp{l}``.  So ``attn2.0/attn1.0/offset`` is layer 2's average of
+layer 1's offset block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from icmix._checks import check_positive_int
+from icmix.models.base import Pretrained
+
+POSITIONS = ("onehot", "warmup", "none")
+
+
+@dataclass(frozen=True)
+class DisentangledConfig:
+    """Configuration of a ``DisentangledTransformer``.
+
+    Args:
+        vocab_size: Q.
+        n_layers: number of attention layers.
+        n_heads: heads per layer (an int for every layer, or one per layer).
+        max_length: longest input; sizes the relative-position tables.
+        value_offsets: K, offsets ``0..K-1`` get a one-hot slot in the values (``R_V``);
+            ``None`` means ``max_length``.
+        positions: absolute positions in the input: ``"onehot"`` (width ``max_length``),
+            ``"warmup"`` (one feature ``1[pos < warmup]``) or ``"none"``.
+        warmup: the marker's threshold for ``positions="warmup"`` (the MTD order).
+        mlp_width: 0 for none; otherwise each layer appends a GELU MLP block of this width.
+    """
+
+    vocab_size: int
+    n_layers: int = 3
+    n_heads: tuple[int, ...] | int = 1
+    max_length: int = 64
+    value_offsets: int | None = None
+    positions: str = "onehot"
+    warmup: int = 0
+    mlp_width: int = 0
+
+    def __post_init__(self):
+        check_positive_int("vocab_size", self.vocab_size, minimum=2)
+        check_positive_int("n_layers", self.n_layers)
+        check_positive_int("max_length", self.max_length)
+        heads = (self.n_heads,) * self.n_layers if isinstance(self.n_heads, int) else tuple(self.n_heads)
+        if len(heads) != self.n_layers:
+            raise ValueError(f"n_heads has {len(heads)} entries for {self.n_layers} layers")
+        for h in heads:
+            check_positive_int("n_heads", h)
+        object.__setattr__(self, "n_heads", heads)
+        if self.value_offsets is None:
+            object.__setattr__(self, "value_offsets", self.max_length)
+        check_positive_int("value_offsets", self.value_offsets)
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        check_positive_int("warmup", self.warmup, minimum=0)
+        check_positive_int("mlp_width", self.mlp_width, minimum=0)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DisentangledConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DisentangledConfig keys: {unknown}")
+        return cls(**d)
+
+
+class StreamLayout:
+    """Names and slices of the blocks of a residual stream, in order."""
+
+    def __init__(self, blocks: list[tuple[str, int]]):
+        self.blocks = blocks
+        self._slices, start = {}, 0
+        for name, width in blocks:
+            self._slices[name] = slice(start, start + width)
+            start += width
+        self.width = start
+
+    def __getitem__(self, name: str) -> slice:
+        try:
+            return self._slices[name]
+        except KeyError:
+            raise KeyError(f"no stream block {name!r}; blocks: {list(self._slices)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._slices
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.blocks]
+
+    def __repr__(self) -> str:
+        return "StreamLayout(" + ", ".join(f"{n}[{s.start}:{s.stop}]" for n, s in self._slices.items()) + ")"
+
+
+def offset_table(t: int, device=None) -> tuple[Tensor, Tensor]:
+    """``offset[i, j] = i - j`` clamped at 0, and the causal mask ``j <= i``, both ``(T, T)``."""
+    ar = torch.arange(t, device=device)
+    diff = ar[:, None] - ar[None, :]
+    return diff.clamp_min(0), diff >= 0
+
+
+class DisentangledAttention(nn.Module):
+    """One disentangled attention layer with H heads.
+
+    Head h scores key j for query i as ``h_i^T A_h h_j + h_i^T R_A[h, i - j]`` (causal),
+    and writes ``[sum_j a_ij h_j ; sum_j a_ij e_{i-j}]`` (the second part over K offsets).
+    """
+
+    def __init__(self, d_in: int, n_heads: int, max_length: int, value_offsets: int):
+        super().__init__()
+        self.n_heads, self.value_offsets = n_heads, value_offsets
+        self.A = nn.Parameter(torch.zeros(n_heads, d_in, d_in))
+        self.R_A = nn.Parameter(torch.zeros(n_heads, max_length, d_in))
+        nn.init.normal_(self.A, std=0.02)
+        nn.init.normal_(self.R_A, std=0.02)
+
+    @property
+    def d_out(self) -> int:
+        return self.n_heads * (self.A.shape[-1] + self.value_offsets)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``h (B, T, D)`` -> ``(out (B, T, H*(D+K)), attention (B, H, T, T))``."""
+        b, t, _ = h.shape
+        offset, causal = offset_table(t, h.device)
+        scores = torch.einsum("bid,hde,bje->bhij", h, self.A, h)
+        by_offset = torch.einsum("bid,hod->bhio", h, self.R_A[:, :t])  # (B, H, T, T offsets)
+        scores = scores + torch.gather(by_offset, -1, offset.expand(b, self.n_heads, t, t))
+        scores = scores.masked_fill(~causal, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        copied = attn @ h[:, None]  # (B, H, T, D)
+        k = min(self.value_offsets, t)
+        ar = torch.arange(t, device=h.device)
+        key = ar[:, None] - torch.arange(k, device=h.device)[None, :]  # (T, K): key j = i - o
+        valid = (key >= 0).to(attn.dtype)
+        by_off = torch.gather(attn, -1, key.clamp_min(0).expand(b, self.n_heads, t, k)) * valid
+        if k < self.value_offsets:
+            by_off = nn.functional.pad(by_off, (0, self.value_offsets - k))
+        out = torch.cat([copied, by_off], dim=-1)  # (B, H, T, D + K)
+        return out.transpose(1, 2).reshape(b, t, -1), attn
+
+
+class DisentangledTransformer(Pretrained):
+    """Disentangled transformer: one-hot input, concatenating attention layers, linear readout.
+
+    ``model(tokens (B, T))`` returns the readout ``(B, T, Q)`` at every position (position
+    i sees tokens ``0..i``).  ``model.run_with_cache(tokens)`` also returns the final stream
+    and each layer's attention; ``model.layouts[l]`` names the blocks of the stream after
+    layer l (``layouts[0]`` is the input).
+
+    Example:
+        >>> model = DisentangledTransformer(DisentangledConfig(vocab_size=10, max_length=64))
+        >>> out, cache = model.run_with_cache(tokens)
+        >>> cache["attention"][0].shape  # (B, H, T, T)
+    """
+
+    config_class = DisentangledConfig
+    model_type = "disentangled"
+
+    def __init__(self, config: DisentangledConfig):
+        super().__init__()
+        self.config = config
+        blocks = [("token", config.vocab_size)]
+        if config.positions == "onehot":
+            blocks.append(("position", config.max_length))
+        elif config.positions == "warmup":
+            blocks.append(("warmup", 1))
+        self.layouts = [StreamLayout(blocks)]
+        self.attention = nn.ModuleList()
+        self.mlps = nn.ModuleList()
+        for layer, heads in enumerate(config.n_heads, start=1):
+            prev = self.layouts[-1]
+            attn = DisentangledAttention(prev.width, heads, config.max_length, config.value_offsets)
+            self.attention.append(attn)
+            for h in range(heads):
+                blocks = blocks + [(f"attn{layer}.{h}/{n}", w) for n, w in prev.blocks] + [
+                    (f"attn{layer}.{h}/offset", config.value_offsets)]
+            if config.mlp_width:
+                d = prev.width + attn.d_out
+                self.mlps.append(nn.Sequential(nn.Linear(d, 4 * config.mlp_width), nn.GELU(),
+                                               nn.Linear(4 * config.mlp_width, config.mlp_width)))
+                blocks = blocks + [(f"mlp{layer}", config.mlp_width)]
+            self.layouts.append(StreamLayout(blocks))
+        self.readout = nn.Linear(self.layouts[-1].width, config.vocab_size, bias=False)
+
+    @property
+    def layout(self) -> StreamLayout:
+        """Blocks of the final stream, the one the readout reads."""
+        return self.layouts[-1]
+
+    def check_tokens(self, tokens: Tensor) -> Tensor:
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
+        t = tokens.shape[1]
+        if t > self.config.max_length:
+            raise ValueError(f"input length {t} exceeds the model's max_length {self.config.max_length}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"tokens must lie in [0, {self.config.vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
+        return tokens
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """``(B, T) -> (B, T, D_0)``: one-hot tokens, then the absolute-position block."""
+        dtype = self.readout.weight.dtype
+        b, t = tokens.shape
+        parts = [nn.functional.one_hot(tokens, self.config.vocab_size).to(dtype)]
+        ar = torch.arange(t, device=tokens.device)
+        if self.config.positions == "onehot":
+            parts.append(nn.functional.one_hot(ar, self.config.max_length).to(dtype).expand(b, t, -1))
+        elif self.config.positions == "warmup":
+            parts.append((ar < self.config.warmup).to(dtype)[None, :, None].expand(b, t, 1))
+        return torch.cat(parts, dim=-1)
+
+    def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, dict]:
+        """Readout ``(B, T, Q)`` and a cache with ``stream`` (final, ``(B, T, D)``) and
+        ``attention`` (one ``(B, H, T, T)`` per layer)."""
+        h = self.embed(self.check_tokens(tokens))
+        patterns = []
+        for layer, attn in enumerate(self.attention):
+            out, a = attn(h)
+            patterns.append(a)
+            h = torch.cat([h, out], dim=-1)
+            if self.config.mlp_width:
+                h = torch.cat([h, self.mlps[layer](h)], dim=-1)
+        return self.readout(h), {"stream": h, "attention": patterns}
+
+    def forward(self, tokens: Tensor, return_attention: bool = False):
+        out, cache = self.run_with_cache(tokens)
+        return (out, cache["attention"]) if return_attention else out
