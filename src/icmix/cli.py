@@ -3,6 +3,7 @@
     icmix estimate TOKENS --transition PI --order M [--estimator ...] [--out CSV]
     icmix reproduce mtd-fig3 --preset quick|paper --out DIR [--seeds N] [--set key=value ...]
     icmix construct mtd --vocab-size Q --order M --beta B [--check] [--save]
+    icmix train CONFIG.yaml [--set key=value ...] [--out RUN_DIR] | icmix train --resume RUN_DIR
 
 Bad input ends with ``icmix: error: ...`` on stderr and exit status 2; nothing is written.
 """
@@ -129,6 +130,23 @@ def _construct_mtd(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from icmix.train import TrainConfig, train
+
+    if args.resume:
+        if args.config or args.set:
+            raise ValueError("--resume takes the run directory only; its config.yaml is the config")
+        run = train(None, args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if not args.config:
+            raise ValueError("give a CONFIG.yaml, or --resume RUN_DIR")
+        cfg = TrainConfig.from_yaml(args.config, args.set)
+        out = args.out or f"runs/{Path(args.config).stem}-seed{cfg.seed}"
+        run = train(cfg, out, progress=not args.no_progress)
+    print(f"run: {run}  (final model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from icmix.experiments import REGISTRY
 
@@ -174,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save", action="store_true", help="save the model (safetensors + config) under OUT/model")
     c.add_argument("--out", default="results/construct-mtd")
     c.set_defaults(func=_construct_mtd)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (or resume a run)")
+    p.add_argument("config", nargs="?", help="CONFIG.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted keys)")
+    p.add_argument("--out", help="run directory (default runs/<config>-seed<seed>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="resume an interrupted run from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
     return parser
 
 

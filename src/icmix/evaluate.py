@@ -209,3 +209,48 @@ def evaluate_mtd(
                      beta=b, eta=b / (task.order * (L - task.order)))
             )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class TrainedPredictor:
+    """A trained model (a finished run directory) as an MTD predictor.
+
+    Its output at position ``L - 1`` is the prediction after the prefix of length ``L``,
+    mapped to a distribution as its training loss implies (see ``train.objectives``).
+    """
+
+    name: str
+    model: torch.nn.Module
+    loss: str
+    transition: Tensor
+    order: int
+    batch_size: int = 256
+
+    @classmethod
+    def from_run(cls, run_dir, name: str | None = None) -> TrainedPredictor:
+        from pathlib import Path
+
+        from icmix.train import build_task, load_run
+
+        cfg, model = load_run(run_dir)
+        model.eval()
+        task = build_task(cfg)
+        return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, task.transition, task.order)
+
+    def outputs(self, tokens: Tensor) -> Tensor:
+        """Raw model outputs ``(B, T, Q)``, in batches, without gradients."""
+        param = next(self.model.parameters())
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], self.batch_size):
+                chunks.append(self.model(tokens[start : start + self.batch_size].to(param.device)).double().cpu())
+        return torch.cat(chunks)
+
+    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        from icmix.train.objectives import to_distribution
+
+        if task.order != self.order or not torch.equal(task.transition, self.transition):
+            raise ValueError(f"{self.name} was trained on a different MTD task (order or transition matrix)")
+        lengths = list(lengths)
+        out = self.outputs(tokens[:, : max(lengths)])
+        return to_distribution(out[:, torch.tensor(lengths) - 1], self.loss)

@@ -1,5 +1,12 @@
-"""Trainable models that expose their attention patterns and name their stream blocks."""
+"""Trainable models that expose their attention patterns (and, for the disentangled one,
+name their stream blocks).  ``MODELS`` maps a config ``kind`` to (config class, model class)."""
 
 from icmix.models.disentangled import DisentangledConfig, DisentangledTransformer, StreamLayout
+from icmix.models.gpt import GPTConfig, GPTTransformer
 
-__all__ = ["DisentangledConfig", "DisentangledTransformer", "StreamLayout"]
+MODELS = {
+    "disentangled": (DisentangledConfig, DisentangledTransformer),
+    "gpt": (GPTConfig, GPTTransformer),
+}
+
+__all__ = ["MODELS", "DisentangledConfig", "DisentangledTransformer", "GPTConfig", "GPTTransformer", "StreamLayout"]

@@ -1,0 +1,176 @@
+"""A standard GPT-style decoder (pre-LayerNorm, Q/K/V attention, GELU MLP), with the
+attention patterns exposed.  Used on MTD tokens here (the reviewers' "standard
+transformer") and, with a linear read-in, on regression prompts.
+
+Shapes: B batch, T length, C model width, H heads, Q vocabulary.
+
+Positions are ``"learned"`` (absolute embeddings added to the input) or ``"relative"``
+(a learned bias per head and offset added to the attention scores, T5/ALiBi-style).
+Attention runs through ``scaled_dot_product_attention``; when the patterns are asked
+for, the same maths is computed explicitly (a test checks both paths agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from icmix._checks import check_positive_int
+from icmix.models.base import Pretrained
+
+GPT_POSITIONS = ("learned", "relative")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Configuration of a ``GPTTransformer``: ``vocab_size`` Q, ``n_layers``, ``n_heads``,
+    ``d_model`` C, ``max_length``, ``positions`` (learned | relative), ``mlp_ratio``, ``dropout``."""
+
+    vocab_size: int
+    n_layers: int = 3
+    n_heads: int = 4
+    d_model: int = 64
+    max_length: int = 64
+    positions: str = "learned"
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        check_positive_int("vocab_size", self.vocab_size, minimum=1)
+        for name in ("n_layers", "n_heads", "d_model", "max_length", "mlp_ratio"):
+            check_positive_int(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.positions not in GPT_POSITIONS:
+            raise ValueError(f"positions must be one of {GPT_POSITIONS}, got {self.positions!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown GPTConfig keys: {unknown}")
+        return cls(**d)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, c/H)
+        p = self.dropout if self.training else 0.0
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        if need_weights:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            if bias is not None:
+                scores = scores + bias
+            attn = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+            y = F.dropout(attn, p, self.training) @ v
+        else:
+            attn = None
+            if bias is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:
+                mask = bias.masked_fill(~causal, float("-inf")).to(q.dtype)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return F.dropout(self.proj(y), p, self.training), attn
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+
+    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        a, attn = self.attn(self.ln1(x), bias, need_weights)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), attn
+
+
+class GPTBackbone(nn.Module):
+    """Positions + blocks + final LayerNorm on input embeddings ``(B, T, C)``."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.positions == "learned":
+            self.pos = nn.Parameter(torch.zeros(cfg.max_length, cfg.d_model))
+            nn.init.normal_(self.pos, std=0.02)
+        else:
+            self.rel = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_length))  # bias per head and offset
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+        t = x.shape[1]
+        if t > self.cfg.max_length:
+            raise ValueError(f"input length {t} exceeds the model's max_length {self.cfg.max_length}")
+        bias = None
+        if self.cfg.positions == "learned":
+            x = x + self.pos[:t]
+        else:
+            ar = torch.arange(t, device=x.device)
+            bias = self.rel[:, (ar[:, None] - ar[None, :]).clamp_min(0)]  # (H, T, T)
+        x = self.drop(x)
+        patterns = []
+        for block in self.blocks:
+            x, attn = block(x, bias, need_weights)
+            patterns.append(attn)
+        return self.ln_f(x), patterns
+
+
+def init_gpt_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation: normal(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+class GPTTransformer(Pretrained):
+    """GPT-style decoder over tokens: embedding -> blocks -> linear readout to Q outputs.
+
+    ``model(tokens (B, T))`` returns ``(B, T, Q)``; ``return_attention=True`` also returns one
+    ``(B, H, T, T)`` pattern per layer.
+    """
+
+    config_class = GPTConfig
+    model_type = "gpt"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.backbone = GPTBackbone(config)
+        self.readout = nn.Linear(config.d_model, config.vocab_size)
+        self.apply(init_gpt_weights)
+
+    def check_tokens(self, tokens: Tensor) -> Tensor:
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"tokens must lie in [0, {self.config.vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
+        return tokens
+
+    def forward(self, tokens: Tensor, return_attention: bool = False):
+        h, patterns = self.backbone(self.embed(self.check_tokens(tokens)), need_weights=return_attention)
+        out = self.readout(h)
+        return (out, patterns) if return_attention else out

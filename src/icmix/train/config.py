@@ -1,0 +1,230 @@
+"""Training configuration: frozen dataclasses, loaded from YAML, validated before any work.
+
+    task:  {kind: mtd, vocab_size: 10, order: 3, alpha: 1.0, seed: 0, length: 64}
+    model: {kind: disentangled, n_layers: 3}        # other keys go to the model's config class
+    optim: {lr: 1.0e-3, schedule: cosine, warmup_steps: 100, grad_clip: 1.0}
+    steps: 5000
+    batch_size: 128
+    loss: mse            # mse (Brier score of the linear output) | ce (cross-entropy of logits)
+    loss_positions: last # last (the paper) | all (every position with a full lag history)
+    seed: 0
+
+Overrides use dotted keys: ``--set optim.lr=3e-4 --set model.n_layers=5``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from icmix._checks import check_order, check_positive, check_positive_int
+
+LOSSES = ("mse", "ce")
+LOSS_POSITIONS = ("last", "all")
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TASK_KINDS = ("mtd",)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str = "mtd"
+    vocab_size: int = 10
+    order: int = 3
+    alpha: float = 1.0
+    seed: int = 0
+    length: int = 64
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
+        check_positive_int("task.length", self.length)
+        check_order(self.order, self.length)
+        check_positive("task.alpha", self.alpha)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = "disentangled"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self):
+        check_positive("optim.lr", self.lr)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_positive_int("optim.warmup_steps", self.warmup_steps, minimum=0)
+        if self.grad_clip is not None:
+            check_positive("optim.grad_clip", self.grad_clip)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    batch_size: int = 128
+    loss: str = "mse"
+    loss_positions: str = "last"
+    seed: int = 0
+    eval_every: int = 100
+    eval_size: int = 512
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("eval_size", self.eval_size, minimum=2)
+        check_positive_int("checkpoint_every", self.checkpoint_every)
+        check_positive_int("keep_checkpoints", self.keep_checkpoints)
+        check_positive_int("seed", self.seed, minimum=0)
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss_positions not in LOSS_POSITIONS:
+            raise ValueError(f"loss_positions must be one of {LOSS_POSITIONS}, got {self.loss_positions!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.model_config()  # unknown or bad model keys fail here, before any training
+
+    def model_config(self):
+        """The model's own frozen config, with vocabulary and length taken from the task."""
+        from icmix.models import MODELS
+
+        if self.model.kind not in MODELS:
+            raise ValueError(f"model.kind must be one of {sorted(MODELS)}, got {self.model.kind!r}")
+        config_class, _ = MODELS[self.model.kind]
+        params = dict(self.model.params)
+        for key in ("vocab_size", "max_length"):
+            if key in params:
+                raise ValueError(f"model.{key} is set by the task; remove it from the model section")
+        if self.model.kind == "disentangled" and params.get("positions") == "warmup":
+            params.setdefault("warmup", self.task.order)
+        try:
+            return config_class.from_dict({"vocab_size": self.task.vocab_size, "max_length": self.task.length, **params})
+        except TypeError as err:
+            raise ValueError(f"bad model section: {err}") from None
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = {"kind": self.model.kind, **self.model.params}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
+        d = dict(d)
+        sections = {}
+        for name, klass in (("task", TaskSpec), ("optim", OptimConfig)):
+            sections[name] = _build(klass, d.pop(name, {}) or {}, name)
+        model = dict(d.pop("model", {}) or {})
+        sections["model"] = ModelSpec(kind=_typed("model.kind", model.pop("kind", "disentangled"), str), params=model)
+        return _build(cls, d, "", **sections)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from None
+        return cls.from_dict(apply_dotted_overrides(data, overrides or []))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_value(raw: str):
+    """A command-line value: a Python literal, a YAML scalar, or the string itself."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"cannot set {key}: {part} is not a section")
+        node[parts[-1]] = parse_value(raw)
+    return data
+
+
+def _typed(name: str, value, hint):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        inner = args[0] if args else float
+        return tuple(_typed(name, v, inner) for v in value)
+    name_ = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be {name_}, got {value!r}")
+
+
+def _build(klass, values: dict, prefix: str, **given):
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(klass)
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"in {prefix}" if prefix else "at the top level"
+        raise ValueError(f"unknown config keys {where}: {unknown}; known: {sorted(known)}")
+    kwargs = {k: _typed(f"{prefix + '.' if prefix else ''}{k}", v, hints[k]) for k, v in values.items()}
+    return klass(**kwargs, **given)

@@ -1,0 +1,224 @@
+"""The one training loop shared by every task and model.
+
+``train(cfg, run_dir)`` writes a run directory:
+
+    config.yaml        the full config (the run's identity)
+    metrics.jsonl      one line per evaluation: step, train loss, eval loss, eval KL (deterministic)
+    progress.jsonl     wall-clock timings (not part of the deterministic record)
+    checkpoints/       atomic checkpoints (see ``checkpoint.py``)
+    model/             the final model (``save_pretrained``), written last
+
+Same config and seed on CPU give bit-identical checkpoints and metrics, and a run killed
+at any point and resumed with ``train(..., resume=True)`` ends exactly where an
+uninterrupted run ends: data come from a generator whose state is checkpointed, and the
+global RNG (dropout) is forked, seeded from the config and checkpointed too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from icmix.estimators.mtd import predictive
+from icmix.experiments.common import atomic_write
+from icmix.metrics import kl_divergence
+from icmix.models import MODELS
+from icmix.tasks import MTDTask
+from icmix.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from icmix.train.config import TrainConfig
+from icmix.train.objectives import loss_fn, to_distribution
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def build_task(cfg: TrainConfig) -> MTDTask:
+    t = cfg.task
+    return MTDTask(t.vocab_size, t.order, t.alpha, seed=t.seed)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    _, model_class = MODELS[cfg.model.kind]
+    return model_class(cfg.model_config())
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, total, kind = cfg.optim.warmup_steps, cfg.steps, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if kind == "cosine" else 1.0 - frac
+
+    return factor
+
+
+def evaluate_batch(model: nn.Module, task: MTDTask, batch: dict, cfg: TrainConfig, mask: torch.Tensor,
+                   device: torch.device) -> dict[str, float]:
+    """Loss on the masked positions and KL(true || model) of the next token at the last position."""
+    model.eval()
+    with torch.no_grad():
+        out = model(batch["inputs"].to(device))
+        loss = loss_fn(out, batch["targets"].to(device), mask.to(device), cfg.loss).item()
+        p_hat = to_distribution(out[:, -1].cpu(), cfg.loss)
+    model.train()
+    p_true = predictive(batch["inputs"], task.transition, batch["lam"])
+    return {"eval_loss": loss, "eval_kl": kl_divergence(p_true, p_hat).mean().item()}
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run; returns the run directory.
+
+    Raises ``ValueError`` if ``run_dir`` already holds a different run (or, without
+    ``resume``, any run), or if a checkpoint does not match the config.
+    """
+    run = Path(run_dir)
+    saved = run / "config.yaml"
+    if resume:
+        if not saved.exists():
+            raise ValueError(f"nothing to resume in {run}: no config.yaml")
+        on_disk = TrainConfig.from_yaml(saved)
+        if cfg is not None and cfg != on_disk:
+            raise ValueError(f"{run} was started with a different config; resume it without a new config")
+        cfg = on_disk
+    else:
+        if cfg is None:
+            raise ValueError("a config is needed to start a run")
+        if saved.exists():
+            raise ValueError(f"{run} already holds a run; pass resume=True (CLI: --resume) or choose another directory")
+        atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
+    if (run / "model" / "model.safetensors").exists():
+        return run  # finished
+
+    device = resolve_device(cfg.device)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(cfg.seed)  # initialisation and dropout; the caller's RNG is untouched
+        return _train(cfg, run, resume, progress, device)
+
+
+def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: torch.device) -> Path:
+    task = build_task(cfg)
+    model = build_model(cfg).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                 weight_decay=cfg.optim.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    eval_batch = task.next_token_batch(cfg.eval_size, cfg.task.length, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
+    mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+    metrics_path = run / "metrics.jsonl"
+    start, loss_sum, loss_count = 0, 0.0, 0
+    ckpt = latest_checkpoint(run) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model)
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        data_gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start, loss_sum, loss_count = state["step"], state["loss_sum"], state["loss_count"]
+    _truncate_metrics(metrics_path, start)
+    writer = _tensorboard(run, cfg)
+    bar = range(start, cfg.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, initial=start, total=cfg.steps, desc=f"train {cfg.model.kind}", unit="step")
+    t0 = time.perf_counter()
+    for step in bar:
+        batch = task.next_token_batch(cfg.batch_size, cfg.task.length, data_gen)
+        with _autocast(device, cfg.precision):
+            out = model(batch["inputs"].to(device))
+            loss = loss_fn(out.float(), batch["targets"].to(device), mask.to(device), cfg.loss)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip is not None:
+            scaler.unscale_(optimiser)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimiser)
+        scaler.update()
+        schedule.step()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            row = {"step": done, "train_loss": loss_sum / loss_count, "lr": schedule.get_last_lr()[0],
+                   **evaluate_batch(model, task, eval_batch, cfg, mask, device)}
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            with open(run / "progress.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": done, "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(k, v, done)
+            loss_sum, loss_count = 0.0, 0
+            if progress:
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", kl=f"{row['eval_kl']:.4f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            state = {"step": done, "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                     "scaler": scaler.state_dict(), "data_rng": data_gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "loss_sum": loss_sum, "loss_count": loss_count,
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            save_checkpoint(run, done, model, state, cfg.keep_checkpoints)
+    if writer is not None:
+        writer.close()
+    model.save_pretrained(run / "model")
+    return run
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint (they will be written again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    atomic_write(path, lambda p: Path(p).write_text("".join(ln + "\n" for ln in lines)))
+
+
+def _tensorboard(run: Path, cfg: TrainConfig):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ValueError("tensorboard: true needs the tensorboard package (pip install 'icmix[tensorboard]')") from err
+    return SummaryWriter(run / "tensorboard")
+
+
+def load_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
+    """The config and final model of a finished run."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").exists():
+        raise ValueError(f"{run} is not a training run (no config.yaml)")
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    if not (run / "model" / "model.safetensors").exists():
+        raise ValueError(f"run {run} has not finished (no final model); resume it first")
+    _, model_class = MODELS[cfg.model.kind]
+    model = model_class.from_pretrained(run / "model")
+    if model.config != cfg.model_config():
+        raise ValueError(f"the model saved in {run} does not match the run's config")
+    return cfg, model

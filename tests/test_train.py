@@ -1,0 +1,154 @@
+"""The training engine: config validation, determinism, resume after SIGKILL, losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from icmix.cli import main
+from icmix.train import TrainConfig, load_run, train
+from icmix.train.objectives import loss_fn, to_distribution
+
+TINY = {
+    "task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": 3, "length": 8},
+    "model": {"kind": "disentangled", "n_layers": 2, "n_heads": 1},
+    "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 3},
+    "steps": 30, "batch_size": 16, "eval_every": 5, "eval_size": 32, "checkpoint_every": 10, "seed": 7,
+}
+
+
+def tiny(**over) -> TrainConfig:
+    d = json.loads(json.dumps(TINY))
+    for k, v in over.items():
+        d[k] = v
+    return TrainConfig.from_dict(d)
+
+
+def weights(path: Path) -> dict:
+    return load_file(path / "model.safetensors")
+
+
+def test_same_seed_bit_identical(tmp_path):
+    for kind in ("disentangled", "gpt"):
+        model = {"kind": kind, "n_layers": 2} if kind == "disentangled" else {"kind": "gpt", "n_layers": 1, "d_model": 16, "n_heads": 2}
+        a = train(tiny(model=model), tmp_path / f"{kind}a", progress=False)
+        b = train(tiny(model=model), tmp_path / f"{kind}b", progress=False)
+        assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
+        for sub in ("model", "checkpoints/step_0000020", "checkpoints/step_0000030"):
+            assert (a / sub / "model.safetensors").read_bytes() == (b / sub / "model.safetensors").read_bytes()
+        sa, sb = torch.load(a / "checkpoints/step_0000030/trainer.pt", weights_only=False), torch.load(
+            b / "checkpoints/step_0000030/trainer.pt", weights_only=False)
+        assert torch.equal(sa["data_rng"], sb["data_rng"])
+        for pa, pb in zip(sa["optimiser"]["state"].values(), sb["optimiser"]["state"].values()):
+            assert all(torch.equal(pa[k], pb[k]) for k in pa)
+        rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    c = train(tiny(seed=8), tmp_path / "c", progress=False)
+    assert not torch.equal(weights(c / "model")["readout.weight"], weights(tmp_path / "disentangleda" / "model")["readout.weight"])
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    cfg = dict(TINY, steps=600, checkpoint_every=20, eval_every=20)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    reference = train(TrainConfig.from_dict(cfg), tmp_path / "reference", progress=False)
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "icmix.cli", "train", str(tmp_path / "cfg.yaml"), "--out", str(run),
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = run / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pointer.exists() and pointer.read_text() >= "step_0000060"):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model").exists(), "the run finished before it could be killed"
+    killed_at = pointer.read_text()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    ref, got = weights(reference / "model"), weights(run / "model")
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert (reference / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert killed_at < "step_0000600"
+
+
+BAD = {
+    "unknown top-level key": ({"stepz": 10}, "unknown config keys at the top level"),
+    "unknown task key": ({"task": dict(TINY["task"], vocab=3)}, "unknown config keys in task"),
+    "unknown model key": ({"model": {"kind": "disentangled", "layers": 2}}, "unknown DisentangledConfig keys"),
+    "wrong type": ({"steps": "many"}, "steps must be int"),
+    "negative steps": ({"steps": -5}, "steps must be an integer >= 1"),
+    "order >= length": ({"task": dict(TINY["task"], order=8)}, "order must be smaller"),
+    "unknown loss": ({"loss": "hinge"}, "loss must be one of"),
+    "unknown model kind": ({"model": {"kind": "lstm"}}, "model.kind must be one of"),
+    "model key set by task": ({"model": {"kind": "gpt", "vocab_size": 3}}, "set by the task"),
+    "negative lr": ({"optim": {"lr": -1.0}}, "optim.lr"),
+    "bad gpt width": ({"model": {"kind": "gpt", "d_model": 10, "n_heads": 4}}, "divisible"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_configs_fail_before_training(case, tmp_path, capsys):
+    over, match = BAD[case]
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict({**TINY, **over})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **over}))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert match.split()[0] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_and_run_dir_guards(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    cfg = TrainConfig.from_yaml(path, ["optim.lr=3e-4", "model.n_layers=3", "loss=ce"])
+    assert cfg.optim.lr == 3e-4 and cfg.model.params["n_layers"] == 3 and cfg.loss == "ce"
+    assert TrainConfig.from_yaml(tmp_path / "c.yaml") == TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml()) | {
+        "optim": TINY["optim"], "model": TINY["model"], "loss": "mse"})
+    run = train(tiny(steps=5, eval_every=5, checkpoint_every=5), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny(), run, progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny(steps=99), run, resume=True, progress=False)
+
+
+def test_checkpoint_that_does_not_match_its_config(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(ValueError, match="does not match"):
+        train(tiny(steps=10), run, progress=False)
+        meta = yaml.safe_load((run / "config.yaml").read_text())
+        meta["model"]["n_layers"] = 3
+        meta["steps"] = 20
+        (run / "config.yaml").write_text(yaml.safe_dump(meta))
+        (run / "model" / "model.safetensors").unlink()
+        train(None, run, resume=True, progress=False)
+
+
+def test_losses_against_direct_formulas():
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(4, (3, 5), generator=g)
+    last = torch.tensor([False] * 4 + [True])
+    brier = ((out[:, -1] - F.one_hot(y[:, -1], 4)) ** 2).sum(-1).mean()
+    torch.testing.assert_close(loss_fn(out, y, last, "mse"), brier)
+    allpos = torch.tensor([False, True, True, True, True])
+    ce = F.cross_entropy(out[:, 1:].reshape(-1, 4).float(), y[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss_fn(out, y, allpos, "ce"), ce)
+    p = to_distribution(torch.tensor([[0.5, -0.1, 0.6]]), "mse")
+    assert p.min() > 0 and abs(p.sum() - 1) < 1e-12
+
+
+def test_load_run_refuses_unfinished_and_missing(tmp_path):
+    with pytest.raises(ValueError, match="not a training run"):
+        load_run(tmp_path)
+    run = train(tiny(steps=5, eval_every=5, checkpoint_every=5), tmp_path / "r", progress=False)
+    cfg, model = load_run(run)
+    assert cfg.steps == 5 and model.config.vocab_size == 4
