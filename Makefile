@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/icmix reproduce mtd-fig3 --preset quick --out $(OUT)
-	@echo "Figure: $(OUT)/mtd-fig3.png  (table: $(OUT)/mtd-fig3.csv)"
+	$(VENV)/bin/icmix reproduce mtd-fig3 --preset quick --seeds 1 --out $(OUT)
+	$(VENV)/bin/icmix reproduce mtd-fig4 --preset quick --seeds 1 --out $(OUT)
+	@echo "Figures: $(OUT)/mtd-fig3.png (every estimator) and $(OUT)/mtd-fig4.png (estimators,"
+	@echo "         construction and trained transformers); tables next to them as CSV."
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -30,6 +32,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mtd_estimators.py
+	$(PY) benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

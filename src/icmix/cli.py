@@ -59,7 +59,7 @@ def _estimate(args) -> int:
             rows.append({"sequence": b, "estimator": name, **{f"lag{g + 1}": v for g, v in enumerate(row)}})
     table = pd.DataFrame(rows)
     if args.out:
-        from icmix.experiments.common import atomic_write
+        from icmix.io import atomic_write
 
         atomic_write(Path(args.out), lambda p: table.to_csv(p, index=False))
         print(f"wrote {args.out}")
@@ -92,7 +92,7 @@ def _construct_mtd(args) -> int:
     from icmix import MTDTask
     from icmix.construct import mirror_descent_transformer
     from icmix.construct.check import mtd_differential_check
-    from icmix.experiments.common import atomic_write
+    from icmix.io import atomic_write
     from icmix.figures.attention import draw_attention_maps
 
     if args.transition:

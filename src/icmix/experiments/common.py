@@ -5,13 +5,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from icmix.io import atomic_write
 
 
 def apply_overrides(cfg, overrides: list[str] | None):
@@ -54,25 +54,16 @@ def environment() -> dict:
     }
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write a file via a temporary sibling and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: float) -> dict[str, Path]:
-    """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time)."""
+def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: float,
+                 extra: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
+    """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time),
+    plus ``NAME-<key>.csv`` for each extra table."""
     out = Path(out)
     paths = {"csv": out / f"{name}.csv", "png": out / f"{name}.png", "json": out / f"{name}.json"}
     atomic_write(paths["csv"], lambda p: table.to_csv(p, index=False))
+    for key, extra_table in (extra or {}).items():
+        paths[key] = out / f"{name}-{key}.csv"
+        atomic_write(paths[key], lambda p, t=extra_table: t.to_csv(p, index=False))
     atomic_write(paths["png"], lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"))
     meta = {"experiment": name, "config": dataclasses.asdict(cfg), "environment": environment(),
             "wall_seconds": round(wall_s, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -26,7 +26,7 @@ class Pretrained(nn.Module):
     model_type: str
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from icmix.experiments.common import atomic_write
+        from icmix.io import atomic_write
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

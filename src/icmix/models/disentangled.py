@@ -199,6 +199,9 @@ class DisentangledTransformer(Pretrained):
                 blocks = blocks + [(f"mlp{layer}", config.mlp_width)]
             self.layouts.append(StreamLayout(blocks))
         self.readout = nn.Linear(self.layouts[-1].width, config.vocab_size, bias=False)
+        # Zero readout: the output starts at 0 instead of a random read of every block,
+        # so early gradients are not spent undoing initialisation noise.
+        nn.init.zeros_(self.readout.weight)
 
     @property
     def layout(self) -> StreamLayout:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from icmix.estimators.mtd import predictive
-from icmix.experiments.common import atomic_write
+from icmix.io import atomic_write
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MTDTask

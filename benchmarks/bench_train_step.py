@@ -1,0 +1,61 @@
+"""Training-step time (forward + backward + Adam) of the MTD models on this machine.
+
+    python benchmarks/bench_train_step.py [--batch 128] [--lengths 32 64] [--repeats 20]
+
+Prints the median step time of the 3-layer disentangled transformer and the standard
+GPT-style transformer side by side, measured in one run, with their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from icmix.train import TrainConfig, build_model, build_task
+from icmix.train.objectives import loss_fn
+
+
+def step_time(cfg: TrainConfig, repeats: int) -> tuple[float, int]:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    task = build_task(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = task.next_token_batch(cfg.batch_size, cfg.task.length, torch.Generator().manual_seed(0))
+    mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+    times = []
+    for i in range(repeats + 3):
+        start = time.perf_counter()
+        loss = loss_fn(model(batch["inputs"]), batch["targets"], mask, cfg.loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 3:  # warm-up steps excluded
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, q=10, m=3")
+    print(f"{'model':<34}{'length':>7}{'params':>11}{'step (ms)':>11}")
+    for length in args.lengths:
+        base = {"task": {"vocab_size": 10, "order": 3, "length": length}, "batch_size": args.batch}
+        rows = {}
+        for name, model in [("disentangled 3-layer (one-hot pos.)", {"kind": "disentangled", "n_layers": 3}),
+                            ("standard GPT 3x64, 4 heads", {"kind": "gpt", "n_layers": 3, "d_model": 64, "n_heads": 4})]:
+            t, n = step_time(TrainConfig.from_dict({**base, "model": model}), args.repeats)
+            rows[name] = t
+            print(f"{name:<34}{length:>7}{n:>11,}{t * 1e3:>11.1f}")
+        a, b = rows.values()
+        print(f"{'ratio disentangled / standard':<34}{length:>7}{'':>11}{a / b:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
