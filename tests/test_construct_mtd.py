@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from icmix import MTDTask
 from icmix.cli import main
@@ -83,8 +84,11 @@ def test_causal_prefix_contract():
     b = a.clone()
     b[:, 12:] = torch.randint(6, (3, 8), generator=g)
     with torch.no_grad():
-        oa, ob = model(a), model(b)
+        nn.init.normal_(model.readout.weight)  # the default zero readout would hide everything
+        (oa, ca), (ob, cb) = model.run_with_cache(a), model.run_with_cache(b)
     torch.testing.assert_close(oa[:, :12], ob[:, :12], rtol=0, atol=0)
+    torch.testing.assert_close(ca["stream"][:, :12], cb["stream"][:, :12], rtol=0, atol=0)
+    assert not torch.allclose(ca["stream"][:, 12:], cb["stream"][:, 12:])
     assert not torch.allclose(oa[:, 12:], ob[:, 12:])
 
 

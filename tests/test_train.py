@@ -122,14 +122,16 @@ def test_overrides_and_run_dir_guards(tmp_path):
 
 def test_checkpoint_that_does_not_match_its_config(tmp_path):
     run = tmp_path / "r"
-    with pytest.raises(ValueError, match="does not match"):
-        train(tiny(steps=10), run, progress=False)
-        meta = yaml.safe_load((run / "config.yaml").read_text())
-        meta["model"]["n_layers"] = 3
-        meta["steps"] = 20
-        (run / "config.yaml").write_text(yaml.safe_dump(meta))
-        (run / "model" / "model.safetensors").unlink()
+    train(tiny(steps=10), run, progress=False)
+    meta = yaml.safe_load((run / "config.yaml").read_text())
+    meta["model"]["n_layers"] = 3
+    meta["steps"] = 20
+    (run / "config.yaml").write_text(yaml.safe_dump(meta))
+    (run / "model" / "model.safetensors").unlink()
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="does not match the model its config describes"):
         train(None, run, resume=True, progress=False)
+    assert (run / "metrics.jsonl").read_bytes() == before  # nothing trained, nothing rewritten
 
 
 def test_losses_against_direct_formulas():

@@ -116,3 +116,15 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_model_tokens(tokens, vocab_size: int, max_length: int | None = None):
+    """Validate a model input: an integer tensor ``(B, T)`` with values in ``[0, vocab_size)``
+    and ``T <= max_length``."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
+        raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
+    if max_length is not None and tokens.shape[1] > max_length:
+        raise ValueError(f"input length {tokens.shape[1]} exceeds the model's max_length {max_length}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"tokens must lie in [0, {vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
+    return tokens

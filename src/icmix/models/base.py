@@ -18,6 +18,14 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def config_from_dict(config_class, d: dict):
+    """Build a frozen model config from a dict, refusing unknown keys by name."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} keys: {unknown}")
+    return config_class(**d)
+
+
 class Pretrained(nn.Module):
     """Mixin giving ``save_pretrained`` / ``from_pretrained``.  Subclasses set ``config_class``
     and ``model_type`` and keep their config in ``self.config``."""

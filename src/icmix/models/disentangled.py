@@ -18,14 +18,13 @@ layer 1's offset block.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from icmix._checks import check_positive_int
-from icmix.models.base import Pretrained
+from icmix._checks import check_model_tokens, check_positive_int
+from icmix.models.base import Pretrained, config_from_dict
 
 POSITIONS = ("onehot", "warmup", "none")
 
@@ -76,11 +75,7 @@ class DisentangledConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DisentangledConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DisentangledConfig keys: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class StreamLayout:
@@ -208,16 +203,6 @@ class DisentangledTransformer(Pretrained):
         """Blocks of the final stream, the one the readout reads."""
         return self.layouts[-1]
 
-    def check_tokens(self, tokens: Tensor) -> Tensor:
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
-            raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
-        t = tokens.shape[1]
-        if t > self.config.max_length:
-            raise ValueError(f"input length {t} exceeds the model's max_length {self.config.max_length}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            raise ValueError(f"tokens must lie in [0, {self.config.vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
-        return tokens
-
     def embed(self, tokens: Tensor) -> Tensor:
         """``(B, T) -> (B, T, D_0)``: one-hot tokens, then the absolute-position block."""
         dtype = self.readout.weight.dtype
@@ -233,7 +218,7 @@ class DisentangledTransformer(Pretrained):
     def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, dict]:
         """Readout ``(B, T, Q)`` and a cache with ``stream`` (final, ``(B, T, D)``) and
         ``attention`` (one ``(B, H, T, T)`` per layer)."""
-        h = self.embed(self.check_tokens(tokens))
+        h = self.embed(check_model_tokens(tokens, self.config.vocab_size, self.config.max_length))
         patterns = []
         for layer, attn in enumerate(self.attention):
             out, a = attn(h)

@@ -12,7 +12,6 @@ for, the same maths is computed explicitly (a test checks both paths agree).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -20,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from icmix._checks import check_positive_int
-from icmix.models.base import Pretrained
+from icmix._checks import check_model_tokens, check_positive_int
+from icmix.models.base import Pretrained, config_from_dict
 
 GPT_POSITIONS = ("learned", "relative")
 
@@ -53,10 +52,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown GPTConfig keys: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class CausalSelfAttention(nn.Module):
@@ -163,14 +159,8 @@ class GPTTransformer(Pretrained):
         self.readout = nn.Linear(config.d_model, config.vocab_size)
         self.apply(init_gpt_weights)
 
-    def check_tokens(self, tokens: Tensor) -> Tensor:
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
-            raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            raise ValueError(f"tokens must lie in [0, {self.config.vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
-        return tokens
-
     def forward(self, tokens: Tensor, return_attention: bool = False):
-        h, patterns = self.backbone(self.embed(self.check_tokens(tokens)), need_weights=return_attention)
+        tokens = check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)
+        h, patterns = self.backbone(self.embed(tokens), need_weights=return_attention)
         out = self.readout(h)
         return (out, patterns) if return_attention else out
