@@ -55,9 +55,9 @@ def environment() -> dict:
 
 
 def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: float,
-                 extra: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
+                 extra: dict[str, pd.DataFrame] | None = None, summary: str | None = None) -> dict[str, Path]:
     """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time),
-    plus ``NAME-<key>.csv`` for each extra table."""
+    ``NAME-<key>.csv`` for each extra table, and ``NAME.md`` with the summary (also printed)."""
     out = Path(out)
     paths = {"csv": out / f"{name}.csv", "png": out / f"{name}.png", "json": out / f"{name}.json"}
     atomic_write(paths["csv"], lambda p: table.to_csv(p, index=False))
@@ -68,4 +68,8 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
     meta = {"experiment": name, "config": dataclasses.asdict(cfg), "environment": environment(),
             "wall_seconds": round(wall_s, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    if summary:
+        paths["md"] = out / f"{name}.md"
+        atomic_write(paths["md"], lambda p: Path(p).write_text(f"# {name}\n\n{summary}\n"))
+        print(summary)
     return paths

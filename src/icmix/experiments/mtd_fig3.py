@@ -149,10 +149,17 @@ def draw(table: pd.DataFrame, title: str = "MTD Fig. 3: regularised estimator vs
     return fig
 
 
+def report(table: pd.DataFrame) -> str:
+    """Mean KL per estimator (rows) and length (columns), as a Markdown table."""
+    summary = summarise(table)
+    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+    return "Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
+
+
 def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     start = time.time()
     table = compute(cfg, progress=progress)
     fig = draw(table)
-    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start)
+    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table))
     plt.close(fig)
     return paths

@@ -230,6 +230,19 @@ def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.n
     return fig
 
 
+def report(kl: pd.DataFrame, agree: pd.DataFrame, cfg: Config) -> str:
+    """KL at every length and the agreement metrics (mean over seeds), as Markdown tables."""
+    summary = summarise(kl)
+    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+    at_t = summary[summary.length == cfg.length].set_index("estimator")["kl_mean"]
+    md = at_t.get("MD 1-step (tuned η)")
+    ratios = "\n".join(f"- {name}: KL / KL(one-step MD, tuned η) at T={cfg.length} = {at_t[name] / md:.3f}"
+                        for name in MODEL_NAMES.values() if name in at_t and md)
+    agg = agree.groupby(["metric", "model"], sort=False)["value"].mean().unstack("model")
+    return ("Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g") + "\n\n" + ratios
+            + "\n\nAgreement with the construction (mean over seeds)\n\n" + agg.to_markdown(floatfmt=".4g"))
+
+
 def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     start = time.time()
     out = Path(out)
@@ -240,6 +253,7 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     tok = pred.model.layouts[0]["token"]
     learned = torch.softmax(pred.model.attention[0].A[0, tok, tok].detach().double().T, -1).numpy()
     fig = draw(kl, agree, panels, (learned, pred.transition.numpy()), cfg)
-    paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree})
+    paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree},
+                         summary=report(kl, agree, cfg))
     plt.close(fig)
     return paths
