@@ -62,7 +62,7 @@ def test_trained_predictor_refuses_another_task(tmp_path):
 
 def test_reproduce_fig4_tiny(tmp_path):
     out = tmp_path / "f4"
-    args = ["reproduce", "mtd-fig4", "--out", str(out), "--no-progress", "--seeds", "1", "--set", "steps=6",
+    args = ["reproduce", "mtd-fig4", "--out", str(out), "--no-progress", "--seeds", "1", "--set", "steps=6", "--set", "gpt_steps=6",
             "--set", "length=10", "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
             "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=2"]
     assert main(args) == 0

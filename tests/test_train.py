@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -154,3 +155,13 @@ def test_load_run_refuses_unfinished_and_missing(tmp_path):
     run = train(tiny(steps=5, eval_every=5, checkpoint_every=5), tmp_path / "r", progress=False)
     cfg, model = load_run(run)
     assert cfg.steps == 5 and model.config.vocab_size == 4
+
+
+def test_cross_entropy_all_positions_run(tmp_path):
+    cfg = tiny(steps=6, eval_every=3, checkpoint_every=6, loss="ce", loss_positions="all",
+               model={"kind": "gpt", "n_layers": 1, "d_model": 8, "n_heads": 2, "positions": "relative"})
+    run = train(cfg, tmp_path / "ce", progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    assert all(np.isfinite(r["eval_kl"]) and r["eval_kl"] >= 0 for r in rows)
+    assert rows[0]["eval_loss"] > 1.0  # cross-entropy near log(4) at the start, not a Brier score

@@ -3,7 +3,9 @@
 An MTD *predictor* answers one call, ``predict(tokens (B, T), task, lengths) -> (B, P, Q)``:
 the next-token distribution after each prefix ``tokens[:, :L]``, using nothing past it.
 Estimators of the lag weights become predictors through ``LagPredictor``; mirror descent
-with a step size tuned per length is ``TunedMirrorDescent``.
+with a step size tuned per length is ``TunedMirrorDescent``, the hand-built transformer is
+``ConstructedMirrorDescent`` (tuned the same way) and a finished training run is
+``TrainedPredictor``.
 """
 
 from __future__ import annotations
