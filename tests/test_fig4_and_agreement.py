@@ -75,3 +75,12 @@ def test_reproduce_fig4_tiny(tmp_path):
     mtime = (out / "runs" / "seed0-gpt" / "model" / "model.safetensors").stat().st_mtime
     assert main(args) == 0
     assert (out / "runs" / "seed0-gpt" / "model" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_fig4_refuses_to_mix_runs_of_another_config(tmp_path, capsys):
+    base = ["reproduce", "mtd-fig4", "--out", str(tmp_path), "--no-progress", "--seeds", "1", "--set", "gpt_steps=4",
+            "--set", "length=10", "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
+            "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=1"]
+    assert main(base + ["--set", "steps=4"]) == 0
+    assert main(base + ["--set", "steps=5"]) == 2
+    assert "different config" in capsys.readouterr().err

@@ -116,9 +116,9 @@ def train_models(cfg: Config, out: Path, progress: bool = True) -> dict[tuple[in
     for seed in cfg.seeds:
         for kind in ("disentangled", "gpt"):
             path = run_dir(out, seed, kind)
-            tcfg = cfg.train_config(seed, kind)
-            train(tcfg if not (path / "config.yaml").exists() else None, path,
-                  resume=(path / "config.yaml").exists(), progress=progress)
+            # An existing run is resumed (or reused if finished) only if it has exactly this
+            # config; otherwise train() refuses, rather than mixing runs of different settings.
+            train(cfg.train_config(seed, kind), path, resume=(path / "config.yaml").exists(), progress=progress)
             runs[seed, kind] = path
     return runs
 
