@@ -67,6 +67,7 @@ class Config:
     n_tune: int = 500
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self):
         check_order(self.order, min(self.eval_lengths))
@@ -89,7 +90,7 @@ class Config:
             "optim": {"lr": self.lr, "schedule": "cosine", "warmup_steps": self.warmup_steps, "grad_clip": 1.0},
             "steps": steps, "batch_size": self.batch_size, "loss": self.loss, "loss_positions": self.loss_positions,
             "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
-            "device": self.device,
+            "device": self.device, "precision": self.precision,
         })
 
 
