@@ -37,6 +37,15 @@ def step_time(cfg: TrainConfig, repeats: int) -> tuple[float, int]:
     return statistics.median(times), sum(p.numel() for p in model.parameters())
 
 
+MODELS = [
+    ("disentangled 3-layer, one-hot pos. (paper)", {"kind": "disentangled", "n_layers": 3}),
+    ("disentangled 3-layer, marker (quick preset)",
+     {"kind": "disentangled", "n_layers": 3, "positions": "warmup", "value_offsets": 4}),
+    ("standard GPT 3x64, 4 heads (paper preset)", {"kind": "gpt", "n_layers": 3, "d_model": 64, "n_heads": 4}),
+    ("standard GPT 3x32, 4 heads (quick preset)", {"kind": "gpt", "n_layers": 3, "d_model": 32, "n_heads": 4}),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=128)
@@ -44,17 +53,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, q=10, m=3")
-    print(f"{'model':<34}{'length':>7}{'params':>11}{'step (ms)':>11}")
+    print(f"{'model':<44}{'length':>7}{'params':>11}{'step (ms)':>11}")
     for length in args.lengths:
         base = {"task": {"vocab_size": 10, "order": 3, "length": length}, "batch_size": args.batch}
         rows = {}
-        for name, model in [("disentangled 3-layer (one-hot pos.)", {"kind": "disentangled", "n_layers": 3}),
-                            ("standard GPT 3x64, 4 heads", {"kind": "gpt", "n_layers": 3, "d_model": 64, "n_heads": 4})]:
+        for name, model in MODELS:
             t, n = step_time(TrainConfig.from_dict({**base, "model": model}), args.repeats)
             rows[name] = t
-            print(f"{name:<34}{length:>7}{n:>11,}{t * 1e3:>11.1f}")
-        a, b = rows.values()
-        print(f"{'ratio disentangled / standard':<34}{length:>7}{'':>11}{a / b:>11.2f}")
+            print(f"{name:<44}{length:>7}{n:>11,}{t * 1e3:>11.1f}")
+        a, b = rows[MODELS[0][0]], rows[MODELS[2][0]]
+        print(f"{'ratio paper disentangled / GPT 3x64':<44}{length:>7}{'':>11}{a / b:>11.2f}")
 
 
 if __name__ == "__main__":
