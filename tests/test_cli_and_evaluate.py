@@ -9,7 +9,7 @@ import torch
 
 from icmix import MTDTask
 from icmix.cli import main
-from icmix.estimators.mtd import bayes_exact
+from icmix.estimators.mtd import bayes_exact, mirror_descent
 from icmix.evaluate import LagPredictor, TunedMirrorDescent, evaluate_mtd, true_predictive
 from icmix.experiments import mtd_fig3
 
@@ -31,6 +31,13 @@ def test_estimate_npy_and_csv(tmp_path, capsys):
     assert main(["estimate", str(tmp_path / "tok.csv"), "--transition", str(tmp_path / "pi.csv"),
                  "--order", "2", "--estimator", "md", "em"]) == 0
     assert "lag2" in capsys.readouterr().out
+    # --beta means eta = beta / (M N): the same numbers as the library with that eta.
+    assert main(["estimate", str(tmp_path / "tok.npy"), "--transition", str(tmp_path / "pi.csv"), "--order", "2",
+                 "--estimator", "md", "--beta", "8", "--out", str(tmp_path / "b.csv")]) == 0
+    got = pd.read_csv(tmp_path / "b.csv")[["lag1", "lag2"]].to_numpy()
+    np.testing.assert_allclose(got, mirror_descent(tokens, task.transition, 2, 8 / (2 * 28)).numpy(), atol=1e-12)
+    assert main(["estimate", str(tmp_path / "tok.npy"), "--transition", str(tmp_path / "pi.csv"), "--order", "2",
+                 "--beta", "8", "--eta", "0.1"]) == 2
 
 
 def test_exact_truth_predictor_has_zero_kl_and_tuning_picks_from_grid():

@@ -43,7 +43,12 @@ def _estimate(args) -> int:
         tokens = tokens[None, :]
     pi = _load_array(args.transition, "transition")
     tokens_t = torch.as_tensor(tokens)
-    eta = args.eta if args.eta is not None else 1.0 / (args.order + 1)
+    if args.eta is not None and args.beta is not None:
+        raise ValueError("give --eta or --beta, not both")
+    if args.beta is not None:  # eta = beta / (M N): the length-aware scale of Theorem 2
+        eta = args.beta / (args.order * (tokens_t.shape[-1] - args.order))
+    else:
+        eta = args.eta if args.eta is not None else 1.0 / (args.order + 1)
     runners = {
         "md": lambda: est.mirror_descent(tokens_t, pi, args.order, eta, args.steps),
         "em": lambda: est.em(tokens_t, pi, args.order, max_iter=args.max_iter),
@@ -158,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transition", required=True, help="transition matrix (Q, Q): .npy or .csv")
     p.add_argument("--order", type=int, required=True, help="number of lags M")
     p.add_argument("--estimator", nargs="+", choices=ESTIMATOR_NAMES, default=list(ESTIMATOR_NAMES))
-    p.add_argument("--eta", type=float, default=None, help="MD step size (default 1/(M+1), Theorem 1)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="MD step size (default 1/(M+1), Theorem 1's choice, good only for short sequences)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="MD step size as eta = beta / (M N), N = T - M transitions (scales with length; ~5-15 is typical)")
     p.add_argument("--steps", type=int, default=1, help="MD steps")
     p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet prior concentration (Bayes)")
     p.add_argument("--max-iter", type=int, default=2000, help="EM iterations")
