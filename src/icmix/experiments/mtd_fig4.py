@@ -178,8 +178,9 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
     return pd.concat(kl_tables, ignore_index=True), pd.DataFrame(agree)
 
 
-def attention_panels(cfg: Config, out: Path, seed: int, beta: float) -> dict[str, list[np.ndarray]]:
-    """Attention maps (layer by layer) of one sequence for each trained model and the construction."""
+def attention_panels(cfg: Config, out: Path, seed: int, beta: float) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+    """Attention maps (layer by layer) of one sequence for each trained model and the construction,
+    and the trained disentangled model's layer-1 token scores as ``softmax(A1^T)`` ``(Q, Q)``."""
     task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
     tokens, _ = task.sample(1, cfg.length, generator=torch.Generator().manual_seed(20_000 + seed))
     panels = {}
@@ -188,11 +189,14 @@ def attention_panels(cfg: Config, out: Path, seed: int, beta: float) -> dict[str
         with torch.no_grad():
             _, attn = pred.model(tokens, return_attention=True)
         panels[MODEL_NAMES[kind]] = [a[0].mean(0).double().numpy() for a in attn]  # head-averaged
+        if kind == "disentangled":
+            tok = pred.model.layouts[0]["token"]
+            learned = torch.softmax(pred.model.attention[0].A[0, tok, tok].detach().double().T, -1).numpy()
     cons = mirror_descent_transformer(task.transition, cfg.order, beta, max_length=cfg.length)
     with torch.no_grad():
         _, attn = cons(tokens, return_attention=True)
     panels["construction"] = [a[0, 0].numpy() for a in attn]
-    return panels
+    return panels, learned
 
 
 def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.ndarray, np.ndarray], cfg: Config):
@@ -249,11 +253,9 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     out = Path(out)
     kl, agree = compute(cfg, out, progress)
     first = kl[(kl.seed == cfg.seeds[0]) & (kl.estimator == ConstructedMirrorDescent.name) & (kl.length == cfg.length)]
-    panels = attention_panels(cfg, out, cfg.seeds[0], float(first["beta"].iloc[0]))
-    pred = TrainedPredictor.from_run(run_dir(out, cfg.seeds[0], "disentangled"))
-    tok = pred.model.layouts[0]["token"]
-    learned = torch.softmax(pred.model.attention[0].A[0, tok, tok].detach().double().T, -1).numpy()
-    fig = draw(kl, agree, panels, (learned, pred.transition.numpy()), cfg)
+    panels, learned = attention_panels(cfg, out, cfg.seeds[0], float(first["beta"].iloc[0]))
+    pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
+    fig = draw(kl, agree, panels, (learned, pi), cfg)
     paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree},
                          summary=report(kl, agree, cfg))
     plt.close(fig)

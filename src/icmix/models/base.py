@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from icmix.io import atomic_write
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -34,8 +36,6 @@ class Pretrained(nn.Module):
     model_type: str
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from icmix.io import atomic_write
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"model_type": self.model_type, "config": dataclasses.asdict(self.config),

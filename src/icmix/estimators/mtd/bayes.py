@@ -164,14 +164,14 @@ def bayes_exact(
 @dataclass(frozen=True)
 class GibbsState:
     """Gibbs chain state.  ``lam (B, P, M)`` current draw; ``rb_sum``/``rb_sq`` running sums
-    of the Rao-Blackwellised estimate over kept draws; ``batch_sums (K, B, P, M)`` the same
-    per contiguous batch of draws (for batch-means standard errors)."""
+    of the Rao-Blackwellised estimate over kept draws; ``batch_sums``, K tensors ``(B, P, M)``,
+    the same per contiguous batch of draws (for batch-means standard errors)."""
 
     lam: Tensor
     step: int
     rb_sum: Tensor
     rb_sq: Tensor
-    batch_sums: Tensor
+    batch_sums: tuple[Tensor, ...]
     kept: int
 
 
@@ -206,7 +206,7 @@ class GibbsSampler:
             step=0,
             rb_sum=zeros,
             rb_sq=zeros,
-            batch_sums=torch.zeros(self.n_batches, b, p, m, **kw),
+            batch_sums=(zeros,) * self.n_batches,
             kept=0,
         )
 
@@ -221,8 +221,8 @@ class GibbsSampler:
             return GibbsState(lam, state.step + 1, state.rb_sum, state.rb_sq, state.batch_sums, state.kept)
         rb = (counts + self.alpha) / self._denom
         batch = state.kept * self.n_batches // self.num_samples
-        batch_sums = state.batch_sums.clone()
-        batch_sums[batch] += rb
+        # Replace one batch's tensor; the others are shared, not copied.
+        batch_sums = state.batch_sums[:batch] + (state.batch_sums[batch] + rb,) + state.batch_sums[batch + 1 :]
         return GibbsState(lam, state.step + 1, state.rb_sum + rb, state.rb_sq + rb * rb, batch_sums, state.kept + 1)
 
     def readout(self, state: GibbsState) -> Tensor:
@@ -237,7 +237,7 @@ class GibbsSampler:
             torch.arange(state.kept) * self.n_batches // self.num_samples, minlength=self.n_batches
         ).to(state.rb_sum.dtype)
         full = sizes > 0
-        means = state.batch_sums[full] / sizes[full].view(-1, 1, 1, 1)
+        means = torch.stack(state.batch_sums)[full] / sizes[full].view(-1, 1, 1, 1)
         k = means.shape[0]
         if k < 2:
             return torch.full_like(state.rb_sum, float("nan"))
