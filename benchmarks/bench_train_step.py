@@ -1,6 +1,7 @@
 """Training-step time (forward + backward + Adam) of the MTD models on this machine.
 
     python benchmarks/bench_train_step.py [--batch 128] [--lengths 32 64] [--repeats 20]
+                                          [--device cpu|cuda] [--precision fp32|bf16]
 
 Prints the median step time of the 3-layer disentangled transformer and the standard
 GPT-style transformer side by side, measured in one run, with their ratio.
@@ -15,23 +16,31 @@ import time
 import torch
 
 from icmix.train import TrainConfig, build_model, build_task
+from icmix.train.loop import autocast
 from icmix.train.objectives import loss_fn
 
 
-def step_time(cfg: TrainConfig, repeats: int) -> tuple[float, int]:
+def step_time(cfg: TrainConfig, repeats: int, device: torch.device) -> tuple[float, int]:
+    """Median time of one step, new batch sampled included (as in training)."""
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     task = build_task(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch = task.next_token_batch(cfg.batch_size, cfg.task.length, torch.Generator().manual_seed(0))
-    mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+    gen = torch.Generator().manual_seed(0)
+    mask = task.loss_mask(cfg.task.length, cfg.loss_positions).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(repeats + 3):
+        sync()
         start = time.perf_counter()
-        loss = loss_fn(model(batch["inputs"]), batch["targets"], mask, cfg.loss)
+        batch = task.next_token_batch(cfg.batch_size, cfg.task.length, gen)
+        with autocast(device, cfg.precision):
+            out = model(batch["inputs"].to(device))
+            loss = loss_fn(out.float(), batch["targets"].to(device), mask, cfg.loss)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sync()
         if i >= 3:  # warm-up steps excluded
             times.append(time.perf_counter() - start)
     return statistics.median(times), sum(p.numel() for p in model.parameters())
@@ -51,14 +60,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, q=10, m=3")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.precision}, batch {args.batch}, q=10, m=3")
     print(f"{'model':<44}{'length':>7}{'params':>11}{'step (ms)':>11}")
     for length in args.lengths:
-        base = {"task": {"vocab_size": 10, "order": 3, "length": length}, "batch_size": args.batch}
+        base = {"task": {"vocab_size": 10, "order": 3, "length": length}, "batch_size": args.batch,
+                "precision": args.precision}
         rows = {}
         for name, model in MODELS:
-            t, n = step_time(TrainConfig.from_dict({**base, "model": model}), args.repeats)
+            t, n = step_time(TrainConfig.from_dict({**base, "model": model}), args.repeats, device)
             rows[name] = t
             print(f"{name:<44}{length:>7}{n:>11,}{t * 1e3:>11.1f}")
         a, b = rows[MODELS[0][0]], rows[MODELS[2][0]]

@@ -38,7 +38,7 @@ from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredic
 from icmix.experiments.common import save_outputs
 from icmix.experiments.mtd_fig3 import summarise
 from icmix.tasks import MTDTask
-from icmix.train import TrainConfig, train
+from icmix.train import TrainConfig, train_many
 from icmix.train.objectives import to_distribution
 
 NAME = "mtd-fig4"
@@ -68,12 +68,13 @@ class Config:
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
     precision: str = "fp32"
+    jobs: int = 1  # training runs at once (processes); >1 pays off on a GPU, where one small run leaves it idle
 
     def __post_init__(self):
         check_order(self.order, min(self.eval_lengths))
         if max(self.eval_lengths) > self.length:
             raise ValueError(f"eval_lengths must not exceed the training length {self.length}")
-        for name in ("steps", "batch_size", "n_sequences", "n_tune"):
+        for name in ("steps", "batch_size", "n_sequences", "n_tune", "jobs"):
             check_positive_int(name, getattr(self, name))
         if not self.seeds:
             raise ValueError("seeds must be non-empty")
@@ -113,15 +114,10 @@ def run_dir(out: Path, seed: int, kind: str) -> Path:
 
 def train_models(cfg: Config, out: Path, progress: bool = True) -> dict[tuple[int, str], Path]:
     """Train (or resume, or reuse) every run this figure needs."""
-    runs = {}
-    for seed in cfg.seeds:
-        for kind in ("disentangled", "gpt"):
-            path = run_dir(out, seed, kind)
-            # An existing run is resumed (or reused if finished) only if it has exactly this
-            # config; otherwise train() refuses, rather than mixing runs of different settings.
-            train(cfg.train_config(seed, kind), path, resume=(path / "config.yaml").exists(), progress=progress)
-            runs[seed, kind] = path
-    return runs
+    jobs = {(seed, kind): (cfg.train_config(seed, kind), run_dir(out, seed, kind))
+            for seed in cfg.seeds for kind in ("disentangled", "gpt")}
+    train_many(list(jobs.values()), cfg.jobs, progress)
+    return {key: path for key, (_, path) in jobs.items()}
 
 
 def agreement_rows(seed: int, task: MTDTask, trained: dict[str, TrainedPredictor], beta: float, beta_md: float,

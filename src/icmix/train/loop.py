@@ -82,7 +82,7 @@ def evaluate_batch(model: nn.Module, task: MTDTask, batch: dict, cfg: TrainConfi
     return {"eval_loss": loss, "eval_kl": kl_divergence(p_true, p_hat).mean().item()}
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -130,7 +130,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     eval_batch = task.next_token_batch(cfg.eval_size, cfg.task.length, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
     mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
     metrics_path = run / "metrics.jsonl"
-    start, loss_sum, loss_count = 0, 0.0, 0
+    start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
     ckpt = latest_checkpoint(run) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model)
@@ -141,7 +141,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start, loss_sum, loss_count = state["step"], state["loss_sum"], state["loss_count"]
+        start, loss_count = state["step"], state["loss_count"]
+        loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
     _truncate_metrics(metrics_path, start)
     writer = _tensorboard(run, cfg)
     bar = range(start, cfg.steps)
@@ -152,7 +153,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     t0 = time.perf_counter()
     for step in bar:
         batch = task.next_token_batch(cfg.batch_size, cfg.task.length, data_gen)
-        with _autocast(device, cfg.precision):
+        with autocast(device, cfg.precision):
             out = model(batch["inputs"].to(device))
             loss = loss_fn(out.float(), batch["targets"].to(device), mask.to(device), cfg.loss)
         optimiser.zero_grad(set_to_none=True)
@@ -163,10 +164,12 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         scaler.step(optimiser)
         scaler.update()
         schedule.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        # accumulated on the device (no host sync per step); float64, so the sum is the one
+        # Python floats would give
+        loss_sum, loss_count = loss_sum + loss.detach().double(), loss_count + 1
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            row = {"step": done, "train_loss": loss_sum / loss_count, "lr": schedule.get_last_lr()[0],
+            row = {"step": done, "train_loss": loss_sum.item() / loss_count, "lr": schedule.get_last_lr()[0],
                    **evaluate_batch(model, task, eval_batch, cfg, mask, device)}
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -176,19 +179,40 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(k, v, done)
-            loss_sum, loss_count = 0.0, 0
+            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
             if progress:
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", kl=f"{row['eval_kl']:.4f}")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             state = {"step": done, "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                      "scaler": scaler.state_dict(), "data_rng": data_gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "loss_sum": loss_sum, "loss_count": loss_count,
+                     "torch_rng": torch.get_rng_state(), "loss_sum": loss_sum.item(), "loss_count": loss_count,
                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
             save_checkpoint(run, done, model, state, cfg.keep_checkpoints)
     if writer is not None:
         writer.close()
     model.save_pretrained(run / "model")
     return run
+
+
+def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True) -> None:
+    """Train each ``(config, run_dir)``, ``n_parallel`` at a time in separate processes.
+
+    An existing run is resumed (or reused if finished) only if it has exactly its config;
+    otherwise ``train`` refuses, rather than mixing runs of different settings.
+    """
+    if n_parallel == 1:
+        for cfg, path in jobs:
+            train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(n_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train, cfg, path, (path / "config.yaml").exists(), False) for cfg, path in jobs]
+        for future in tqdm(futures, desc=f"training runs ({n_parallel} at a time)", disable=not progress):
+            future.result()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

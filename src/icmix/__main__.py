@@ -1,0 +1,7 @@
+"""``python -m icmix``: the same as the ``icmix`` command."""
+
+import sys
+
+from icmix.cli import main
+
+sys.exit(main())
