@@ -32,6 +32,50 @@ def test_agreement_metrics_on_the_construction_itself():
     assert ro["cosine"] == pytest.approx(1.0) and ro["relative_error"] < 1e-12
 
 
+def test_lag_attention_tv_against_hand_computed_values():
+    t = 4
+    ref = torch.zeros(1, t, t)
+    ref[0, 2, 1], ref[0, 3, 2] = 1.0, 1.0  # lag 1 only (M = 2)
+    trained = torch.zeros(1, 1, t, t)
+    trained[0, 0, 2, 1], trained[0, 0, 2, 0] = 0.2, 0.2  # row 2: half lag 1, half lag 2 after renormalising
+    trained[0, 0, 2, 2] = 0.6  # off-lag mass is ignored
+    trained[0, 0, 3, 2] = 0.5  # row 3: all of its lag mass on lag 1
+    trained[0, 0, 3, 3] = 0.5
+    assert agreement.lag_attention_tv(trained, ref, 2) == pytest.approx((0.5 + 0.0) / 2)
+    assert agreement.lag_offset_mass(trained, 2) == pytest.approx((0.4 + 0.5) / 2)
+
+
+def test_restrict_offsets_masks_exactly_the_other_offsets():
+    """On a random model the restricted layer attends only to the kept offsets; on the
+    construction, which already attends only to lags 1..M, the output does not change."""
+    from icmix.models import DisentangledConfig
+
+    torch.manual_seed(0)
+    model = DisentangledTransformer(DisentangledConfig(vocab_size=5, n_layers=2, max_length=12, positions="warmup",
+                                                       value_offsets=3))
+    for prm in model.parameters():
+        torch.nn.init.normal_(prm)
+    tokens = torch.randint(0, 5, (4, 12))
+    model.restrict_offsets(1, [1, 2])
+    with torch.no_grad():
+        _, attn = model(tokens, return_attention=True)
+    a = attn[0][:, 0].double()
+    i = torch.arange(2, 12)
+    kept = torch.zeros_like(a, dtype=torch.bool)
+    kept[:, i, i - 1] = kept[:, i, i - 2] = True
+    assert (a[~kept & (torch.arange(12)[:, None] >= 2)] == 0).all()  # exp(-1e4) is exactly 0
+    assert agreement.lag_offset_mass(attn[0], 2) == pytest.approx(1.0, abs=1e-6)  # float32 softmax
+    assert attn[1][:, 0, -1].min() > 0  # layer 2 untouched
+
+    task = MTDTask(6, 3, seed=1)
+    cons = mirror_descent_transformer(task.transition, 3, 7.0, max_length=30)
+    x, _ = task.sample(8, 30, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = cons(x)[:, 3:]
+        after = cons.restrict_offsets(1, [1, 2, 3])(x)[:, 3:]
+    assert torch.allclose(before, after, atol=1e-12)
+
+
 def test_attention_agreement_against_hand_computed_values():
     ref = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])  # (B=1, T=2, T=2)
     trained = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.5, 0.5]]]])  # 2 heads
@@ -64,12 +108,14 @@ def test_reproduce_fig4_tiny(tmp_path):
     out = tmp_path / "f4"
     args = ["reproduce", "mtd-fig4", "--out", str(out), "--no-progress", "--seeds", "1", "--set", "steps=6", "--set", "gpt_steps=6",
             "--set", "length=10", "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
-            "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=2"]
+            "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=2", "--set", "ablation_steps=3"]
     assert main(args) == 0
     kl = pd.read_csv(out / "mtd-fig4.csv")
     assert {"trained disentangled (3-layer)", "trained standard (GPT)", "Construction (3-layer, tuned β)"} <= set(kl.estimator)
     agree = pd.read_csv(out / "mtd-fig4-agreement.csv")
     assert "layer-1 mass on lag offsets 1..m" in set(agree.metric)
+    restricted = agree[agree.metric.str.startswith("ablation: layer-1 lag mass, restricted")]["value"]
+    assert len(restricted) == 2 and np.allclose(restricted, 1.0)
     assert (out / "mtd-fig4.png").stat().st_size > 20_000
     # A second call reuses the finished runs instead of training again.
     mtime = (out / "runs" / "seed0-gpt" / "model" / "model.safetensors").stat().st_mtime

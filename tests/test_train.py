@@ -180,3 +180,20 @@ def test_parallel_runs_equal_sequential_runs(tmp_path):
         assert (seq / "model/model.safetensors").read_bytes() == (par / "model/model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="different config"):  # a clash in a worker reaches the caller
         train_many([(tiny(seed=9), tmp_path / "seq7"), (tiny(seed=8), tmp_path / "seq8")], 2, progress=False)
+
+
+def test_fine_tune_lowers_the_loss_and_leaves_the_global_rng_alone():
+    from icmix.train import build_model, build_task, fine_tune
+
+    cfg = tiny()
+    torch.manual_seed(0)
+    model, task = build_model(cfg), build_task(cfg)
+    batch = task.next_token_batch(512, cfg.task.length, torch.Generator().manual_seed(99))
+    mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+    before = loss_fn(model(batch["inputs"]), batch["targets"], mask, cfg.loss).item()
+    state = torch.get_rng_state()
+    fine_tune(model, task, cfg, steps=200, lr=0.02, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        after = loss_fn(model(batch["inputs"]), batch["targets"], mask, cfg.loss).item()
+    assert after < before - 0.01

@@ -36,6 +36,23 @@ def lag_offset_mass(attention: Tensor, order: int) -> float:
     return mass.double().mean(dim=(0, 2)).max().item()
 
 
+def lag_attention_tv(attention: Tensor, reference: Tensor, order: int) -> float:
+    """Total variation between the trained layer-1 attention over the lag keys ``i-1..i-M``,
+    renormalised to sum to 1, and the construction's (the responsibilities ``gamma_i``).
+
+    This compares *how* attention is split among the lags, whatever mass sits elsewhere.
+    Mean over query rows ``i >= M``; the best head.  ``attention (B, H, T, T)``,
+    ``reference (B, T, T)``.
+    """
+    t = attention.shape[-1]
+    i = torch.arange(order, t)
+    lags = torch.stack([attention[:, :, i, i - g] for g in range(1, order + 1)], -1).double()  # (B, H, N, M)
+    ref = torch.stack([reference[:, i, i - g] for g in range(1, order + 1)], -1).double()[:, None]
+    lags = lags / lags.sum(-1, keepdim=True).clamp_min(1e-300)
+    ref = ref / ref.sum(-1, keepdim=True)
+    return (0.5 * (lags - ref).abs().sum(-1)).mean(dim=(0, 2)).min().item()
+
+
 def transition_agreement(scores: Tensor, transition: Tensor) -> dict[str, float]:
     """Compare layer-1 token scores ``A[query token, key token] (Q, Q)`` with ``pi``.
 

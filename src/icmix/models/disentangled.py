@@ -228,6 +228,17 @@ class DisentangledTransformer(Pretrained):
                 h = torch.cat([h, self.mlps[layer](h)], dim=-1)
         return self.readout(h), {"stream": h, "attention": patterns}
 
+    @torch.no_grad()
+    def restrict_offsets(self, layer: int, keep, penalty: float = 1e4) -> "DisentangledTransformer":
+        """Intervention: layer ``layer`` (1-based) attends only to keys at offsets ``i - j`` in
+        ``keep``.  Every other offset's ``R_A`` row loses ``penalty`` on the input token block;
+        a one-hot token block sums to 1, so each of its scores drops by exactly ``penalty``.
+        In place; returns the model."""
+        attn = self.attention[layer - 1]
+        drop = [o for o in range(attn.R_A.shape[1]) if o not in set(keep)]
+        attn.R_A[:, drop, self.layouts[0]["token"]] -= penalty
+        return self
+
     def forward(self, tokens: Tensor, return_attention: bool = False):
         out, cache = self.run_with_cache(tokens)
         return (out, cache["attention"]) if return_attention else out

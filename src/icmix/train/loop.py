@@ -194,6 +194,30 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     return run
 
 
+def fine_tune(model: nn.Module, task: MTDTask, cfg: TrainConfig, steps: int, lr: float, seed: int) -> nn.Module:
+    """Continue training ``model`` in place for ``steps`` Adam steps, the learning rate annealed
+    from ``lr`` to 0 (cosine), on fresh batches of ``cfg``'s size, length, loss and positions.
+    For interventions (change a trained model, then let the rest of it adapt).  No run directory."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    mask = task.loss_mask(cfg.task.length, cfg.loss_positions).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.optim.betas)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    model.train()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            batch = task.next_token_batch(cfg.batch_size, cfg.task.length, gen)
+            loss = loss_fn(model(batch["inputs"].to(device)), batch["targets"].to(device), mask, cfg.loss)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimiser.step()
+            schedule.step()
+    return model.eval()
+
+
 def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True) -> None:
     """Train each ``(config, run_dir)``, ``n_parallel`` at a time in separate processes.
 
