@@ -2,11 +2,15 @@
 ``compute(cfg) -> table`` and ``draw(table) -> figure``.  ``REGISTRY`` maps the names used
 by ``icmix reproduce`` to their modules."""
 
-from icmix.experiments import mtd_fig3, mtd_fig4
+from icmix.experiments import mtd_fig3, mtd_fig4, mtd_fig5, mtd_fig7, mtd_orders
 
 REGISTRY = {
     "mtd-fig3": mtd_fig3,
     "mtd-fig4": mtd_fig4,
+    "mtd-fig5": mtd_fig5,
+    "mtd-fig6": mtd_orders.fig6,
+    "mtd-fig7": mtd_fig7,
+    "mtd-fig8": mtd_orders.fig8,
 }
 
 __all__ = ["REGISTRY"]

@@ -145,6 +145,7 @@ def agreement_rows(seed: int, task: MTDTask, trained: dict[str, TrainedPredictor
         add("KL(construction || trained)", agreement.predictive_kl(p_cons, p))
         add("KL(one-step MD || trained)", agreement.predictive_kl(p_md, p))
         add("layer-1 mass on lag offsets 1..m", agreement.lag_offset_mass(attn[0], m))
+        add("layer-1 split over lags: TV to responsibilities", agreement.lag_attention_tv(attn[0], cons_attn[0][:, 0], m))
         for layer, (a, ref) in enumerate(zip(attn, cons_attn), start=1):
             sim = agreement.attention_agreement(a, ref[:, 0], m)
             add(f"layer-{layer} attention cosine vs construction", sim["cosine"])

@@ -233,7 +233,9 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
 
     from tqdm.auto import tqdm
 
-    with ProcessPoolExecutor(n_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+    threads = max(1, torch.get_num_threads() // n_parallel)  # share the cores instead of oversubscribing them
+    with ProcessPoolExecutor(n_parallel, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = [pool.submit(train, cfg, path, (path / "config.yaml").exists(), False) for cfg, path in jobs]
         for future in tqdm(futures, desc=f"training runs ({n_parallel} at a time)", disable=not progress):
             future.result()

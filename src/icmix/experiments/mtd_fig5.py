@@ -1,0 +1,263 @@
+"""MTD Figure 5: a deeper trained transformer against k-step mirror descent and Bayes.
+
+For each seed, train disentangled transformers of each depth in ``depths`` (the paper's
+5 layers, and the 3-layer model of Fig. 4 beside it) with each loss in ``losses`` (MSE, the
+paper's, and cross-entropy), then measure
+
+- KL(true || predicted) against length for every trained model, 1- to 4-step MD (step size
+  tuned per length) and exact Bayes;
+- which k-step MD the main model (``depth``, ``loss``) *tracks*: the mean
+  ``KL(p_MD^k || p_model)`` between the predictions, per length;
+- the step sizes read off each layer (``agreement.md_step_readout``): how much attention sits
+  on the lagged tokens of the next token, and the k-step MD (tied, and per-step) that best
+  explains how it is split, with the KL of the predictive that plugs that split in as
+  ``lam`` (the layer's own prediction, comparable to the model's).
+
+Outputs: ``mtd-fig5.csv`` (KL), ``mtd-fig5-tracking.csv``, ``mtd-fig5-readout.csv`` (the
+per-layer step-size table) and ``mtd-fig5-losses.csv`` (CE vs MSE at every length).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from icmix import agreement
+from icmix._checks import check_order, check_positive_int
+from icmix.estimators import mtd as est
+from icmix.evaluate import LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.experiments import mtd_training
+from icmix.experiments.common import save_outputs
+from icmix.experiments.mtd_fig3 import summarise
+from icmix.figures.curves import kl_panel
+from icmix.metrics import kl_divergence
+from icmix.tasks import MTDTask
+from icmix.train.config import LOSSES
+
+NAME = "mtd-fig5"
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int = 10
+    order: int = 3
+    length: int = 32
+    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
+    depth: int = 5
+    depths: tuple[int, ...] = (3, 5)
+    loss: str = "mse"
+    losses: tuple[str, ...] = ("mse", "ce")
+    md_steps: tuple[int, ...] = (1, 2, 3, 4)
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 6e-3
+    warmup_steps: int = 300
+    loss_positions: str = "all"
+    positions: str = "warmup"
+    n_sequences: int = 500
+    n_tune: int = 250
+    n_readout: int = 256
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"
+    precision: str = "fp32"
+    jobs: int = 1
+
+    def __post_init__(self):
+        check_order(self.order, min(self.eval_lengths))
+        if max(self.eval_lengths) > self.length:
+            raise ValueError(f"eval_lengths must not exceed the training length {self.length}")
+        if self.depth not in self.depths or self.loss not in self.losses:
+            raise ValueError("depth must be one of depths and loss one of losses")
+        for loss in self.losses:
+            if loss not in LOSSES:
+                raise ValueError(f"losses must be among {LOSSES}, got {loss!r}")
+        for name in ("steps", "batch_size", "n_sequences", "n_tune", "n_readout", "jobs"):
+            check_positive_int(name, getattr(self, name))
+        for k in self.md_steps:
+            check_positive_int("md_steps", k)
+        if not self.seeds:
+            raise ValueError("seeds must be non-empty")
+        self.runs()  # validates the training side too
+
+    def runs(self) -> dict[tuple[int, int, str], object]:
+        """``(seed, depth, loss) -> TrainConfig``."""
+        return {(s, d, loss): mtd_training.train_config(self, s, mtd_training.disentangled(d, self.order, self.positions),
+                                                        self.order, self.length, loss)
+                for s in self.seeds for d in self.depths for loss in self.losses}
+
+
+PRESETS = {
+    # CPU in minutes: the fig4 quick recipe (loss on every position, warm-up marker, value
+    # offsets 0..m, cosine schedule at lr 6e-3, 10k steps) at depths 3 and 5.
+    "quick": Config(),
+    # The paper's recipe (length 64, one-hot positions, MSE on the last token, 5e5 steps): a GPU job.
+    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), steps=500_000, lr=1e-3, warmup_steps=100,
+                    loss_positions="last", positions="onehot", n_sequences=1000, n_tune=500, seeds=(0, 1, 2)),
+}
+
+
+def model_name(depth: int, loss: str) -> str:
+    return f"trained {depth}-layer ({loss.upper()})"
+
+
+def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[TunedMirrorDescent], cfg: Config
+                  ) -> list[dict]:
+    """Mean KL(p_MD^k || p_model) at each length: how close the model's predictions are to
+    each k-step MD's (step size as tuned for the KL table)."""
+    tokens, _ = task.sample(cfg.n_sequences, max(cfg.eval_lengths), generator=torch.Generator().manual_seed(50_000 + seed))
+    p_model = model.predict(tokens, task, cfg.eval_lengths)
+    rows = []
+    for pred in md:
+        kl = kl_divergence(pred.predict(tokens, task, cfg.eval_lengths), p_model).mean(0)
+        rows += [dict(seed=seed, length=L, k=pred.steps, kl_md_to_model=float(v)) for L, v in zip(cfg.eval_lengths, kl)]
+    return rows
+
+
+def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, cfg: Config) -> list[dict]:
+    """Per-layer step-size readout, with each layer's plug-in prediction at the training length."""
+    tokens, lam = task.sample(cfg.n_readout, cfg.length, generator=torch.Generator().manual_seed(60_000 + seed))
+    with torch.no_grad():
+        _, attn = model.model(tokens, return_attention=True)
+    p_true = est.predictive(tokens, task.transition, lam)
+    rows = agreement.md_step_readout(attn, tokens, task.transition, cfg.order)
+    for row, a in zip(rows, attn):
+        w = agreement.lag_window(a[:, row["head"]].double(), cfg.order, 0)[:, -1]  # (B, M) at the last query
+        lam_hat = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+        row["plugin_kl"] = agreement.predictive_kl(p_true, est.predictive(tokens, task.transition, lam_hat))
+        row.update(seed=seed, model=model.name)
+    return rows
+
+
+def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataFrame]:
+    runs = cfg.runs()
+    paths = dict(zip(runs, mtd_training.train_runs(out, list(runs.values()), cfg.jobs, progress)))
+    kl_tables, tracking, readout = [], [], []
+    for seed in cfg.seeds:
+        task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
+        trained = {(d, loss): TrainedPredictor.from_run(paths[seed, d, loss], model_name(d, loss))
+                   for d in cfg.depths for loss in cfg.losses}
+        md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
+        preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)), *md,
+                 *trained.values()]
+        table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
+        table.insert(0, "seed", seed)
+        kl_tables.append(table)
+        tracking += tracking_rows(seed, task, trained[cfg.depth, cfg.loss], md, cfg)
+        for pred in trained.values():
+            readout += readout_rows(seed, task, pred, cfg)
+    kl = pd.concat(kl_tables, ignore_index=True)
+    return {"kl": kl, "tracking": pd.DataFrame(tracking), "readout": pd.DataFrame(readout), "losses": loss_table(kl, cfg)}
+
+
+def loss_table(kl: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Mean KL over seeds of every trained model (depth x loss) at each length, and its ratio
+    to one-step MD (tuned) at the training length."""
+    summary = summarise(kl)
+    md1 = summary[(summary.estimator == "MD 1-step (tuned η)") & (summary.length == cfg.length)]["kl_mean"]
+    rows = []
+    for d in cfg.depths:
+        for loss in cfg.losses:
+            g = summary[summary.estimator == model_name(d, loss)].set_index("length")
+            row = {"depth": d, "loss": loss, **{f"KL T={L}": g.loc[L, "kl_mean"] for L in cfg.eval_lengths}}
+            row[f"ratio to MD 1-step at T={cfg.length}"] = g.loc[cfg.length, "kl_mean"] / float(md1.iloc[0])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tracked(tracking: pd.DataFrame) -> pd.DataFrame:
+    """Per length: the k whose MD predictions are closest to the model's, with every k's KL."""
+    mean = tracking.groupby(["length", "k"])["kl_md_to_model"].mean().unstack("k")
+    mean.columns = [f"KL(MD {k}-step || model)" for k in mean.columns]
+    mean.insert(0, "tracks k", tracking.groupby(["length", "k"])["kl_md_to_model"].mean().unstack("k").idxmin(axis=1))
+    return mean
+
+
+def readout_summary(readout: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (model, layer); ``k`` and ``readable`` as the most common value."""
+    g = readout.groupby(["model", "layer"], sort=False)
+    agg = g[["window_mass", "gamma_mass", "beta", "fit_kl", "explained", "plugin_kl"]].mean()
+    agg.insert(2, "k", g["k"].agg(lambda s: s.mode().iloc[0]))
+    agg["readable"] = g["readable"].agg(lambda s: f"{int(s.sum())}/{len(s)}")
+    agg["schedule (seed 0)"] = g["schedule"].first()
+    return agg.reset_index()
+
+
+def draw(tables: dict[str, pd.DataFrame], cfg: Config):
+    kl, readout = tables["kl"], tables["readout"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    main = model_name(cfg.depth, cfg.loss)
+    names = ["Bayes (exact)", *[f"MD {k}-step (tuned η)" for k in cfg.md_steps], main]
+    names += [model_name(d, cfg.loss) for d in cfg.depths if d != cfg.depth]
+    summary = summarise(kl[kl.estimator.isin(names)])
+    shades = plt.cm.Blues(np.linspace(0.45, 0.95, len(cfg.md_steps)))
+    styles = {"Bayes (exact)": dict(color="black", lw=2.5), main: dict(color="tab:red", lw=2.5, marker="s")}
+    styles.update({f"MD {k}-step (tuned η)": dict(color=c, ls="--") for k, c in zip(cfg.md_steps, shades)})
+    kl_panel(axes[0], summary, f"{cfg.depth}-layer model vs k-step MD", styles)
+
+    losses = tables["losses"]
+    ax = axes[1]
+    width = 0.8 / len(cfg.losses)
+    spread = summarise(kl[kl.length == cfg.length]).set_index("estimator")
+    for j, loss in enumerate(cfg.losses):
+        g = losses[losses.loss == loss]
+        names_l = [model_name(d, loss) for d in g["depth"]]
+        ax.bar(np.arange(len(g)) + j * width, g[f"KL T={cfg.length}"], width,
+               yerr=np.nan_to_num(spread.loc[names_l, "kl_ci"].to_numpy()), capsize=3, label=loss.upper())
+    for k in cfg.md_steps[:2]:
+        ax.axhline(spread.loc[f"MD {k}-step (tuned η)", "kl_mean"], color=shades[k - 1], ls="--", lw=1, label=f"MD {k}-step")
+    ax.axhline(spread.loc["Bayes (exact)", "kl_mean"], color="black", lw=1, label="Bayes")
+    ax.set_xticks(np.arange(len(cfg.depths)) + width * (len(cfg.losses) - 1) / 2, [f"{d} layers" for d in cfg.depths])
+    ax.set_ylabel(f"KL at T={cfg.length}")
+    ax.set_title("cross-entropy vs MSE training", fontsize=9)
+    ax.legend(fontsize=7)
+    lo = min(spread["kl_mean"].min(), losses[f"KL T={cfg.length}"].min())
+    ax.set_ylim(0.8 * lo, None)
+
+    ax = axes[2]
+    r = readout[(readout.model == main) & (readout.seed == cfg.seeds[0])]
+    x = r["layer"].to_numpy()
+    ax.bar(x - 0.2, r["window_mass"], 0.4, label="attention on lagged tokens of y_{i+1}")
+    ax.bar(x + 0.2, r["explained"].clip(lower=0), 0.4, label="fraction explained by k-step MD")
+    for _, row in r.iterrows():
+        if row["readable"]:
+            ax.annotate(f"k={row['k']}\nβ={row['beta']:.2g}", (row["layer"], 1.02), ha="center", fontsize=7)
+    ax.set_ylim(0, 1.25)
+    ax.set_xticks(x)
+    ax.set_xlabel("layer")
+    ax.set_title(f"MD read off each layer ({main}, seed {cfg.seeds[0]})", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"MTD Fig. 5: deeper transformers vs multi-step MD (q={cfg.vocab_size}, m={cfg.order}, "
+                 f"training length {cfg.length})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
+    summary = summarise(tables["kl"])
+    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+    return ("Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
+            + f"\n\nWhich k-step MD the {model_name(cfg.depth, cfg.loss)} model tracks (mean KL between predictions)\n\n"
+            + tracked(tables["tracking"]).to_markdown(floatfmt=".3g")
+            + "\n\nCross-entropy vs MSE (mean KL over seeds)\n\n" + tables["losses"].to_markdown(index=False, floatfmt=".4g")
+            + "\n\nStep sizes read off each layer (mean over seeds)\n\n"
+            + readout_summary(tables["readout"]).to_markdown(index=False, floatfmt=".3g"))
+
+
+def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
+    start = time.time()
+    out = Path(out)
+    tables = compute(cfg, out, progress)
+    fig = draw(tables, cfg)
+    extra = {k: v for k, v in tables.items() if k != "kl"}
+    paths = save_outputs(out, NAME, cfg, tables["kl"], fig, time.time() - start, extra=extra, summary=report(tables, cfg))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,152 @@
+"""MTD Figure 7: the learned layer-1 token scores ``softmax(A1^T)`` against ``pi``, per training length.
+
+For each order and training length, train the 3-layer disentangled transformer (the runs of
+fig6 at its training length are shared when written to the same ``--out``) and compare its
+layer-1 token-token scores ``A1`` with the true transition matrix:
+
+- ``row_kl``: the paper's measure, the mean over rows a of ``KL(pi[a] || softmax(A1^T)[a])``;
+- ``attention_kl``: the same comparison made invariant to the per-query-token constant that
+  attention cannot see (``agreement.transition_agreement``).
+
+The claim to check: the row KL falls as the training length grows (longer sequences carry
+more evidence per sequence about ``pi``).  The figure shows ``pi`` and the learned matrix
+for every length (first seed), the mean row KL in each panel's title.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from icmix import agreement
+from icmix._checks import check_order, check_positive_int
+from icmix.experiments import mtd_training
+from icmix.experiments.common import save_outputs
+from icmix.metrics import mean_ci
+from icmix.tasks import MTDTask
+from icmix.train import load_run
+
+NAME = "mtd-fig7"
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int = 10
+    orders: tuple[int, ...] = (3, 5)
+    lengths: tuple[int, ...] = (8, 16, 32)
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 6e-3
+    warmup_steps: int = 300
+    loss: str = "mse"
+    loss_positions: str = "all"
+    positions: str = "warmup"
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"
+    precision: str = "fp32"
+    jobs: int = 1
+
+    def __post_init__(self):
+        for m in self.orders:
+            check_order(m, min(self.lengths))
+        for name in ("steps", "batch_size", "jobs"):
+            check_positive_int(name, getattr(self, name))
+        if not self.seeds or not self.orders or not self.lengths:
+            raise ValueError("seeds, orders and lengths must be non-empty")
+        self.runs()
+
+    def runs(self) -> dict[tuple[int, int, int], object]:
+        """``(seed, order, length) -> TrainConfig``."""
+        return {(s, m, t): mtd_training.train_config(self, s, mtd_training.disentangled(3, m, self.positions), m, t,
+                                                     self.loss)
+                for s in self.seeds for m in self.orders for t in self.lengths}
+
+
+PRESETS = {
+    "quick": Config(),
+    "paper": Config(lengths=(16, 32, 64, 128), steps=500_000, lr=1e-3, warmup_steps=100, loss_positions="last",
+                    positions="onehot", seeds=(0, 1, 2)),
+}
+
+
+def learned_scores(run: Path) -> torch.Tensor:
+    """``A1[query token, key token] (Q, Q)`` of a trained disentangled run."""
+    _, model = load_run(run)
+    tok = model.layouts[0]["token"]
+    return model.attention[0].A[0, tok, tok].detach().double()
+
+
+def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Rows ``seed, order, length, row_kl, attention_kl`` and, for the first seed,
+    ``{(order, length): softmax(A1^T)}``."""
+    runs = cfg.runs()
+    paths = dict(zip(runs, mtd_training.train_runs(out, list(runs.values()), cfg.jobs, progress)))
+    rows, mats = [], {}
+    for (seed, m, t), path in paths.items():
+        scores = learned_scores(path)
+        pi = MTDTask(cfg.vocab_size, m, seed=seed).transition
+        rows.append(dict(seed=seed, order=m, length=t, **agreement.transition_agreement(scores, pi)))
+        if seed == cfg.seeds[0]:
+            mats[m, t] = torch.softmax(scores.T, -1).numpy()
+    return pd.DataFrame(rows), mats
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (m, t), g in table.groupby(["order", "length"]):
+        row = {"order": m, "length": t}
+        for metric in ("row_kl", "attention_kl"):
+            mean, _, ci = mean_ci(g[metric]) if len(g) > 1 else (g[metric].iloc[0], 0, float("nan"))
+            row[metric], row[f"{metric}_ci"] = mean, ci
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def draw(table: pd.DataFrame, mats: dict, cfg: Config):
+    summary = summary_table(table).set_index(["order", "length"])
+    cols = len(cfg.lengths) + 1
+    fig, axes = plt.subplots(len(cfg.orders), cols, figsize=(3.1 * cols, 3.0 * len(cfg.orders)), squeeze=False)
+    for i, m in enumerate(cfg.orders):
+        pi = MTDTask(cfg.vocab_size, m, seed=cfg.seeds[0]).transition.numpy()
+        vmax = max(pi.max(), *(mats[m, t].max() for t in cfg.lengths))
+        panels = [(pi, f"m={m}: true π")] + [
+            (mats[m, t], f"m={m}, T={t}: softmax(A1ᵀ)\nrow KL {summary.loc[(m, t), 'row_kl']:.3f}") for t in cfg.lengths]
+        for ax, (mat, title) in zip(axes[i], panels):
+            ax.imshow(mat, cmap="magma", vmin=0, vmax=vmax)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    n = len(cfg.seeds)
+    fig.suptitle(f"MTD Fig. 7: learned layer-1 token scores vs π by training length (panels: seed {cfg.seeds[0]}; "
+                 f"row KL: mean over {n} seed{'s' * (n > 1)})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def report(table: pd.DataFrame, cfg: Config) -> str:
+    summary = summary_table(table)
+    lines = []
+    for m, g in summary.groupby("order"):
+        kl = g.sort_values("length")["row_kl"].to_numpy()
+        trend = "decreases" if (kl[1:] < kl[:-1]).all() else "does not decrease monotonically"
+        lines.append(f"- m = {m}: mean row KL {trend} with training length ({', '.join(f'{v:.4f}' for v in kl)})")
+    return ("Learned softmax(A1ᵀ) vs π (mean over seeds, 95% CI)\n\n" + summary.to_markdown(index=False, floatfmt=".4f")
+            + "\n\n" + "\n".join(lines))
+
+
+def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
+    start = time.time()
+    out = Path(out)
+    table, mats = compute(cfg, out, progress)
+    fig = draw(table, mats, cfg)
+    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,244 @@
+"""MTD Figures 6 and 8: trained transformers against the construction at orders m = 3 and 5.
+
+Both figures share one set of runs (per seed and order: the 3-layer disentangled
+transformer and the standard GPT-style transformer, trained as in Fig. 4's quick preset),
+so ``icmix reproduce mtd-fig6`` and ``mtd-fig8`` with the same ``--out`` train them once.
+
+- **fig6** (Fig. 4's KL panel at each order): KL(true || predicted) against length for both
+  trained models, the construction and one-step MD (step sizes tuned per length) and
+  exact Bayes, with error bars over seeds.
+- **fig8** (attention-map grids): layer-by-layer attention of one sequence at the training
+  length, trained disentangled / trained standard / constructed, at each order; and the
+  numbers behind the picture: per layer, the cosine of the attention rows with the
+  construction's, their mass on its support, the layer-1 mass on lags 1..m and the split over
+  the lags (TV to the responsibilities), mean over seeds and 256 sequences.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from icmix import agreement
+from icmix._checks import check_order, check_positive_int
+from icmix.construct import mirror_descent_transformer
+from icmix.estimators import mtd as est
+from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.experiments import mtd_training
+from icmix.experiments.common import save_outputs
+from icmix.experiments.mtd_fig3 import summarise
+from icmix.figures.curves import kl_panel
+from icmix.tasks import MTDTask
+
+KINDS = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int = 10
+    orders: tuple[int, ...] = (3, 5)
+    length: int = 32
+    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
+    steps: int = 10_000
+    gpt_steps: int = 3000
+    batch_size: int = 128
+    lr: float = 6e-3
+    warmup_steps: int = 300
+    loss: str = "mse"
+    loss_positions: str = "all"
+    positions: str = "warmup"
+    gpt_layers: int = 3
+    gpt_width: int = 32
+    gpt_heads: int = 4
+    n_sequences: int = 500
+    n_tune: int = 250
+    n_attention: int = 256
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"
+    precision: str = "fp32"
+    jobs: int = 1
+
+    def __post_init__(self):
+        for m in self.orders:
+            check_order(m, min(self.eval_lengths))
+        if max(self.eval_lengths) > self.length:
+            raise ValueError(f"eval_lengths must not exceed the training length {self.length}")
+        for name in ("steps", "gpt_steps", "batch_size", "n_sequences", "n_tune", "n_attention", "jobs"):
+            check_positive_int(name, getattr(self, name))
+        if not self.seeds or not self.orders:
+            raise ValueError("seeds and orders must be non-empty")
+        self.runs()
+
+    def runs(self) -> dict[tuple[int, int, str], object]:
+        """``(seed, order, kind) -> TrainConfig``."""
+        out = {}
+        for s in self.seeds:
+            for m in self.orders:
+                out[s, m, "disentangled"] = mtd_training.train_config(
+                    self, s, mtd_training.disentangled(3, m, self.positions), m, self.length, self.loss)
+                out[s, m, "gpt"] = mtd_training.train_config(self, s, mtd_training.gpt(self), m, self.length, self.loss,
+                                                             steps=self.gpt_steps)
+        return out
+
+
+PRESETS = {
+    "quick": Config(),
+    # The paper's recipe at length 64 (one-hot positions, MSE on the last token, 5e5 steps): a GPU job.
+    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), steps=500_000, gpt_steps=500_000, lr=1e-3,
+                    warmup_steps=100, loss_positions="last", positions="onehot", gpt_width=64, n_sequences=1000,
+                    n_tune=500, seeds=(0, 1, 2)),
+}
+
+
+def trained_runs(cfg: Config, out: Path, progress: bool) -> dict[tuple[int, int, str], Path]:
+    runs = cfg.runs()
+    return dict(zip(runs, mtd_training.train_runs(out, list(runs.values()), cfg.jobs, progress)))
+
+
+def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
+    """KL table with columns ``seed, order, estimator, length, ...``."""
+    paths = trained_runs(cfg, out, progress)
+    tables = []
+    for seed in cfg.seeds:
+        for m in cfg.orders:
+            task = MTDTask(cfg.vocab_size, m, seed=seed)
+            preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)),
+                     TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
+                     *[TrainedPredictor.from_run(paths[seed, m, k], name) for k, name in KINDS.items()]]
+            table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1,
+                                 progress=progress)
+            table.insert(0, "order", m)
+            table.insert(0, "seed", seed)
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def construction_beta(task: MTDTask, cfg: Config, seed: int) -> float:
+    """The construction's beta at the training length, tuned on a separate batch as in the KL table."""
+    cons = ConstructedMirrorDescent()
+    tokens, lam = task.sample(cfg.n_tune, cfg.length, generator=torch.Generator().manual_seed(70_000 + seed))
+    cons.tune(tokens, lam, task, [cfg.length])
+    return cons.chosen_beta[cfg.length]
+
+
+def compute_attention(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Per-layer agreement rows (``seed, order, model, layer, metric, value``) and, for the first
+    seed, the head-averaged attention maps of one sequence: ``{order: {model: [map per layer]}}``."""
+    paths = trained_runs(cfg, out, progress)
+    rows, maps = [], {}
+    for seed in cfg.seeds:
+        for m in cfg.orders:
+            task = MTDTask(cfg.vocab_size, m, seed=seed)
+            cons = mirror_descent_transformer(task.transition, m, construction_beta(task, cfg, seed), max_length=cfg.length)
+            tokens, _ = task.sample(cfg.n_attention, cfg.length, generator=torch.Generator().manual_seed(20_000 + seed))
+            with torch.no_grad():
+                _, ref = cons(tokens, return_attention=True)
+            if seed == cfg.seeds[0]:
+                maps[m] = {}
+            for kind, name in KINDS.items():
+                model = TrainedPredictor.from_run(paths[seed, m, kind]).model
+                with torch.no_grad():
+                    _, attn = model(tokens, return_attention=True)
+                add = lambda layer, metric, value: rows.append(
+                    dict(seed=seed, order=m, model=name, layer=layer, metric=metric, value=value))
+                for layer, (a, r) in enumerate(zip(attn, ref), start=1):
+                    sim = agreement.attention_agreement(a, r[:, 0], m)
+                    add(layer, "cosine vs construction", sim["cosine"])
+                    add(layer, "mass on construction support", sim["support_mass"])
+                add(1, "mass on lags 1..m", agreement.lag_offset_mass(attn[0], m))
+                add(1, "split over lags: TV to responsibilities", agreement.lag_attention_tv(attn[0], ref[0][:, 0], m))
+                if seed == cfg.seeds[0]:
+                    maps[m][name] = [a[0].mean(0).double().numpy() for a in attn]
+            if seed == cfg.seeds[0]:
+                maps[m]["construction"] = [r[0, 0].numpy() for r in ref]
+    return pd.DataFrame(rows), maps
+
+
+def draw_fig6(kl: pd.DataFrame, cfg: Config):
+    fig, axes = plt.subplots(1, len(cfg.orders), figsize=(6.5 * len(cfg.orders), 4.6), squeeze=False)
+    styles = {"Bayes (exact)": dict(color="black", lw=2.5),
+              "Construction (3-layer, tuned β)": dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
+    for ax, m in zip(axes[0], cfg.orders):
+        kl_panel(ax, summarise(kl[kl.order == m]), f"m = {m}", styles)
+    fig.suptitle(f"MTD Fig. 6: trained vs constructed transformers at orders {', '.join(map(str, cfg.orders))} "
+                 f"(q={cfg.vocab_size}, training length {cfg.length})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def draw_fig8(agree: pd.DataFrame, maps: dict, cfg: Config):
+    names = [*KINDS.values(), "construction"]
+    rows = len(cfg.orders) * len(names)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 3.1 * rows), squeeze=False)
+    mean = agree.groupby(["order", "model", "layer", "metric"])["value"].mean()
+    for i, m in enumerate(cfg.orders):
+        for j, name in enumerate(names):
+            for layer in range(3):
+                ax = axes[i * len(names) + j, layer]
+                a = maps[m][name][layer]
+                ax.imshow(np.ma.masked_where(np.triu(np.ones_like(a), 1) > 0, a), cmap="viridis", vmin=0,
+                          interpolation="nearest")
+                title = f"m={m}, {name}: layer {layer + 1}"
+                if name != "construction":
+                    title += f"\ncos {mean[m, name, layer + 1, 'cosine vs construction']:.2f}, " \
+                             f"support mass {mean[m, name, layer + 1, 'mass on construction support']:.2f}"
+                ax.set_title(title, fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(f"MTD Fig. 8: attention maps, trained vs constructed (one sequence of length {cfg.length}; "
+                 "numbers: mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def report_fig6(kl: pd.DataFrame, cfg: Config) -> str:
+    parts = []
+    for m in cfg.orders:
+        summary = summarise(kl[kl.order == m])
+        pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+        at_t = summary[summary.length == cfg.length].set_index("estimator")["kl_mean"]
+        ratios = "\n".join(f"- {name}: KL / KL(one-step MD, tuned η) at T={cfg.length} = "
+                           f"{at_t[name] / at_t['MD 1-step (tuned η)']:.3f}" for name in KINDS.values())
+        parts.append(f"Order m = {m}: mean KL(true ‖ predicted)\n\n{pivot.to_markdown(floatfmt='.4g')}\n\n{ratios}")
+    return "\n\n".join(parts)
+
+
+def report_fig8(agree: pd.DataFrame) -> str:
+    table = agree.groupby(["order", "model", "layer", "metric"], sort=False)["value"].mean().unstack("metric")
+    return "Attention agreement with the construction (mean over seeds)\n\n" + table.to_markdown(floatfmt=".3f")
+
+
+class Figure:
+    """A registry entry (``PRESETS`` and ``run``) for one of the two figures."""
+
+    Config = Config
+    PRESETS = PRESETS
+
+    def __init__(self, name: str):
+        self.NAME = name
+
+    def run(self, cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
+        start = time.time()
+        out = Path(out)
+        if self.NAME == "mtd-fig6":
+            kl = compute_kl(cfg, out, progress)
+            fig, table, extra, summary = draw_fig6(kl, cfg), kl, None, report_fig6(kl, cfg)
+        else:
+            agree, maps = compute_attention(cfg, out, progress)
+            fig, table, extra, summary = draw_fig8(agree, maps, cfg), agree, None, report_fig8(agree)
+        paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, extra=extra, summary=summary)
+        plt.close(fig)
+        return paths
+
+
+fig6 = Figure("mtd-fig6")
+fig8 = Figure("mtd-fig8")
