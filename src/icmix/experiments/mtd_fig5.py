@@ -47,8 +47,7 @@ NAME = "mtd-fig5"
 
 
 @dataclass(frozen=True)
-class Config:
-    vocab_size: int = 10
+class Config(mtd_training.Recipe):
     order: int = 3
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
@@ -57,19 +56,9 @@ class Config:
     loss: str = "mse"
     losses: tuple[str, ...] = ("mse", "ce")
     md_steps: tuple[int, ...] = (1, 2, 3, 4)
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 6e-3
-    warmup_steps: int = 300
-    loss_positions: str = "all"
-    positions: str = "warmup"
     n_sequences: int = 500
     n_tune: int = 250
     n_readout: int = 256
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "auto"
-    precision: str = "fp32"
-    jobs: int = 1
 
     def __post_init__(self):
         check_order(self.order, min(self.eval_lengths))
@@ -80,12 +69,9 @@ class Config:
         for loss in self.losses:
             if loss not in LOSSES:
                 raise ValueError(f"losses must be among {LOSSES}, got {loss!r}")
-        for name in ("steps", "batch_size", "n_sequences", "n_tune", "n_readout", "jobs"):
-            check_positive_int(name, getattr(self, name))
+        self.check_recipe("n_sequences", "n_tune", "n_readout")
         for k in self.md_steps:
             check_positive_int("md_steps", k)
-        if not self.seeds:
-            raise ValueError("seeds must be non-empty")
         self.runs()  # validates the training side too
 
     def runs(self) -> dict[tuple[int, int, str], object]:
@@ -96,12 +82,8 @@ class Config:
 
 
 PRESETS = {
-    # CPU in minutes: the fig4 quick recipe (loss on every position, warm-up marker, value
-    # offsets 0..m, cosine schedule at lr 6e-3, 10k steps) at depths 3 and 5.
-    "quick": Config(),
-    # The paper's recipe (length 64, one-hot positions, MSE on the last token, 5e5 steps): a GPU job.
-    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), steps=500_000, lr=1e-3, warmup_steps=100,
-                    loss_positions="last", positions="onehot", n_sequences=1000, n_tune=500, seeds=(0, 1, 2)),
+    "quick": Config(),  # the fig4 quick recipe at depths 3 and 5
+    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), n_sequences=1000, n_tune=500, **mtd_training.PAPER),
 }
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from icmix import agreement
-from icmix._checks import check_order, check_positive_int
+from icmix._checks import check_order
 from icmix.experiments import mtd_training
 from icmix.experiments.common import save_outputs
 from icmix.metrics import mean_ci
@@ -38,29 +38,16 @@ NAME = "mtd-fig7"
 
 
 @dataclass(frozen=True)
-class Config:
-    vocab_size: int = 10
+class Config(mtd_training.Recipe):
     orders: tuple[int, ...] = (3, 5)
     lengths: tuple[int, ...] = (8, 16, 32)
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 6e-3
-    warmup_steps: int = 300
-    loss: str = "mse"
-    loss_positions: str = "all"
-    positions: str = "warmup"
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "auto"
-    precision: str = "fp32"
-    jobs: int = 1
 
     def __post_init__(self):
         for m in self.orders:
             check_order(m, min(self.lengths))
-        for name in ("steps", "batch_size", "jobs"):
-            check_positive_int(name, getattr(self, name))
-        if not self.seeds or not self.orders or not self.lengths:
-            raise ValueError("seeds, orders and lengths must be non-empty")
+        self.check_recipe()
+        if not self.orders or not self.lengths:
+            raise ValueError("orders and lengths must be non-empty")
         self.runs()
 
     def runs(self) -> dict[tuple[int, int, int], object]:
@@ -72,8 +59,7 @@ class Config:
 
 PRESETS = {
     "quick": Config(),
-    "paper": Config(lengths=(16, 32, 64, 128), steps=500_000, lr=1e-3, warmup_steps=100, loss_positions="last",
-                    positions="onehot", seeds=(0, 1, 2)),
+    "paper": Config(lengths=(16, 32, 64, 128), **mtd_training.PAPER),
 }
 
 

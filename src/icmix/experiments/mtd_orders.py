@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from icmix import agreement
-from icmix._checks import check_order, check_positive_int
+from icmix._checks import check_order
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
 from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
@@ -43,39 +43,26 @@ KINDS = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained stand
 
 
 @dataclass(frozen=True)
-class Config:
-    vocab_size: int = 10
+class Config(mtd_training.Recipe):
     orders: tuple[int, ...] = (3, 5)
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
-    steps: int = 10_000
     gpt_steps: int = 3000
-    batch_size: int = 128
-    lr: float = 6e-3
-    warmup_steps: int = 300
-    loss: str = "mse"
-    loss_positions: str = "all"
-    positions: str = "warmup"
     gpt_layers: int = 3
     gpt_width: int = 32
     gpt_heads: int = 4
     n_sequences: int = 500
     n_tune: int = 250
     n_attention: int = 256
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "auto"
-    precision: str = "fp32"
-    jobs: int = 1
 
     def __post_init__(self):
         for m in self.orders:
             check_order(m, min(self.eval_lengths))
         if max(self.eval_lengths) > self.length:
             raise ValueError(f"eval_lengths must not exceed the training length {self.length}")
-        for name in ("steps", "gpt_steps", "batch_size", "n_sequences", "n_tune", "n_attention", "jobs"):
-            check_positive_int(name, getattr(self, name))
-        if not self.seeds or not self.orders:
-            raise ValueError("seeds and orders must be non-empty")
+        self.check_recipe("gpt_steps", "n_sequences", "n_tune", "n_attention")
+        if not self.orders:
+            raise ValueError("orders must be non-empty")
         self.runs()
 
     def runs(self) -> dict[tuple[int, int, str], object]:
@@ -92,10 +79,8 @@ class Config:
 
 PRESETS = {
     "quick": Config(),
-    # The paper's recipe at length 64 (one-hot positions, MSE on the last token, 5e5 steps): a GPU job.
-    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), steps=500_000, gpt_steps=500_000, lr=1e-3,
-                    warmup_steps=100, loss_positions="last", positions="onehot", gpt_width=64, n_sequences=1000,
-                    n_tune=500, seeds=(0, 1, 2)),
+    "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), gpt_steps=500_000, gpt_width=64, n_sequences=1000,
+                    n_tune=500, **mtd_training.PAPER),
 }
 
 

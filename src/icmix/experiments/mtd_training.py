@@ -1,9 +1,9 @@
 """Training runs shared by the MTD figures with trained models (fig5-fig8).
 
-A figure's ``Config`` carries the training recipe as flat fields (so ``--set steps=...``
-works): ``vocab_size, steps, batch_size, lr, warmup_steps, loss_positions, positions,
-device, precision`` (and ``gpt_*`` for the standard transformer).  ``train_config`` turns it
-into a ``TrainConfig`` for one model, order, length, loss and seed; ``train_runs`` trains
+A figure's ``Config`` extends ``Recipe``, the training recipe as flat fields (so
+``--set steps=...`` works; ``gpt_*`` fields where a figure trains the standard transformer).
+``train_config`` turns it into a ``TrainConfig`` for one model, order, length, loss and
+seed; ``train_runs`` trains
 (or reuses) each under ``OUT/runs/<name>``, named by what differs and a hash of the whole
 config, so figures written to the same ``OUT`` share runs they have in common.
 """
@@ -11,9 +11,41 @@ config, so figures written to the same ``OUT`` share runs they have in common.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
+from icmix._checks import check_positive_int
 from icmix.train import TrainConfig, train_many
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The quick presets' recipe (CPU in minutes): loss on every position with a full lag
+    history, the warm-up marker, value offsets 0..m, cosine schedule at lr 6e-3, 10k steps.
+    ``jobs``: training runs at once, in separate processes."""
+
+    vocab_size: int = 10
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 6e-3
+    warmup_steps: int = 300
+    loss: str = "mse"
+    loss_positions: str = "all"
+    positions: str = "warmup"
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"
+    precision: str = "fp32"
+    jobs: int = 1
+
+    def check_recipe(self, *positive: str) -> None:
+        for name in ("steps", "batch_size", "jobs", *positive):
+            check_positive_int(name, getattr(self, name))
+        if not self.seeds:
+            raise ValueError("seeds must be non-empty")
+
+
+# The paper's recipe: one-hot positions, MSE on the last token, lr 1e-3, 5e5 steps (a GPU job).
+PAPER = dict(steps=500_000, lr=1e-3, warmup_steps=100, loss_positions="last", positions="onehot", seeds=(0, 1, 2))
 
 
 def disentangled(n_layers: int, order: int, positions: str) -> dict:
