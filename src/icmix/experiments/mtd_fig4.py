@@ -38,6 +38,7 @@ from icmix.estimators import mtd as est
 from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments.common import save_outputs
 from icmix.experiments.mtd_fig3 import summarise
+from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run, train_many
 from icmix.train.objectives import to_distribution
@@ -246,17 +247,7 @@ def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.n
             ax.set_title(f"{name}: layer {layer + 1}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    summary = summarise(kl)
-    ax = fig.add_subplot(grid[rows, 0])
-    for name, g in summary.groupby("estimator", sort=False):
-        ax.errorbar(g["length"], g["kl_mean"], yerr=np.nan_to_num(g["kl_ci"].to_numpy()), marker="o", ms=3, capsize=2, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("KL(true ‖ predicted)")
-    n_seeds = int(summary["n_seeds"].max())
-    ax.set_title(f"KL vs length (95% CI over {'seeds' if n_seeds > 1 else 'sequences'})", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
+    kl_panel(fig.add_subplot(grid[rows, 0]), summarise(kl), "KL vs length")
     learned, pi = scores
     row_kl = agree[agree.metric == "softmax(A1) vs pi: row_kl"]["value"].mean()
     for col, (mat, title) in enumerate([(learned, f"softmax(A1ᵀ) learned (row KL {row_kl:.3f})"), (pi, "true π")], start=1):

@@ -183,6 +183,7 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     shades = plt.cm.Blues(np.linspace(0.45, 0.95, len(cfg.md_steps)))
     styles = {"Bayes (exact)": dict(color="black", lw=2.5), main: dict(color="tab:red", lw=2.5, marker="s")}
     styles.update({f"MD {k}-step (tuned η)": dict(color=c, ls="--") for k, c in zip(cfg.md_steps, shades)})
+    styles.update({model_name(d, cfg.loss): dict(color="tab:green", ls="-.") for d in cfg.depths if d != cfg.depth})
     kl_panel(axes[0], summary, f"{cfg.depth}-layer model vs k-step MD", styles)
 
     losses = tables["losses"]
