@@ -56,3 +56,24 @@ def test_training_on_cuda(tmp_path, precision):
     assert rows[-1]["eval_kl"] < 0.08  # 0.036 on CPU in fp32
     _, model = load_run(run)  # the saved model loads on CPU
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_run_started_on_cuda_resumes_on_cpu(tmp_path, monkeypatch):
+    cfg = TrainConfig.from_dict({
+        "task": {"kind": "mtd", "vocab_size": 5, "order": 2, "seed": 3, "length": 12},
+        "model": {"kind": "disentangled", "n_layers": 2},
+        "steps": 40, "batch_size": 16, "eval_every": 10, "checkpoint_every": 20, "seed": 0, "device": "auto",
+    })
+    run = tmp_path / "r"
+    train(cfg, run, progress=False)
+    (run / "model" / "model.safetensors").unlink()  # as if killed after the step-40 checkpoint...
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step_0000040")  # ...or rather after step 20
+    (run / "checkpoints" / "LATEST").write_text("step_0000020")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train(None, run, resume=True, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    _, model = load_run(run)
+    assert next(model.parameters()).device.type == "cpu"

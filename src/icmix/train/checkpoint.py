@@ -55,4 +55,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
         raise ValueError(f"checkpoint {path} does not match the model its config describes")
     model.load_state_dict(state)
-    return torch.load(path / "trainer.pt", weights_only=False)
+    # On the CPU whatever device wrote it: the optimiser's load_state_dict moves its state to
+    # the parameters' device, so a run started on a GPU resumes on a CPU and vice versa.
+    return torch.load(path / "trainer.pt", weights_only=False, map_location="cpu")
