@@ -25,6 +25,8 @@ def test_readout_reads_one_md_step_off_the_construction():
     assert layer3["beta"] == pytest.approx(6.3, rel=1e-3)
     assert layer3["fit_kl"] < 1e-9 and layer3["window_mass"] == pytest.approx(1.0)
     assert not rows[1]["readable"]  # layer 2 averages over positions, not over the lags
+    for r in agreement.md_beta_by_length(attn[2], x, task.transition, 3, [6, 12, 24]):
+        assert r["beta"] == pytest.approx(6.3, rel=1e-3) and r["fit_kl"] < 1e-9  # the same beta at every length
 
 
 def test_readout_recovers_tied_steps_and_a_schedule():

@@ -208,3 +208,29 @@ def md_step_readout(attention: list[Tensor], tokens: Tensor, transition: Tensor,
                 row.update(schedule=tuple(round(b, 4) for b in sched), schedule_kl=sched_kl)
             rows.append(row)
     return rows
+
+
+def md_beta_by_length(attention: Tensor, tokens: Tensor, transition: Tensor, order: int, lengths,
+                      head: int = 0, steps: int = 1, lo: float = 0.05, hi: float = 500.0) -> list[dict]:
+    """The step size a layer uses at each prefix length: for each ``L`` in ``lengths``, the
+    ``beta`` (``eta = beta / (M (L - M))``) whose ``steps``-step MD estimate best explains the
+    renormalised attention of query ``L - 1`` on the keys ``y_{L-g}`` (offsets 0..M-1).
+
+    A trained model has one set of weights for every length; this reads the schedule
+    ``beta(L)`` those weights implement, to set beside the per-length tuned ``beta`` of MD.
+    Rows: ``length, beta, fit_kl``.  ``attention``: one layer's ``(B, H, T, T)``.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from icmix.estimators.mtd import lag_evidence
+
+    window = lag_window(attention.double(), order, 0)[:, head]  # (B, T-M, M)
+    rows = []
+    for length in lengths:
+        w = window[:, length - 1 - order]
+        lam_hat = (w / w.sum(-1, keepdim=True).clamp_min(1e-300))[:, None]  # (B, 1, M)
+        evidence = lag_evidence(tokens[:, :length], transition, order, [length])
+        f = lambda lb: _mean_kl(lam_hat, _iterates(evidence, order, [math.exp(lb)] * steps)[-1]).item()
+        res = minimize_scalar(f, bounds=(math.log(lo), math.log(hi)), method="bounded", options={"xatol": 1e-4})
+        rows.append(dict(length=int(length), beta=math.exp(res.x), fit_kl=float(res.fun)))
+    return rows

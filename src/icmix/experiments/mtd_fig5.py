@@ -104,25 +104,32 @@ def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[Tu
     return rows
 
 
-def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, cfg: Config) -> list[dict]:
-    """Per-layer step-size readout, with each layer's plug-in prediction at the training length."""
+def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: TunedMirrorDescent, cfg: Config
+                 ) -> tuple[list[dict], list[dict]]:
+    """Per-layer step-size readout, with each layer's plug-in prediction at the training length;
+    and, for each layer that attends to the lagged tokens (window mass >= 0.5), the one-step
+    ``beta(L)`` it implements at each evaluation length beside one-step MD's tuned ``beta(L)``."""
     tokens, lam = task.sample(cfg.n_readout, cfg.length, generator=torch.Generator().manual_seed(60_000 + seed))
     with torch.no_grad():
         _, attn = model.model(tokens, return_attention=True)
     p_true = est.predictive(tokens, task.transition, lam)
-    rows = agreement.md_step_readout(attn, tokens, task.transition, cfg.order)
+    rows, by_length = agreement.md_step_readout(attn, tokens, task.transition, cfg.order), []
     for row, a in zip(rows, attn):
         w = agreement.lag_window(a[:, row["head"]].double(), cfg.order, 0)[:, -1]  # (B, M) at the last query
         lam_hat = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
         row["plugin_kl"] = agreement.predictive_kl(p_true, est.predictive(tokens, task.transition, lam_hat))
         row.update(seed=seed, model=model.name)
-    return rows
+        if row["window_mass"] >= 0.5:
+            for r in agreement.md_beta_by_length(a, tokens, task.transition, cfg.order, cfg.eval_lengths, row["head"]):
+                by_length.append(dict(seed=seed, model=model.name, layer=row["layer"], **r,
+                                      tuned_beta=tuned.chosen_beta[r["length"]]))
+    return rows, by_length
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataFrame]:
     runs = cfg.runs()
     paths = dict(zip(runs, mtd_training.train_runs(out, list(runs.values()), cfg.jobs, progress)))
-    kl_tables, tracking, readout = [], [], []
+    kl_tables, tracking, readout, betas = [], [], [], []
     for seed in cfg.seeds:
         task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
         trained = {(d, loss): TrainedPredictor.from_run(paths[seed, d, loss], model_name(d, loss))
@@ -135,9 +142,11 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
         kl_tables.append(table)
         tracking += tracking_rows(seed, task, trained[cfg.depth, cfg.loss], md, cfg)
         for pred in trained.values():
-            readout += readout_rows(seed, task, pred, cfg)
+            rows, by_length = readout_rows(seed, task, pred, md[0], cfg)
+            readout, betas = readout + rows, betas + by_length
     kl = pd.concat(kl_tables, ignore_index=True)
-    return {"kl": kl, "tracking": pd.DataFrame(tracking), "readout": pd.DataFrame(readout), "losses": loss_table(kl, cfg)}
+    return {"kl": kl, "tracking": pd.DataFrame(tracking), "readout": pd.DataFrame(readout),
+            "betas": pd.DataFrame(betas), "losses": loss_table(kl, cfg)}
 
 
 def loss_table(kl: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -173,9 +182,16 @@ def readout_summary(readout: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def betas_summary(betas: pd.DataFrame) -> pd.DataFrame:
+    if betas.empty:
+        return pd.DataFrame()
+    g = betas.groupby(["model", "layer", "length"], sort=False)[["beta", "fit_kl", "tuned_beta"]].mean()
+    return g.unstack("length").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+
+
 def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     kl, readout = tables["kl"], tables["readout"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     main = model_name(cfg.depth, cfg.loss)
     names = ["Bayes (exact)", *[f"MD {k}-step (tuned η)" for k in cfg.md_steps], main]
     names += [model_name(d, cfg.loss) for d in cfg.depths if d != cfg.depth]
@@ -218,6 +234,21 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     ax.set_xlabel("layer")
     ax.set_title(f"MD read off each layer ({main}, seed {cfg.seeds[0]})", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
+    ax = axes[3]
+    betas = tables["betas"]
+    if not betas.empty:
+        for (name, layer), g in betas[betas.model.isin([main, *names[-1:]])].groupby(["model", "layer"], sort=False):
+            m = g.groupby("length")["beta"].agg(["mean", "std"])
+            ax.errorbar(m.index, m["mean"], yerr=np.nan_to_num(m["std"].to_numpy()), marker="o", ms=3, capsize=2,
+                        label=f"{name}, layer {layer}")
+        tuned = betas.groupby("length")["tuned_beta"].mean()
+        ax.plot(tuned.index, tuned.to_numpy(), "k--", lw=2, label="one-step MD, β tuned per length")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("β  (η = β / (m N))")
+    ax.set_yscale("log")
+    ax.set_title("one-step β(T) implemented by each layer on the lags", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"MTD Fig. 5: deeper transformers vs multi-step MD (q={cfg.vocab_size}, m={cfg.order}, "
                  f"training length {cfg.length})", fontsize=11)
     fig.tight_layout()
@@ -232,7 +263,9 @@ def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
             + tracked(tables["tracking"]).to_markdown(floatfmt=".3g")
             + "\n\nCross-entropy vs MSE (mean KL over seeds)\n\n" + tables["losses"].to_markdown(index=False, floatfmt=".4g")
             + "\n\nStep sizes read off each layer (mean over seeds)\n\n"
-            + readout_summary(tables["readout"]).to_markdown(index=False, floatfmt=".3g"))
+            + readout_summary(tables["readout"]).to_markdown(index=False, floatfmt=".3g")
+            + "\n\nOne-step β(L) each attention-on-lags layer implements, beside one-step MD's tuned β(L) (mean over seeds)\n\n"
+            + betas_summary(tables["betas"]).to_markdown(floatfmt=".3g"))
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
