@@ -85,14 +85,17 @@ def compute(cfg: Config, progress: bool = True) -> pd.DataFrame:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean KL per (estimator, length) with its 95% interval: over seeds when there are
-    several, otherwise over sequences."""
+    several, otherwise over sequences; ``kl_min, kl_max``: the range over seeds (with one
+    seed, the interval)."""
     rows = []
     for (name, length), g in table.groupby(["estimator", "length"], sort=False):
         if len(g) > 1:
             mean, _, ci = mean_ci(g["kl_mean"])
+            lo, hi = float(g["kl_mean"].min()), float(g["kl_mean"].max())
         else:
             mean, ci = float(g["kl_mean"].iloc[0]), float(g["kl_ci"].iloc[0])
-        rows.append(dict(estimator=name, length=length, kl_mean=mean, kl_ci=ci, n_seeds=len(g)))
+            lo, hi = mean - ci, mean + ci
+        rows.append(dict(estimator=name, length=length, kl_mean=mean, kl_ci=ci, kl_min=lo, kl_max=hi, n_seeds=len(g)))
     return pd.DataFrame(rows)
 
 

@@ -38,7 +38,7 @@ from icmix.evaluate import LagPredictor, TrainedPredictor, TunedMirrorDescent, e
 from icmix.experiments import mtd_training
 from icmix.experiments.common import save_outputs
 from icmix.experiments.mtd_fig3 import summarise
-from icmix.figures.curves import kl_panel
+from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
 from icmix.train.config import LOSSES
@@ -107,8 +107,9 @@ def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[Tu
 def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: TunedMirrorDescent, cfg: Config
                  ) -> tuple[list[dict], list[dict]]:
     """Per-layer step-size readout, with each layer's plug-in prediction at the training length;
-    and, for each layer that attends to the lagged tokens (window mass >= 0.5), the one-step
-    ``beta(L)`` it implements at each evaluation length beside one-step MD's tuned ``beta(L)``."""
+    and, for each layer that attends to the lagged tokens (window mass >= 0.5), the ``beta(L)``
+    of one- and two-step MD that best explains it at each evaluation length, beside one-step
+    MD's tuned ``beta(L)``."""
     tokens, lam = task.sample(cfg.n_readout, cfg.length, generator=torch.Generator().manual_seed(60_000 + seed))
     with torch.no_grad():
         _, attn = model.model(tokens, return_attention=True)
@@ -120,9 +121,11 @@ def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: Tuned
         row["plugin_kl"] = agreement.predictive_kl(p_true, est.predictive(tokens, task.transition, lam_hat))
         row.update(seed=seed, model=model.name)
         if row["window_mass"] >= 0.5:
-            for r in agreement.md_beta_by_length(a, tokens, task.transition, cfg.order, cfg.eval_lengths, row["head"]):
-                by_length.append(dict(seed=seed, model=model.name, layer=row["layer"], **r,
-                                      tuned_beta=tuned.chosen_beta[r["length"]]))
+            for k in (1, 2):
+                for r in agreement.md_beta_by_length(a, tokens, task.transition, cfg.order, cfg.eval_lengths,
+                                                     row["head"], steps=k):
+                    by_length.append(dict(seed=seed, model=model.name, layer=row["layer"], steps=k, **r,
+                                          tuned_beta=tuned.chosen_beta[r["length"]]))
     return rows, by_length
 
 
@@ -185,8 +188,13 @@ def readout_summary(readout: pd.DataFrame) -> pd.DataFrame:
 def betas_summary(betas: pd.DataFrame) -> pd.DataFrame:
     if betas.empty:
         return pd.DataFrame()
-    g = betas.groupby(["model", "layer", "length"], sort=False)[["beta", "fit_kl", "tuned_beta"]].mean()
-    return g.unstack("length").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    g = betas.groupby(["model", "layer", "steps", "length"], sort=False)[["beta", "fit_kl"]].mean().unstack("length")
+    g.columns = [f"{what} T={length}" for what, length in g.columns]
+    tuned = betas.groupby("length")["tuned_beta"].mean()
+    g = g[[f"{w} T={t}" for t in tuned.index for w in ("beta", "fit_kl")]]
+    tuned_row = pd.DataFrame([{f"beta T={t}": b for t, b in tuned.items()}],
+                             index=pd.MultiIndex.from_tuples([("one-step MD, tuned", "", 1)]))
+    return pd.concat([g, tuned_row])
 
 
 def draw(tables: dict[str, pd.DataFrame], cfg: Config):
@@ -210,13 +218,13 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
         g = losses[losses.loss == loss]
         names_l = [model_name(d, loss) for d in g["depth"]]
         ax.bar(np.arange(len(g)) + j * width, g[f"KL T={cfg.length}"], width,
-               yerr=np.nan_to_num(spread.loc[names_l, "kl_ci"].to_numpy()), capsize=3, label=loss.upper())
+               yerr=error_bars(spread.loc[names_l])[0], capsize=3, label=loss.upper())
     for k in cfg.md_steps[:2]:
         ax.axhline(spread.loc[f"MD {k}-step (tuned η)", "kl_mean"], color=shades[k - 1], ls="--", lw=1, label=f"MD {k}-step")
     ax.axhline(spread.loc["Bayes (exact)", "kl_mean"], color="black", lw=1, label="Bayes")
     ax.set_xticks(np.arange(len(cfg.depths)) + width * (len(cfg.losses) - 1) / 2, [f"{d} layers" for d in cfg.depths])
     ax.set_ylabel(f"KL at T={cfg.length}")
-    ax.set_title("cross-entropy vs MSE training", fontsize=9)
+    ax.set_title(f"cross-entropy vs MSE training ({error_bars(spread)[1]})", fontsize=9)
     ax.legend(fontsize=7)
     lo = min(spread["kl_mean"].min(), losses[f"KL T={cfg.length}"].min())
     ax.set_ylim(0.8 * lo, None)
@@ -237,7 +245,10 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     ax = axes[3]
     betas = tables["betas"]
     if not betas.empty:
-        for (name, layer), g in betas[betas.model.isin([main, *names[-1:]])].groupby(["model", "layer"], sort=False):
+        one = betas[(betas.steps == 1) & betas.model.isin([main, *names[-1:]])]
+        for (name, layer), g in one.groupby(["model", "layer"], sort=False):
+            if g[g.length == cfg.length]["fit_kl"].mean() > 0.05:
+                continue  # this layer's attention on the lags is not an MD estimate (see the readout table)
             m = g.groupby("length")["beta"].agg(["mean", "std"])
             ax.errorbar(m.index, m["mean"], yerr=np.nan_to_num(m["std"].to_numpy()), marker="o", ms=3, capsize=2,
                         label=f"{name}, layer {layer}")
@@ -246,7 +257,7 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("β  (η = β / (m N))")
     ax.set_yscale("log")
-    ax.set_title("one-step β(T) implemented by each layer on the lags", fontsize=9)
+    ax.set_title("one-step β(T) implemented by each layer on the lags (mean ± sd over seeds)", fontsize=9)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"MTD Fig. 5: deeper transformers vs multi-step MD (q={cfg.vocab_size}, m={cfg.order}, "
@@ -264,7 +275,8 @@ def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
             + "\n\nCross-entropy vs MSE (mean KL over seeds)\n\n" + tables["losses"].to_markdown(index=False, floatfmt=".4g")
             + "\n\nStep sizes read off each layer (mean over seeds)\n\n"
             + readout_summary(tables["readout"]).to_markdown(index=False, floatfmt=".3g")
-            + "\n\nOne-step β(L) each attention-on-lags layer implements, beside one-step MD's tuned β(L) (mean over seeds)\n\n"
+            + "\n\nβ(T) of the k-step MD (k = 1, 2) each attention-on-lags layer implements at each length, "
+            "beside one-step MD's tuned β(T) (mean over seeds)\n\n"
             + betas_summary(tables["betas"]).to_markdown(floatfmt=".3g"))
 
 
