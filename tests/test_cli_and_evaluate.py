@@ -83,3 +83,24 @@ def test_config_validation():
         mtd_fig3.Config(n_sequences=0)
     with pytest.raises(ValueError, match="order must be smaller"):
         mtd_fig3.Config(order=3, lengths=(3, 10))
+
+
+def test_shared_beta_is_one_value_and_never_beats_per_length_tuning():
+    from icmix.evaluate import TunedMirrorDescent, true_predictive
+    from icmix.metrics import kl_divergence
+
+    task = MTDTask(6, 3, seed=1)
+    x, lam = task.sample(200, 40, generator=torch.Generator().manual_seed(4))
+    lengths = [8, 16, 40]
+    per, shared = TunedMirrorDescent(), TunedMirrorDescent(shared=True)
+    per.tune(x, lam, task, lengths)
+    shared.tune(x, lam, task, lengths)
+    assert len(set(shared.chosen_beta.values())) == 1 and shared.name == "MD 1-step (one β for all lengths)"
+    p_true = true_predictive(x, lam, task, lengths)
+    kl_per = kl_divergence(p_true, per.predict(x, task, lengths)).mean(0)
+    kl_shared = kl_divergence(p_true, shared.predict(x, task, lengths)).mean(0)
+    assert (kl_per <= kl_shared + 1e-15).all()
+    # The shared value minimises the KL averaged over the lengths, over the same grid.
+    means = [kl_divergence(p_true, per.predict_beta(x, task, lengths, torch.full((3,), b, dtype=torch.float64))).mean()
+             for b in per.betas]
+    assert kl_shared.mean().item() == pytest.approx(min(m.item() for m in means), rel=1e-12)

@@ -46,7 +46,9 @@ class TunedBeta:
 
     Subclasses implement ``predict_beta(tokens, task, lengths, beta (P,)) -> (B, P, Q)``.
     ``tune`` picks, for each length, the ``beta`` with the lowest mean KL on a *separate*
-    tuning batch, as the paper grid-searches the step size; ``predict`` then uses it.
+    tuning batch, as the paper grid-searches the step size; ``predict`` then uses it.  With
+    ``shared = True`` it picks one ``beta`` for every length (the lowest KL averaged over the
+    lengths), what a single set of weights would use if it could not adapt to the length.
     """
 
     name: str
@@ -63,7 +65,11 @@ class TunedBeta:
         for beta in self.betas:
             p_hat = self.predict_beta(tokens, task, lengths, torch.full((len(lengths),), float(beta), dtype=torch.float64))
             scores.append(kl_divergence(p_true, p_hat).mean(0))  # (P,)
-        best = torch.stack(scores).argmin(0)
+        scores = torch.stack(scores)  # (betas, P)
+        if getattr(self, "shared", False):  # one beta for every length: the best mean KL over lengths
+            best = scores.mean(1).argmin().expand(len(lengths))
+        else:
+            best = scores.argmin(0)
         self.chosen_beta = {L: float(self.betas[i]) for L, i in zip(lengths, best.tolist())}
 
     def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
@@ -83,10 +89,11 @@ class TunedMirrorDescent(TunedBeta):
     betas: Sequence[float] = DEFAULT_BETAS
     name: str = ""
     chosen_beta: dict[int, float] = field(default_factory=dict)
+    shared: bool = False
 
     def __post_init__(self):
         if not self.name:
-            self.name = f"MD {self.steps}-step (tuned η)"
+            self.name = f"MD {self.steps}-step ({'one β for all lengths' if self.shared else 'tuned η'})"
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
         n = torch.tensor(lengths, dtype=torch.float64) - task.order

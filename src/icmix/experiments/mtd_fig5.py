@@ -5,7 +5,8 @@ For each seed, train disentangled transformers of each depth in ``depths`` (the 
 paper's, and cross-entropy), then measure
 
 - KL(true || predicted) against length for every trained model, 1- to 4-step MD (step size
-  tuned per length) and exact Bayes;
+  tuned per length), one-step MD with one step size for all lengths (what fixed weights
+  that cannot adapt to the length would give) and exact Bayes;
 - which k-step MD the main model (``depth``, ``loss``) *tracks*: the mean
   ``KL(p_MD^k || p_model)`` between the predictions, per length;
 - the step sizes read off each layer (``agreement.md_step_readout``): how much attention sits
@@ -139,7 +140,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
                    for d in cfg.depths for loss in cfg.losses}
         md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
         preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)), *md,
-                 *trained.values()]
+                 TunedMirrorDescent(steps=1, shared=True), *trained.values()]
         table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)
@@ -201,11 +202,12 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     kl, readout = tables["kl"], tables["readout"]
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     main = model_name(cfg.depth, cfg.loss)
-    names = ["Bayes (exact)", *[f"MD {k}-step (tuned η)" for k in cfg.md_steps], main]
+    names = ["Bayes (exact)", *[f"MD {k}-step (tuned η)" for k in cfg.md_steps], "MD 1-step (one β for all lengths)", main]
     names += [model_name(d, cfg.loss) for d in cfg.depths if d != cfg.depth]
     summary = summarise(kl[kl.estimator.isin(names)])
     shades = plt.cm.Blues(np.linspace(0.45, 0.95, len(cfg.md_steps)))
-    styles = {"Bayes (exact)": dict(color="black", lw=2.5), main: dict(color="tab:red", lw=2.5, marker="s")}
+    styles = {"Bayes (exact)": dict(color="black", lw=2.5), main: dict(color="tab:red", lw=2.5, marker="s"),
+              "MD 1-step (one β for all lengths)": dict(color="grey", ls=":")}
     styles.update({f"MD {k}-step (tuned η)": dict(color=c, ls="--") for k, c in zip(cfg.md_steps, shades)})
     styles.update({model_name(d, cfg.loss): dict(color="tab:green", ls="-.") for d in cfg.depths if d != cfg.depth})
     kl_panel(axes[0], summary, f"{cfg.depth}-layer model vs k-step MD", styles)
