@@ -128,3 +128,37 @@ def check_model_tokens(tokens, vocab_size: int, max_length: int | None = None):
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ValueError(f"tokens must lie in [0, {vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
     return tokens
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def as_prompts(xs, ys) -> tuple[Tensor, Tensor]:
+    """Validate regression prompts: ``xs (B, N, d)`` and ``ys (B, N)``, finite, ``N >= 1``.
+    Returns float64 copies (views where possible)."""
+    xs, ys = torch.as_tensor(xs), torch.as_tensor(ys)
+    if xs.ndim != 3:
+        raise ValueError(f"xs must have shape (B, N, d), got {tuple(xs.shape)}")
+    if ys.shape != xs.shape[:2]:
+        raise ValueError(f"ys must have shape (B, N) = {tuple(xs.shape[:2])} to match xs, got {tuple(ys.shape)}")
+    if xs.shape[0] < 1 or xs.shape[1] < 1 or xs.shape[2] < 1:
+        raise ValueError(f"prompts need B >= 1, N >= 1 points and d >= 1, got xs of shape {tuple(xs.shape)}")
+    xs, ys = xs.to(torch.float64), ys.to(torch.float64)
+    if not (torch.isfinite(xs).all() and torch.isfinite(ys).all()):
+        raise ValueError("xs and ys must be finite")
+    return xs, ys
+
+
+def as_components(components, dim: int | None = None) -> Tensor:
+    """Validate mixture components ``(m, d)``, ``m >= 1``, finite; ``d`` must equal ``dim``."""
+    w = torch.as_tensor(components).to(torch.float64)
+    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
+        raise ValueError(f"components must have shape (m, d) with m >= 1, got {tuple(w.shape)}")
+    if dim is not None and w.shape[1] != dim:
+        raise ValueError(f"components have dimension {w.shape[1]} but the prompts have d = {dim}")
+    if not torch.isfinite(w).all():
+        raise ValueError("components must be finite")
+    return w

@@ -28,3 +28,11 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
         return mean, float("nan"), float("nan")
     sem = float(x.std(ddof=1) / np.sqrt(n))
     return mean, sem, float(stats.t.ppf(0.5 + level / 2, n - 1) * sem)
+
+
+def normalised_mse(pred: Tensor, ys: Tensor, dim: int) -> Tensor:
+    """Mean squared error per prompt position, divided by the dimension d (the regression
+    paper's "normalised MSE"): ``pred, ys (B, N) -> (N,)``."""
+    if pred.shape != ys.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and ys {tuple(ys.shape)} differ in shape")
+    return ((pred.double() - ys.double()) ** 2).mean(0) / dim

@@ -1,5 +1,5 @@
 """Estimators: the classical algorithms every transformer is compared against."""
 
-from icmix.estimators import mtd
+from icmix.estimators import mtd, regression
 
-__all__ = ["mtd"]
+__all__ = ["mtd", "regression"]

@@ -1,0 +1,163 @@
+"""Mixture of linear regressions: the task and the closed-form predictors against direct
+per-prompt loops (numpy, one prefix at a time)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icmix.estimators import regression as reg
+from icmix.tasks import MixLinRegTask
+
+
+def loop_posterior_mean(xs, ys, w, noise):
+    """The posterior mean written the slow way: every prompt, every prefix, its own sums."""
+    b, n, _ = xs.shape
+    out = np.zeros((b, n))
+    for p in range(b):
+        for j in range(n):
+            sse = np.array([sum((xs[p, i] @ w[c] - ys[p, i]) ** 2 for i in range(j)) for c in range(len(w))])
+            if noise == 0:
+                weights = (sse == sse.min()).astype(float)
+            else:
+                logits = -sse / (2 * noise**2)
+                weights = np.exp(logits - logits.max())
+            weights /= weights.sum()
+            out[p, j] = sum(weights[c] * (xs[p, j] @ w[c]) for c in range(len(w)))
+    return out
+
+
+@pytest.fixture
+def prompts():
+    task = MixLinRegTask(dim=4, n_components=3, noise=0.5, seed=2)
+    xs, ys = task.sample(6, 9, generator=torch.Generator().manual_seed(3))
+    return task, xs, ys
+
+
+def test_task_components_shifts_and_sampling_with_replacement():
+    task = MixLinRegTask(dim=8, n_components=3, noise=0.0, seed=5)
+    assert torch.allclose(task.components.norm(dim=1), torch.full((3,), math.sqrt(8), dtype=torch.float64))
+    assert torch.equal(task.components, MixLinRegTask(8, 3, seed=5).components)
+    xs, ys, idx = task.sample(500, 7, generator=torch.Generator().manual_seed(0), return_index=True)
+    assert set(idx.tolist()) == {0, 1, 2}  # with replacement: m < B is fine
+    assert torch.allclose(ys, torch.einsum("bnd,bd->bn", xs, task.components[idx]), atol=1e-12)
+    xs2, ys2, idx2 = task.sample(500, 7, generator=torch.Generator().manual_seed(0), return_index=True,
+                                 covariate_scale=3.0, weight_scale=0.5, weight_shift=1.0)
+    assert torch.equal(idx2, idx) and torch.allclose(xs2, 3 * xs)
+    shifted = 0.5 * task.components[idx] + 1.0 / math.sqrt(8)
+    assert torch.allclose(ys2, torch.einsum("bnd,bd->bn", xs2, shifted), atol=1e-12)
+    one = MixLinRegTask(dim=2, n_components=1, seed=0)
+    assert one.sample(64, 3, generator=torch.Generator().manual_seed(1))[0].shape == (64, 3, 2)
+    noisy = MixLinRegTask(8, 3, noise=2.0, seed=5)
+    xs3, ys3, idx3 = noisy.sample(4000, 5, generator=torch.Generator().manual_seed(2), return_index=True)
+    resid = ys3 - torch.einsum("bnd,bd->bn", xs3, noisy.components[idx3])
+    assert resid.std().item() == pytest.approx(2.0, rel=0.02)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
+def test_posterior_mean_matches_a_direct_loop(prompts, noise):
+    task, xs, ys = prompts
+    fast = reg.posterior_mean(xs, ys, task.components, noise).numpy()
+    slow = loop_posterior_mean(xs.numpy(), ys.numpy(), task.components.numpy(), noise)
+    assert np.abs(fast - slow).max() < 1e-10
+    if noise == 0:
+        assert np.abs(reg.argmin(xs, ys, task.components).numpy() - slow).max() < 1e-10
+
+
+def test_posterior_mean_tends_to_argmin_without_nan(prompts):
+    task, xs, ys = prompts
+    target = reg.argmin(xs, ys, task.components)
+    gaps = []
+    for noise in (1.0, 1e-1, 1e-2, 1e-4, 1e-8, 1e-200):
+        p = reg.posterior_mean(xs, ys, task.components, noise)
+        assert torch.isfinite(p).all()
+        gaps.append((p - target).abs().max().item())
+    assert gaps[-1] < 1e-10 and gaps[-2] < 1e-10
+    assert gaps[0] > gaps[2] >= gaps[-1]
+    # Column 0 sees no data: every component is equally likely.
+    assert torch.allclose(target[:, 0], (xs[:, 0] @ task.components.T).mean(-1))
+
+
+def test_ols_is_the_minimum_norm_least_squares_of_each_prefix(prompts):
+    _, xs, ys = prompts
+    fast = reg.ols(xs, ys).numpy()
+    x, y = xs.numpy(), ys.numpy()
+    for p in range(x.shape[0]):
+        assert fast[p, 0] == 0
+        for j in range(1, x.shape[1]):
+            w = np.linalg.lstsq(x[p, :j], y[p, :j], rcond=None)[0]  # minimum norm when j < d
+            assert fast[p, j] == pytest.approx(x[p, j] @ w, rel=1e-8, abs=1e-8)
+    # Noise-free, one component: from d pairs on, OLS recovers w and predicts exactly.
+    task = MixLinRegTask(dim=4, n_components=1, noise=0.0, seed=1)
+    xs, ys = task.sample(5, 10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(reg.ols(xs, ys)[:, 4:], ys[:, 4:], atol=1e-9)
+
+
+def test_ridge_is_the_bayesian_posterior_mean_of_each_prefix(prompts):
+    _, xs, ys = prompts
+    noise, prior_var = 0.5, 2.0
+    fast = reg.ridge(xs, ys, noise, prior_var).numpy()
+    x, y = xs.numpy(), ys.numpy()
+    d = x.shape[-1]
+    for p in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            a = x[p, :j].T @ x[p, :j] + noise**2 / prior_var * np.eye(d)
+            w = np.linalg.solve(a, x[p, :j].T @ y[p, :j])
+            assert fast[p, j] == pytest.approx(x[p, j] @ w, rel=1e-10, abs=1e-12)
+    assert torch.allclose(reg.ridge(xs, ys, 0.0), reg.ols(xs, ys))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 8), st.floats(0, 10), st.floats(0.1, 1e6))
+def test_posterior_weights_are_a_distribution_for_any_scale(m, d, n, noise, scale):
+    g = torch.Generator().manual_seed(m * 100 + d * 10 + n)
+    xs = scale * torch.randn(3, n, d, generator=g, dtype=torch.float64)
+    ys = scale * torch.randn(3, n, generator=g, dtype=torch.float64)
+    w = torch.randn(m, d, generator=g, dtype=torch.float64)
+    weights = reg.posterior_weights(xs, ys, w, noise)
+    assert torch.isfinite(weights).all() and (weights >= 0).all()
+    assert torch.allclose(weights.sum(-1), torch.ones(3, n, dtype=torch.float64))
+    assert torch.isfinite(reg.posterior_mean(xs, ys, w, noise)).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: MixLinRegTask(0, 3), "dim"),
+    (lambda: MixLinRegTask(4, 0), "n_components"),
+    (lambda: MixLinRegTask(4, 3, noise=-1.0), "noise"),
+    (lambda: MixLinRegTask(4, 3, noise=float("nan")), "noise"),
+    (lambda: MixLinRegTask(4, 3, components=torch.ones(2, 4)), "components"),
+    (lambda: MixLinRegTask(4, 3).sample(2, 0), "n_points"),
+    (lambda: MixLinRegTask(4, 3).sample(0, 5), "batch_size"),
+    (lambda: MixLinRegTask(4, 3).sample(2, 5, covariate_scale=0.0), "covariate_scale"),
+    (lambda: reg.posterior_mean(torch.zeros(2, 5, 4), torch.zeros(2, 6), torch.zeros(3, 4), 1.0), "ys must have shape"),
+    (lambda: reg.posterior_mean(torch.zeros(2, 5, 4), torch.zeros(2, 5), torch.zeros(3, 5), 1.0), "dimension"),
+    (lambda: reg.posterior_mean(torch.zeros(2, 5, 4), torch.zeros(2, 5), torch.zeros(0, 4), 1.0), "m >= 1"),
+    (lambda: reg.posterior_mean(torch.zeros(2, 5, 4), torch.zeros(2, 5), torch.zeros(3, 4), -0.1), "noise"),
+    (lambda: reg.posterior_mean(torch.zeros(2, 0, 4), torch.zeros(2, 0), torch.zeros(3, 4), 1.0), "N >= 1"),
+    (lambda: reg.argmin(torch.zeros(5, 4), torch.zeros(5), torch.zeros(3, 4)), "xs must have shape"),
+    (lambda: reg.ols(torch.full((1, 3, 2), float("inf")), torch.zeros(1, 3)), "finite"),
+    (lambda: reg.ridge(torch.zeros(1, 3, 2), torch.zeros(1, 3), 1.0, prior_var=0.0), "prior_var"),
+])
+def test_bad_input_is_refused_clearly(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+def test_normalised_mse_of_the_oracles_reaches_the_noise_floor():
+    """With the components known, after enough pairs the posterior mean errs only by the noise:
+    normalised MSE -> sigma^2 / d.  Before any pair it is the spread of the components'
+    predictions, (1 - 1/m) * E||w - w'||^2 / (2d) averaged, which for column 0 we compute exactly."""
+    from icmix.metrics import normalised_mse
+
+    d, m, sigma = 10, 5, 1.0
+    task = MixLinRegTask(d, m, noise=sigma, seed=0)
+    xs, ys, idx = task.sample(20_000, 40, generator=torch.Generator().manual_seed(0), return_index=True)
+    err = normalised_mse(reg.posterior_mean(xs, ys, task.components, sigma), ys, d)
+    assert err[-1].item() == pytest.approx(sigma**2 / d, rel=0.03)
+    # Column 0 predicts the mean component: E[(<w_idx - w_bar, x>)^2] + sigma^2 = mean ||w_j - w_bar||^2 + sigma^2.
+    w = task.components
+    expected0 = (((w - w.mean(0)) ** 2).sum(1).mean() + sigma**2) / d
+    assert err[0].item() == pytest.approx(expected0.item(), rel=0.03)
