@@ -161,3 +161,51 @@ def test_normalised_mse_of_the_oracles_reaches_the_noise_floor():
     w = task.components
     expected0 = (((w - w.mean(0)) ** 2).sum(1).mean() + sigma**2) / d
     assert err[0].item() == pytest.approx(expected0.item(), rel=0.03)
+
+
+def min_matching_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    """Largest distance between matched components under the best one-to-one matching."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(estimate, truth).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].max())
+
+
+def test_batch_em_recovers_well_separated_components():
+    """The issue's setting: n = 15,000 prompts of length 20, d = 20, m = 5, sigma = 1."""
+    d = 20
+    task = MixLinRegTask(d, 5, noise=1.0, seed=0)
+    xs, ys = task.sample(15_000, 20, generator=torch.Generator().manual_seed(1))
+    result = reg.batch_em(xs, ys, 5, noise=1.0, generator=0)
+    assert result.converged
+    assert min_matching_error(result.components, task.components) <= 0.1 * math.sqrt(d)  # measured: 0.022
+    assert torch.allclose(result.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    ll = torch.tensor(result.log_likelihood)
+    assert (ll[1:] >= ll[:-1] - 1e-9 * ll[:-1].abs()).all()
+
+
+def test_batch_em_log_likelihood_never_decreases_on_a_hard_problem():
+    """Overlapping components, short prompts, many iterations: still monotone."""
+    task = MixLinRegTask(5, 4, noise=1.5, seed=3)
+    xs, ys = task.sample(2000, 4, generator=torch.Generator().manual_seed(2))
+    result = reg.batch_em(xs, ys, 4, noise=1.5, max_iter=300, tol=1e-12, generator=1)
+    ll = torch.tensor(result.log_likelihood)
+    assert len(ll) > 50
+    assert (ll[1:] >= ll[:-1] - 1e-9 * ll[:-1].abs()).all()
+    # Its estimates plug into the oracle predictors.
+    p = reg.posterior_mean(xs, ys, result.components, 1.5)
+    assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_components=0, noise=1.0), "n_components"),
+    (dict(n_components=2, noise=0.0), "noise"),
+    (dict(n_components=2, noise=1.0, init=torch.zeros(3, 4)), "init has 3"),
+    (dict(n_components=2, noise=1.0, init=torch.zeros(2, 5)), "dimension"),
+    (dict(n_components=2, noise=1.0, tol=-1.0), "tol"),
+])
+def test_batch_em_refuses_bad_input(kwargs, match):
+    xs, ys = MixLinRegTask(4, 2, seed=0).sample(10, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=match):
+        reg.batch_em(xs, ys, **kwargs)
