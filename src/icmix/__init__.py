@@ -3,14 +3,15 @@
 The flow of the library: tasks -> predictors (estimators, trained and constructed
 transformers) -> metrics -> experiments -> figures.
 
-- ``icmix.tasks``: ``MTDTask``.
+- ``icmix.tasks``: ``MTDTask``, ``MixLinRegTask``.
 - ``icmix.estimators.mtd``: ``mirror_descent``, ``em``, ``bayes_exact``, ``bayes_gibbs``, ``predictive``.
-- ``icmix.metrics``: ``kl_divergence``, ``mean_ci``.
+- ``icmix.estimators.regression``: ``posterior_mean``, ``argmin``, ``ols``, ``ridge``, ``batch_em``.
+- ``icmix.metrics``: ``kl_divergence``, ``mean_ci``, ``normalised_mse``.
 - ``icmix.evaluate``: estimators x lengths -> tidy table, with step-size tuning.
 - ``icmix.experiments``: one module per paper figure (``compute`` -> table, ``draw`` -> figure).
 """
 
-from icmix.tasks import MTDTask
+from icmix.tasks import MixLinRegTask, MTDTask
 
 __version__ = "0.1.0"
-__all__ = ["MTDTask", "__version__"]
+__all__ = ["MTDTask", "MixLinRegTask", "__version__"]
