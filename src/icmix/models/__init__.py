@@ -2,11 +2,13 @@
 name their stream blocks).  ``MODELS`` maps a config ``kind`` to (config class, model class)."""
 
 from icmix.models.disentangled import DisentangledConfig, DisentangledTransformer, StreamLayout
-from icmix.models.gpt import GPTConfig, GPTTransformer
+from icmix.models.gpt import GPTConfig, GPTTransformer, RegressionGPT, RegressionGPTConfig
 
 MODELS = {
     "disentangled": (DisentangledConfig, DisentangledTransformer),
     "gpt": (GPTConfig, GPTTransformer),
+    "gpt-regression": (RegressionGPTConfig, RegressionGPT),
 }
 
-__all__ = ["MODELS", "DisentangledConfig", "DisentangledTransformer", "GPTConfig", "GPTTransformer", "StreamLayout"]
+__all__ = ["MODELS", "DisentangledConfig", "DisentangledTransformer", "GPTConfig", "GPTTransformer", "RegressionGPT", "RegressionGPTConfig",
+           "StreamLayout"]

@@ -164,3 +164,70 @@ class GPTTransformer(Pretrained):
         h, patterns = self.backbone(self.embed(tokens), need_weights=return_attention)
         out = self.readout(h)
         return (out, patterns) if return_attention else out
+
+
+@dataclass(frozen=True)
+class RegressionGPTConfig:
+    """Configuration of a ``RegressionGPT``: covariate ``dim`` d, ``max_points`` N (the model
+    reads 2N tokens), and the decoder's ``n_layers``, ``n_heads``, ``d_model``, ``positions``,
+    ``mlp_ratio``, ``dropout`` (the paper: 12 layers, width 256, 8 heads)."""
+
+    dim: int
+    max_points: int = 41
+    n_layers: int = 12
+    n_heads: int = 8
+    d_model: int = 256
+    positions: str = "learned"
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        check_positive_int("dim", self.dim)
+        check_positive_int("max_points", self.max_points)
+        self.backbone_config()  # the decoder's own checks
+
+    def backbone_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=1, n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model,
+                         max_length=2 * self.max_points, positions=self.positions, mlp_ratio=self.mlp_ratio,
+                         dropout=self.dropout)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RegressionGPTConfig:
+        return config_from_dict(cls, d)
+
+
+class RegressionGPT(Pretrained):
+    """GPT-style decoder over regression prompts (Garg et al. 2022; Pathak et al. 2024).
+
+    The prompt is read as tokens ``x_1, y_1, x_2, y_2, ...``, ``y`` padded with zeros to width
+    d, through one linear read-in; the prediction for ``y_j`` is read at the token of ``x_j``,
+    which sees the pairs before it and ``x_j`` alone.
+
+    ``model(xs (B, N, d), ys (B, N))`` returns ``(B, N)``; ``return_attention=True`` also
+    returns one ``(B, H, 2N, 2N)`` pattern per layer.
+    """
+
+    config_class = RegressionGPTConfig
+    model_type = "gpt-regression"
+
+    def __init__(self, config: RegressionGPTConfig):
+        super().__init__()
+        self.config = config
+        self.read_in = nn.Linear(config.dim, config.d_model)
+        self.backbone = GPTBackbone(config.backbone_config())
+        self.readout = nn.Linear(config.d_model, 1)
+        self.apply(init_gpt_weights)
+
+    def forward(self, xs: Tensor, ys: Tensor, return_attention: bool = False):
+        b, n, d = xs.shape
+        if d != self.config.dim or ys.shape != (b, n):
+            raise ValueError(f"expected xs (B, N, {self.config.dim}) and ys (B, N), got {tuple(xs.shape)} "
+                             f"and {tuple(ys.shape)}")
+        if n > self.config.max_points:
+            raise ValueError(f"{n} points exceed the model's max_points {self.config.max_points}")
+        dtype = self.read_in.weight.dtype
+        y_tokens = F.pad(ys.to(dtype)[..., None], (0, d - 1))  # (B, N, d): y in the first coordinate
+        tokens = torch.stack([xs.to(dtype), y_tokens], dim=2).reshape(b, 2 * n, d)
+        h, patterns = self.backbone(self.read_in(tokens), need_weights=return_attention)
+        out = self.readout(h[:, 0::2]).squeeze(-1)
+        return (out, patterns) if return_attention else out

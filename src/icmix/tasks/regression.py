@@ -54,12 +54,13 @@ class MixLinRegTask:
 
     def sample(self, batch_size: int, n_points: int, generator: torch.Generator | int | None = None,
                covariate_scale: float = 1.0, weight_scale: float = 1.0, weight_shift: float = 0.0,
-               dtype: torch.dtype = torch.float64, return_index: bool = False):
+               dtype: torch.dtype = torch.float64, return_index: bool = False, active_dims: int | None = None):
         """``xs (B, N, d)`` and ``ys (B, N)``; with ``return_index`` also the component of each prompt ``(B,)``.
 
         The paper's distribution shifts: ``covariate_scale`` kappa draws ``x ~ N(0, kappa^2 I)``;
         ``weight_scale`` alpha and ``weight_shift`` eps use ``alpha w_j + eps / sqrt(d) * 1``
         in place of ``w_j``.  Oracle predictors keep the task's own components.
+        ``active_dims`` (the curriculum of Garg et al.): coordinates of x past it are zero.
         """
         batch_size = check_positive_int("batch_size", batch_size)
         n_points = check_positive_int("n_points", n_points)
@@ -71,6 +72,8 @@ class MixLinRegTask:
         idx = torch.randint(self.n_components, (batch_size,), generator=g)  # with replacement
         w = alpha * self.components[idx] + shift / math.sqrt(self.dim)  # (B, d)
         xs = kappa * torch.randn(batch_size, n_points, self.dim, generator=g, dtype=torch.float64)
+        if active_dims is not None and check_positive_int("active_dims", active_dims) < self.dim:
+            xs[..., active_dims:] = 0
         ys = torch.einsum("bnd,bd->bn", xs, w)
         if self.noise > 0:
             ys = ys + self.noise * torch.randn(batch_size, n_points, generator=g, dtype=torch.float64)

@@ -1,6 +1,8 @@
 """Training configuration: frozen dataclasses, loaded from YAML, validated before any work.
 
     task:  {kind: mtd, vocab_size: 10, order: 3, alpha: 1.0, seed: 0, length: 64}
+           # or {kind: mixlinreg, dim: 20, n_components: 5, noise: 0.0, n_points: 41,
+           #     curriculum_every: 2000, dims_start: 5, points_start: 11}  (model kind gpt-regression)
     model: {kind: disentangled, n_layers: 3}        # other keys go to the model's config class
     optim: {lr: 1.0e-3, schedule: cosine, warmup_steps: 100, grad_clip: 1.0}
     steps: 5000
@@ -28,11 +30,12 @@ LOSSES = ("mse", "ce")
 LOSS_POSITIONS = ("last", "all")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
-TASK_KINDS = ("mtd",)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """An MTD task (SPEC §1) and the sequence length trained on."""
+
     kind: str = "mtd"
     vocab_size: int = 10
     order: int = 3
@@ -40,13 +43,73 @@ class TaskSpec:
     seed: int = 0
     length: int = 64
 
+    models = ("disentangled", "gpt")
+
     def __post_init__(self):
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        if self.kind != "mtd":
+            raise ValueError(f"task.kind must be 'mtd' here, got {self.kind!r}")
         check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
         check_positive_int("task.length", self.length)
         check_order(self.order, self.length)
         check_positive("task.alpha", self.alpha)
+
+    def model_fields(self) -> dict:
+        """The model config fields the task sets."""
+        return {"vocab_size": self.vocab_size, "max_length": self.length}
+
+
+@dataclass(frozen=True)
+class RegressionTaskSpec:
+    """A mixture of linear regressions (SPEC §2) and its curriculum (Garg et al. 2022).
+
+    Every ``curriculum_every`` steps the active dimensions grow by ``dims_step`` from
+    ``dims_start`` (inactive coordinates of x are zero) and the prompt points by
+    ``points_step`` from ``points_start``, up to ``dim`` and ``n_points``.
+    ``curriculum_every = 0`` trains at full size from the start.
+    """
+
+    kind: str = "mixlinreg"
+    dim: int = 20
+    n_components: int = 5
+    noise: float = 0.0
+    seed: int = 0
+    n_points: int = 41
+    curriculum_every: int = 0
+    dims_start: int | None = None
+    points_start: int | None = None
+    dims_step: int = 1
+    points_step: int = 2
+
+    models = ("gpt-regression",)
+
+    def __post_init__(self):
+        check_positive_int("task.dim", self.dim)
+        check_positive_int("task.n_components", self.n_components)
+        check_positive_int("task.n_points", self.n_points)
+        if not self.noise >= 0:
+            raise ValueError(f"task.noise must be >= 0, got {self.noise}")
+        check_positive_int("task.curriculum_every", self.curriculum_every, minimum=0)
+        check_positive_int("task.dims_step", self.dims_step, minimum=0)
+        check_positive_int("task.points_step", self.points_step, minimum=0)
+        for name, top in (("dims_start", self.dim), ("points_start", self.n_points)):
+            value = getattr(self, name)
+            if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
+                raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
+
+    def model_fields(self) -> dict:
+        return {"dim": self.dim, "max_points": self.n_points}
+
+    def stage(self, step: int) -> tuple[int, int]:
+        """``(active dims, prompt points)`` at training step ``step``."""
+        dims, points = self.dims_start or self.dim, self.points_start or self.n_points
+        if self.curriculum_every:
+            k = step // self.curriculum_every
+            dims, points = dims + k * self.dims_step, points + k * self.points_step
+        return min(dims, self.dim), min(points, self.n_points)
+
+
+TASK_SPECS = {"mtd": TaskSpec, "mixlinreg": RegressionTaskSpec}
+TASK_KINDS = tuple(TASK_SPECS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +142,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: TaskSpec = field(default_factory=TaskSpec)
+    task: TaskSpec | RegressionTaskSpec = field(default_factory=TaskSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
@@ -111,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.task.kind == "mixlinreg" and self.loss != "mse":
+            raise ValueError(f"a regression task trains with loss 'mse', got {self.loss!r}")
         self.model_config()  # unknown or bad model keys fail here, before any training
 
     def model_config(self):
@@ -119,15 +184,19 @@ class TrainConfig:
 
         if self.model.kind not in MODELS:
             raise ValueError(f"model.kind must be one of {sorted(MODELS)}, got {self.model.kind!r}")
+        if self.model.kind not in self.task.models:
+            raise ValueError(f"model.kind {self.model.kind!r} does not fit a {self.task.kind!r} task; "
+                             f"use one of {self.task.models}")
         config_class, _ = MODELS[self.model.kind]
         params = dict(self.model.params)
-        for key in ("vocab_size", "max_length"):
+        fields = self.task.model_fields()
+        for key in fields:
             if key in params:
                 raise ValueError(f"model.{key} is set by the task; remove it from the model section")
         if self.model.kind == "disentangled" and params.get("positions") == "warmup":
             params.setdefault("warmup", self.task.order)
         try:
-            return config_class.from_dict({"vocab_size": self.task.vocab_size, "max_length": self.task.length, **params})
+            return config_class.from_dict({**fields, **params})
         except TypeError as err:
             raise ValueError(f"bad model section: {err}") from None
 
@@ -142,9 +211,11 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
         d = dict(d)
-        sections = {}
-        for name, klass in (("task", TaskSpec), ("optim", OptimConfig)):
-            sections[name] = _build(klass, d.pop(name, {}) or {}, name)
+        task = d.pop("task", {}) or {}
+        kind = task.get("kind", "mtd") if isinstance(task, dict) else None
+        if kind not in TASK_SPECS:
+            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {kind!r}")
+        sections = {"task": _build(TASK_SPECS[kind], task, "task"), "optim": _build(OptimConfig, d.pop("optim", {}) or {}, "optim")}
         model = dict(d.pop("model", {}) or {})
         sections["model"] = ModelSpec(kind=_typed("model.kind", model.pop("kind", "disentangled"), str), params=model)
         return _build(cls, d, "", **sections)

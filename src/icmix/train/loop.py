@@ -29,7 +29,7 @@ from icmix.estimators.mtd import predictive
 from icmix.io import atomic_write
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
-from icmix.tasks import MTDTask
+from icmix.tasks import MixLinRegTask, MTDTask
 from icmix.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from icmix.train.config import TrainConfig
 from icmix.train.objectives import loss_fn, to_distribution
@@ -45,8 +45,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_task(cfg: TrainConfig) -> MTDTask:
+def build_task(cfg: TrainConfig) -> MTDTask | MixLinRegTask:
     t = cfg.task
+    if t.kind == "mixlinreg":
+        return MixLinRegTask(t.dim, t.n_components, t.noise, seed=t.seed)
     return MTDTask(t.vocab_size, t.order, t.alpha, seed=t.seed)
 
 
@@ -69,17 +71,66 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def evaluate_batch(model: nn.Module, task: MTDTask, batch: dict, cfg: TrainConfig, mask: torch.Tensor,
-                   device: torch.device) -> dict[str, float]:
-    """Loss on the masked positions and KL(true || model) of the next token at the last position."""
-    model.eval()
-    with torch.no_grad():
+class MTDObjective:
+    """Next-token prediction on MTD sequences: loss on the masked positions (``loss_positions``);
+    evaluation adds KL(true || model) of the next token at the last position."""
+
+    def __init__(self, task: MTDTask, cfg: TrainConfig):
+        self.task, self.cfg = task, cfg
+        self.mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        return self.task.next_token_batch(size, self.cfg.task.length, generator)
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         out = model(batch["inputs"].to(device))
-        loss = loss_fn(out, batch["targets"].to(device), mask.to(device), cfg.loss).item()
-        p_hat = to_distribution(out[:, -1].cpu(), cfg.loss)
-    model.train()
-    p_true = predictive(batch["inputs"], task.transition, batch["lam"])
-    return {"eval_loss": loss, "eval_kl": kl_divergence(p_true, p_hat).mean().item()}
+        return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
+
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        with torch.no_grad():
+            out = model(batch["inputs"].to(device))
+            loss = loss_fn(out, batch["targets"].to(device), self.mask.to(device), self.cfg.loss).item()
+            p_hat = to_distribution(out[:, -1].cpu(), self.cfg.loss)
+        p_true = predictive(batch["inputs"], self.task.transition, batch["lam"])
+        return {"eval_loss": loss, "eval_kl": kl_divergence(p_true, p_hat).mean().item()}
+
+
+class RegressionObjective:
+    """In-context regression: squared error of the prediction of every ``y_j`` (``loss_positions
+    = all``, the paper) or of the last one, on prompts drawn at the curriculum's stage;
+    evaluation at full size adds the normalised MSE (MSE / d) of the last prediction."""
+
+    def __init__(self, task: MixLinRegTask, cfg: TrainConfig):
+        self.task, self.cfg = task, cfg
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        dims, points = self.cfg.task.stage(step)
+        xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
+        return {"xs": xs, "ys": ys}
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        ys = batch["ys"].to(device)
+        err = (model(batch["xs"].to(device), ys).float() - ys) ** 2
+        return err[:, -1].mean() if self.cfg.loss_positions == "last" else err.mean()
+
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        with torch.no_grad():
+            loss = self.loss(model, batch, device).item()
+            ys = batch["ys"].to(device)
+            last = ((model(batch["xs"].to(device), ys)[:, -1].float() - ys[:, -1]) ** 2).mean().item()
+        return {"eval_loss": loss, "eval_nmse_last": last / self.task.dim}
+
+
+def _evaluate(objective, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+    model.eval()
+    try:
+        return objective.evaluate(model, batch, device)
+    finally:
+        model.train()
+
+
+def build_objective(task, cfg: TrainConfig):
+    return RegressionObjective(task, cfg) if cfg.task.kind == "mixlinreg" else MTDObjective(task, cfg)
 
 
 def autocast(device: torch.device, precision: str):
@@ -121,14 +172,14 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
 
 def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: torch.device) -> Path:
     task = build_task(cfg)
+    objective = build_objective(task, cfg)
     model = build_model(cfg).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                  weight_decay=cfg.optim.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    eval_batch = task.next_token_batch(cfg.eval_size, cfg.task.length, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
-    mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
+    eval_batch = objective.batch(cfg.steps, cfg.eval_size, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
     metrics_path = run / "metrics.jsonl"
     start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
     ckpt = latest_checkpoint(run) if resume else None
@@ -152,10 +203,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         bar = tqdm(bar, initial=start, total=cfg.steps, desc=f"train {cfg.model.kind}", unit="step")
     t0 = time.perf_counter()
     for step in bar:
-        batch = task.next_token_batch(cfg.batch_size, cfg.task.length, data_gen)
+        batch = objective.batch(step, cfg.batch_size, data_gen)
         with autocast(device, cfg.precision):
-            out = model(batch["inputs"].to(device))
-            loss = loss_fn(out.float(), batch["targets"].to(device), mask.to(device), cfg.loss)
+            loss = objective.loss(model, batch, device)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.optim.grad_clip is not None:
@@ -170,7 +220,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             row = {"step": done, "train_loss": loss_sum.item() / loss_count, "lr": schedule.get_last_lr()[0],
-                   **evaluate_batch(model, task, eval_batch, cfg, mask, device)}
+                   **_evaluate(objective, model, eval_batch, device)}
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             with open(run / "progress.jsonl", "a") as fh:
@@ -181,7 +231,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
                         writer.add_scalar(k, v, done)
             loss_sum, loss_count = torch.zeros_like(loss_sum), 0
             if progress:
-                bar.set_postfix(loss=f"{row['train_loss']:.4f}", kl=f"{row['eval_kl']:.4f}")
+                bar.set_postfix({k.removeprefix("eval_"): f"{v:.4f}" for k, v in row.items() if k in ("train_loss", "eval_kl", "eval_nmse_last")})
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             state = {"step": done, "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                      "scaler": scaler.state_dict(), "data_rng": data_gen.get_state(),
@@ -194,21 +244,21 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     return run
 
 
-def fine_tune(model: nn.Module, task: MTDTask, cfg: TrainConfig, steps: int, lr: float, seed: int) -> nn.Module:
+def fine_tune(model: nn.Module, task, cfg: TrainConfig, steps: int, lr: float, seed: int) -> nn.Module:
     """Continue training ``model`` in place for ``steps`` Adam steps, the learning rate annealed
-    from ``lr`` to 0 (cosine), on fresh batches of ``cfg``'s size, length, loss and positions.
-    For interventions (change a trained model, then let the rest of it adapt).  No run directory."""
+    from ``lr`` to 0 (cosine), on fresh batches of ``cfg``'s task, size and loss (the final
+    curriculum stage).  For interventions (change a trained model, then let the rest of it
+    adapt).  No run directory."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    mask = task.loss_mask(cfg.task.length, cfg.loss_positions).to(device)
+    objective = build_objective(task, cfg)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.optim.betas)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     model.train()
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for _ in range(steps):
-            batch = task.next_token_batch(cfg.batch_size, cfg.task.length, gen)
-            loss = loss_fn(model(batch["inputs"].to(device)), batch["targets"].to(device), mask, cfg.loss)
+            loss = objective.loss(model, objective.batch(cfg.steps, cfg.batch_size, gen), device)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:
