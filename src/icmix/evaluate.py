@@ -263,3 +263,83 @@ class TrainedPredictor:
         lengths = list(lengths)
         out = self.outputs(tokens[:, : max(lengths)])
         return to_distribution(out[:, torch.tensor(lengths) - 1], self.loss)
+
+
+# ---- regression mixtures -----------------------------------------------------------------
+# A regression predictor answers ``predict(xs (B, N, d), ys (B, N)) -> (B, N)`` under the
+# prefix contract of SPEC §2: column j uses the pairs before j and ``xs[:, j]`` only.
+
+
+@dataclass
+class RegressionPredictor:
+    """A function of the prompt as a named predictor, e.g.
+    ``RegressionPredictor("OLS", reg.ols)`` or, with the task's components,
+    ``RegressionPredictor("posterior mean", partial(reg.posterior_mean, components=w, noise=s))``."""
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        return self.fn(xs, ys)
+
+
+@dataclass
+class TrainedRegressor:
+    """A finished regression training run as a predictor (float32 model, float64 output)."""
+
+    name: str
+    model: torch.nn.Module
+    batch_size: int = 512
+
+    @classmethod
+    def from_run(cls, run_dir, name: str | None = None) -> TrainedRegressor:
+        from pathlib import Path
+
+        from icmix.train import load_run
+
+        cfg, model = load_run(run_dir)
+        if cfg.task.kind != "mixlinreg":
+            raise ValueError(f"{run_dir} was trained on a {cfg.task.kind!r} task, not a regression mixture")
+        return cls(name or f"transformer ({Path(run_dir).name})", model.eval())
+
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        param = next(self.model.parameters())
+        out = []
+        with torch.no_grad():
+            for s in range(0, xs.shape[0], self.batch_size):
+                x, y = xs[s : s + self.batch_size].to(param.device), ys[s : s + self.batch_size].to(param.device)
+                out.append(self.model(x, y).double().cpu())
+        return torch.cat(out)
+
+
+def evaluate_regression(xs: Tensor, ys: Tensor, predictors: Sequence, dim: int) -> tuple[pd.DataFrame, dict]:
+    """Normalised MSE (MSE / d) of each predictor at every prompt length ``k`` (pairs seen,
+    ``k = 0..N-1``) on the prompts ``xs, ys``, with a 95% CI over prompts.
+
+    Returns the tidy table (``predictor, k, nmse, nmse_sem, nmse_ci, n``) and the predictions
+    ``{name: (B, N)}`` (for ``d2_distances``).
+    """
+    preds, rows = {}, []
+    for pred in predictors:
+        p = pred.predict(xs, ys).double()
+        preds[pred.name] = p
+        err = ((p - ys.double()) ** 2 / dim).numpy()
+        for k in range(xs.shape[1]):
+            mean, sem, ci = mean_ci(err[:, k])
+            rows.append(dict(predictor=pred.name, k=k, nmse=mean, nmse_sem=sem, nmse_ci=ci, n=xs.shape[0]))
+    return pd.DataFrame(rows), preds
+
+
+def d2_distances(preds: dict[str, Tensor], reference: str) -> pd.DataFrame:
+    """``d_k^sq(f, g) = E[(f(P) - g(P))^2]`` between the predictor ``reference`` and every other,
+    at each prompt length k (the regression paper's Fig. 4): ``other, k, d2, d2_ci``."""
+    f = preds[reference]
+    rows = []
+    for name, g in preds.items():
+        if name == reference:
+            continue
+        sq = ((f - g) ** 2).numpy()
+        for k in range(sq.shape[1]):
+            mean, _, ci = mean_ci(sq[:, k])
+            rows.append(dict(other=name, k=k, d2=mean, d2_ci=ci))
+    return pd.DataFrame(rows)
