@@ -78,3 +78,20 @@ def test_regression_training_learns_and_resumes_exactly(tmp_path):
     assert (b / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
     wa, wb = load_file(run / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_reproduce_mlr_fig2_tiny(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+
+    out = tmp_path / "m2"
+    assert main(["reproduce", "mlr-fig2", "--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=20",
+                 "--set", "n_eval=40", "--set", "components=(3,)", "--set", "dim=4", "--set", "n_points=9",
+                 "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16"]) == 0
+    table = pd.read_csv(out / "mlr-fig2.csv")
+    assert set(table.noise) == {0.0, 1.0} and set(table.k) == set(range(9))
+    assert {"transformer", "posterior mean (oracle)", "argmin (oracle)", "OLS", "ridge (Bayesian OLS)"} == set(table.predictor)
+    exact = table[(table.noise == 0) & (table.predictor == "posterior mean (oracle)") & (table.k >= 1)]
+    assert (exact.nmse < 1e-20).all()  # noise-free: one pair identifies the component
+    assert (out / "mlr-fig2.png").stat().st_size > 20_000

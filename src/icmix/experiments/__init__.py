@@ -2,7 +2,7 @@
 ``compute(cfg) -> table`` and ``draw(table) -> figure``.  ``REGISTRY`` maps the names used
 by ``icmix reproduce`` to their modules."""
 
-from icmix.experiments import mtd_fig3, mtd_fig4, mtd_fig5, mtd_fig7, mtd_orders
+from icmix.experiments import mlr_fig2, mtd_fig3, mtd_fig4, mtd_fig5, mtd_fig7, mtd_orders
 
 REGISTRY = {
     "mtd-fig3": mtd_fig3,
@@ -11,6 +11,7 @@ REGISTRY = {
     "mtd-fig6": mtd_orders.fig6,
     "mtd-fig7": mtd_fig7,
     "mtd-fig8": mtd_orders.fig8,
+    "mlr-fig2": mlr_fig2,
 }
 
 __all__ = ["REGISTRY"]

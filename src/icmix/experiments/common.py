@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import json
 import platform
 import time
@@ -72,4 +73,26 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
         paths["md"] = out / f"{name}.md"
         atomic_write(paths["md"], lambda p: Path(p).write_text(f"# {name}\n\n{summary}\n"))
         print(summary)
+    return paths
+
+
+def run_name(tc) -> str:
+    """A run directory name: what usually differs between runs, then a hash of the whole config
+    (``disentangled5-m3-T32-mse-seed0-<hash>``, ``gpt-regression4-d8-m5-noise0.0-seed0-<hash>``)."""
+    depth = getattr(tc.model_config(), "n_layers", "")
+    digest = hashlib.sha1(tc.to_yaml().encode()).hexdigest()[:8]
+    t = tc.task
+    what = f"d{t.dim}-m{t.n_components}-noise{t.noise}" if t.kind == "mixlinreg" else f"m{t.order}-T{t.length}-{tc.loss}"
+    return f"{tc.model.kind}{depth}-{what}-seed{tc.seed}-{digest}"
+
+
+def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True) -> list[Path]:
+    """Train (or resume, or reuse) each ``TrainConfig`` under ``OUT/runs/<run_name>``, ``jobs`` at a
+    time; the run directories, in order.  Figures written to the same ``OUT`` share the runs
+    they have in common."""
+    from icmix.train import train_many
+
+    paths = [Path(out) / "runs" / run_name(tc) for tc in configs]
+    unique = dict(zip(paths, configs))
+    train_many([(tc, p) for p, tc in unique.items()], jobs, progress)
     return paths

@@ -34,7 +34,7 @@ from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
 from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
-from icmix.experiments.common import save_outputs
+from icmix.experiments.common import save_outputs, train_runs
 from icmix.experiments.mtd_fig3 import summarise
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
@@ -86,7 +86,7 @@ PRESETS = {
 
 def trained_runs(cfg: Config, out: Path, progress: bool) -> dict[tuple[int, int, str], Path]:
     runs = cfg.runs()
-    return dict(zip(runs, mtd_training.train_runs(out, list(runs.values()), cfg.jobs, progress)))
+    return dict(zip(runs, train_runs(out, list(runs.values()), cfg.jobs, progress)))
 
 
 def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:

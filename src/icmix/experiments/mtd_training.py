@@ -3,19 +3,15 @@
 A figure's ``Config`` extends ``Recipe``, the training recipe as flat fields (so
 ``--set steps=...`` works; ``gpt_*`` fields where a figure trains the standard transformer).
 ``train_config`` turns it into a ``TrainConfig`` for one model, order, length, loss and
-seed; ``train_runs`` trains
-(or reuses) each under ``OUT/runs/<name>``, named by what differs and a hash of the whole
-config, so figures written to the same ``OUT`` share runs they have in common.
+seed; ``experiments.common.train_runs`` trains (or reuses) each.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from icmix._checks import check_positive_int
-from icmix.train import TrainConfig, train_many
+from icmix.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -72,18 +68,3 @@ def train_config(cfg, seed: int, model: dict, order: int, length: int, loss: str
         "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
         "device": cfg.device, "precision": cfg.precision,
     })
-
-
-def run_name(tc: TrainConfig) -> str:
-    m = tc.model_config()
-    depth = getattr(m, "n_layers", "")
-    digest = hashlib.sha1(tc.to_yaml().encode()).hexdigest()[:8]
-    return f"{tc.model.kind}{depth}-m{tc.task.order}-T{tc.task.length}-{tc.loss}-seed{tc.seed}-{digest}"
-
-
-def train_runs(out: Path, configs: list[TrainConfig], jobs: int = 1, progress: bool = True) -> list[Path]:
-    """Train (or resume, or reuse) each config under ``OUT/runs``; the run directories, in order."""
-    paths = [Path(out) / "runs" / run_name(tc) for tc in configs]
-    unique = dict(zip(paths, configs))
-    train_many([(tc, p) for p, tc in unique.items()], jobs, progress)
-    return paths
