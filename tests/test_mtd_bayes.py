@@ -1,7 +1,6 @@
 """Exact Bayes against independent references (quadrature, enumeration); Gibbs against exact."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

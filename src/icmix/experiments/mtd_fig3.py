@@ -13,7 +13,6 @@ Q = 10, M = 3 (the benchmark setting of the project) and a doubling grid up to 2
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -18,7 +18,6 @@ layer-1 token scores next to ``pi``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
 from icmix._checks import as_components, check_nonnegative, check_positive, check_positive_int
 from icmix.random import make_generator
