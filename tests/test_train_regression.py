@@ -95,3 +95,28 @@ def test_reproduce_mlr_fig2_tiny(tmp_path):
     exact = table[(table.noise == 0) & (table.predictor == "posterior mean (oracle)") & (table.k >= 1)]
     assert (exact.nmse < 1e-20).all()  # noise-free: one pair identifies the component
     assert (out / "mlr-fig2.png").stat().st_size > 20_000
+
+
+def test_reproduce_mlr_shift_figures_reuse_fig2_runs(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+
+    out = tmp_path / "m"
+    common = ["--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=10", "--set", "n_eval=30",
+              "--set", "components=(3,)", "--set", "noises=(1.0,)", "--set", "dim=4", "--set", "n_points=9",
+              "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16"]
+    assert main(["reproduce", "mlr-fig2", *common]) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    for name in ("mlr-fig5", "mlr-fig6", "mlr-fig9"):
+        assert main(["reproduce", name, *common, "--set", "kappas=(0.5,1.0)", "--set", "alphas=(1.0,2.0)",
+                     "--set", "epsilons=(0.0,1.0)"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == runs  # fig2's model, not retrained
+    fig2 = pd.read_csv(out / "mlr-fig2.csv")
+    fig5 = pd.read_csv(out / "mlr-fig5.csv")
+    # Unshifted (kappa = 1) prompts are fig2's prompts: the same transformer errors.
+    a = fig2[fig2.predictor == "transformer"].set_index("k")["nmse"]
+    b = fig5[fig5["value"] == 1.0].set_index("k")["nmse"]
+    assert (a - b).abs().max() < 1e-12
+    fig9 = pd.read_csv(out / "mlr-fig9.csv")
+    assert set(fig9.predictor) == {"posterior mean (oracle)"} and set(fig9["value"]) == {0.0, 1.0}

@@ -1,0 +1,145 @@
+"""Regression-mixture Figures 5-9: the transformer and the posterior mean under distribution shift.
+
+The models are fig2's (the same ``Config`` fields, so the same runs: write to fig2's ``--out``
+and nothing is retrained).  Prompts are drawn from shifted versions of each task (SPEC §2):
+
+- covariate scaling: ``x ~ N(0, kappa^2 I)``, query included (Figs 5 and 7);
+- weight scaling: ``alpha w_j`` in place of ``w_j`` (Figs 6 left and 8);
+- additive weight shift: ``w_j + eps / sqrt(d) 1``, a shift of norm eps (Figs 6 right and 9).
+
+Figs 5-6 show the trained transformer, Figs 7-9 the posterior mean with the task's
+(unshifted) components and noise level: what the Bayes-optimal rule of the training
+distribution does on the shifted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from icmix.estimators import regression as reg
+from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
+from icmix.experiments import mlr_fig2
+from icmix.experiments.common import save_outputs, train_runs
+from icmix.tasks import MixLinRegTask
+
+SHIFTS = {  # name -> (sample() keyword, label)
+    "covariate scale": ("covariate_scale", "κ"),
+    "weight scale": ("weight_scale", "α"),
+    "weight shift": ("weight_shift", "ε"),
+}
+
+
+@dataclass(frozen=True)
+class Config(mlr_fig2.Config):
+    kappas: tuple[float, ...] = (1 / 3, 0.5, 1.0, 2.0, 3.0)
+    alphas: tuple[float, ...] = (1 / 3, 0.5, 1.0, 2.0, 3.0)
+    epsilons: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def values(self, shift: str) -> tuple[float, ...]:
+        return {"covariate scale": self.kappas, "weight scale": self.alphas, "weight shift": self.epsilons}[shift]
+
+
+PRESETS = {name: Config(**dataclasses.asdict(cfg)) for name, cfg in mlr_fig2.PRESETS.items()}
+
+# Registry name -> (predictor shown, shifts shown), as in the paper.
+FIGURES = {
+    "mlr-fig5": ("transformer", ("covariate scale",)),
+    "mlr-fig6": ("transformer", ("weight scale", "weight shift")),
+    "mlr-fig7": ("posterior mean (oracle)", ("covariate scale",)),
+    "mlr-fig8": ("posterior mean (oracle)", ("weight scale",)),
+    "mlr-fig9": ("posterior mean (oracle)", ("weight shift",)),
+}
+
+
+def compute(cfg: Config, out: Path, predictor: str, shifts: tuple[str, ...], progress: bool = True) -> pd.DataFrame:
+    """Normalised MSE by k of ``predictor`` on prompts under each shift and value:
+    columns ``seed, n_components, noise, shift, value, predictor, k, nmse, ...``."""
+    runs = cfg.runs()
+    paths = dict(zip(runs, train_runs(out, list(runs.values()), cfg.jobs, progress)))
+    tables = []
+    for (seed, m, noise), path in paths.items():
+        task = MixLinRegTask(cfg.dim, m, noise, seed=seed)
+        if predictor == "transformer":
+            pred = TrainedRegressor.from_run(path, "transformer")
+        else:
+            pred = RegressionPredictor(predictor, partial(reg.posterior_mean, components=task.components, noise=noise))
+        for shift in shifts:
+            keyword, _ = SHIFTS[shift]
+            for value in cfg.values(shift):
+                gen = torch.Generator().manual_seed(90_000 + seed)  # fig2's prompts when unshifted
+                xs, ys = task.sample(cfg.n_eval, cfg.n_points, gen, **{keyword: value})
+                table, _ = evaluate_regression(xs, ys, [pred], cfg.dim)
+                for col, v in (("value", value), ("shift", shift), ("noise", noise), ("n_components", m), ("seed", seed)):
+                    table.insert(0, col, v)
+                tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def draw(table: pd.DataFrame, cfg: Config, name: str, predictor: str, shifts: tuple[str, ...]):
+    settings = [(m, s) for m in cfg.components for s in cfg.noises]
+    fig, axes = plt.subplots(len(settings), len(shifts), figsize=(5.5 * len(shifts), 3.6 * len(settings)), squeeze=False)
+    for i, (m, noise) in enumerate(settings):
+        for j, shift in enumerate(shifts):
+            ax = axes[i, j]
+            g = table[(table.n_components == m) & (table.noise == noise) & (table["shift"] == shift)]
+            values = cfg.values(shift)
+            colours = plt.cm.viridis([v / max(1, len(values) - 1) for v in range(len(values))])
+            for value, colour in zip(values, colours):
+                curve = g[g["value"] == value].groupby("k")["nmse"].agg(["mean", "min", "max"])
+                ax.plot(curve.index, curve["mean"], color=colour, label=f"{SHIFTS[shift][1]} = {value:.2g}")
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=colour, alpha=0.15)
+            ax.set_yscale("log")
+            ax.set_xlabel("prompt length k (pairs seen)")
+            ax.set_ylabel("normalised MSE")
+            ax.set_title(f"{shift}, m = {m}, σ = {noise}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+    spread = "range over seeds" if len(cfg.seeds) > 1 else "one seed"
+    fig.suptitle(f"Regression mixtures, {name[4:].replace('fig', 'Fig. ')}: the {predictor} under distribution "
+                 f"shift (d = {cfg.dim}; bands: {spread})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def report(table: pd.DataFrame, cfg: Config) -> str:
+    k = min(2 * cfg.dim, cfg.n_points - 1)
+    parts = []
+    for shift, g in table[table.k == k].groupby("shift", sort=False):
+        at = g.groupby(["n_components", "noise", "value"], sort=False)["nmse"].mean().unstack("value")
+        at.columns = [f"{SHIFTS[shift][1]} = {v:.3g}" for v in at.columns]
+        parts.append(f"{shift}: normalised MSE at k = {k} (mean over seeds)\n\n" + at.to_markdown(floatfmt=".4f"))
+    return "\n\n".join(parts)
+
+
+class Figure:
+    """A registry entry for one of Figs 5-9."""
+
+    Config = Config
+    PRESETS = PRESETS
+
+    def __init__(self, name: str):
+        self.NAME = name
+        self.predictor, self.shifts = FIGURES[name]
+
+    def run(self, cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
+        start = time.time()
+        out = Path(out)
+        table = compute(cfg, out, self.predictor, self.shifts, progress)
+        fig = draw(table, cfg, self.NAME, self.predictor, self.shifts)
+        paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
+        plt.close(fig)
+        return paths
+
+
+figures = {name: Figure(name) for name in FIGURES}
