@@ -120,3 +120,20 @@ def test_reproduce_mlr_shift_figures_reuse_fig2_runs(tmp_path):
     assert (a - b).abs().max() < 1e-12
     fig9 = pd.read_csv(out / "mlr-fig9.csv")
     assert set(fig9.predictor) == {"posterior mean (oracle)"} and set(fig9["value"]) == {0.0, 1.0}
+
+
+def test_reproduce_mlr_fig4_tiny(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+
+    out = tmp_path / "m4"
+    assert main(["reproduce", "mlr-fig4", "--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=10",
+                 "--set", "n_eval=30", "--set", "n_em=300", "--set", "components=(3,)", "--set", "dim=4",
+                 "--set", "n_points=9", "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16"]) == 0
+    table = pd.read_csv(out / "mlr-fig4.csv")
+    assert set(table.other) == {"posterior mean (oracle)", "argmin (oracle)", "posterior mean (EM)", "argmin (EM)"}
+    assert (table.d2 >= 0).all() and set(table.k) == set(range(9))
+    # sigma = 0 has no EM: refused (exit 2) before anything runs
+    assert main(["reproduce", "mlr-fig4", "--out", str(tmp_path / "bad"), "--set", "noises=(0.0,)"]) == 2
+    assert not (tmp_path / "bad").exists()
