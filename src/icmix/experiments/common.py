@@ -58,7 +58,8 @@ def environment() -> dict:
 def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: float,
                  extra: dict[str, pd.DataFrame] | None = None, summary: str | None = None) -> dict[str, Path]:
     """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time),
-    ``NAME-<key>.csv`` for each extra table, and ``NAME.md`` with the summary (also printed)."""
+    ``NAME-<key>.csv`` for each extra table, and ``NAME.md`` with the summary (also printed).
+    The figure is closed once saved."""
     out = Path(out)
     paths = {"csv": out / f"{name}.csv", "png": out / f"{name}.png", "json": out / f"{name}.json"}
     atomic_write(paths["csv"], lambda p: table.to_csv(p, index=False))
@@ -66,6 +67,9 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
         paths[key] = out / f"{name}-{key}.csv"
         atomic_write(paths[key], lambda p, t=extra_table: t.to_csv(p, index=False))
     atomic_write(paths["png"], lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # saved: free it (experiments run many figures in one process)
     meta = {"experiment": name, "config": dataclasses.asdict(cfg), "environment": environment(),
             "wall_seconds": round(wall_s, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
@@ -96,3 +100,12 @@ def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True) -
     unique = dict(zip(paths, configs))
     train_many([(tc, p) for p, tc in unique.items()], jobs, progress)
     return paths
+
+
+def run_table_figure(name: str, compute, draw, report, cfg, out: Path, progress: bool = True) -> dict[str, Path]:
+    """The common ``run`` of an experiment: ``compute(cfg, out, progress) -> table``, then
+    ``draw(table, cfg) -> figure`` and ``report(table, cfg) -> Markdown``, saved under ``out``."""
+    start = time.time()
+    out = Path(out)
+    table = compute(cfg, out, progress)
+    return save_outputs(out, name, cfg, table, draw(table, cfg), time.time() - start, summary=report(table, cfg))

@@ -14,7 +14,6 @@ The paper's claim: the transformer tracks the posterior mean, far below OLS befo
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
-from icmix.experiments.common import save_outputs, train_runs
+from icmix.experiments.common import run_table_figure, train_runs
+from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
 
@@ -142,14 +142,10 @@ def draw(table: pd.DataFrame, cfg: Config):
         for j, noise in enumerate(cfg.noises):
             ax = axes[i, j]
             for name, g in s[(s.n_components == m) & (s.noise == noise)].groupby("predictor", sort=False):
-                ax.plot(g["k"], g["mean"], label=name, **styles.get(name, {}))
-                ax.fill_between(g["k"], g["min"], g["max"], alpha=0.2, color=styles.get(name, {}).get("color"))
+                mean_band(ax, g.set_index("k"), name, **styles.get(name, {}))
             ax.axvline(cfg.dim, color="k", lw=0.5, ls=":")
             ax.set_ylim(0, 1.5)
-            ax.set_xlabel("prompt length k (pairs seen)")
-            ax.set_ylabel("normalised MSE")
-            ax.set_title(f"m = {m}, σ = {noise} ({spread})", fontsize=9)
-            ax.grid(alpha=0.3)
+            prompt_length_axis(ax, "normalised MSE", f"m = {m}, σ = {noise} ({spread})")
             if i == 0:  # ridge appears only where sigma > 0
                 ax.legend(fontsize=7)
     fig.suptitle(f"Regression mixtures, Fig. 2: transformer vs OLS and the oracle posterior mean (d = {cfg.dim})",
@@ -177,10 +173,4 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    table = compute(cfg, out, progress)
-    fig = draw(table, cfg)
-    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-    plt.close(fig)
-    return paths
+    return run_table_figure(NAME, compute, draw, report, cfg, out, progress)

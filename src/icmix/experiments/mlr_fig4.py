@@ -11,7 +11,6 @@ mean with oracle weights, at every k.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import torch
 from icmix.estimators import regression as reg
 from icmix.evaluate import TrainedRegressor, d2_distances
 from icmix.experiments import mlr_fig2
-from icmix.experiments.common import save_outputs, train_runs
+from icmix.experiments.common import run_table_figure, train_runs
+from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 
 NAME = "mlr-fig4"
@@ -74,14 +74,8 @@ def draw(table: pd.DataFrame, cfg: Config):
     for ax, (m, noise) in zip(axes[0], settings):
         g = table[(table.n_components == m) & (table.noise == noise)]
         for other, h in g.groupby("other", sort=False):
-            curve = h.groupby("k")["d2"].agg(["mean", "min", "max"])
-            ax.plot(curve.index, curve["mean"], label=other, **styles.get(other, {}))
-            ax.fill_between(curve.index, curve["min"], curve["max"], alpha=0.15, color=styles.get(other, {}).get("color"))
-        ax.set_yscale("log")
-        ax.set_xlabel("prompt length k (pairs seen)")
-        ax.set_ylabel("d_k^sq(transformer, g)")
-        ax.set_title(f"m = {m}, σ = {noise}", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
+            mean_band(ax, h.groupby("k")["d2"].agg(["mean", "min", "max"]), other, **styles.get(other, {}))
+        prompt_length_axis(ax, "d_k^sq(transformer, g)", f"m = {m}, σ = {noise}", log=True)
         ax.legend(fontsize=7)
     fig.suptitle(f"Regression mixtures, Fig. 4: distance from the transformer's predictions (d = {cfg.dim}; "
                  f"bands: range over seeds)", fontsize=11)
@@ -106,10 +100,4 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    table = compute(cfg, out, progress)
-    fig = draw(table, cfg)
-    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-    plt.close(fig)
-    return paths
+    return run_table_figure(NAME, compute, draw, report, cfg, out, progress)

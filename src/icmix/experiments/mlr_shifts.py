@@ -31,6 +31,7 @@ from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments import mlr_fig2
 from icmix.experiments.common import save_outputs, train_runs
+from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 
 SHIFTS = {  # name -> (sample() keyword, label)
@@ -97,13 +98,8 @@ def draw(table: pd.DataFrame, cfg: Config, name: str, predictor: str, shifts: tu
             colours = plt.cm.viridis([v / max(1, len(values) - 1) for v in range(len(values))])
             for value, colour in zip(values, colours):
                 curve = g[g["value"] == value].groupby("k")["nmse"].agg(["mean", "min", "max"])
-                ax.plot(curve.index, curve["mean"], color=colour, label=f"{SHIFTS[shift][1]} = {value:.2g}")
-                ax.fill_between(curve.index, curve["min"], curve["max"], color=colour, alpha=0.15)
-            ax.set_yscale("log")
-            ax.set_xlabel("prompt length k (pairs seen)")
-            ax.set_ylabel("normalised MSE")
-            ax.set_title(f"{shift}, m = {m}, σ = {noise}", fontsize=9)
-            ax.grid(alpha=0.3, which="both")
+                mean_band(ax, curve, f"{SHIFTS[shift][1]} = {value:.2g}", color=colour)
+            prompt_length_axis(ax, "normalised MSE", f"{shift}, m = {m}, σ = {noise}", log=True)
             ax.legend(fontsize=7)
     spread = "range over seeds" if len(cfg.seeds) > 1 else "one seed"
     fig.suptitle(f"Regression mixtures, {name[4:].replace('fig', 'Fig. ')}: the {predictor} under distribution "
@@ -138,7 +134,6 @@ class Figure:
         table = compute(cfg, out, self.predictor, self.shifts, progress)
         fig = draw(table, cfg, self.NAME, self.predictor, self.shifts)
         paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-        plt.close(fig)
         return paths
 
 

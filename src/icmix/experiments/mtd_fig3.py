@@ -163,5 +163,4 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     table = compute(cfg, progress=progress)
     fig = draw(table)
     paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table))
-    plt.close(fig)
     return paths

@@ -283,5 +283,4 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     fig = draw(kl, agree, panels, (learned, pi), cfg)
     paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree},
                          summary=report(kl, agree, cfg))
-    plt.close(fig)
     return paths

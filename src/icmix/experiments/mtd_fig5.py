@@ -289,5 +289,4 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     fig = draw(tables, cfg)
     extra = {k: v for k, v in tables.items() if k != "kl"}
     paths = save_outputs(out, NAME, cfg, tables["kl"], fig, time.time() - start, extra=extra, summary=report(tables, cfg))
-    plt.close(fig)
     return paths

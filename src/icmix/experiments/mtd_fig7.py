@@ -134,5 +134,4 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     table, mats = compute(cfg, out, progress)
     fig = draw(table, mats, cfg)
     paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-    plt.close(fig)
     return paths

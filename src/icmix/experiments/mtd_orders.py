@@ -221,7 +221,6 @@ class Figure:
             agree, maps = compute_attention(cfg, out, progress)
             fig, table, extra, summary = draw_fig8(agree, maps, cfg), agree, None, report_fig8(agree)
         paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, extra=extra, summary=summary)
-        plt.close(fig)
         return paths
 
 

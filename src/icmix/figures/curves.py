@@ -34,3 +34,19 @@ def kl_panel(ax, summary: pd.DataFrame, title: str = "", styles: dict | None = N
     if legend:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
+
+
+def mean_band(ax, curve: pd.DataFrame, label: str, **style) -> None:
+    """A mean curve with a shaded band: ``curve`` indexed by x with columns ``mean, min, max``."""
+    ax.plot(curve.index, curve["mean"], label=label, **style)
+    ax.fill_between(curve.index, curve["min"], curve["max"], alpha=0.15, color=style.get("color"))
+
+
+def prompt_length_axis(ax, ylabel: str, title: str, log: bool = False) -> None:
+    """Axes of a regression panel against the prompt length k."""
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("prompt length k (pairs seen)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both" if log else "major")
