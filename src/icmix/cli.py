@@ -1,7 +1,8 @@
 """The ``icmix`` command line: a thin front end over the importable library.
 
     icmix estimate TOKENS --transition PI --order M [--estimator ...] [--out CSV]
-    icmix reproduce mtd-fig3 --preset quick|paper --out DIR [--seeds N] [--set key=value ...]
+    icmix reproduce mtd-fig3 --preset quick|cpu|paper --out DIR [--seeds N] [--set key=value ...]
+    icmix reproduce all --preset quick|cpu|paper --out DIR [--set [FIGURE.]key=value ...] [--jobs N] [--force]
     icmix construct mtd --vocab-size Q --order M --beta B [--check] [--save]
     icmix construct mlr --dim D --components M --noise S [--mlp gelu|bilinear] [--check]
     icmix train CONFIG.yaml [--set key=value ...] [--out RUN_DIR] [--compile] | icmix train --resume RUN_DIR
@@ -82,6 +83,15 @@ def _reproduce(args) -> int:
     from icmix.experiments import REGISTRY
     from icmix.experiments.common import apply_overrides
 
+    if args.figure == "all":
+        from icmix.experiments.report import reproduce_all
+
+        path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
+                             progress=not args.no_progress)
+        print(f"report: {path}")
+        return 0
+    if args.only or args.force or args.jobs:
+        raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     module = REGISTRY[args.figure]
     cfg = module.PRESETS[args.preset]
     if args.seeds is not None:
@@ -262,12 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_estimate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper figure (PNG + CSV + JSON)")
-    p.add_argument("figure", choices=sorted(REGISTRY))
-    p.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    p.add_argument("figure", choices=["all", *REGISTRY],
+                   help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
+    p.add_argument("--preset", choices=("quick", "cpu", "paper"), default="quick",
+                   help="quick: all figures in < 30 min on 2 CPU cores; cpu: about an hour a figure; paper: GPU")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jobs", type=int, help="all: training runs at once (default: the number of cores, at most 8)")
+    p.add_argument("--only", nargs="+", metavar="FIGURE", help="all: just these figures")
+    p.add_argument("--force", action="store_true", help="all: re-run figures even if cached")
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("construct", help="build a hand-set transformer and check it against its algorithm")

@@ -72,8 +72,11 @@ class Config(mlr_fig2.Config):
 
 
 PRESETS = {
-    # CPU: fig2's quick model and budget, d = 8, on 500 to 4000 prompts of 17 points.
-    "quick": Config(),
+    # fig2's quick model and budget on 500 and 2000 prompts of 17 points.
+    "quick": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["quick"]), "components": (5,), "noises": (1.0,),
+                       "n_trains": (500, 2000)}),
+    # CPU: fig2's cpu model and budget, d = 8, on 500 to 4000 prompts of 17 points.
+    "cpu": Config(),
     # The paper: n = 15k..60k prompts, d = 20, 41 points, dropout tuned per n (Appendix C.1).
     "paper": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["paper"]), "components": (5,), "noises": (1.0,),
                        "n_trains": (15_000, 30_000, 45_000, 60_000), "dropouts": (0.0, 0.1, 0.0, 0.1)}),

@@ -63,6 +63,8 @@ class Config:
 PRESETS = {
     "quick": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=400, n_tune=200, gibbs_samples=400,
                     gibbs_burn_in=100, seeds=(0, 1, 2)),
+    "cpu": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=400, n_tune=200, gibbs_samples=400,
+                  gibbs_burn_in=100, seeds=(0, 1, 2)),
     "paper": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=2000, n_tune=1000, gibbs_samples=2000,
                     gibbs_burn_in=500, seeds=(0, 1, 2)),
 }

@@ -35,11 +35,11 @@ from icmix._checks import check_order, check_positive_int
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
 from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
-from icmix.experiments.common import save_outputs
+from icmix.experiments.common import save_outputs, trained_runs
 from icmix.experiments.mtd_fig3 import summarise
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
-from icmix.train import TrainConfig, fine_tune, load_run, train_many
+from icmix.train import TrainConfig, fine_tune, load_run
 from icmix.train.objectives import to_distribution
 
 NAME = "mtd-fig4"
@@ -85,6 +85,10 @@ class Config:
             raise ValueError("ablation_steps must be >= 0 and ablation_lr > 0")
         self.train_config(0, "disentangled")  # validates the training side too
 
+    def runs(self) -> dict[tuple[int, str], TrainConfig]:
+        """``(seed, kind) -> TrainConfig`` for kind in disentangled, gpt."""
+        return {(seed, kind): self.train_config(seed, kind) for seed in self.seeds for kind in ("disentangled", "gpt")}
+
     def train_config(self, seed: int, kind: str) -> TrainConfig:
         steps = self.gpt_steps if kind == "gpt" and self.gpt_steps else self.steps
         model = {"kind": "disentangled", "n_layers": 3, "n_heads": 1, "positions": self.positions,
@@ -105,24 +109,22 @@ PRESETS = {
     # (measured; see the README): the loss on every position with a full lag history, the
     # SPEC's warm-up marker instead of one-hot absolute positions, value offsets 0..m,
     # a cosine schedule at lr 6e-3, and a smaller standard transformer trained for fewer steps.
-    "quick": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=10_000, lr=6e-3, warmup_steps=300,
-                    loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=3000, gpt_width=32,
-                    n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=2000),
+    "cpu": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=10_000, lr=6e-3, warmup_steps=300,
+                  loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=3000, gpt_width=32,
+                  n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=2000),
+    # The cpu recipe for a quarter of the steps (the runs are mtd-fig6's at order 3).
+    "quick": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=2500, lr=6e-3, warmup_steps=150,
+                    loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=1000, gpt_width=32,
+                    n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=500),
     # The paper: length 64, one-hot positions, MSE on the last token, batch 128, 5e5 steps (a GPU job).
     "paper": Config(length=64, steps=500_000, lr=1e-3, seeds=(0, 1, 2)),
 }
 
 
-def run_dir(out: Path, seed: int, kind: str) -> Path:
-    return Path(out) / "runs" / f"seed{seed}-{kind}"
-
-
 def train_models(cfg: Config, out: Path, progress: bool = True) -> dict[tuple[int, str], Path]:
-    """Train (or resume, or reuse) every run this figure needs."""
-    jobs = {(seed, kind): (cfg.train_config(seed, kind), run_dir(out, seed, kind))
-            for seed in cfg.seeds for kind in ("disentangled", "gpt")}
-    train_many(list(jobs.values()), cfg.jobs, progress)
-    return {key: path for key, (_, path) in jobs.items()}
+    """Train (or resume, or reuse) every run this figure needs: ``(seed, kind) -> run directory``
+    (under ``OUT/runs``, shared with the other figures' runs of the same config)."""
+    return trained_runs(out, cfg.runs(), cfg.jobs, progress)
 
 
 def agreement_rows(seed: int, task: MTDTask, trained: dict[str, TrainedPredictor], beta: float, beta_md: float,
@@ -213,14 +215,14 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
     return pd.concat(kl_tables, ignore_index=True), pd.DataFrame(agree)
 
 
-def attention_panels(cfg: Config, out: Path, seed: int, beta: float) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+def attention_panels(cfg: Config, runs: dict, seed: int, beta: float) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
     """Attention maps (layer by layer) of one sequence for each trained model and the construction,
     and the trained disentangled model's layer-1 token scores as ``softmax(A1^T)`` ``(Q, Q)``."""
     task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
     tokens, _ = task.sample(1, cfg.length, generator=torch.Generator().manual_seed(20_000 + seed))
     panels = {}
     for kind in ("disentangled", "gpt"):
-        pred = TrainedPredictor.from_run(run_dir(out, seed, kind))
+        pred = TrainedPredictor.from_run(runs[seed, kind])
         with torch.no_grad():
             _, attn = pred.model(tokens, return_attention=True)
         panels[MODEL_NAMES[kind]] = [a[0].mean(0).double().numpy() for a in attn]  # head-averaged
@@ -278,7 +280,7 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     out = Path(out)
     kl, agree = compute(cfg, out, progress)
     first = kl[(kl.seed == cfg.seeds[0]) & (kl.estimator == ConstructedMirrorDescent.name) & (kl.length == cfg.length)]
-    panels, learned = attention_panels(cfg, out, cfg.seeds[0], float(first["beta"].iloc[0]))
+    panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
     pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
     fig = draw(kl, agree, panels, (learned, pi), cfg)
     paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree},

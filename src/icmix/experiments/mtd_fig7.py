@@ -58,7 +58,8 @@ class Config(mtd_training.Recipe):
 
 
 PRESETS = {
-    "quick": Config(),
+    "quick": Config(**mtd_training.QUICK),
+    "cpu": Config(),
     "paper": Config(lengths=(16, 32, 64, 128), **mtd_training.PAPER),
 }
 

@@ -374,16 +374,31 @@ def fine_tune(model: nn.Module, task, cfg: TrainConfig, steps: int, lr: float, s
     return model.eval()
 
 
-def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True) -> None:
+def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True,
+               errors: str = "raise") -> dict[Path, str]:
     """Train each ``(config, run_dir)``, ``n_parallel`` at a time in separate processes.
 
     An existing run is resumed (or reused if finished) only if it has exactly its config;
-    otherwise ``train`` refuses, rather than mixing runs of different settings.
+    otherwise ``train`` refuses, rather than mixing runs of different settings.  With
+    ``errors="collect"`` a failing run does not stop the others: the result maps each failed
+    run directory to its error (``{}`` when all succeed).
     """
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    failed: dict[Path, str] = {}
+
+    def settle(path: Path, call) -> None:
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - collected for the caller, who reports it
+            if errors == "raise":
+                raise
+            failed[Path(path)] = f"{type(err).__name__}: {err}"
+
     if n_parallel == 1:
         for cfg, path in jobs:
-            train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress)
-        return
+            settle(path, lambda: train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress))
+        return failed
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -392,9 +407,10 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     threads = max(1, torch.get_num_threads() // n_parallel)  # share the cores instead of oversubscribing them
     with ProcessPoolExecutor(n_parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(train, cfg, path, (path / "config.yaml").exists(), False) for cfg, path in jobs]
-        for future in tqdm(futures, desc=f"training runs ({n_parallel} at a time)", disable=not progress):
-            future.result()
+        futures = [(path, pool.submit(train, cfg, path, (path / "config.yaml").exists(), False)) for cfg, path in jobs]
+        for path, future in tqdm(futures, desc=f"training runs ({n_parallel} at a time)", disable=not progress):
+            settle(path, future.result)
+    return failed
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,343 @@
+"""The claims table: each row is one claim of a paper, tested by one quantity read off the
+figures' tables (the CSVs ``icmix reproduce`` writes), with its mean and 95% Student-t interval
+over seeds and a verdict: ``holds``, ``doesn't`` or ``not run`` (a figure it needs failed or
+was not run).
+
+Every test is stated in the row's ``test`` column, threshold included, so a reader can disagree
+with a threshold and still use the number.  A claim reads only the CSVs under ``OUT``: the
+report can be rebuilt without recomputing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icmix.metrics import mean_ci
+
+HOLDS, FAILS, NOT_RUN = "holds", "doesn't", "not run"
+
+
+@dataclass
+class Claim:
+    paper: str
+    claim: str
+    test: str
+    figures: tuple[str, ...]
+    value: str = ""
+    verdict: str = NOT_RUN
+    mean: float = float("nan")
+    ci: float = float("nan")
+    note: str = ""
+
+
+def claim(paper: str, text: str, test: str, figures: tuple[str, ...]):
+    """Attach a claim's statement to the function that tests it: ``fn(c, out, *configs)`` fills
+    in ``c``'s value and verdict.  ``text`` and ``test`` may name ``{cfg.field}``, ``{m}``,
+    ``{k}`` (= 2d) and ``{n}`` (the smallest fixed training set), filled in from the figure's config."""
+    def attach(fn):
+        fn.claim = (paper, text, test, figures)
+        return fn
+    return attach
+
+
+def _fmt(mean: float, ci: float, n: int, digits: int = 3) -> str:
+    if n < 2 or not np.isfinite(ci):
+        return f"{mean:.{digits}g} ({n} seed{'s' if n != 1 else ''})"
+    return f"{mean:.{digits}g} ± {ci:.2g} ({n} seeds)"
+
+
+def _seeds(values) -> tuple[float, float, int, str]:
+    """Mean, CI half-width, number of seeds and the formatted value of per-seed values."""
+    v = np.asarray(list(values), dtype=np.float64)
+    mean, _, ci = mean_ci(v)
+    return mean, ci, v.size, _fmt(mean, ci, v.size)
+
+
+def _verdict(ok: bool) -> str:
+    return HOLDS if ok else FAILS
+
+
+def _read(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(Path(out) / f"{name}.csv")
+
+
+# --- MTD (D'Angelo & Flammarion) -------------------------------------------------------------
+
+@claim("MTD", "The hand-built 3-layer disentangled transformer computes exactly one step of mirror descent",
+       "max |construction − one-step MD| over fresh sequences, orders and seeds (float64); holds if < 1e-10",
+       ("mtd-construction",))
+def construction_md(c: Claim, out: Path) -> Claim:
+    t = _read(out, "mtd-construction")
+    worst = t.groupby("seed")["max_error"].max()
+    c.mean, c.value = float(worst.max()), f"{worst.max():.1e} (worst of {len(t)} checks, {len(worst)} seeds)"
+    c.verdict = _verdict(c.mean < 1e-10)
+    return c
+
+
+@claim("MTD", "One-step MD is close to Bayes at short lengths and falls behind at long lengths",
+       "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
+       "the ratio grows (the paired increase's interval excludes 0)", ("mtd-fig3",))
+def md_vs_bayes(c: Claim, out: Path) -> Claim:
+    t = _read(out, "mtd-fig3")
+    kl = t.pivot_table(index=["seed", "length"], columns="estimator", values="kl_mean")
+    ratio = (kl["MD 1-step (tuned η)"] / kl["Bayes (exact)"]).unstack("length")
+    short, long_ = ratio.iloc[:, 0], ratio.iloc[:, -1]
+    ms, cs, n, _ = _seeds(short)
+    ml, cl, _, _ = _seeds(long_)
+    md, _, cd = mean_ci(long_ - short)
+    c.mean, c.ci = ml, cl
+    c.value = (f"T={ratio.columns[0]}: {_fmt(ms, cs, n)}; T={ratio.columns[-1]}: {_fmt(ml, cl, n)}")
+    c.verdict = _verdict(ms <= 1.1 and md - (cd if np.isfinite(cd) else 0) > 0)
+    return c
+
+
+def _fig4_agreement(out: Path) -> pd.DataFrame:
+    return _read(out, "mtd-fig4-agreement")
+
+
+@claim("MTD", "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
+       "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
+       ("mtd-fig4",))
+def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
+    t = _read(out, "mtd-fig4")
+    at = t[t.length == cfg.length].pivot_table(index="seed", columns="estimator", values="kl_mean")
+    ratio = at["trained disentangled (3-layer)"] / at["MD 1-step (tuned η)"]
+    c.mean, c.ci, _, c.value = _seeds(ratio)
+    c.verdict = _verdict(c.mean <= 1.1)
+    a = _fig4_agreement(out)
+    kl = a[(a.model == "trained disentangled (3-layer)") & (a.metric == "KL(construction || trained)")]["value"]
+    c.note = f"KL(construction ‖ trained) = {_seeds(kl)[3]}"
+    return c
+
+
+@claim("MTD", "Its attention maps are the construction's, layer by layer",
+       "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
+       "sequences); holds if ≥ 0.9", ("mtd-fig4",))
+def attention_vs_construction(c: Claim, out: Path) -> Claim:
+    a = _fig4_agreement(out)
+    a = a[(a.model == "trained disentangled (3-layer)") & a.metric.str.match(r"layer-\d attention cosine")]
+    worst = a.groupby("seed")["value"].min()
+    c.mean, c.ci, _, c.value = _seeds(worst)
+    per_layer = a.groupby("metric")["value"].mean()
+    c.note = "; ".join(f"{k.split(' ')[0]} {v:.3f}" for k, v in per_layer.items())
+    c.verdict = _verdict(c.mean >= 0.9)
+    return c
+
+
+@claim("MTD", "Layer 1 attends to the m lagged tokens (the construction's support)",
+       "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9", ("mtd-fig4",))
+def layer1_lag_mass(c: Claim, out: Path) -> Claim:
+    a = _fig4_agreement(out)
+    v = a[(a.model == "trained disentangled (3-layer)") & (a.metric == "layer-1 mass on lag offsets 1..m")]
+    c.mean, c.ci, _, c.value = _seeds(v.groupby("seed")["value"].mean())
+    c.verdict = _verdict(c.mean >= 0.9)
+    return c
+
+
+@claim("MTD", "Layer 1's token-token scores learn the transition matrix π, better with longer training sequences",
+       "mean row KL(π[a] ‖ softmax(A1ᵀ)[a]) at the longest training length, order 3; holds if below "
+       "KL(π ‖ uniform) / 4 and below its value at the shortest length", ("mtd-fig7",))
+def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
+    from icmix.tasks import MTDTask
+
+    t = _read(out, "mtd-fig7")
+    m = sorted(t.order.unique())[0]
+    t = t[t.order == m].pivot_table(index="seed", columns="length", values="row_kl")
+    uniform = []
+    for seed in t.index:
+        pi = MTDTask(cfg.vocab_size, m, seed=int(seed)).transition.double().numpy()
+        uniform.append(float((pi * np.log(pi * pi.shape[1])).sum(1).mean()))
+    long_, short = t.iloc[:, -1], t.iloc[:, 0]
+    c.mean, c.ci, n, _ = _seeds(long_)
+    ms, cs, _, _ = _seeds(short)
+    c.value = f"T={t.columns[-1]}: {_fmt(c.mean, c.ci, n)}; T={t.columns[0]}: {_fmt(ms, cs, n)}"
+    c.note = f"KL(π ‖ uniform) = {np.mean(uniform):.3f}"
+    c.verdict = _verdict(c.mean < np.mean(uniform) / 4 and c.mean < ms)
+    return c
+
+
+@claim("MTD", "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
+       "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
+       "closest to; holds if the ratio's interval lies below 1", ("mtd-fig5",))
+def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
+    t = _read(out, "mtd-fig5")
+    name = f"trained {cfg.depth}-layer ({cfg.loss.upper()})"
+    at = t[t.length == cfg.length].pivot_table(index="seed", columns="estimator", values="kl_mean")
+    ratio = at[name] / at["MD 1-step (tuned η)"]
+    c.mean, c.ci, n, c.value = _seeds(ratio)
+    track = _read(out, "mtd-fig5-tracking")
+    track = track[track.length == cfg.length].groupby("k")["kl_md_to_model"].mean()
+    c.value += f"; closest to k = {int(track.idxmin())}"
+    c.verdict = _verdict(c.mean + (c.ci if np.isfinite(c.ci) else 0) < 1)
+    return c
+
+
+@claim("MTD (beyond)", "A standard GPT-style transformer also learns in context, at both orders",
+       "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
+       ("mtd-fig6",))
+def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
+    t = _read(out, "mtd-fig6")
+    at = t[t.length == cfg.length].pivot_table(index=["seed", "order"], columns="estimator", values="kl_mean")
+    ratio = (at["trained standard (GPT)"] / at["MD 1-step (tuned η)"]).groupby("seed").max()
+    c.mean, c.ci, _, c.value = _seeds(ratio)
+    c.verdict = _verdict(c.mean <= 1.25)
+    return c
+
+
+# --- Regression mixtures (Pathak et al.) -----------------------------------------------------
+
+@claim("MLR", "A transformer can compute the posterior mean exactly (the paper's construction, built here)",
+       "max relative error of the GELU construction vs `posterior_mean`, shifted prompts included; holds if < 1e-4",
+       ("mlr-construction",))
+def construction_pm(c: Claim, out: Path) -> Claim:
+    t = _read(out, "mlr-construction")
+    c.mean = float(t.relative_error.max())
+    c.value = f"{c.mean:.1e} (worst of {len(t)} checks, {t.seed.nunique()} seeds)"
+    c.verdict = _verdict(c.mean < 1e-4)
+    return c
+
+
+@claim("MLR", "The trained transformer is as good as the posterior mean (m = {m}, σ = 1)",
+       "NMSE(transformer) / NMSE(posterior mean, oracle weights) at k = 2d = {k}; holds if ≤ 1.2",
+       ("mlr-fig2",))
+def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
+    k = 2 * cfg.dim
+    t = _read(out, "mlr-fig2")
+    t = t[(t.n_components == m) & (t.noise == 1.0) & (t.k == min(k, t.k.max()))]
+    at = t.pivot_table(index="seed", columns="predictor", values="nmse")
+    c.mean, c.ci, _, c.value = _seeds(at["transformer"] / at["posterior mean (oracle)"])
+    c.note = f"OLS / posterior mean: {_seeds(at['OLS'] / at['posterior mean (oracle)'])[3]}"
+    c.verdict = _verdict(c.mean <= 1.2)
+    return c
+
+
+@claim("MLR", "The transformer is closest (d²) to the posterior mean with the true weights (m = {m})",
+       "share of k ≥ d/2 where no other of the six posterior-mean/argmin variants is significantly closer "
+       "(paired interval of the excess d², pooled over seeds); holds if 100%", ("mlr-fig4",))
+def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
+    t = _read(out, "mlr-fig4")
+    t = t[(t.n_components == m) & (t.k >= cfg.dim / 2) & (t.other != "posterior mean (oracle)")]
+    g = t.groupby(["k", "other"])
+    excess = g["excess"].mean()
+    ci = g["excess_ci"].apply(lambda s: float(np.sqrt((s**2).sum())) / len(s))
+    beaten = (excess + ci < 0).groupby("k").any()
+    closest = (excess > 0).groupby("k").all()
+    c.mean = float(1 - beaten.mean())
+    c.value = (f"{100 * c.mean:.0f}% of {len(beaten)} k (strictly closest at {100 * closest.mean():.0f}%)")
+    worst = excess[excess + ci < 0]
+    if len(worst):
+        c.note = "beaten by " + ", ".join(sorted({o for _, o in worst.index})) + f" at k = {sorted({k for k, _ in worst.index})}"
+    c.verdict = _verdict(not beaten.any())
+    return c
+
+
+@claim("MLR", "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
+       "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
+       "at k = 2d, smallest n = {n}; holds if ≤ 1.2", ("mlr-fig3",))
+def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
+    k = 2 * cfg.dim
+    n = min(cfg.n_trains)
+    t = _read(out, "mlr-fig3")
+    t = t[(t.n_train == n) & (t.k == min(k, t.k.max()))]
+    at = t.pivot_table(index="seed", columns="predictor", values="nmse")
+    best = at[["posterior mean (EM)", "posterior mean (SA)"]].min(axis=1)
+    c.mean, c.ci, _, c.value = _seeds(at["transformer"] / best)
+    by_n = _read(out, "mlr-fig3")
+    by_n = by_n[by_n.k == min(k, by_n.k.max())].pivot_table(index=["n_train", "seed"], columns="predictor", values="nmse")
+    ratio = (by_n["transformer"] / by_n[["posterior mean (EM)", "posterior mean (SA)"]].min(axis=1)).groupby("n_train").mean()
+    c.note = "by n: " + ", ".join(f"{n_}: {r:.2f}" for n_, r in ratio.items())
+    c.verdict = _verdict(c.mean <= 1.2)
+    return c
+
+
+SMALL = {"covariate scale": (0.5, 2.0), "weight scale": (0.5, 2.0), "weight shift": (0.25,)}
+LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight shift": (1.0,)}
+
+
+@claim("MLR", "The transformer is robust to small distribution shifts but not to large ones",
+       "NMSE(transformer) / NMSE(posterior mean, oracle, under the same shift) at k = 2d, m = 5, σ = 1, worst "
+       "of the small shifts (κ, α ∈ {{1/2, 2}}; ε = 1/4) and of the large (κ, α ∈ {{1/3, 3}}; ε = 1); "
+       "holds if small ≤ 1.5 < large", ("mlr-fig5", "mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"))
+def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
+    k = 2 * cfg.dim
+    t = pd.concat([_read(out, f) for f in c.figures], ignore_index=True)
+    t = t[(t.n_components == 5) & (t.noise == 1.0) & (t.k == min(k, t.k.max()))]
+    at = t.pivot_table(index=["seed", "shift", "value"], columns="predictor", values="nmse")
+    ratio = (at["transformer"] / at["posterior mean (oracle)"]).reset_index(name="ratio")
+
+    def worst(kind):
+        sel = np.zeros(len(ratio), bool)
+        for shift, values in kind.items():
+            sel |= (ratio["shift"] == shift).to_numpy() & np.isclose(ratio["value"].to_numpy()[:, None],
+                                                                      np.array(values)[None]).any(1)
+        return ratio[sel]
+
+    small, large = worst(SMALL), worst(LARGE)
+    ms, cs, n, _ = _seeds(small.groupby("seed")["ratio"].max())
+    ml, cl, _, _ = _seeds(large.groupby("seed")["ratio"].max())
+    c.mean, c.ci = ms, cs
+    c.value = f"small: {_fmt(ms, cs, n)}; large: {_fmt(ml, cl, n)}"
+    by_shift = lambda r: r.groupby(["shift", "value"])["ratio"].mean()  # noqa: E731
+    c.note = ("worst small: {} {:.3g} ({:.3g}); worst large: {} {:.3g} ({:.3g})"
+              .format(*by_shift(small).idxmax(), by_shift(small).max(), *by_shift(large).idxmax(), by_shift(large).max()))
+    c.verdict = _verdict(ms <= 1.5 < ml)
+    return c
+
+
+# The claims table, in order: (test, the figure whose config it reads, extra keywords).
+CLAIMS = [
+    (construction_md, None, {}),
+    (md_vs_bayes, None, {}),
+    (trained_vs_construction, "mtd-fig4", {}),
+    (attention_vs_construction, None, {}),
+    (layer1_lag_mass, None, {}),
+    (layer1_is_pi, "mtd-fig7", {}),
+    (deeper_is_multistep, "mtd-fig5", {}),
+    (standard_transformer, "mtd-fig6", {}),
+    (construction_pm, None, {}),
+    (transformer_vs_pm, "mlr-fig2", {"m": 5}),
+    (transformer_vs_pm, "mlr-fig2", {"m": 20}),
+    (d2_ranking, "mlr-fig4", {"m": 5}),
+    (d2_ranking, "mlr-fig4", {"m": 20}),
+    (sample_efficiency, "mlr-fig3", {}),
+    (shift_robustness, "mlr-fig2", {}),
+]
+
+
+def evaluate(out: Path, configs: dict, available: set[str]) -> list[Claim]:
+    """Every claim of ``CLAIMS``, read off the CSVs under ``out``.  A claim needing a figure not
+    in ``available`` (failed, or not run), or one whose test raises, comes back ``not run``
+    with the reason in its note."""
+    claims = []
+    for fn, config_of, extra in CLAIMS:
+        paper, text, test, figures = fn.claim
+        cfg = configs.get(config_of) if config_of else None
+        keys = dict(cfg=cfg, **extra)
+        if cfg is not None and hasattr(cfg, "dim"):
+            keys["k"] = 2 * cfg.dim
+        if cfg is not None and hasattr(cfg, "n_trains"):
+            keys["n"] = min(cfg.n_trains)
+        missing = sorted(set(figures) - available) + ([config_of] if config_of and cfg is None else [])
+        try:
+            c = Claim(paper, text.format(**keys), test.format(**keys), figures)
+        except (AttributeError, KeyError, IndexError):
+            c = Claim(paper, text, test, figures)
+        if missing:
+            c.note = "figure not available: " + ", ".join(sorted(set(missing)))
+            claims.append(c)
+            continue
+        try:
+            fn(c, out, *([cfg] if config_of else []), **extra)
+        except Exception as err:  # noqa: BLE001 - reported in the table, never fatal to the report
+            c.verdict, c.value, c.note = NOT_RUN, "", f"{type(err).__name__}: {err}"
+        claims.append(c)
+    return claims
+
+
+def table(claims: list[Claim]) -> pd.DataFrame:
+    return pd.DataFrame([{"paper": c.paper, "claim": c.claim, "test": c.test, "measured": c.value or "—",
+                          "verdict": c.verdict, "note": c.note, "figures": ", ".join(c.figures)} for c in claims])

@@ -1,0 +1,316 @@
+"""``icmix reproduce all``: every figure of both papers, then one report.
+
+1. Each figure's config is its preset (``quick``, ``cpu`` or ``paper``) with the overrides
+   (``key=value`` for every figure that has the key, ``FIGURE.key=value`` for one).
+2. A figure is *cached* when ``OUT/manifest.json`` holds it with the same key: a hash of its
+   config and of the library's source (``src/icmix`` but the report's own modules), and its
+   outputs are all on disk.  Those are skipped (``force`` re-runs them).
+3. The training runs of the other figures are pooled, de-duplicated (figures share runs, which
+   live under ``OUT/runs/<run name>``) and trained ``jobs`` at a time, longest first.  A run
+   that fails fails only the figures that need it.
+4. Each figure then runs in turn; an exception is caught, its traceback written to
+   ``OUT/logs/<figure>.txt`` and shown in the report, and the next figure runs.
+5. The claims table (``experiments.claims``) is read off the CSVs, and ``report.md`` and a
+   self-contained ``report.html`` (figures embedded) are written next to ``manifest.json``
+   (environment, git commit, seeds, wall time per figure).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import json
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+from icmix.io import atomic_write
+
+PRESET_NAMES = ("quick", "cpu", "paper")
+REPORT_MODULES = ("experiments/report.py", "experiments/claims.py", "cli.py")
+
+
+def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | None = None,
+                figures: list[str] | None = None) -> dict:
+    """``{figure: config}`` for the preset, with ``--seeds`` and the overrides applied.
+    ``key=value`` applies to every figure whose config has ``key`` (an error if none has it);
+    ``FIGURE.key=value`` to that figure only."""
+    from icmix.experiments import REGISTRY
+    from icmix.experiments.common import apply_overrides
+
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"preset must be one of {PRESET_NAMES}, got {preset!r}")
+    names = list(figures or REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown figures {unknown}; known: {', '.join(REGISTRY)}")
+    configs = {name: REGISTRY[name].PRESETS[preset] for name in names}
+    if seeds is not None:
+        if seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        configs = {n: dataclasses.replace(c, seeds=tuple(range(seeds))) for n, c in configs.items()}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        target, _, field = key.strip().rpartition(".")
+        if target and target not in configs:
+            raise ValueError(f"override {item!r}: {target!r} is not among the figures run ({', '.join(configs)})")
+        hit = [n for n in ([target] if target else configs)
+               if field in {f.name for f in dataclasses.fields(configs[n])}]
+        if not hit:
+            raise ValueError(f"override {item!r}: no figure's config has {field!r}")
+        for n in hit:
+            configs[n] = apply_overrides(configs[n], [f"{field}={value}"])
+    return configs
+
+
+def source_hash() -> str:
+    """A hash of the library's source, the report's own modules excluded (so restyling the
+    report does not recompute the figures)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in REPORT_MODULES:
+            digest.update(rel.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def figure_key(name: str, cfg, source: str) -> str:
+    blob = json.dumps({"figure": name, "config": dataclasses.asdict(cfg), "source": source}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def figure_runs(cfg) -> list:
+    """The ``TrainConfig`` of every training run the figure needs (none for the estimator-only
+    figures and the constructions)."""
+    return list(cfg.runs().values()) if hasattr(cfg, "runs") else []
+
+
+def _cost(tc) -> float:
+    """A rough relative cost of a run, to start the longest first."""
+    model = tc.model_config()
+    tokens = getattr(tc.task, "length", None) or 2 * getattr(tc.task, "n_points", 1)
+    return tc.steps * tc.batch_size * tokens * getattr(model, "n_layers", 1) ** 2
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    from icmix.experiments.common import environment as basic
+
+    env = basic()
+    for pkg in ("scipy", "pandas", "matplotlib", "safetensors"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[pkg] = None
+    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    env["git_commit"], env["git_dirty"] = _git()
+    env["host"] = platform.node()
+    return env
+
+
+def _git() -> tuple[str | None, bool | None]:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def reproduce_all(preset: str = "quick", out: str | Path = "results/report", overrides: list[str] | None = None,
+                  seeds: int | None = None, jobs: int | None = None, figures: list[str] | None = None,
+                  force: bool = False, progress: bool = True) -> Path:
+    """Run every figure (cached ones skipped), then write the report; returns ``report.html``."""
+    from tqdm.auto import tqdm
+
+    from icmix.experiments import REGISTRY
+    from icmix.experiments.common import run_name
+    from icmix.train import train_many
+
+    start = time.time()
+    out = Path(out)
+    configs = configs_for(preset, overrides, seeds, figures)
+    jobs = jobs or min(os.cpu_count() or 1, 8)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    previous = manifest.get("figures", {})
+    source = source_hash()
+    keys = {name: figure_key(name, cfg, source) for name, cfg in configs.items()}
+
+    def cached(name: str) -> bool:
+        entry = previous.get(name, {})
+        return (not force and entry.get("key") == keys[name] and entry.get("status") in ("ok", "cached")
+                and all((out / p).exists() for p in entry.get("outputs", {}).values()))
+
+    todo = [name for name in configs if not cached(name)]
+    runs = {}
+    for name in todo:
+        for tc in figure_runs(configs[name]):
+            runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
+    order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
+    if progress:
+        print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
+              f"{len(runs)} training runs, {jobs} at a time")
+    failed_runs = train_many([(runs[p][0], p) for p in order], jobs, progress, errors="collect")
+
+    results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
+    bar = tqdm(todo, desc="figures", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        t0 = time.time()
+        entry = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
+                 "config": dataclasses.asdict(configs[name])}
+        broken = {str(p.relative_to(out)): err for p, err in failed_runs.items() if name in runs[p][1]}
+        if broken:
+            entry.update(status="failed", error="training failed:\n" + "\n".join(f"{p}: {e}" for p, e in broken.items()))
+        else:
+            try:
+                paths = REGISTRY[name].run(configs[name], out, progress=False)
+                entry.update(status="ok", outputs={k: str(Path(p).relative_to(out)) for k, p in paths.items()})
+            except Exception:  # noqa: BLE001 - one figure's failure is reported, the others still run
+                entry.update(status="failed", error=traceback.format_exc())
+        entry["wall_seconds"] = round(time.time() - t0, 1)
+        if entry["status"] == "failed":
+            log = out / "logs" / f"{name}.txt"
+            log.parent.mkdir(exist_ok=True)
+            log.write_text(entry["error"])
+            tqdm.write(f"icmix: {name} failed (see {log})")
+        results[name] = entry
+        # Write the manifest after each figure, so an interrupted run keeps what it finished.
+        manifest = {"preset": preset, "figures": {**previous, **results}}
+        atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=1, default=str)))
+
+    manifest = {"preset": preset, "overrides": overrides or [], "environment": environment(), "source_hash": source,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+                "wall_seconds": round(time.time() - start, 1),
+                "training_runs": {str(p.relative_to(out)): sorted(runs[p][1]) for p in order},
+                "figures": {name: results[name] for name in configs}}
+    atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=1, default=str)))
+    return write_report(out, manifest, configs)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def write_report(out: Path, manifest: dict, configs: dict) -> Path:
+    """``report.md`` and ``report.html`` (self-contained) under ``out``; returns the HTML path."""
+    from icmix.experiments import claims as claims_mod
+
+    out = Path(out)
+    figs = manifest["figures"]
+    available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
+    claims = claims_mod.evaluate(out, configs, available)
+    claims_table = claims_mod.table(claims)
+    atomic_write(out / "claims.csv", lambda p: claims_table.to_csv(p, index=False))
+    md = _markdown(out, manifest, claims_table)
+    atomic_write(out / "report.md", lambda p: Path(p).write_text(md))
+    page = _html(out, manifest, claims_table)
+    atomic_write(out / "report.html", lambda p: Path(p).write_text(page))
+    return out / "report.html"
+
+
+def _summary(out: Path, name: str) -> str:
+    path = out / f"{name}.md"
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    return text.split("\n", 2)[2] if text.startswith("# ") else text
+
+
+def _header(manifest: dict) -> list[str]:
+    env = manifest.get("environment", {})
+    n_ok = sum(e["status"] in ("ok", "cached") for e in manifest["figures"].values())
+    commit = env.get("git_commit") or "unknown"
+    if env.get("git_dirty"):
+        commit += " (with uncommitted changes)"
+    return [f"preset **{manifest['preset']}**; {n_ok} of {len(manifest['figures'])} figures; total wall time "
+            f"{manifest.get('wall_seconds', 0):.0f} s; started {manifest.get('started', '?')}",
+            f"icmix commit {commit}; device {env.get('device', '?')}; torch {env.get('torch')}, numpy {env.get('numpy')}, "
+            f"python {env.get('python')}; overrides: {', '.join(manifest.get('overrides', [])) or 'none'}"]
+
+
+def _status(entry: dict) -> str:
+    seeds = entry.get("seeds") or []
+    return (f"{entry['status']}, {entry.get('wall_seconds', 0):.0f} s" + (f" (when computed)" if entry["status"] == "cached" else "")
+            + (f", seeds {', '.join(map(str, seeds))}" if seeds else ""))
+
+
+def _markdown(out: Path, manifest: dict, claims) -> str:
+    parts = ["# icmix: both papers reproduced", "", *(f"- {line}" for line in _header(manifest)), "",
+             "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), ""]
+    for name, entry in manifest["figures"].items():
+        parts += [f"## {name}", "", f"*{_status(entry)}*", ""]
+        if entry["status"] == "failed":
+            parts += ["```", entry.get("error", "").strip(), "```", ""]
+            continue
+        png = entry.get("outputs", {}).get("png")
+        if png:
+            parts += [f"![{name}]({png})", ""]
+        parts += [_summary(out, name), ""]
+    return "\n".join(parts)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+table.claims td { text-align: left; }
+.holds { background: #e3f4e3; } .doesnt { background: #fbe3e3; } .notrun { background: #eee; }
+.failed { color: #a00; }
+img { max-width: 100%; border: 1px solid #ddd; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+nav a { margin-right: 0.8em; }
+"""
+
+
+def _html(out: Path, manifest: dict, claims) -> str:
+    import markdown
+
+    def md(text: str) -> str:
+        return markdown.markdown(text, extensions=["tables"])
+
+    css_class = {claims_verdict: cls for claims_verdict, cls in (("holds", "holds"), ("doesn't", "doesnt"),
+                                                                   ("not run", "notrun"))}
+    rows = "".join(
+        f"<tr class='{css_class.get(r.verdict, '')}'><td>{html.escape(r.paper)}</td><td>{html.escape(r.claim)}</td>"
+        f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"
+        f"<td>{html.escape(r.note or '')}</td><td>{' '.join(f'<a href=#{f}>{f}</a>' for f in r.figures.split(', ') if f)}</td></tr>"
+        for r in claims.itertuples())
+    body = [f"<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
+            "<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in manifest["figures"]) + "</nav>",
+            "<h2>Claims</h2>",
+            "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
+            f"<th>note</th><th>figures</th></tr>{rows}</table>"]
+    for name, entry in manifest["figures"].items():
+        body.append(f"<h2 id='{name}'>{name}</h2><p><i>{html.escape(_status(entry))}</i></p>")
+        if entry["status"] == "failed":
+            body.append(f"<pre class='failed'>{html.escape(entry.get('error', ''))}</pre>")
+            continue
+        outputs = entry.get("outputs", {})
+        png = out / outputs["png"] if "png" in outputs else None
+        if png and png.exists():
+            data = base64.b64encode(png.read_bytes()).decode()
+            body.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
+        links = [f"<a href='{html.escape(p)}'>{html.escape(Path(p).name)}</a>" for k, p in outputs.items() if k != "png"]
+        body.append(f"<p>files: {' · '.join(links)}</p>" + md(_summary(out, name)))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>icmix report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
