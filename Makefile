@@ -19,10 +19,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/icmix reproduce mtd-fig3 --preset quick --seeds 1 --out $(OUT)
-	$(VENV)/bin/icmix reproduce mtd-fig4 --preset quick --seeds 1 --out $(OUT)
-	@echo "Figures: $(OUT)/mtd-fig3.png (every estimator) and $(OUT)/mtd-fig4.png (estimators,"
-	@echo "         construction and trained transformers); tables next to them as CSV."
+	$(VENV)/bin/icmix reproduce all --preset quick --out $(OUT)
+	@echo "Report of every figure of both papers, with the claims table: $(OUT)/report.html"
+	@echo "(Markdown twin: $(OUT)/report.md; claims: $(OUT)/claims.csv; figures and tables: $(OUT)/*.png, *.csv)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

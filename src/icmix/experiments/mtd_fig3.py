@@ -61,8 +61,8 @@ class Config:
 
 
 PRESETS = {
-    "quick": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=400, n_tune=200, gibbs_samples=400,
-                    gibbs_burn_in=100, seeds=(0, 1, 2)),
+    "quick": Config(lengths=(8, 16, 32, 64, 128), n_sequences=300, n_tune=150, gibbs_samples=200,
+                    gibbs_burn_in=50, seeds=(0, 1)),
     "cpu": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=400, n_tune=200, gibbs_samples=400,
                   gibbs_burn_in=100, seeds=(0, 1, 2)),
     "paper": Config(lengths=(8, 16, 32, 64, 128, 256), n_sequences=2000, n_tune=1000, gibbs_samples=2000,
