@@ -10,6 +10,7 @@ from icmix.cli import main
 from icmix.construct import mirror_descent_transformer
 from icmix.evaluate import TrainedPredictor
 from icmix.models import DisentangledTransformer
+from icmix.train import TrainConfig
 
 
 def test_agreement_metrics_on_the_construction_itself():
@@ -118,15 +119,22 @@ def test_reproduce_fig4_tiny(tmp_path):
     assert len(restricted) == 2 and np.allclose(restricted, 1.0)
     assert (out / "mtd-fig4.png").stat().st_size > 20_000
     # A second call reuses the finished runs instead of training again.
-    mtime = (out / "runs" / "seed0-gpt" / "model" / "model.safetensors").stat().st_mtime
+    (gpt,) = (out / "runs").glob("gpt*-seed0-*")  # run directories are named by run_name (shared by figures)
+    mtime = (gpt / "model" / "model.safetensors").stat().st_mtime
     assert main(args) == 0
-    assert (out / "runs" / "seed0-gpt" / "model" / "model.safetensors").stat().st_mtime == mtime
+    assert (gpt / "model" / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_fig4_refuses_to_mix_runs_of_another_config(tmp_path, capsys):
+def test_fig4_never_mixes_runs_of_another_config(tmp_path):
+    """Run directories are named by a hash of the whole config: another config trains its own
+    runs beside the first, which stay untouched."""
     base = ["reproduce", "mtd-fig4", "--out", str(tmp_path), "--no-progress", "--seeds", "1", "--set", "gpt_steps=4",
             "--set", "length=10", "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
             "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=1"]
     assert main(base + ["--set", "steps=4"]) == 0
-    assert main(base + ["--set", "steps=5"]) == 2
-    assert "different config" in capsys.readouterr().err
+    (first,) = (tmp_path / "runs").glob("disentangled3-*")
+    mtime = (first / "model" / "model.safetensors").stat().st_mtime
+    assert main(base + ["--set", "steps=5"]) == 0
+    runs = sorted((tmp_path / "runs").glob("disentangled3-*"))
+    assert len(runs) == 2 and (first / "model" / "model.safetensors").stat().st_mtime == mtime
+    assert sorted(TrainConfig.from_yaml(r / "config.yaml").steps for r in runs) == [4, 5]

@@ -54,7 +54,7 @@ def test_readout_recovers_tied_steps_and_a_schedule():
 
 def test_reproduce_fig5_tiny(tmp_path):
     out = tmp_path / "f5"
-    assert main(["reproduce", "mtd-fig5", "--out", str(out), *TINY_TRAIN, "--set", "length=10",
+    assert main(["reproduce", "mtd-fig5", "--preset", "cpu", "--out", str(out), *TINY_TRAIN, "--set", "length=10",
                  "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
                  "--set", "n_readout=8", "--set", "md_steps=(1,2)"]) == 0
     kl = pd.read_csv(out / "mtd-fig5.csv")
@@ -72,7 +72,7 @@ def test_reproduce_fig6_fig8_share_runs_and_fig7(tmp_path):
     out = tmp_path / "f68"
     common = [*TINY_TRAIN, "--set", "gpt_steps=5", "--set", "gpt_width=8", "--set", "length=12",
               "--set", "eval_lengths=(6,12)", "--set", "n_sequences=20", "--set", "n_tune=10"]
-    assert main(["reproduce", "mtd-fig6", "--out", str(out), *common]) == 0
+    assert main(["reproduce", "mtd-fig6", "--preset", "cpu", "--out", str(out), *common]) == 0
     kl = pd.read_csv(out / "mtd-fig6.csv")
     assert set(kl.order) == {3, 5}
     cons = kl[kl.estimator == "Construction (3-layer, tuned β)"].kl_mean.to_numpy()
@@ -80,11 +80,11 @@ def test_reproduce_fig6_fig8_share_runs_and_fig7(tmp_path):
     assert np.allclose(cons, md, rtol=1e-9)  # the construction is one MD step at every order
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 4
-    assert main(["reproduce", "mtd-fig8", "--out", str(out), *common, "--set", "n_attention=8"]) == 0
+    assert main(["reproduce", "mtd-fig8", "--preset", "cpu", "--out", str(out), *common, "--set", "n_attention=8"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs  # reused, not retrained
     agree = pd.read_csv(out / "mtd-fig8.csv")
     assert set(agree.order) == {3, 5} and set(agree.layer) == {1, 2, 3}
-    assert main(["reproduce", "mtd-fig7", "--out", str(out), *TINY_TRAIN, "--set", "lengths=(8,12)"]) == 0
+    assert main(["reproduce", "mtd-fig7", "--preset", "cpu", "--out", str(out), *TINY_TRAIN, "--set", "lengths=(8,12)"]) == 0
     table = pd.read_csv(out / "mtd-fig7.csv")
     assert len(table) == 4 and (table.row_kl > 0).all()
     # fig7's length-12 runs are fig6's disentangled runs: only the two length-8 runs are new.

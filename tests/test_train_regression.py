@@ -135,7 +135,7 @@ def test_reproduce_mlr_fig2_tiny(tmp_path):
     from icmix.cli import main
 
     out = tmp_path / "m2"
-    assert main(["reproduce", "mlr-fig2", "--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=20",
+    assert main(["reproduce", "mlr-fig2", "--preset", "cpu", "--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=20",
                  "--set", "n_eval=40", "--set", "components=(3,)", "--set", "dim=4", "--set", "n_points=9",
                  "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16"]) == 0
     table = pd.read_csv(out / "mlr-fig2.csv")

@@ -1,7 +1,9 @@
 """The claims table: each row is one claim of a paper, tested by one quantity read off the
 figures' tables (the CSVs ``icmix reproduce`` writes), with its mean and 95% Student-t interval
 over seeds and a verdict: ``holds``, ``doesn't`` or ``not run`` (a figure it needs failed or
-was not run).
+was not run).  Verdicts compare the mean over seeds with the stated threshold (with two seeds
+a Student-t interval is too wide to decide anything); the d² ranking alone is a paired test,
+over prompts.
 
 Every test is stated in the row's ``test`` column, threshold included, so a reader can disagree
 with a threshold and still use the number.  A claim reads only the CSVs under ``OUT``: the
@@ -80,7 +82,7 @@ def construction_md(c: Claim, out: Path) -> Claim:
 
 @claim("MTD", "One-step MD is close to Bayes at short lengths and falls behind at long lengths",
        "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
-       "the ratio grows (the paired increase's interval excludes 0)", ("mtd-fig3",))
+       "at least 5% larger at the longest", ("mtd-fig3",))
 def md_vs_bayes(c: Claim, out: Path) -> Claim:
     t = _read(out, "mtd-fig3")
     kl = t.pivot_table(index=["seed", "length"], columns="estimator", values="kl_mean")
@@ -88,11 +90,18 @@ def md_vs_bayes(c: Claim, out: Path) -> Claim:
     short, long_ = ratio.iloc[:, 0], ratio.iloc[:, -1]
     ms, cs, n, _ = _seeds(short)
     ml, cl, _, _ = _seeds(long_)
-    md, _, cd = mean_ci(long_ - short)
     c.mean, c.ci = ml, cl
     c.value = (f"T={ratio.columns[0]}: {_fmt(ms, cs, n)}; T={ratio.columns[-1]}: {_fmt(ml, cl, n)}")
-    c.verdict = _verdict(ms <= 1.1 and md - (cd if np.isfinite(cd) else 0) > 0)
+    c.verdict = _verdict(ms <= 1.1 and ml >= 1.05 * ms)
     return c
+
+
+def _kl_ratio_to_md(out: Path, figure: str, model: str, length: int, by=("seed",)) -> pd.Series:
+    """KL(model) / KL(one-step MD, tuned η) at ``length``, per ``by`` (seed, and order where a
+    figure has several)."""
+    t = _read(out, figure)
+    at = t[t.length == length].pivot_table(index=list(by), columns="estimator", values="kl_mean")
+    return at[model] / at["MD 1-step (tuned η)"]
 
 
 def _fig4_agreement(out: Path) -> pd.DataFrame:
@@ -103,9 +112,7 @@ def _fig4_agreement(out: Path) -> pd.DataFrame:
        "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
        ("mtd-fig4",))
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
-    t = _read(out, "mtd-fig4")
-    at = t[t.length == cfg.length].pivot_table(index="seed", columns="estimator", values="kl_mean")
-    ratio = at["trained disentangled (3-layer)"] / at["MD 1-step (tuned η)"]
+    ratio = _kl_ratio_to_md(out, "mtd-fig4", "trained disentangled (3-layer)", cfg.length)
     c.mean, c.ci, _, c.value = _seeds(ratio)
     c.verdict = _verdict(c.mean <= 1.1)
     a = _fig4_agreement(out)
@@ -162,17 +169,14 @@ def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
 
 @claim("MTD", "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
        "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
-       "closest to; holds if the ratio's interval lies below 1", ("mtd-fig5",))
+       "closest to; holds if the ratio is below 1", ("mtd-fig5",))
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
-    t = _read(out, "mtd-fig5")
-    name = f"trained {cfg.depth}-layer ({cfg.loss.upper()})"
-    at = t[t.length == cfg.length].pivot_table(index="seed", columns="estimator", values="kl_mean")
-    ratio = at[name] / at["MD 1-step (tuned η)"]
+    ratio = _kl_ratio_to_md(out, "mtd-fig5", f"trained {cfg.depth}-layer ({cfg.loss.upper()})", cfg.length)
     c.mean, c.ci, n, c.value = _seeds(ratio)
     track = _read(out, "mtd-fig5-tracking")
     track = track[track.length == cfg.length].groupby("k")["kl_md_to_model"].mean()
     c.value += f"; closest to k = {int(track.idxmin())}"
-    c.verdict = _verdict(c.mean + (c.ci if np.isfinite(c.ci) else 0) < 1)
+    c.verdict = _verdict(c.mean < 1)
     return c
 
 
@@ -180,9 +184,7 @@ def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
        "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
        ("mtd-fig6",))
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
-    t = _read(out, "mtd-fig6")
-    at = t[t.length == cfg.length].pivot_table(index=["seed", "order"], columns="estimator", values="kl_mean")
-    ratio = (at["trained standard (GPT)"] / at["MD 1-step (tuned η)"]).groupby("seed").max()
+    ratio = _kl_ratio_to_md(out, "mtd-fig6", "trained standard (GPT)", cfg.length, ("seed", "order")).groupby("seed").max()
     c.mean, c.ci, _, c.value = _seeds(ratio)
     c.verdict = _verdict(c.mean <= 1.25)
     return c

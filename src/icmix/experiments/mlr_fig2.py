@@ -90,8 +90,8 @@ class Config:
 
 PRESETS = {
     # Every figure of both papers in under 30 minutes on 2 CPU cores (``icmix reproduce all``):
-    # d = 8, prompts of 2d + 1 points, a 4-layer width-64 decoder, 1500 steps.
-    "quick": Config(steps=1500, curriculum_every=180, warmup_steps=100),
+    # d = 8, prompts of 2d + 1 points, a 4-layer width-64 decoder, 2000 steps, sigma = 1 only.
+    "quick": Config(noises=(1.0,), steps=2000, curriculum_every=200, warmup_steps=100),
     # CPU in about an hour: the same for 4000 steps.
     "cpu": Config(),
     # The paper: d = 20, curriculum 5 -> 20 dims and 11 -> 41 points (+1 / +2 every 2000 steps),

@@ -72,9 +72,9 @@ class Config(mlr_fig2.Config):
 
 
 PRESETS = {
-    # fig2's quick model and budget on 500 and 2000 prompts of 17 points.
+    # fig2's quick model on 500 and 2000 prompts of 17 points, 1000 steps.
     "quick": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["quick"]), "components": (5,), "noises": (1.0,),
-                       "n_trains": (500, 2000)}),
+                       "n_trains": (500, 2000), "steps": 1000, "curriculum_every": 100}),
     # CPU: fig2's cpu model and budget, d = 8, on 500 to 4000 prompts of 17 points.
     "cpu": Config(),
     # The paper: n = 15k..60k prompts, d = 20, 41 points, dropout tuned per n (Appendix C.1).

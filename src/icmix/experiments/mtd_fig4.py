@@ -112,9 +112,9 @@ PRESETS = {
     "cpu": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=10_000, lr=6e-3, warmup_steps=300,
                   loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=3000, gpt_width=32,
                   n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=2000),
-    # The cpu recipe for a quarter of the steps (the runs are mtd-fig6's at order 3).
-    "quick": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=2500, lr=6e-3, warmup_steps=150,
-                    loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=1000, gpt_width=32,
+    # The cpu recipe for half the steps (the runs are mtd-fig6's at order 3).
+    "quick": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=5000, lr=6e-3, warmup_steps=200,
+                    loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=600, gpt_width=32,
                     n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=500),
     # The paper: length 64, one-hot positions, MSE on the last token, batch 128, 5e5 steps (a GPU job).
     "paper": Config(length=64, steps=500_000, lr=1e-3, seeds=(0, 1, 2)),

@@ -58,7 +58,7 @@ class Config(mtd_training.Recipe):
 
 
 PRESETS = {
-    "quick": Config(**mtd_training.QUICK),
+    "quick": Config(orders=(3,), lengths=(8, 32), **mtd_training.QUICK),
     "cpu": Config(),
     "paper": Config(lengths=(16, 32, 64, 128), **mtd_training.PAPER),
 }

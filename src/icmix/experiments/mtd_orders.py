@@ -78,7 +78,7 @@ class Config(mtd_training.Recipe):
 
 
 PRESETS = {
-    "quick": Config(gpt_steps=1000, **mtd_training.QUICK),
+    "quick": Config(gpt_steps=600, **mtd_training.QUICK),
     "cpu": Config(),
     "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), gpt_steps=500_000, gpt_width=64, n_sequences=1000,
                     n_tune=500, **mtd_training.PAPER),

@@ -136,9 +136,6 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
                   seeds: int | None = None, jobs: int | None = None, figures: list[str] | None = None,
                   force: bool = False, progress: bool = True) -> Path:
     """Run every figure (cached ones skipped), then write the report; returns ``report.html``."""
-    from tqdm.auto import tqdm
-
-    from icmix.experiments import REGISTRY
     from icmix.experiments.common import run_name
     from icmix.train import train_many
 
@@ -172,31 +169,29 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     failed_runs = train_many([(runs[p][0], p) for p in order], jobs, progress, errors="collect")
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
-    bar = tqdm(todo, desc="figures", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.time()
-        entry = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
-                 "config": dataclasses.asdict(configs[name])}
+    entries = {}
+    for name in todo:
+        entries[name] = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
+                         "config": dataclasses.asdict(configs[name])}
         broken = {str(p.relative_to(out)): err for p, err in failed_runs.items() if name in runs[p][1]}
         if broken:
-            entry.update(status="failed", error="training failed:\n" + "\n".join(f"{p}: {e}" for p, e in broken.items()))
-        else:
-            try:
-                paths = REGISTRY[name].run(configs[name], out, progress=False)
-                entry.update(status="ok", outputs={k: str(Path(p).relative_to(out)) for k, p in paths.items()})
-            except Exception:  # noqa: BLE001 - one figure's failure is reported, the others still run
-                entry.update(status="failed", error=traceback.format_exc())
-        entry["wall_seconds"] = round(time.time() - t0, 1)
+            entries[name].update(status="failed", wall_seconds=0.0,
+                                 error="training failed:\n" + "\n".join(f"{p}: {e}" for p, e in broken.items()))
+    ready = [name for name in todo if "status" not in entries[name]]
+    for name, outcome in _run_figures(ready, configs, out, jobs, progress):
+        entries[name].update(outcome)
+        # The manifest after each figure, so an interrupted run keeps what it finished.
+        done = {n: e for n, e in entries.items() if "status" in e and e["status"] == "ok"}
+        partial = {"preset": preset, "figures": {**previous, **done}}
+        atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(partial, indent=1, default=str)))
+    for name in todo:
+        entry = results[name] = entries[name]
         if entry["status"] == "failed":
             log = out / "logs" / f"{name}.txt"
             log.parent.mkdir(exist_ok=True)
             log.write_text(entry["error"])
-            tqdm.write(f"icmix: {name} failed (see {log})")
-        results[name] = entry
-        # Write the manifest after each figure, so an interrupted run keeps what it finished.
-        manifest = {"preset": preset, "figures": {**previous, **results}}
-        atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=1, default=str)))
+            if progress:
+                print(f"icmix: {name} failed (see {log})")
 
     manifest = {"preset": preset, "overrides": overrides or [], "environment": environment(), "source_hash": source,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
@@ -205,6 +200,55 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
                 "figures": {name: results[name] for name in configs}}
     atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=1, default=str)))
     return write_report(out, manifest, configs)
+
+
+def run_figure(name: str, cfg, out: Path) -> dict:
+    """Run one figure (what it prints goes to ``out/logs/<name>.log``); ``status``,
+    ``wall_seconds`` and ``outputs`` (paths relative to ``out``), or the traceback as ``error``:
+    a figure's failure is reported, never raised."""
+    from icmix.experiments import REGISTRY
+
+    import contextlib
+
+    start = time.time()
+    log = Path(out) / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "w") as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            paths = REGISTRY[name].run(cfg, out, progress=False)
+        result = {"status": "ok", "outputs": {k: str(Path(p).relative_to(out)) for k, p in paths.items()}}
+    except Exception:  # noqa: BLE001 - one figure's failure is reported, the others still run
+        result = {"status": "failed", "error": traceback.format_exc()}
+    return {**result, "wall_seconds": round(time.time() - start, 1)}
+
+
+def _run_figures(names: list[str], configs: dict, out: Path, jobs: int, progress: bool):
+    """Yield ``(name, run_figure(...))`` as figures finish: in this process for ``jobs == 1``,
+    otherwise in ``jobs`` worker processes (the cores shared between them)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(names), desc="figures", disable=not progress)
+    if jobs == 1 or len(names) <= 1:
+        for name in names:
+            bar.set_postfix_str(name)
+            yield name, run_figure(name, configs[name], out)
+            bar.update()
+        bar.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_figure, name, configs[name], out): name for name in names}
+        for future in as_completed(futures):
+            bar.set_postfix_str(futures[future])
+            bar.update()
+            yield futures[future], future.result()
+    bar.close()
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -248,7 +292,7 @@ def _header(manifest: dict) -> list[str]:
 
 def _status(entry: dict) -> str:
     seeds = entry.get("seeds") or []
-    return (f"{entry['status']}, {entry.get('wall_seconds', 0):.0f} s" + (f" (when computed)" if entry["status"] == "cached" else "")
+    return (f"{entry['status']}, {entry.get('wall_seconds', 0):.0f} s" + (" (when computed)" if entry["status"] == "cached" else "")
             + (f", seeds {', '.join(map(str, seeds))}" if seeds else ""))
 
 
@@ -295,7 +339,7 @@ def _html(out: Path, manifest: dict, claims) -> str:
         f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"
         f"<td>{html.escape(r.note or '')}</td><td>{' '.join(f'<a href=#{f}>{f}</a>' for f in r.figures.split(', ') if f)}</td></tr>"
         for r in claims.itertuples())
-    body = [f"<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
+    body = ["<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
             "<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in manifest["figures"]) + "</nav>",
             "<h2>Claims</h2>",
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
