@@ -163,10 +163,11 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
         for tc in figure_runs(configs[name]):
             runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
     order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
+    pending = [p for p in order if not (p / "model" / "model.safetensors").exists()]  # finished runs are reused
     if progress:
         print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
-              f"{len(runs)} training runs, {jobs} at a time")
-    failed_runs = train_many([(runs[p][0], p) for p in order], jobs, progress, errors="collect")
+              f"{len(runs)} training runs, {len(runs) - len(pending)} already finished, {jobs} at a time")
+    failed_runs = train_many([(runs[p][0], p) for p in pending], jobs, progress, errors="collect") if pending else {}
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
     entries = {}
@@ -317,7 +318,7 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
-table.claims td { text-align: left; }
+table.claims td, table.claims th { text-align: left; }
 .holds { background: #e3f4e3; } .doesnt { background: #fbe3e3; } .notrun { background: #eee; }
 .failed { color: #a00; }
 img { max-width: 100%; border: 1px solid #ddd; }
