@@ -45,6 +45,16 @@ def test_report_files_and_manifest(report_dir):
     for name in FIGURES:
         assert f"## {name}" in md and f"id='{name}'" in html
     assert html.count("src='data:image/png;base64,") == len(FIGURES)  # self-contained
+    # Every embedded image decodes to the figure's PNG (the browser test below loads them too).
+    import base64
+    import io
+
+    import matplotlib.image
+
+    for name, data in re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'>", html):
+        raw = base64.b64decode(data)
+        assert raw == (report_dir / f"{name}.png").read_bytes()
+        assert matplotlib.image.imread(io.BytesIO(raw), format="png").shape[0] > 100
 
 
 def test_claims_are_recomputed_from_the_figures_tables(report_dir):
