@@ -103,6 +103,15 @@ def test_second_run_is_cached_and_one_change_reruns_one_figure(report_dir, monke
     assert {n: e["status"] for n, e in manifest["figures"].items()} == {
         "mtd-construction": "cached", "mtd-fig3": "ok", "mlr-construction": "cached", "mlr-fig2": "cached"}
     assert manifest["figures"]["mtd-fig3"]["config"]["n_tune"] == 10
+    # A run of a subset keeps the others' cache entries: the full set is still cached afterwards.
+    reproduce_all("quick", report_dir, TINY[:2], seeds=2, jobs=1, figures=["mtd-construction"], progress=False)
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert list(manifest["figures"]) == ["mtd-construction"] and set(manifest["other_figures"]) == set(FIGURES[1:])
+    for name in FIGURES:
+        monkeypatch.setattr(REGISTRY[name], "run", refuse)
+    reproduce_all("quick", report_dir, [*TINY, "mtd-fig3.n_tune=10"], seeds=2, jobs=1, figures=FIGURES, progress=False)
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert {e["status"] for e in manifest["figures"].values()} == {"cached"}
 
 
 def test_a_failing_figure_is_reported_and_the_others_run(tmp_path, monkeypatch):

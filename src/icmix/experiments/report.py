@@ -148,7 +148,7 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    previous = manifest.get("figures", {})
+    previous = {**manifest.get("other_figures", {}), **manifest.get("figures", {})}
     source = source_hash()
     keys = {name: figure_key(name, cfg, source) for name, cfg in configs.items()}
 
@@ -198,7 +198,9 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
                 "wall_seconds": round(time.time() - start, 1),
                 "training_runs": {str(p.relative_to(out)): sorted(runs[p][1]) for p in order},
-                "figures": {name: results[name] for name in configs}}
+                "figures": {name: results[name] for name in configs},
+                # Figures of earlier runs that this one did not include (--only): kept for the cache.
+                "other_figures": {name: e for name, e in previous.items() if name not in configs}}
     atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=1, default=str)))
     return write_report(out, manifest, configs)
 
