@@ -86,23 +86,26 @@ def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple
     # old count (t - 1) - count_sum when the new state is n.
     count_sum = sum((along(ar, a) for a in range(k)), torch.zeros((1,) * (k + 1), dtype=dtype, device=device))
     bshape = (b,) + (1,) * k
+    # The grid is stored unnormalised: the step is linear in it, so step t's factors carry
+    # 1 / z_{t-1} instead (a pass over the grid fewer per step).
+    scale = torch.ones(b, dtype=dtype, device=device)
     for t in range(1, n_max + 1):
         window = (slice(None),) + (slice(0, t + 1),) * k
         old = grid[window]
         last = (t - 1 + alpha - count_sum[window]).clamp_min_(0)
-        ct = c[:, t - 1]  # (B, M)
+        ct = c[:, t - 1] * scale[:, None]  # (B, M), over z_{t-1}
         new = old * last
         new.mul_(ct[:, m - 1].view(bshape))
         for a in range(k):
             fac = along(ar[:t] + alpha, a) * ct[:, a].view(bshape)
             new.narrow(a + 1, 1, t).addcmul_(old.narrow(a + 1, 0, t), fac)
         z = new.sum(dim=tuple(range(1, k + 1)))
-        new.div_(z.view(bshape))
+        scale = z.reciprocal()
         log_z += z.log() - math.log(t - 1 + m * alpha)
         grid[window] = new
         if t in want:
             i = want[t]
-            counts = [(new * along(ar[: t + 1], a)).sum(dim=tuple(range(1, k + 1))) for a in range(k)]
+            counts = [(new * along(ar[: t + 1], a)).sum(dim=tuple(range(1, k + 1))) * scale for a in range(k)]
             counts.append(t - sum(counts, torch.zeros(b, dtype=dtype, device=device)))
             mean[:, i] = (torch.stack(counts, -1) + alpha) / (t + m * alpha)
             log_ev[:, i] = log_z
