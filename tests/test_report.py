@@ -218,3 +218,14 @@ def test_report_opens_in_headless_chromium(report_dir, tmp_path):
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 50_000
     assert np.frombuffer(shot.read_bytes()[:8], np.uint8).tolist() == [137, 80, 78, 71, 13, 10, 26, 10]  # a PNG
+
+
+def test_cli_reproduce_all_one_figure(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "all", "--only", "mtd-construction", "--seeds", "1", "--jobs", "1", "--no-progress",
+                 "--set", "mtd-construction.length=24", "--set", "mtd-construction.n_sequences=8",
+                 "--out", str(out)]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    table = pd.read_csv(out / "claims.csv")
+    assert (table.verdict != "not run").sum() == 1  # the construction's claim; the others need other figures
+    assert json.loads((out / "manifest.json").read_text())["figures"]["mtd-construction"]["seeds"] == [0]
