@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -182,7 +183,7 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     for name, outcome in _run_figures(ready, configs, out, jobs, progress):
         entries[name].update(outcome)
         # The manifest after each figure, so an interrupted run keeps what it finished.
-        done = {n: e for n, e in entries.items() if "status" in e and e["status"] == "ok"}
+        done = {n: e for n, e in entries.items() if e.get("status") == "ok"}
         partial = {"preset": preset, "figures": {**previous, **done}}
         atomic_write(manifest_path, lambda p: Path(p).write_text(json.dumps(partial, indent=1, default=str)))
     for name in todo:
@@ -210,8 +211,6 @@ def run_figure(name: str, cfg, out: Path) -> dict:
     ``wall_seconds`` and ``outputs`` (paths relative to ``out``), or the traceback as ``error``:
     a figure's failure is reported, never raised."""
     from icmix.experiments import REGISTRY
-
-    import contextlib
 
     start = time.time()
     log = Path(out) / "logs" / f"{name}.log"
