@@ -15,7 +15,6 @@ Bad input ends with ``icmix: error: ...`` on stderr and exit status 2; nothing i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -81,25 +80,17 @@ def _estimate(args) -> int:
 
 def _reproduce(args) -> int:
     from icmix.experiments import REGISTRY
-    from icmix.experiments.common import apply_overrides
+    from icmix.experiments.report import configs_for, reproduce_all
 
     if args.figure == "all":
-        from icmix.experiments.report import reproduce_all
-
         path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
                              progress=not args.no_progress)
         print(f"report: {path}")
         return 0
     if args.only or args.force or args.jobs:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
-    module = REGISTRY[args.figure]
-    cfg = module.PRESETS[args.preset]
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
-    cfg = apply_overrides(cfg, args.set)
-    paths = module.run(cfg, Path(args.out), progress=not args.no_progress)
+    cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
+    paths = REGISTRY[args.figure].run(cfg, Path(args.out), progress=not args.no_progress)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

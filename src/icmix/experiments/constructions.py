@@ -128,9 +128,8 @@ class MLRConstruction:
                                          generator=torch.Generator().manual_seed(31_000 + seed), **shift)
                     rows.append(dict(seed=seed, n_components=m, prompts=label,
                                      **posterior_mean_check(model, task.components, cfg.noise, xs, ys)))
-                if label == "weights x3" and seed == cfg.seeds[0]:
-                    curve = knob_curve(task.components, cfg.noise, xs[:64], ys[:64])
-                    knobs.append(curve.assign(n_components=m))
+                    if label == "weights x3" and seed == cfg.seeds[0]:  # the knob curve on the hardest prompts
+                        knobs.append(knob_curve(task.components, cfg.noise, xs[:64], ys[:64]).assign(n_components=m))
         return pd.DataFrame(rows), pd.concat(knobs, ignore_index=True)
 
     def run(self, cfg: MLRConfig, out: Path, progress: bool = True) -> dict[str, Path]:

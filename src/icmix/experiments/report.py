@@ -55,6 +55,7 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}")
         configs = {n: dataclasses.replace(c, seeds=tuple(range(seeds))) for n, c in configs.items()}
+    per_figure: dict[str, list[str]] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
@@ -62,12 +63,17 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
         target, _, field = key.strip().rpartition(".")
         if target and target not in configs:
             raise ValueError(f"override {item!r}: {target!r} is not among the figures run ({', '.join(configs)})")
-        hit = [n for n in ([target] if target else configs)
-               if field in {f.name for f in dataclasses.fields(configs[n])}]
+        targets = [target] if target else list(configs)
+        hit = [n for n in targets if field in {f.name for f in dataclasses.fields(configs[n])}]
         if not hit:
-            raise ValueError(f"override {item!r}: no figure's config has {field!r}")
+            known = (f"; known keys: {', '.join(sorted(f.name for f in dataclasses.fields(configs[targets[0]])))}"
+                     if len(targets) == 1 else "")
+            raise ValueError(f"override {item!r}: unknown config key {field!r} (no figure's config has it){known}")
         for n in hit:
-            configs[n] = apply_overrides(configs[n], [f"{field}={value}"])
+            per_figure.setdefault(n, []).append(f"{field}={value}")
+    # All of a figure's overrides at once: a config is checked whole, not value by value.
+    for n, items in per_figure.items():
+        configs[n] = apply_overrides(configs[n], items)
     return configs
 
 
