@@ -14,8 +14,12 @@ Everything is measured side by side in one run:
     at lengths 64 and 256;
 (c) icmix's vectorised estimators against a per-prompt Python loop at batch 1,000.
 
-(a)-(b) report the median step, the ratio and the achieved FLOP/s (counted by
+(a)-(b) report the median step (the models are timed in alternating rounds, so a drift of
+the machine's speed hits them alike), the ratio and the achieved FLOP/s (counted by
 ``torch.utils.flop_counter``) as a fraction of this machine's measured fp32 matmul peak.
+On CPU a "ceiling" row divides HF's step by the time icmix spends in matmul and attention
+kernels alone (torch.profiler): the speed-up that no implementation of the same FLOPs on this
+machine could pass.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -50,9 +55,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_stats(model: nn.Module, inputs: tuple, target: torch.Tensor, loss_fn, repeats: int,
-               device: torch.device) -> tuple[float, float]:
-    """Median seconds of forward + backward + Adam, and the FLOPs of one step."""
+def train_step(model: nn.Module, inputs: tuple, target: torch.Tensor, loss_fn):
+    """A closure running one forward + backward + Adam step of ``model``."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
@@ -61,19 +65,48 @@ def step_stats(model: nn.Module, inputs: tuple, target: torch.Tensor, loss_fn, r
         loss.backward()
         opt.step()
 
+    return step
+
+
+def count_flops(step) -> float:
     with FlopCounterMode(display=False) as counter:
         step()
-    flops = counter.get_total_flops()
-    for _ in range(2):
-        step()
-    times = []
+    return counter.get_total_flops()
+
+
+# Kernels whose time no implementation of the same model can avoid: the matmuls of the
+# linear layers and the attention kernels (the rest -- GELU, LayerNorm, residual adds,
+# copies, Adam -- is what a faster implementation can shave).
+_CORE_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def core_kernel_seconds(step, steps: int = 3) -> float:
+    """Seconds per step spent in matmul and attention kernels (torch.profiler, self time,
+    the mean over ``steps`` steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key in _CORE_KERNELS or e.key.startswith("aten::_scaled_dot_product")) / 1e6 / steps
+
+
+def interleaved_medians(steps: dict, repeats: int, device: torch.device, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per step of each closure, timed in alternating rounds (A, B, A, B, ...)
+    so that a drift of the machine's speed (shared cores, frequency) hits every model alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {who: [] for who in steps}
     for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), flops
+        for who, step in steps.items():
+            _sync(device)
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            times[who].append(time.perf_counter() - t)
+    return {who: statistics.median(ts) for who, ts in times.items()}
 
 
 class HFRegression(nn.Module):
@@ -111,24 +144,32 @@ class HFTokens(nn.Module):
 
 def compare(name: str, ours: nn.Module, theirs: nn.Module, inputs: tuple, target, loss_fn, repeats: int,
             device: torch.device, peak: float, compiled: bool) -> None:
-    """Rows for icmix, icmix under ``torch.compile`` (``icmix train --compile``) and the HF model."""
+    """Rows for icmix, icmix under ``torch.compile`` (``icmix train --compile``) and the HF model,
+    timed in alternating rounds, and the ceiling: HF's step over the time icmix spends in
+    matmul and attention kernels alone (no implementation of the same FLOPs beats it)."""
     import copy
 
-    rows, flops = {}, None
-    models = [("icmix", ours)]
+    models = {"icmix": ours}
     if compiled:
-        models.append(("icmix compiled", torch.compile(copy.deepcopy(ours))))
-    models.append(("HF GPT2Model", theirs))
-    for who, model in models:
+        models["icmix compiled"] = torch.compile(copy.deepcopy(ours))
+    models["HF GPT2Model"] = theirs
+    steps = {}
+    for who, model in models.items():
         torch.manual_seed(0)
-        t, counted = step_stats(model.to(device), inputs, target, loss_fn, repeats, device)
-        flops = flops or counted  # the eager count (the compiled graph hides its ops from the counter)
-        rows[who] = t
+        steps[who] = train_step(model.to(device), inputs, target, loss_fn)
+    flops = count_flops(steps["icmix"])  # the eager count (a compiled graph hides its ops from the counter)
+    median = interleaved_medians(steps, repeats, device)
+    for who, model in models.items():
+        t = median[who]
         n = sum(p.numel() for p in model.parameters())
         print(f"  {name[:33]:<34}{who:<15}{n:>11,}{t * 1e3:>10.1f}{flops / t / 1e9:>10.1f}{flops / t / peak:>9.1%}")
-    for who in rows:
+    for who in median:
         if who != "HF GPT2Model":
-            print(f"  {name[:33]:<34}{'speed-up':<15}{'':>11}{rows['HF GPT2Model'] / rows[who]:>9.2f}x  ({who} vs HF)")
+            print(f"  {name[:33]:<34}{'speed-up':<15}{'':>11}{median['HF GPT2Model'] / median[who]:>9.2f}x  ({who} vs HF)")
+    if device.type == "cpu":
+        core = core_kernel_seconds(steps["icmix"])
+        print(f"  {name[:33]:<34}{'ceiling':<15}{'':>11}{median['HF GPT2Model'] / core:>9.2f}x  (HF vs icmix's "
+              f"matmul + attention kernels alone, {core * 1e3:.1f} ms: {core / median['icmix']:.0%} of its step)")
 
 
 def bench_models(args, device: torch.device, peak: float) -> None:
@@ -157,15 +198,6 @@ def bench_models(args, device: torch.device, peak: float) -> None:
         ours = GPTTransformer(GPTConfig(vocab_size=10, n_layers=3, d_model=64, n_heads=4, max_length=length))
         compare(f"3x64, 4 heads, T {length}", ours, HFTokens(10, length, 3, 64, 4), (tokens,), tokens, ce,
                 args.repeats, device, peak, args.compile)
-
-
-def _time(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_estimators(args) -> None:
@@ -202,6 +234,7 @@ def bench_estimators(args) -> None:
     def loop(fn):
         return lambda: [fn(tokens[i : i + 1]) for i in range(n_loop)]
 
+    warnings.filterwarnings("ignore", message="EM did not reach")  # 200 iterations on purpose
     for name, fn in (
         ("MTD one-step MD (T = 64)", lambda t: mirror_descent(t, pi, 3, eta=0.05)),
         ("MTD EM, 200 iterations (T = 64)", lambda t: em(t, pi, 3, max_iter=200, tol=1e-300)),
@@ -210,8 +243,9 @@ def bench_estimators(args) -> None:
     ):
         rows.append((name, lambda fn=fn: fn(tokens), loop(fn)))
     for name, vec, lp in rows:
-        tv = _time(vec)
-        tl = _time(lp, 1) * b / n_loop
+        # alternating rounds (vectorised, loop, vectorised, ...); medians of each
+        times = interleaved_medians({"vec": vec, "loop": lp}, args.estimator_rounds, torch.device("cpu"), warmup=1)
+        tv, tl = times["vec"], times["loop"] * b / n_loop
         print(f"  {name:<46}{tv:>15.3f}{tl:>11.2f}{tl / tv:>9.0f}x")
 
 
@@ -220,6 +254,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loop-prompts", type=int, default=100)
+    parser.add_argument("--estimator-rounds", type=int, default=5, help="alternating rounds per estimator row")
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--skip-estimators", action="store_true")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")

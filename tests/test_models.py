@@ -51,3 +51,28 @@ def test_disentangled_stream_widths_follow_concatenation():
     out, cache = model.run_with_cache(torch.randint(4, (2, 10)))
     assert cache["stream"].shape == (2, 10, d) and out.shape == (2, 10, 4)
     assert "attn1.1/offset" in model.layout and "mlp3" in model.layout
+
+
+@pytest.mark.parametrize("positions", ["learned", "relative"])
+def test_regression_gpt_last_layer_at_x_tokens_only(positions):
+    """The fast pass computes the last block's queries, MLP and final LayerNorm at the x tokens
+    alone; outputs and every gradient equal those of the full pass (explicit attention)."""
+    from icmix.models import RegressionGPT, RegressionGPTConfig
+
+    torch.manual_seed(0)
+    model = RegressionGPT(RegressionGPTConfig(dim=5, max_points=9, n_layers=3, n_heads=2, d_model=16,
+                                              positions=positions)).double()
+    with torch.no_grad():
+        model.backbone.rel.normal_() if positions == "relative" else None
+    xs, ys = torch.randn(4, 9, 5, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64)
+    grads = []
+    for full in (False, True):
+        model.zero_grad()
+        out = model(xs, ys, return_attention=True)[0] if full else model(xs, ys)
+        ((out - ys) ** 2).mean().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fast, g_fast), (slow, g_slow) = grads
+    assert fast.shape == (4, 9)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

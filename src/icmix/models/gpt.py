@@ -62,10 +62,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
+                queries: slice | None = None) -> tuple[Tensor, Tensor | None]:
+        """``x (B, T, C)`` -> ``(B, T', C)``: every position, or only the query positions
+        ``queries`` (a slice of ``0..T-1``; keys and values stay every position)."""
         b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, c/H)
         p = self.dropout if self.training else 0.0
+        if queries is not None:
+            return self._some_queries(x, bias, queries, p), None
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, c/H)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         if need_weights:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -83,6 +88,23 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, c)
         return F.dropout(self.proj(y), p, self.training), attn
 
+    def _some_queries(self, x: Tensor, bias: Tensor | None, queries: slice, p: float) -> Tensor:
+        """Attention output at the positions ``queries`` only: the query projection and the
+        scores are computed there alone (the same numbers as the full pass, fewer FLOPs)."""
+        b, t, c = x.shape
+        pos = torch.arange(t, device=x.device)[queries]
+        w, w_b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, queries], w[:c], w_b[:c])
+        k, v = F.linear(x, w[c:], w_b[c:]).view(b, t, 2, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)
+        q = q.view(b, len(pos), self.n_heads, c // self.n_heads).transpose(1, 2)
+        visible = pos[:, None] >= torch.arange(t, device=x.device)[None, :]  # (T', T)
+        if bias is None:
+            mask = visible
+        else:
+            mask = bias[:, queries].masked_fill(~visible, float("-inf")).to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return F.dropout(self.proj(y.transpose(1, 2).reshape(b, len(pos), c)), p, self.training)
+
 
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
@@ -94,9 +116,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
 
-    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        a, attn = self.attn(self.ln1(x), bias, need_weights)
-        x = x + a
+    def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
+                queries: slice | None = None) -> tuple[Tensor, Tensor | None]:
+        a, attn = self.attn(self.ln1(x), bias, need_weights, queries)
+        x = (x if queries is None else x[:, queries]) + a
         return x + self.mlp(self.ln2(x)), attn
 
 
@@ -115,7 +138,12 @@ class GPTBackbone(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, need_weights: bool = False,
+                outputs: slice | None = None) -> tuple[Tensor, list[Tensor]]:
+        """``x (B, T, C)`` -> the final stream ``(B, T, C)`` and each layer's pattern (``None``
+        unless ``need_weights``).  ``outputs``: the positions whose outputs are read (a slice);
+        the last block then computes its queries, MLP and final LayerNorm there alone and the
+        stream is ``(B, T', C)``.  Ignored when the patterns are asked for."""
         t = x.shape[1]
         if t > self.cfg.max_length:
             raise ValueError(f"input length {t} exceeds the model's max_length {self.cfg.max_length}")
@@ -127,9 +155,12 @@ class GPTBackbone(nn.Module):
             bias = self.rel[:, (ar[:, None] - ar[None, :]).clamp_min(0)]  # (H, T, T)
         x = self.drop(x)
         patterns = []
-        for block in self.blocks:
-            x, attn = block(x, bias, need_weights)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, bias, need_weights, outputs if i == last and not need_weights else None)
             patterns.append(attn)
+        if need_weights and outputs is not None:
+            x = x[:, outputs]
         return self.ln_f(x), patterns
 
 
@@ -228,6 +259,6 @@ class RegressionGPT(Pretrained):
         dtype = self.read_in.weight.dtype
         y_tokens = F.pad(ys.to(dtype)[..., None], (0, d - 1))  # (B, N, d): y in the first coordinate
         tokens = torch.stack([xs.to(dtype), y_tokens], dim=2).reshape(b, 2 * n, d)
-        h, patterns = self.backbone(self.read_in(tokens), need_weights=return_attention)
-        out = self.readout(h[:, 0::2]).squeeze(-1)
+        h, patterns = self.backbone(self.read_in(tokens), need_weights=return_attention, outputs=slice(0, None, 2))
+        out = self.readout(h).squeeze(-1)  # at the x tokens
         return (out, patterns) if return_attention else out

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from icmix._checks import check_positive, check_positive_int
 from icmix.estimators.mtd.evidence import LagEvidence, lag_evidence, squeeze_prefixes
@@ -73,8 +74,6 @@ def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple
     mean = torch.empty(b, len(record), m, dtype=dtype, device=device)
     log_ev = torch.empty(b, len(record), dtype=dtype, device=device)
     log_z = torch.zeros(b, dtype=dtype, device=device)
-    grid = torch.zeros((b,) + (n_max + 1,) * k, dtype=dtype, device=device)
-    grid[(slice(None),) + (0,) * k] = 1.0
     ar = torch.arange(n_max + 1, dtype=dtype, device=device)
 
     def along(vec: Tensor, axis: int) -> Tensor:  # vec (L,) -> shape broadcastable on grid axis `axis`
@@ -86,23 +85,25 @@ def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple
     # old count (t - 1) - count_sum when the new state is n.
     count_sum = sum((along(ar, a) for a in range(k)), torch.zeros((1,) * (k + 1), dtype=dtype, device=device))
     bshape = (b,) + (1,) * k
-    # The grid is stored unnormalised: the step is linear in it, so step t's factors carry
+    # The grid after t rows is (B, t+1, ..., t+1), contiguous, grown by one along every axis per
+    # step.  It is stored unnormalised: the step is linear in it, so step t's factors carry
     # 1 / z_{t-1} instead (a pass over the grid fewer per step).
+    grid = torch.ones(bshape, dtype=dtype, device=device)
     scale = torch.ones(b, dtype=dtype, device=device)
     for t in range(1, n_max + 1):
-        window = (slice(None),) + (slice(0, t + 1),) * k
-        old = grid[window]
-        last = (t - 1 + alpha - count_sum[window]).clamp_min_(0)
+        inner = (slice(0, t + 1),) * k
+        last = (t - 1 + alpha - count_sum[(slice(None),) + inner]).clamp_min_(0)
         ct = c[:, t - 1] * scale[:, None]  # (B, M), over z_{t-1}
-        new = old * last
-        new.mul_(ct[:, m - 1].view(bshape))
-        for a in range(k):
+        new = F.pad(grid, (0, 1) * k)  # z_{t-1} = M: the counts stay
+        new.mul_(last).mul_(ct[:, m - 1].view(bshape))
+        for a in range(k):  # z_{t-1} = a: count a grows by one
             fac = along(ar[:t] + alpha, a) * ct[:, a].view(bshape)
-            new.narrow(a + 1, 1, t).addcmul_(old.narrow(a + 1, 0, t), fac)
+            shifted = tuple(slice(1, t + 1) if axis == a else slice(0, t) for axis in range(k))
+            new[(slice(None),) + shifted].addcmul_(grid, fac)
         z = new.sum(dim=tuple(range(1, k + 1)))
         scale = z.reciprocal()
         log_z += z.log() - math.log(t - 1 + m * alpha)
-        grid[window] = new
+        grid = new
         if t in want:
             i = want[t]
             counts = [(new * along(ar[: t + 1], a)).sum(dim=tuple(range(1, k + 1))) * scale for a in range(k)]
