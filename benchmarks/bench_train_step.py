@@ -4,7 +4,9 @@
                                           [--device cpu|cuda] [--precision fp32|bf16]
 
 Prints the median step time of the 3-layer disentangled transformer and the standard
-GPT-style transformer side by side, measured in one run, with their ratio.
+GPT-style transformer side by side, measured in one run, with their ratio.  On CUDA each
+model is timed twice: batches sampled on the CPU and copied over (``data_device: cpu``), and
+sampled on the GPU itself (``data_device: device``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from icmix.train.objectives import loss_fn
 
 
 def step_time(cfg: TrainConfig, repeats: int, device: torch.device) -> tuple[float, int]:
-    """Median time of one step, new batch sampled included (as in training)."""
+    """Median time of one step, new batch sampled included (as in training, on the CPU or,
+    with ``cfg.data_device == "device"``, on ``device``)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     task = build_task(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(0)
     mask = task.loss_mask(cfg.task.length, cfg.loss_positions).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
@@ -66,15 +69,24 @@ def main() -> None:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {args.precision}, batch {args.batch}, q=10, m=3")
-    print(f"{'model':<44}{'length':>7}{'params':>11}{'step (ms)':>11}")
+    head = f"{'model':<44}{'length':>7}{'params':>11}{'step (ms)':>11}"
+    if device.type == "cuda":
+        head += f"{'data on GPU':>13}{'gain':>10}"
+    print(head)
     for length in args.lengths:
         base = {"task": {"vocab_size": 10, "order": 3, "length": length}, "batch_size": args.batch,
                 "precision": args.precision}
         rows = {}
         for name, model in MODELS:
-            t, n = step_time(TrainConfig.from_dict({**base, "model": model}), args.repeats, device)
+            cfg = TrainConfig.from_dict({**base, "model": model})
+            t, n = step_time(cfg, args.repeats, device)
             rows[name] = t
-            print(f"{name:<44}{length:>7}{n:>11,}{t * 1e3:>11.1f}")
+            line = f"{name:<44}{length:>7}{n:>11,}{t * 1e3:>11.1f}"
+            if device.type == "cuda":
+                on_gpu, _ = step_time(TrainConfig.from_dict({**cfg.to_dict(), "data_device": "device"}),
+                                      args.repeats, device)
+                line += f"{on_gpu * 1e3:>13.1f}{t / on_gpu:>9.2f}x"
+            print(line)
         a, b = rows[MODELS[0][0]], rows[MODELS[2][0]]
         print(f"{'ratio paper disentangled / GPT 3x64':<44}{length:>7}{'':>11}{a / b:>11.2f}")
 

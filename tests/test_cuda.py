@@ -77,3 +77,35 @@ def test_a_run_started_on_cuda_resumes_on_cpu(tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     _, model = load_run(run)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_tasks_sample_on_the_generators_device():
+    from icmix.tasks import MixLinRegTask
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    tokens, lam = MTDTask(5, 3, seed=1).sample(16, 20, generator=g)
+    xs, ys = MixLinRegTask(4, 3, noise=0.5, seed=0).sample(16, 9, generator=g)
+    assert {t.device.type for t in (tokens, lam, xs, ys)} == {"cuda"}
+    assert tokens.max() < 5 and torch.allclose(lam.sum(-1), torch.ones(16, device="cuda", dtype=lam.dtype))
+
+
+@pytest.mark.parametrize("task", ["mtd", "fixed-set regression"])
+def test_training_with_data_on_the_device_resumes_exactly(tmp_path, task):
+    if task == "mtd":
+        d = {"task": {"kind": "mtd", "vocab_size": 5, "order": 2, "seed": 3, "length": 12},
+             "model": {"kind": "disentangled", "n_layers": 2}}
+    else:
+        d = {"task": {"kind": "mixlinreg", "dim": 4, "n_components": 3, "noise": 0.5, "n_points": 9, "n_train": 64},
+             "model": {"kind": "gpt-regression", "n_layers": 1, "d_model": 16, "n_heads": 2}}
+    cfg = TrainConfig.from_dict({**d, "steps": 40, "batch_size": 16, "eval_every": 10, "checkpoint_every": 20,
+                                 "seed": 0, "device": "cuda", "data_device": "device"})
+    full = train(cfg, tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train(cfg, part, progress=False)
+    import shutil
+
+    (part / "model" / "model.safetensors").unlink()  # as if killed after the step-20 checkpoint
+    shutil.rmtree(part / "checkpoints" / "step_0000040")
+    (part / "checkpoints" / "LATEST").write_text("step_0000020")
+    train(None, part, resume=True, progress=False)
+    assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()

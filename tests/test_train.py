@@ -216,3 +216,27 @@ def test_sweep_trains_a_grid_and_skips_finished_runs(tmp_path, capsys):
     assert (runs[0] / "model" / "model.safetensors").exists()
     assert "seed=1 task.order=2" in capsys.readouterr().out
     assert main(["sweep", str(tmp_path / "base.yaml"), "--grid", "seed", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_data_device_is_validated_and_keeps_older_run_names():
+    """``data_device`` (sampling on the training device) is a later field: a config at its
+    default serialises as before, so the names of older runs (a hash of the YAML) hold."""
+    from icmix.experiments.common import run_name
+
+    cfg = tiny()
+    assert "data_device" not in cfg.to_yaml()
+    on_device = tiny(data_device="device")
+    assert "data_device: device" in on_device.to_yaml()
+    assert run_name(on_device) != run_name(cfg)
+    assert TrainConfig.from_dict(yaml.safe_load(on_device.to_yaml())) == on_device
+    with pytest.raises(ValueError, match="data_device must be one of"):
+        tiny(data_device="gpu")
+
+
+def test_data_device_on_cpu_trains_like_the_default(tmp_path):
+    """On a CPU run, "device" is the CPU: the same generator, the same numbers."""
+    a = train(tiny(), tmp_path / "a", progress=False)
+    b = train(tiny(data_device="device"), tmp_path / "b", progress=False)
+    assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
+    wa, wb = weights(a / "model"), weights(b / "model")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

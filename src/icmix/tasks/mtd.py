@@ -55,7 +55,7 @@ class MTDTask:
     def sample_lambda(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """Lag weights ``(B, M)`` from the Dirichlet(alpha) prior."""
         g = make_generator(generator)
-        conc = torch.full((batch_size, self.order), self.alpha, dtype=torch.float64)
+        conc = torch.full((batch_size, self.order), self.alpha, dtype=torch.float64, device=g.device)
         return dirichlet(conc, g)
 
     def sample(
@@ -71,24 +71,26 @@ class MTDTask:
         sequential.  Pass ``lam (B, M)`` to fix the lag weights instead of drawing them.
 
         Returns:
-            tokens: int64 ``(B, T)``; lam: float64 ``(B, M)``, the true lag weights.
+            tokens: int64 ``(B, T)``; lam: float64 ``(B, M)``, the true lag weights; both on
+            the generator's device.
         """
         batch_size = check_positive_int("batch_size", batch_size)
         length = check_positive_int("length", length)
         check_order(self.order, length)
         g = make_generator(generator)
-        m, pi = self.order, self.transition
+        dev = g.device  # sampled where the generator lives (a CUDA generator: on the GPU)
+        m, pi = self.order, self.transition.to(dev)
         if lam is None:
             lam = self.sample_lambda(batch_size, g)
         else:
-            lam = torch.as_tensor(lam, dtype=torch.float64)
+            lam = torch.as_tensor(lam, dtype=torch.float64, device=dev)
             if lam.shape != (batch_size, m):
                 raise ValueError(f"lam must have shape ({batch_size}, {m}), got {tuple(lam.shape)}")
-        tokens = torch.empty(batch_size, length, dtype=torch.int64)
-        tokens[:, :m] = torch.randint(self.vocab_size, (batch_size, m), generator=g)
+        tokens = torch.empty(batch_size, length, dtype=torch.int64, device=dev)
+        tokens[:, :m] = torch.randint(self.vocab_size, (batch_size, m), generator=g, device=dev)
         # Draw every lag Z_t at once; only the token draw depends on the past.
         z = categorical(lam[:, None, :].expand(batch_size, length - m, m), g) + 1  # (B, T-M) in 1..M
-        rows = torch.arange(batch_size)
+        rows = torch.arange(batch_size, device=dev)
         for t in range(m, length):
             source = tokens[rows, t - z[:, t - m]]  # (B,)
             tokens[:, t] = categorical(pi[source], g)

@@ -55,6 +55,7 @@ class MixLinRegTask:
                covariate_scale: float = 1.0, weight_scale: float = 1.0, weight_shift: float = 0.0,
                dtype: torch.dtype = torch.float64, return_index: bool = False, active_dims: int | None = None):
         """``xs (B, N, d)`` and ``ys (B, N)``; with ``return_index`` also the component of each prompt ``(B,)``.
+        All on the generator's device.
 
         The paper's distribution shifts: ``covariate_scale`` kappa draws ``x ~ N(0, kappa^2 I)``;
         ``weight_scale`` alpha and ``weight_shift`` eps use ``alpha w_j + eps / sqrt(d) * 1``
@@ -68,13 +69,14 @@ class MixLinRegTask:
         if not math.isfinite(shift):
             raise ValueError(f"weight_shift must be finite, got {weight_shift!r}")
         g = make_generator(generator)
-        idx = torch.randint(self.n_components, (batch_size,), generator=g)  # with replacement
-        w = alpha * self.components[idx] + shift / math.sqrt(self.dim)  # (B, d)
-        xs = kappa * torch.randn(batch_size, n_points, self.dim, generator=g, dtype=torch.float64)
+        dev = g.device  # sampled where the generator lives (a CUDA generator: on the GPU)
+        idx = torch.randint(self.n_components, (batch_size,), generator=g, device=dev)  # with replacement
+        w = alpha * self.components.to(dev)[idx] + shift / math.sqrt(self.dim)  # (B, d)
+        xs = kappa * torch.randn(batch_size, n_points, self.dim, generator=g, dtype=torch.float64, device=dev)
         if active_dims is not None and check_positive_int("active_dims", active_dims) < self.dim:
             xs[..., active_dims:] = 0
         ys = torch.einsum("bnd,bd->bn", xs, w)
         if self.noise > 0:
-            ys = ys + self.noise * torch.randn(batch_size, n_points, generator=g, dtype=torch.float64)
+            ys = ys + self.noise * torch.randn(batch_size, n_points, generator=g, dtype=torch.float64, device=dev)
         out = (xs.to(dtype), ys.to(dtype))
         return (*out, idx) if return_index else out

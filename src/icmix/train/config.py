@@ -10,6 +10,8 @@
     loss: mse            # mse (Brier score of the linear output) | ce (cross-entropy of logits)
     loss_positions: last # last (the paper) | all (every position with a full lag history)
     seed: 0
+    device: auto         # auto | cpu | cuda[:N];  precision: fp32 | bf16 | fp16 (autocast on CUDA)
+    data_device: cpu     # cpu | device: sample training batches on the training device
 
 Overrides use dotted keys: ``--set optim.lr=3e-4 --set model.n_layers=5``.
 """
@@ -30,6 +32,7 @@ LOSSES = ("mse", "ce")
 LOSS_POSITIONS = ("last", "all")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DATA_DEVICES = ("cpu", "device")
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,13 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     tensorboard: bool = False
+    # Where training batches are sampled: "cpu", or "device" (on the training device, with a
+    # generator there, so a GPU is not starved by CPU sampling; a different random stream).
+    data_device: str = "cpu"
+
+    # Fields added after runs were named by a hash of the config: written out only when they
+    # differ from their default, so the names (and the saved configs) of older runs hold.
+    _LATER_FIELDS = {"data_device": "cpu"}
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
@@ -187,6 +197,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.data_device not in DATA_DEVICES:
+            raise ValueError(f"data_device must be one of {DATA_DEVICES}, got {self.data_device!r}")
         if self.task.kind == "mixlinreg" and self.loss != "mse":
             raise ValueError(f"a regression task trains with loss 'mse', got {self.loss!r}")
         self.model_config()  # unknown or bad model keys fail here, before any training
@@ -217,6 +229,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["model"] = {"kind": self.model.kind, **self.model.params}
+        for name, default in self._LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod

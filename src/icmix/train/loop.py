@@ -130,9 +130,12 @@ class RegressionObjective:
         if self.prompts is None:
             xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
             return {"xs": xs, "ys": ys}
+        dev = generator.device
+        if self.prompts[0].device != dev:
+            self.prompts = tuple(t.to(dev) for t in self.prompts)
         xs, ys = self.prompts
-        rows = torch.randint(len(ys), (size, 1), generator=generator)  # prompts, with replacement
-        keep = torch.rand(size, ys.shape[1], generator=generator).argsort(dim=1)[:, :points]  # drop and shuffle
+        rows = torch.randint(len(ys), (size, 1), generator=generator, device=dev)  # prompts, with replacement
+        keep = torch.rand(size, ys.shape[1], generator=generator, device=dev).argsort(dim=1)[:, :points]  # drop and shuffle
         return {"xs": xs[rows, keep], "ys": ys[rows, keep]}
 
     def eval_batch(self, size: int, generator: torch.Generator) -> dict:
@@ -234,7 +237,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
                                  weight_decay=cfg.optim.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
-    data_gen = torch.Generator().manual_seed(cfg.seed)
+    # Training batches are drawn where this generator lives (``data_device``); the evaluation
+    # batch always on the CPU, so its numbers do not depend on where training sampled.
+    data_gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(cfg.seed)
     eval_batch = objective.eval_batch(cfg.eval_size, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
     metrics_path = run / "metrics.jsonl"
     start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
