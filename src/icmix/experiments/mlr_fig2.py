@@ -59,6 +59,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1)
     device: str = "auto"
     precision: str = "fp32"
+    data_device: str = "cpu"  # or "device": sample training batches on the GPU
     jobs: int = 1
 
     def __post_init__(self):
@@ -84,7 +85,7 @@ class Config:
             "optim": {"lr": self.lr, "schedule": "cosine", "warmup_steps": self.warmup_steps},
             "steps": self.steps, "batch_size": self.batch_size, "loss": "mse", "loss_positions": "all", "seed": seed,
             "eval_every": max(1, self.steps // 20), "checkpoint_every": max(1, self.steps // 10),
-            "device": self.device, "precision": self.precision,
+            "device": self.device, "precision": self.precision, "data_device": self.data_device,
         })
 
 

@@ -69,6 +69,7 @@ class Config:
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
     precision: str = "fp32"
+    data_device: str = "cpu"  # or "device": sample training batches on the GPU
     ablation_steps: int = 0  # > 0: the layer-1 lag-window ablation, fine-tuning this many steps
     ablation_lr: float = 1e-3
     jobs: int = 1  # training runs at once (processes); >1 pays off on a GPU, where one small run leaves it idle
@@ -100,7 +101,7 @@ class Config:
             "optim": {"lr": self.lr, "schedule": "cosine", "warmup_steps": self.warmup_steps, "grad_clip": 1.0},
             "steps": steps, "batch_size": self.batch_size, "loss": self.loss, "loss_positions": self.loss_positions,
             "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
-            "device": self.device, "precision": self.precision,
+            "device": self.device, "precision": self.precision, "data_device": self.data_device,
         })
 
 

@@ -31,6 +31,7 @@ class Recipe:
     seeds: tuple[int, ...] = (0, 1)
     device: str = "auto"
     precision: str = "fp32"
+    data_device: str = "cpu"  # or "device": sample training batches on the GPU
     jobs: int = 1
 
     def check_recipe(self, *positive: str) -> None:
@@ -70,5 +71,5 @@ def train_config(cfg, seed: int, model: dict, order: int, length: int, loss: str
         "optim": {"lr": cfg.lr, "schedule": "cosine", "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
         "steps": steps, "batch_size": cfg.batch_size, "loss": loss, "loss_positions": cfg.loss_positions,
         "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
-        "device": cfg.device, "precision": cfg.precision,
+        "device": cfg.device, "precision": cfg.precision, "data_device": cfg.data_device,
     })
