@@ -3,10 +3,16 @@
     python benchmarks/bench_train_step.py [--batch 128] [--lengths 32 64] [--repeats 20]
                                           [--device cpu|cuda] [--precision fp32|bf16]
 
+    python benchmarks/bench_train_step.py --preset paper [--repeats 20] [--device cuda]
+
 Prints the median step time of the 3-layer disentangled transformer and the standard
 GPT-style transformer side by side, measured in one run, with their ratio.  On CUDA each
 model is timed twice: batches sampled on the CPU and copied over (``data_device: cpu``), and
 sampled on the GPU itself (``data_device: device``).
+
+``--preset P`` instead times every distinct training run of ``icmix reproduce all --preset
+P`` (runs that differ only in seed, task seed or step count share a row) and projects the
+hours each figure's training needs at that speed, one run at a time.
 """
 
 from __future__ import annotations
@@ -18,28 +24,25 @@ import time
 import torch
 
 from icmix.train import TrainConfig, build_model, build_task
-from icmix.train.loop import autocast
-from icmix.train.objectives import loss_fn
+from icmix.train.loop import autocast, build_objective
 
 
 def step_time(cfg: TrainConfig, repeats: int, device: torch.device) -> tuple[float, int]:
     """Median time of one step, new batch sampled included (as in training, on the CPU or,
-    with ``cfg.data_device == "device"``, on ``device``)."""
+    with ``cfg.data_device == "device"``, on ``device``), at the last curriculum stage."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    task = build_task(cfg)
+    objective = build_objective(build_task(cfg), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(0)
-    mask = task.loss_mask(cfg.task.length, cfg.loss_positions).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(repeats + 3):
         sync()
         start = time.perf_counter()
-        batch = task.next_token_batch(cfg.batch_size, cfg.task.length, gen)
+        batch = objective.batch(cfg.steps - 1, cfg.batch_size, gen)
         with autocast(device, cfg.precision):
-            out = model(batch["inputs"].to(device))
-            loss = loss_fn(out.float(), batch["targets"].to(device), mask, cfg.loss)
+            loss = objective.loss(model, batch, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -47,6 +50,40 @@ def step_time(cfg: TrainConfig, repeats: int, device: torch.device) -> tuple[flo
         if i >= 3:  # warm-up steps excluded
             times.append(time.perf_counter() - start)
     return statistics.median(times), sum(p.numel() for p in model.parameters())
+
+
+def bench_preset(preset: str, repeats: int, device: torch.device, precision: str, data_device: str) -> None:
+    """Step time of each distinct run of a preset, and the training hours it projects."""
+    import dataclasses
+
+    from icmix.experiments.common import run_name
+    from icmix.experiments.report import configs_for, figure_runs
+
+    def shape(tc: TrainConfig) -> str:  # what sets the step's cost
+        plain = dataclasses.replace(tc, seed=0, steps=1, task=dataclasses.replace(tc.task, seed=0))
+        return plain.to_yaml()
+
+    rows: dict[str, dict] = {}
+    for figure, cfg in configs_for(preset).items():
+        for tc in figure_runs(cfg):
+            tc = dataclasses.replace(tc, precision=precision, data_device=data_device)
+            row = rows.setdefault(shape(tc), {"config": tc, "steps": {}, "figures": set()})
+            row["steps"][run_name(tc)] = tc.steps  # a run shared by figures counts once
+            row["figures"].add(figure)
+    print(f"{'run (model, task)':<58}{'runs':>5}{'step (ms)':>11}{'hours':>8}  figures")
+    total = 0.0
+    for row in sorted(rows.values(), key=lambda r: -sum(r["steps"].values())):
+        tc = row["config"]
+        t, _ = step_time(tc, repeats, device)
+        hours = t * sum(row["steps"].values()) / 3600
+        total += hours
+        model = tc.model_config()
+        what = (f"{tc.model.kind} {getattr(model, 'n_layers', '')}x{getattr(model, 'd_model', '')}, "
+                + (f"T {tc.task.length}, m {tc.task.order}" if tc.task.kind == "mtd" else
+                   f"d {tc.task.dim}, N {tc.task.n_points}, m {tc.task.n_components}"
+                   + (f", n {tc.task.n_train}" if tc.task.n_train else "")) + f", B {tc.batch_size}")
+        print(f"{what[:57]:<58}{len(row['steps']):>5}{t * 1e3:>11.1f}{hours:>8.2f}  {', '.join(sorted(row['figures']))}")
+    print(f"{'all runs, one at a time':<58}{sum(len(r['steps']) for r in rows.values()):>5}{'':>11}{total:>8.2f}")
 
 
 MODELS = [
@@ -65,9 +102,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--preset", help="time the training runs of this reproduce-all preset instead")
+    parser.add_argument("--data-device", choices=("cpu", "device"), default="cpu", help="with --preset")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    if args.preset:
+        print(f"torch {torch.__version__}, {where}; the training runs of preset {args.preset!r}")
+        bench_preset(args.preset, args.repeats, device, args.precision, args.data_device)
+        return
     print(f"torch {torch.__version__}, {where}, {args.precision}, batch {args.batch}, q=10, m=3")
     head = f"{'model':<44}{'length':>7}{'params':>11}{'step (ms)':>11}"
     if device.type == "cuda":
