@@ -143,7 +143,8 @@ class GPTBackbone(nn.Module):
         """``x (B, T, C)`` -> the final stream ``(B, T, C)`` and each layer's pattern (``None``
         unless ``need_weights``).  ``outputs``: the positions whose outputs are read (a slice);
         the last block then computes its queries, MLP and final LayerNorm there alone and the
-        stream is ``(B, T', C)``.  Ignored when the patterns are asked for."""
+        stream is ``(B, T', C)``.  With ``need_weights`` every position is computed (each
+        pattern is whole) and the stream is sliced at the end."""
         t = x.shape[1]
         if t > self.cfg.max_length:
             raise ValueError(f"input length {t} exceeds the model's max_length {self.cfg.max_length}")
