@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--preset", help="time the training runs of this reproduce-all preset instead")
+    parser.add_argument("--preset", choices=("quick", "cpu", "paper"),
+                        help="time the training runs of this reproduce-all preset instead")
     parser.add_argument("--data-device", choices=("cpu", "device"), default="cpu", help="with --preset")
     args = parser.parse_args()
     device = torch.device(args.device)
