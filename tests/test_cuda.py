@@ -1,6 +1,7 @@
 """CUDA paths (skipped without a GPU): the same numbers as on CPU, and training in each precision."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,13 @@ from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, load_run, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def killed_after_step_20(run) -> None:
+    """Turn a finished 40-step run (checkpoints at 20 and 40) into one killed after step 20."""
+    (run / "model" / "model.safetensors").unlink()
+    shutil.rmtree(run / "checkpoints" / "step_0000040")
+    (run / "checkpoints" / "LATEST").write_text("step_0000020")
 
 
 def test_models_on_cuda_match_cpu():
@@ -66,11 +74,7 @@ def test_a_run_started_on_cuda_resumes_on_cpu(tmp_path, monkeypatch):
     })
     run = tmp_path / "r"
     train(cfg, run, progress=False)
-    (run / "model" / "model.safetensors").unlink()  # as if killed after the step-40 checkpoint...
-    import shutil
-
-    shutil.rmtree(run / "checkpoints" / "step_0000040")  # ...or rather after step 20
-    (run / "checkpoints" / "LATEST").write_text("step_0000020")
+    killed_after_step_20(run)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     train(None, run, resume=True, progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -102,10 +106,6 @@ def test_training_with_data_on_the_device_resumes_exactly(tmp_path, task):
     full = train(cfg, tmp_path / "full", progress=False)
     part = tmp_path / "part"
     train(cfg, part, progress=False)
-    import shutil
-
-    (part / "model" / "model.safetensors").unlink()  # as if killed after the step-20 checkpoint
-    shutil.rmtree(part / "checkpoints" / "step_0000040")
-    (part / "checkpoints" / "LATEST").write_text("step_0000020")
+    killed_after_step_20(part)
     train(None, part, resume=True, progress=False)
     assert (full / "metrics.jsonl").read_text() == (part / "metrics.jsonl").read_text()
