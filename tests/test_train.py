@@ -182,6 +182,38 @@ def test_parallel_runs_equal_sequential_runs(tmp_path):
         train_many([(tiny(seed=9), tmp_path / "seq7"), (tiny(seed=8), tmp_path / "seq8")], 2, progress=False)
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """SIGTERM to the parent alone (not its process group) must not leave a worker running on."""
+    script = tmp_path / "parent.py"
+    script.write_text("import os, time\nfrom icmix._pool import worker_pool\n"
+                      "if __name__ == '__main__':\n"
+                      "    with worker_pool(1) as pool:\n"
+                      "        print(pool.submit(os.getpid).result(), flush=True)\n"
+                      "        pool.submit(time.sleep, 120).result()\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    try:
+        assert _running(worker)
+        parent.terminate()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(worker), "the worker outlived its parent"
+    finally:
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
 def test_fine_tune_lowers_the_loss_and_leaves_the_global_rng_alone():
     from icmix.train import build_model, build_task, fine_tune
 

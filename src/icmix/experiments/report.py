@@ -243,14 +243,11 @@ def _run_figures(names: list[str], configs: dict, out: Path, jobs: int, progress
             bar.update()
         bar.close()
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    import torch
+    from icmix._pool import worker_pool
 
-    threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with worker_pool(jobs) as pool:
         futures = {pool.submit(run_figure, name, configs[name], out): name for name in names}
         for future in as_completed(futures):
             bar.set_postfix_str(futures[future])

@@ -404,14 +404,13 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
         for cfg, path in jobs:
             settle(path, lambda: train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress))
         return failed
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
 
-    threads = max(1, torch.get_num_threads() // n_parallel)  # share the cores instead of oversubscribing them
-    with ProcessPoolExecutor(n_parallel, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    from icmix._pool import worker_pool
+
+    with worker_pool(n_parallel) as pool:
         futures = {pool.submit(train, cfg, path, (path / "config.yaml").exists(), False): path for cfg, path in jobs}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"training runs ({n_parallel} at a time)",
                            disable=not progress):
