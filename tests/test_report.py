@@ -229,3 +229,22 @@ def test_cli_reproduce_all_one_figure(tmp_path, capsys):
     table = pd.read_csv(out / "claims.csv")
     assert (table.verdict != "not run").sum() == 1  # the construction's claim; the others need other figures
     assert json.loads((out / "manifest.json").read_text())["figures"]["mtd-construction"]["seeds"] == [0]
+
+
+def test_d2_ranking_claim_on_a_table_by_hand(tmp_path):
+    """The d² claim: an algorithm significantly closer than the oracle posterior mean at some
+    k >= d/2 fails it, a tie passes it, and an m with no rows is "not run" (not a vacuous pass)."""
+    from icmix.experiments import mlr_fig4
+
+    cfg = mlr_fig4.PRESETS["cpu"]  # d = 8: the claim reads k >= 4
+    rows = [(20, 2, "posterior mean (SA)", -1.0, 0.1),  # below d/2: not read
+            (20, 4, "posterior mean (EM)", 0.0, 0.1),  # a tie
+            (20, 8, "argmin (oracle)", 0.3, 0.1),
+            (20, 8, "posterior mean (SA)", -0.2, 0.1)]  # significantly closer at k = 8
+    pd.DataFrame(rows, columns=["n_components", "k", "other", "excess", "excess_ci"]).to_csv(
+        tmp_path / "mlr-fig4.csv", index=False)
+    got = {c.claim: c for c in claims.evaluate(tmp_path, {"mlr-fig4": cfg}, {"mlr-fig4"})
+           if c.claim.startswith("The transformer is closest")}
+    m20, m5 = got[claims.d2_ranking.claim[1].format(m=20)], got[claims.d2_ranking.claim[1].format(m=5)]
+    assert m20.verdict == "doesn't" and m20.mean == 0.5 and "posterior mean (SA) at k = [8]" in m20.note
+    assert m5.verdict == "not run" and "no rows with m = 5" in m5.note

@@ -223,6 +223,8 @@ def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
 def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
     t = _read(out, "mlr-fig4")
     t = t[(t.n_components == m) & (t.k >= cfg.dim / 2) & (t.other != "posterior mean (oracle)")]
+    if t.empty:
+        raise ValueError(f"mlr-fig4 has no rows with m = {m} and k >= d/2")
     g = t.groupby(["k", "other"])
     excess = g["excess"].mean()
     ci = g["excess_ci"].apply(lambda s: float(np.sqrt((s**2).sum())) / len(s))
