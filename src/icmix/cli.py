@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("figure", choices=["all", *REGISTRY],
                    help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
     p.add_argument("--preset", choices=("quick", "cpu", "paper"), default="quick",
-                   help="quick: all figures in < 30 min on 2 CPU cores; cpu: about an hour a figure; paper: GPU")
+                   help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure; paper: GPU")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
