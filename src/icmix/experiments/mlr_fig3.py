@@ -75,8 +75,8 @@ PRESETS = {
     # fig2's quick model on 500 and 2000 prompts of 17 points, 1000 steps.
     "quick": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["quick"]), "components": (5,), "noises": (1.0,),
                        "n_trains": (500, 2000), "steps": 1000, "curriculum_every": 100}),
-    # CPU: fig2's cpu model, d = 8, on 500 to 4000 prompts of 17 points, 4000 steps (a fixed
-    # set of at most 4000 prompts is fitted by then; fig2's 20k steps would only overfit it).
+    # CPU: fig2's cpu model, d = 8, on 500 to 4000 prompts of 17 points, 4000 steps (8 runs in
+    # about 20 minutes with 2 jobs; fig2's 20k steps are not used on these small fixed sets).
     "cpu": Config(steps=4000),
     # The paper: n = 15k..60k prompts, d = 20, 41 points, dropout tuned per n (Appendix C.1).
     "paper": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["paper"]), "components": (5,), "noises": (1.0,),
