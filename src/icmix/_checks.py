@@ -7,7 +7,9 @@ Q vocabulary, M lags (order), P prefix lengths.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,7 +98,13 @@ def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int, pre
         if lengths != "all":
             raise ValueError(f"lengths must be None, 'all' or a list of ints, got {lengths!r}")
         return list(range(order + 1, length + 1))
-    out = [int(x) for x in lengths]
+    out = []
+    for x in lengths:
+        if isinstance(x, Tensor) and x.numel() == 1:
+            x = x.item()
+        if isinstance(x, bool) or not (isinstance(x, (int, np.integer)) or (isinstance(x, (float, np.floating)) and float(x).is_integer())):
+            raise ValueError(f"prefix lengths must be integers, got {x!r}")
+        out.append(int(x))
     if not out:
         raise ValueError("lengths is empty")
     for x in out:
@@ -162,3 +170,46 @@ def as_components(components, dim: int | None = None) -> Tensor:
     if not torch.isfinite(w).all():
         raise ValueError("components must be finite")
     return w
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: ``MemAvailable`` on Linux (the smaller of
+    it and a cgroup limit, if one is set), else the physical memory."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 1 << 62
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            avail = min(avail, int(text))
+    return avail
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def check_memory(what: str, nbytes: float, hint: str = "") -> None:
+    """Refuse, before allocating, a size that comes from the user and does not fit in memory:
+    ``ValueError`` with the estimate (``would need 44.1 GB``) and what is available."""
+    avail = available_memory()
+    if nbytes > avail:
+        raise ValueError(f"{what} would need {format_bytes(nbytes)} of memory, more than the "
+                         f"{format_bytes(avail)} available{'; ' + hint if hint else ''}")

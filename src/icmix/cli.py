@@ -9,7 +9,9 @@
     icmix sweep CONFIG.yaml --grid seed=0,1,2 --grid task.order=3,5 --out DIR [--jobs N]
     torchrun --nproc_per_node N -m icmix train CONFIG.yaml ...   (data-parallel, see icmix.train.distributed)
 
-Bad input ends with ``icmix: error: ...`` on stderr and exit status 2; nothing is written.
+Bad input ends with ``icmix: error: ...`` on stderr and exit status 2, before any work and
+with nothing written; Ctrl-C ends with one line and exit status 130 (rerun to resume).
+Output folders are checked for writability first and held by one icmix process at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +27,16 @@ import numpy as np
 
 def _load_array(path: str, what: str) -> np.ndarray:
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise ValueError(f"{what} file not found: {path}")
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    if p.suffix in (".csv", ".txt"):
+    if p.suffix not in (".npy", ".csv", ".txt"):
+        raise ValueError(f"{what} file must be .npy or .csv, got {p.name}")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
         return np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None, ndmin=2)
-    raise ValueError(f"{what} file must be .npy or .csv, got {p.name}")
+    except (ValueError, OSError, EOFError) as err:  # a damaged .npy, a malformed CSV
+        raise ValueError(f"cannot read the {what} file {path}: {err}") from None
 
 
 ESTIMATOR_NAMES = ("md", "em", "bayes-exact", "bayes-gibbs")
@@ -40,19 +46,39 @@ def _estimate(args) -> int:
     import pandas as pd
     import torch
 
+    from icmix._checks import as_tokens, as_transition, check_nonnegative, check_positive, check_positive_int
     from icmix.estimators import mtd as est
+    from icmix.estimators.mtd.bayes import MAX_STATES, MAX_WORK
+    from icmix.io import check_writable
 
     tokens = _load_array(args.tokens, "tokens")
     if tokens.ndim == 1:
         tokens = tokens[None, :]
     pi = _load_array(args.transition, "transition")
-    tokens_t = torch.as_tensor(tokens)
+    # Every argument is checked before any estimator runs, so a refusal costs no work.
+    pi = as_transition(pi)
+    tokens_t = as_tokens(tokens, pi.shape[0], args.order)
+    n_transitions = tokens_t.shape[-1] - args.order
     if args.eta is not None and args.beta is not None:
         raise ValueError("give --eta or --beta, not both")
     if args.beta is not None:  # eta = beta / (M N): the length-aware scale of Theorem 2
-        eta = args.beta / (args.order * (tokens_t.shape[-1] - args.order))
+        eta = check_positive("--beta", args.beta) / (args.order * n_transitions)
     else:
-        eta = args.eta if args.eta is not None else 1.0 / (args.order + 1)
+        eta = check_nonnegative("--eta", args.eta) if args.eta is not None else 1.0 / (args.order + 1)
+    check_positive_int("--steps", args.steps)
+    check_positive_int("--max-iter", args.max_iter)
+    check_positive_int("--gibbs-samples", args.gibbs_samples)
+    check_positive_int("--gibbs-burn-in", args.gibbs_burn_in, minimum=0)
+    check_positive("--alpha", args.alpha)
+    if "bayes-exact" in args.estimator and args.order > 1:
+        states, work = est.exact_cost(args.order, n_transitions)
+        if states > MAX_STATES or work > MAX_WORK:
+            raise ValueError(
+                f"--estimator bayes-exact is too large for --order {args.order} and sequences of {tokens_t.shape[-1]} "
+                f"tokens ({states:,} states, {work:.1e} operations per sequence; the exact DP's limits are "
+                f"{MAX_STATES:,} and {MAX_WORK:.1e}). Use --estimator bayes-gibbs, or shorter sequences.")
+    if args.out:
+        check_writable(Path(args.out).parent or ".", "--out")
     runners = {
         "md": lambda: est.mirror_descent(tokens_t, pi, args.order, eta, args.steps),
         "em": lambda: est.em(tokens_t, pi, args.order, max_iter=args.max_iter),
@@ -81,6 +107,7 @@ def _estimate(args) -> int:
 def _reproduce(args) -> int:
     from icmix.experiments import REGISTRY
     from icmix.experiments.report import configs_for, reproduce_all
+    from icmix.io import output_folder
 
     if args.figure == "all":
         path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
@@ -90,7 +117,8 @@ def _reproduce(args) -> int:
     if args.only or args.force or args.jobs:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
-    paths = REGISTRY[args.figure].run(cfg, Path(args.out), progress=not args.no_progress)
+    with output_folder(args.out):
+        paths = REGISTRY[args.figure].run(cfg, Path(args.out), progress=not args.no_progress)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -100,16 +128,23 @@ def _construct_mtd(args) -> int:
     import torch
 
     from icmix import MTDTask
+    from icmix._checks import check_memory, check_positive_int
     from icmix.construct import mirror_descent_transformer
     from icmix.construct.check import mtd_differential_check
-    from icmix.io import atomic_write
     from icmix.figures.attention import draw_attention_maps
+    from icmix.io import atomic_write, check_writable
 
     if args.transition:
         task = MTDTask(args.vocab_size, args.order, transition=_load_array(args.transition, "transition"))
     else:
         task = MTDTask(args.vocab_size, args.order, seed=args.seed)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    check_positive_int("--n-sequences", args.n_sequences)
+    if args.check:  # attention scores, weights and outputs of 3 layers over (B, T, T), in float64
+        check_memory(f"--check on {args.n_sequences} sequences of length {args.max_length:,}",
+                     9 * 8 * args.n_sequences * args.max_length**2, "use fewer --n-sequences or a smaller --max-length")
+    if args.check or args.save:
+        check_writable(args.out)
     model = mirror_descent_transformer(task.transition, args.order, args.beta, args.max_length, dtype=dtype)
     widths = [layout.width for layout in model.layouts]
     n_params = sum(p.numel() for p in model.parameters())
@@ -144,15 +179,20 @@ def _construct_mlr(args) -> int:
     import torch
 
     from icmix import MixLinRegTask
+    from icmix._checks import check_memory
     from icmix.construct import posterior_mean_transformer
     from icmix.construct.check import knob_curve, posterior_mean_check
     from icmix.estimators.regression import posterior_mean
     from icmix.figures.circuit import draw_circuit
-    from icmix.io import atomic_write
+    from icmix.io import atomic_write, check_writable
 
     task = MixLinRegTask(args.dim, args.components, args.noise, seed=args.seed)
     if args.points < 1 or args.prompts < 1:
         raise ValueError(f"--points and --prompts must be >= 1, got {args.points} and {args.prompts}")
+    if args.check:  # 3 blocks of attention over (B, 2N, 2N) interleaved tokens, in float64
+        check_memory(f"--check on {args.prompts} prompts of {args.points:,} points",
+                     9 * 8 * args.prompts * (2 * args.points) ** 2, "use fewer --prompts or --points")
+        check_writable(args.out)
     model = posterior_mean_transformer(task.components, args.noise, args.points, mlp=args.mlp, eps=args.eps)
     size = model.size()
     knob = f", eps = {args.eps:g}" if args.mlp == "gelu" else ""
@@ -213,6 +253,7 @@ def _sweep(args) -> int:
     import json
 
     from icmix.experiments.common import train_runs
+    from icmix.io import output_folder
     from icmix.train import TrainConfig
 
     axes = []
@@ -228,8 +269,9 @@ def _sweep(args) -> int:
     configs = [TrainConfig.from_yaml(args.config, list(args.set or []) + list(combo)) for combo in combos]
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    print(f"sweep: {len(configs)} runs under {Path(args.out) / 'runs'} ({args.jobs} at a time; finished runs are skipped)")
-    paths = train_runs(Path(args.out), configs, args.jobs, progress=not args.no_progress)
+    with output_folder(args.out):
+        print(f"sweep: {len(configs)} runs under {Path(args.out) / 'runs'} ({args.jobs} at a time; finished runs are skipped)")
+        paths = train_runs(Path(args.out), configs, args.jobs, progress=not args.no_progress)
     for combo, path in zip(combos, paths):
         rows = (path / "metrics.jsonl").read_text().splitlines()
         last = json.loads(rows[-1]) if rows else {}
@@ -326,14 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_text(err: Exception) -> str:
+    if isinstance(err, OSError) and err.strerror:  # "no space left on PATH", "PATH: Permission denied"
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return str(err)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"icmix: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning  # one line each, without Python's source excerpt
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as err:
-        print(f"icmix: error: {err}", file=sys.stderr)
+        print(f"icmix: error: {_error_text(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nicmix: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

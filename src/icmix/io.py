@@ -1,24 +1,206 @@
-"""File helpers shared by every layer of the library."""
+"""File helpers shared by every layer of the library: nothing icmix writes is ever half-written.
+
+- ``atomic_write(path, write)``: one file, via a temporary sibling and a rename.
+- ``staged(directory)``: several files that appear together or not at all (a figure's csv,
+  png, json and md; a saved model's weights and config).
+- ``check_writable(directory)``: fail before any work when an output folder cannot be written.
+- ``exclusive(directory)``: one writer at a time per output folder (a lock file naming its
+  holder; a lock left by a dead process is free again, since the kernel drops it).
+
+Files get the mode the user's umask gives (not the 0600 of ``tempfile``), and a full disk is
+reported as ``no space left on PATH`` with the temporary files removed.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import platform
+import shutil
+import sys
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+
+LOCK_FILE = ".icmix.lock"
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_full_disk(err: BaseException) -> bool:
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def reporting_full_disk(where: str | Path):
+    """Re-raise a full-disk ``OSError`` (ENOSPC, EDQUOT) of the block as ``no space left on WHERE``."""
+    try:
+        yield
+    except OSError as err:
+        if is_full_disk(err):
+            raise OSError(errno.ENOSPC, f"no space left on {where}") from err
+        raise
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # Not created in advance: whatever writes it creates it, with the umask's mode.
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
 
 
 def atomic_write(path: str | Path, write) -> None:
     """Write a file via a temporary sibling and a rename, so a crash never leaves half a file.
 
-    ``write`` receives the temporary path and must write the whole file there.
+    ``write`` receives the temporary path and must write the whole file there.  On a full
+    disk the temporary file is removed and ``OSError`` says ``no space left on <folder>``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = _temporary_sibling(path)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with reporting_full_disk(path.parent):
+            write(str(tmp))
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (for files a rename is about to publish)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def staged(directory: str | Path):
+    """A temporary folder inside ``directory`` whose files are moved into ``directory`` when
+    the block ends without error, and deleted otherwise: the files appear together or not at
+    all, and a full disk leaves no temporary folder behind (``no space left on DIRECTORY``).
+
+        with staged(out) as stage:
+            table.to_csv(stage / "fig.csv"); fig.savefig(stage / "fig.png")
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=directory, prefix=".icmix-stage-"))
+    try:
+        with reporting_full_disk(directory):
+            yield stage
+            for item in sorted(stage.iterdir()):
+                os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def staged_directory(path: str | Path):
+    """A temporary sibling folder that replaces ``path`` (a folder) by rename when the block
+    ends without error, and is deleted otherwise: ``path`` is whole or absent, never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        with reporting_full_disk(path.parent):
+            yield stage
+            os.chmod(stage, 0o777 & ~umask())  # mkdtemp's 0700 -> the umask's mode
+            if path.exists():
+                shutil.rmtree(path)
+            os.rename(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_writable(directory: str | Path, flag: str = "--out") -> Path:
+    """Create ``directory`` if needed and prove a file can be written there, before any work.
+
+    Raises ``OSError`` naming the folder (and the flag it came from) when it cannot be made,
+    is not a folder, is read-only or is on a full disk.
+    """
+    directory = Path(directory)
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise OSError(errno.ENOTDIR, f"{flag} {directory} is a file, not a folder")
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".icmix-probe-{uuid.uuid4().hex[:12]}"
+        try:
+            write_bytes_durably(probe, b"icmix")
+        finally:
+            if probe.exists():
+                probe.unlink()
+    except OSError as err:
+        if is_full_disk(err):
+            raise OSError(errno.ENOSPC, f"no space left on {directory}") from None
+        if err.errno == errno.ENOTDIR:
+            raise
+        raise OSError(err.errno, f"{flag} {directory} is not writable ({err.strerror or err})") from None
+    return directory
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"}
+
+
+@contextmanager
+def exclusive(directory: str | Path, what: str = "--out"):
+    """Hold ``DIRECTORY/.icmix.lock`` for the block: a second icmix process writing into the
+    same folder is refused at once, with the holder's pid, host, start time and command.
+
+    The lock is an ``flock`` on the file, which the kernel releases when its process ends in
+    any way (``kill -9`` included), so a lock file left behind by a dead process is free:
+    it is taken over, not obeyed.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.read(fd, 4096).decode() or "{}")
+        except (ValueError, OSError):
+            holder = {}
+        os.close(fd)
+        who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}: "
+               f"{holder.get('command', '?')}") if holder else "another process"
+        raise ValueError(f"{what} {directory} is in use by {who}. Wait for it to finish, or write somewhere else "
+                         f"(lock file: {path})") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        yield path
+    finally:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextmanager
+def output_folder(directory: str | Path, flag: str = "--out"):
+    """``check_writable`` then ``exclusive``: the folder an icmix command writes its results to."""
+    check_writable(directory, flag)
+    with exclusive(directory, flag) as lock:
+        yield lock

@@ -45,8 +45,9 @@ import math
 
 import torch
 
-from icmix._checks import as_transition, check_order
+from icmix._checks import as_transition, check_memory, check_order
 from icmix.models import DisentangledConfig, DisentangledTransformer
+from icmix.models.base import model_bytes
 
 LOG_ZERO = -2000.0
 MASK = -1e4
@@ -79,6 +80,9 @@ def mirror_descent_transformer(
         raise ValueError(f"beta must be finite and >= 0, got {beta!r}")
     cfg = DisentangledConfig(vocab_size=q, n_layers=3, n_heads=1, max_length=max_length,
                              value_offsets=m + 1, positions="warmup", warmup=m)
+    # float32 parameters, then their float64 copy (and a cast to ``dtype``): refused up front if too large.
+    check_memory(f"the construction with max_length {max_length:,}",
+                 3 * model_bytes(lambda: DisentangledTransformer(cfg)), "choose a smaller max length")
     model = DisentangledTransformer(cfg).to(torch.float64)
     in1, in2, in3 = model.layouts[0], model.layouts[1], model.layouts[2]
     with torch.no_grad():

@@ -66,7 +66,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from icmix._checks import as_components, check_positive, check_positive_int
+from icmix._checks import as_components, check_memory, check_positive, check_positive_int
+from icmix.models.base import model_bytes
 
 SHARP = 1000.0  # copy-attention margin: exp(-1000) == 0 in float64 and float32
 MASK = -1e8  # score of the prompt tokens in the softmax-over-components layer
@@ -234,6 +235,9 @@ def posterior_mean_transformer(components, noise: float, max_points: int, mlp: s
     if mlp not in MLP_KINDS:
         raise ValueError(f"mlp must be one of {MLP_KINDS}, got {mlp!r}")
     eps = check_positive("eps", eps)
+    check_memory(f"the posterior-mean construction (d = {d}, m = {m}, {max_points:,} points)",
+                 model_bytes(lambda: PosteriorMeanTransformer(d, m, max_points, mlp, torch.float64)),
+                 "choose fewer points, components or dimensions")
     model = PosteriorMeanTransformer(d, m, max_points, mlp, torch.float64)
     lay = model.layout
     with torch.no_grad():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from icmix.io import atomic_write
+from icmix.io import staged
 
 
 def apply_overrides(cfg, overrides: list[str] | None):
@@ -59,25 +59,31 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
                  extra: dict[str, pd.DataFrame] | None = None, summary: str | None = None) -> dict[str, Path]:
     """Write ``NAME.csv``, ``NAME.png`` and ``NAME.json`` (config, environment, wall time),
     ``NAME-<key>.csv`` for each extra table, and ``NAME.md`` with the summary (also printed).
-    The figure is closed once saved."""
-    out = Path(out)
-    paths = {"csv": out / f"{name}.csv", "png": out / f"{name}.png", "json": out / f"{name}.json"}
-    atomic_write(paths["csv"], lambda p: table.to_csv(p, index=False))
-    for key, extra_table in (extra or {}).items():
-        paths[key] = out / f"{name}-{key}.csv"
-        atomic_write(paths[key], lambda p, t=extra_table: t.to_csv(p, index=False))
-    atomic_write(paths["png"], lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"))
+    The files appear together or not at all (``icmix.io.staged``): a full disk or an error
+    while writing leaves the folder as it was.  The figure is closed once saved."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)  # saved: free it (experiments run many figures in one process)
+    out = Path(out)
+    files = {"csv": f"{name}.csv", "png": f"{name}.png", "json": f"{name}.json"}
+    files.update({key: f"{name}-{key}.csv" for key in extra or {}})
+    if summary:
+        files["md"] = f"{name}.md"
     meta = {"experiment": name, "config": dataclasses.asdict(cfg), "environment": environment(),
             "wall_seconds": round(wall_s, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    try:
+        with staged(out) as stage:
+            table.to_csv(stage / files["csv"], index=False)
+            for key, extra_table in (extra or {}).items():
+                extra_table.to_csv(stage / files[key], index=False)
+            fig.savefig(stage / files["png"], dpi=150, bbox_inches="tight", format="png")
+            (stage / files["json"]).write_text(json.dumps(meta, indent=2))
+            if summary:
+                (stage / files["md"]).write_text(f"# {name}\n\n{summary}\n")
+    finally:
+        plt.close(fig)  # free it either way (experiments run many figures in one process)
     if summary:
-        paths["md"] = out / f"{name}.md"
-        atomic_write(paths["md"], lambda p: Path(p).write_text(f"# {name}\n\n{summary}\n"))
         print(summary)
-    return paths
+    return {key: out / f for key, f in files.items()}
 
 
 def run_name(tc) -> str:

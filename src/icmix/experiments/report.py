@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from icmix.io import atomic_write
+from icmix.io import atomic_write, output_folder, staged
 
 PRESET_NAMES = ("quick", "cpu", "paper")
 REPORT_MODULES = ("experiments/report.py", "experiments/claims.py", "cli.py")
@@ -142,17 +142,25 @@ def _git() -> tuple[str | None, bool | None]:
 def reproduce_all(preset: str = "quick", out: str | Path = "results/report", overrides: list[str] | None = None,
                   seeds: int | None = None, jobs: int | None = None, figures: list[str] | None = None,
                   force: bool = False, progress: bool = True) -> Path:
-    """Run every figure (cached ones skipped), then write the report; returns ``report.html``."""
-    from icmix.experiments.common import run_name
-    from icmix.train import train_many
+    """Run every figure (cached ones skipped), then write the report; returns ``report.html``.
 
+    Every argument is checked and ``out`` proven writable before any work; ``out`` is held by
+    this process alone meanwhile (``icmix.io.exclusive``)."""
     start = time.time()
     out = Path(out)
     configs = configs_for(preset, overrides, seeds, figures)
     jobs = jobs or min(os.cpu_count() or 1, 8)
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out):
+        return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start)
+
+
+def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs: dict, jobs: int, force: bool,
+                   progress: bool, start: float) -> Path:
+    from icmix.experiments.common import run_name
+    from icmix.train import train_many
+
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     previous = {**manifest.get("other_figures", {}), **manifest.get("figures", {})}
@@ -196,8 +204,7 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
         entry = results[name] = entries[name]
         if entry["status"] == "failed":
             log = out / "logs" / f"{name}.txt"
-            log.parent.mkdir(exist_ok=True)
-            log.write_text(entry["error"])
+            atomic_write(log, lambda p, text=entry["error"]: Path(p).write_text(text))
             if progress:
                 print(f"icmix: {name} failed (see {log})")
 
@@ -267,11 +274,12 @@ def write_report(out: Path, manifest: dict, configs: dict) -> Path:
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     claims = claims_mod.evaluate(out, configs, available)
     claims_table = claims_mod.table(claims)
-    atomic_write(out / "claims.csv", lambda p: claims_table.to_csv(p, index=False))
     md = _markdown(out, manifest, claims_table)
-    atomic_write(out / "report.md", lambda p: Path(p).write_text(md))
     page = _html(out, manifest, claims_table)
-    atomic_write(out / "report.html", lambda p: Path(p).write_text(page))
+    with staged(out) as stage:  # the three files together or not at all
+        claims_table.to_csv(stage / "claims.csv", index=False)
+        (stage / "report.md").write_text(md)
+        (stage / "report.html").write_text(page)
     return out / "report.html"
 
 

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from icmix.io import atomic_write
+from icmix.io import staged_directory, write_bytes_durably
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -36,13 +36,15 @@ class Pretrained(nn.Module):
     model_type: str
 
     def save_pretrained(self, path: str | Path) -> Path:
+        """Write the folder ``path`` (``config.json`` + ``model.safetensors``) whole or not at all:
+        it is assembled under a temporary name and renamed (replacing an older save)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         meta = {"model_type": self.model_type, "config": dataclasses.asdict(self.config),
                 "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, p))
-        atomic_write(path / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        with staged_directory(path) as stage:
+            write_bytes_durably(stage / WEIGHTS_FILE, save(tensors))
+            write_bytes_durably(stage / CONFIG_FILE, json.dumps(meta, indent=2).encode())
         return path
 
     @classmethod
@@ -66,3 +68,13 @@ class Pretrained(nn.Module):
             )
         model.load_state_dict(state)
         return model.to(map_location)
+
+
+
+def model_bytes(build) -> int:
+    """Bytes of the parameters and buffers of the model ``build()`` returns, counted on the
+    ``meta`` device (nothing is allocated), so sizes that come from a user can be refused
+    before they are tried: ``model_bytes(lambda: GPT(config))``."""
+    with torch.device("meta"):
+        model = build()
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from icmix._checks import as_transition, check_order, check_positive, check_positive_int
+from icmix._checks import as_transition, check_memory, check_order, check_positive, check_positive_int
 from icmix.random import categorical, dirichlet, make_generator
 
 
@@ -41,6 +41,8 @@ class MTDTask:
         self.alpha = check_positive("alpha", alpha)
         self.seed = int(seed)
         if transition is None:
+            check_memory(f"an MTD task with vocab_size {vocab_size:,}", 3 * 8 * vocab_size**2,
+                         "its transition matrix is vocab_size x vocab_size float64")
             g = make_generator(seed)
             ones = torch.ones(vocab_size, vocab_size, dtype=torch.float64)
             transition = dirichlet(ones, g)

@@ -1,47 +1,184 @@
-"""Atomic checkpoints: ``checkpoints/step_NNNNNNN/`` holds the model (safetensors), the
-trainer state (optimiser, schedule, RNG states, step) and the config; ``checkpoints/LATEST``
-names the newest.  A checkpoint directory is written under a temporary name and renamed,
-and LATEST is replaced by rename, so a kill at any moment leaves the previous checkpoint
-intact and LATEST always names a complete one."""
+"""Atomic, self-checking checkpoints.
+
+``checkpoints/step_NNNNNNN/`` holds
+
+    model.safetensors   the model's weights
+    trainer.pt          optimiser, schedule, RNG states, step, running loss
+    config.yaml         the config the run was trained with up to this step (its identity)
+    checksums.json      SHA-256 and size of the three files above
+
+and ``checkpoints/LATEST`` names the newest.  A checkpoint is written under a temporary
+name (``.tmp_step_*``, removed if the write fails) and published by rename, so a kill at any
+moment leaves the earlier checkpoints intact.
+
+On resume, ``resumable_checkpoint`` takes the newest checkpoint that *validates* (every
+file present, its checksum right, its weights the model's shapes, its step its name), warns
+about each newer one it skips (naming its path and what is wrong), and never falls back to
+step 0 while a valid checkpoint exists; if there are checkpoints but none is valid it says
+so, naming them.  ``LATEST`` is a convenience for people and older readers: a missing or
+stale ``LATEST`` changes nothing.  Checkpoints written before checksums existed are validated
+by loading them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import re
 import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from icmix.io import reporting_full_disk, write_bytes_durably
 
 LATEST = "LATEST"
+WEIGHTS, TRAINER, CONFIG, CHECKSUMS = "model.safetensors", "trainer.pt", "config.yaml", "checksums.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep: int) -> Path:
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped on resume."""
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep: int,
+                    config_yaml: str | None = None) -> Path:
+    """Write ``checkpoints/step_<step>/`` atomically, point ``LATEST`` at it and keep the newest
+    ``keep`` checkpoints.  On a full disk the temporary folder is removed and ``OSError`` says
+    ``no space left on <checkpoints folder>``; the earlier checkpoints are untouched."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     tmp = root / f".tmp_{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(trainer_state, tmp / "trainer.pt")
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, root / LATEST)
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+    files = {WEIGHTS: save_safetensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})}
+    buffer = io.BytesIO()
+    torch.save(trainer_state, buffer)
+    files[TRAINER] = buffer.getvalue()
+    if config_yaml is not None:
+        files[CONFIG] = config_yaml.encode()
+    sums = {f: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for f, data in files.items()}
+    files[CHECKSUMS] = json.dumps(sums, indent=1).encode()
+    try:
+        with reporting_full_disk(root):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            for f, data in files.items():  # durable before the rename publishes them
+                write_bytes_durably(tmp / f, data)
+            final = root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            pointer = root / f".{LATEST}.tmp"
+            pointer.write_text(name)
+            os.replace(pointer, root / LATEST)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (root / f".{LATEST}.tmp").unlink(missing_ok=True)
+        raise
+    for old in step_dirs(root)[keep:]:
         shutil.rmtree(old)
     return final
 
 
+def step_dirs(root: Path) -> list[Path]:
+    """``step_*`` folders under ``root`` (a run's ``checkpoints/``), newest step first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete ``.tmp_step_*`` folders a killed writer left in ``checkpoints/`` (never published)."""
+    for tmp in (Path(run_dir) / "checkpoints").glob(".tmp_step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    weights: dict
+    trainer: dict
+    config_yaml: str | None  # None for checkpoints written before the config was recorded
+
+
+def read_checkpoint(path: Path, model: torch.nn.Module) -> Checkpoint:
+    """Read and validate one checkpoint; ``ValueError`` saying what is wrong with it."""
+    path = Path(path)
+    m = STEP_DIR.match(path.name)
+    if m is None:
+        raise ValueError("not a step_NNNNNNN folder")
+    data = {}
+    for f in (WEIGHTS, TRAINER, CONFIG, CHECKSUMS):
+        try:
+            data[f] = (path / f).read_bytes()
+        except FileNotFoundError:
+            if f in (WEIGHTS, TRAINER):
+                raise ValueError(f"{f} is missing") from None
+        except OSError as err:
+            raise ValueError(f"{f} cannot be read ({err.strerror or err})") from None
+    if CHECKSUMS in data:
+        try:
+            sums = json.loads(data[CHECKSUMS])
+        except ValueError:
+            raise ValueError(f"{CHECKSUMS} is damaged") from None
+        for f, want in sums.items():
+            if f not in data:
+                raise ValueError(f"{f} is missing")
+            if len(data[f]) != want["bytes"]:
+                raise ValueError(f"{f} has {len(data[f]):,} bytes, {want['bytes']:,} were written (truncated?)")
+            if hashlib.sha256(data[f]).hexdigest() != want["sha256"]:
+                raise ValueError(f"{f} does not match its checksum (corrupted)")
+    try:
+        weights = load_safetensors(data[WEIGHTS])
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for bad bytes
+        raise ValueError(f"{WEIGHTS} cannot be read ({type(err).__name__}: {err})") from None
+    expected = model.state_dict()
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
+        raise ValueError(f"{WEIGHTS} does not match the model the run's config describes")
+    try:
+        trainer = torch.load(io.BytesIO(data[TRAINER]), weights_only=False, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - pickle and zip errors of a damaged file
+        raise ValueError(f"{TRAINER} cannot be read ({type(err).__name__}: {err})") from None
+    step = int(m.group(1))
+    if not isinstance(trainer, dict) or trainer.get("step") != step:
+        raise ValueError(f"{TRAINER} is not the trainer state of step {step}")
+    config = data.get(CONFIG)
+    return Checkpoint(path, step, weights, trainer, config.decode() if config is not None else None)
+
+
+def resumable_checkpoint(run_dir: Path, model: torch.nn.Module) -> Checkpoint | None:
+    """The newest valid checkpoint of a run, or ``None`` if it has none (a fresh start).
+
+    Skips damaged ones with a ``CheckpointWarning`` naming each; raises ``ValueError`` naming
+    them all if checkpoints exist but none is valid.
+    """
+    root = Path(run_dir) / "checkpoints"
+    problems = []
+    for path in step_dirs(root):
+        try:
+            ckpt = read_checkpoint(path, model)
+        except ValueError as err:
+            problems.append(f"{path}: {err}")
+            warnings.warn(f"skipping damaged checkpoint {path}: {err}", CheckpointWarning, stacklevel=2)
+            continue
+        return ckpt
+    if problems:
+        raise ValueError("no valid checkpoint to resume from:\n  " + "\n  ".join(problems)
+                         + f"\nRestore them from a backup, or delete {root} to train the run again from step 0.")
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``LATEST`` names, if it exists (no validation; see ``resumable_checkpoint``)."""
     pointer = Path(run_dir) / "checkpoints" / LATEST
     if not pointer.exists():
         return None
@@ -50,11 +187,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
-    state = load_file(path / "model.safetensors")
-    expected = model.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-        raise ValueError(f"checkpoint {path} does not match the model its config describes")
-    model.load_state_dict(state)
+    """Load a checkpoint's weights into ``model`` and return its trainer state (validated)."""
+    try:
+        ckpt = read_checkpoint(path, model)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}") from None
+    model.load_state_dict(ckpt.weights)
     # On the CPU whatever device wrote it: the optimiser's load_state_dict moves its state to
     # the parameters' device, so a run started on a GPU resumes on a CPU and vice versa.
-    return torch.load(path / "trainer.pt", weights_only=False, map_location="cpu")
+    return ckpt.trainer
+
+
+__all__ = ["CheckpointWarning", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
+           "latest_checkpoint", "load_checkpoint", "step_dirs", "remove_stale_temporaries"]

@@ -240,7 +240,10 @@ class TrainConfig:
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
         d = dict(d)
         task = d.pop("task", {}) or {}
-        kind = task.get("kind", "mtd") if isinstance(task, dict) else None
+        for section, value in (("task", task), ("optim", d.get("optim")), ("model", d.get("model"))):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{section} must be a mapping (key: value lines under '{section}:'), got {value!r}")
+        kind = task.get("kind", "mtd")
         if kind not in TASK_SPECS:
             raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {kind!r}")
         sections = {"task": _build(TASK_SPECS[kind], task, "task"), "optim": _build(OptimConfig, d.pop("optim", {}) or {}, "optim")}
@@ -254,10 +257,21 @@ class TrainConfig:
         if not path.exists():
             raise ValueError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ValueError(f"{path} is not valid YAML: {err}") from None
-        return cls.from_dict(apply_dotted_overrides(data, overrides or []))
+        except (UnicodeDecodeError, IsADirectoryError) as err:
+            raise ValueError(f"{path} is not a YAML text file ({err})") from None
+        if data is None:
+            raise ValueError(f"{path} is empty (or only comments): a config needs at least its task and model "
+                             "sections; see configs/ for examples")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must be a mapping of config keys (task:, model:, steps:, ...), "
+                             f"not a YAML {type(data).__name__}")
+        try:
+            return cls.from_dict(apply_dotted_overrides(data, overrides or []))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

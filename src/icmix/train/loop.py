@@ -16,6 +16,7 @@ global RNG (dropout) is forked, seeded from the config and checkpointed too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -26,11 +27,11 @@ import torch
 from torch import nn
 
 from icmix.estimators.mtd import predictive
-from icmix.io import atomic_write
+from icmix.io import atomic_write, check_writable, exclusive
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MixLinRegTask, MTDTask
-from icmix.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from icmix.train.checkpoint import CONFIG, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.objectives import loss_fn, to_distribution
@@ -182,9 +183,15 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     wraps the model in ``torch.compile`` (falling back, with a warning, where it is unavailable);
     it changes speed, not the run's identity.
 
+    On resume the run continues from its newest *valid* checkpoint (damaged ones are skipped
+    with a warning naming them), and its ``config.yaml`` must still be the config it was
+    trained with (recorded in every checkpoint): a change to anything that changes the result
+    is refused, naming each field with both values.  Only ``RESUMABLE_CHANGES`` may differ.
+
     Raises ``ValueError`` if ``run_dir`` already holds a different run (or, without
-    ``resume``, any run), if a checkpoint does not match the config, or if the number of
-    processes does not divide ``batch_size``.
+    ``resume``, any run), if its config.yaml was edited, if no checkpoint is valid, if the
+    model would not fit in memory, if another process is training the same run, or if the
+    number of processes does not divide ``batch_size``.
     """
     run = Path(run_dir)
     saved = run / "config.yaml"
@@ -194,30 +201,94 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
             raise ValueError(f"nothing to resume in {run}: no config.yaml")
         on_disk = TrainConfig.from_yaml(saved)
         if cfg is not None and cfg != on_disk:
-            raise ValueError(f"{run} was started with a different config; resume it without a new config")
+            raise ValueError(f"{run} was started with a different config ("
+                             + describe_differences(cfg, on_disk, "given", "config.yaml") + "); resume it without a new config")
         cfg = on_disk
+        if (run / "model" / "model.safetensors").exists():  # finished: its record must still describe it
+            newest = step_dirs(run / "checkpoints")
+            recorded = newest[0] / CONFIG if newest else None
+            if recorded is not None and recorded.exists():
+                check_identity(cfg, recorded.read_text(), run, recorded)
+            return run
     else:
         if cfg is None:
             raise ValueError("a config is needed to start a run")
         if saved.exists():
             raise ValueError(f"{run} already holds a run; pass resume=True (CLI: --resume) or choose another directory")
-        world.barrier()  # every rank has looked before rank 0 writes
-        if world.is_main:
-            atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
-    world.barrier()
-    if (run / "model" / "model.safetensors").exists():
-        return run  # finished
+    check_training_memory(cfg)
+    world.barrier()  # every rank has looked before rank 0 writes
+    if world.is_main:
+        check_writable(run, "run directory")
+    with (exclusive(run, "run directory") if world.is_main else nullcontext()):
+        if world.is_main and not resume:
+            atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
+        world.barrier()
+        if (run / "model" / "model.safetensors").exists():
+            return run  # finished
 
-    device = resolve_device(cfg.device)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(cfg.seed)  # initialisation and dropout; the caller's RNG is untouched
-        return _train(cfg, run, resume, progress, device, world, compile)
+        device = resolve_device(cfg.device)
+        if world.distributed and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(cfg.seed)  # initialisation and dropout; the caller's RNG is untouched
+            return _train(cfg, run, resume, progress, device, world, compile)
+
+
+# Fields of a run's config that may change on resume: they change where and how the run is
+# recorded, never its numbers (resuming from any checkpoint is bit-identical).
+RESUMABLE_CHANGES = ("device", "tensorboard", "keep_checkpoints", "checkpoint_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "params":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
+    """``{dotted key: (value in a, value in b)}`` for every field where the configs differ."""
+    fa, fb = _flat(dataclasses.asdict(a)), _flat(dataclasses.asdict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def describe_differences(a: TrainConfig, b: TrainConfig, name_a: str, name_b: str) -> str:
+    return "; ".join(f"{k}: {va!r} in {name_a}, {vb!r} in {name_b}" for k, (va, vb) in config_differences(a, b).items())
+
+
+def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path) -> None:
+    """Refuse a run whose ``config.yaml`` differs from the config recorded in its checkpoint
+    ``where`` in anything but ``RESUMABLE_CHANGES``."""
+    import yaml
+
+    trained = TrainConfig.from_dict(yaml.safe_load(recorded_yaml))
+    changed = {k: v for k, v in config_differences(trained, cfg).items() if k not in RESUMABLE_CHANGES}
+    if changed:
+        listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"{run / 'config.yaml'} no longer describes this run: it was edited after training started ({listing}). "
+            f"The config the run was trained with is recorded in {where}: copy it back to resume, "
+            "or start a new run with the new config (icmix train NEW.yaml --out NEW_DIR). "
+            f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume.")
+
+
+def check_training_memory(cfg: TrainConfig) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and Adam moments
+    (four fp32 copies of the parameters) alone exceed the memory available."""
+    from icmix._checks import check_memory
+    from icmix.models.base import model_bytes
+
+    _, model_class = MODELS[cfg.model.kind]
+    config = cfg.model_config()
+    check_memory(f"training a {cfg.model.kind} model of this config", 4 * model_bytes(lambda: model_class(config)),
+                 "reduce the vocabulary, length or width")
 
 
 def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: torch.device, world: World,
@@ -243,9 +314,16 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     eval_batch = objective.eval_batch(cfg.eval_size, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
     metrics_path = run / "metrics.jsonl"
     start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
-    ckpt = latest_checkpoint(run) if resume else None
+    ckpt = None
+    if resume:
+        if world.is_main:
+            remove_stale_temporaries(run)
+        ckpt = resumable_checkpoint(run, raw)
+        if ckpt is not None and ckpt.config_yaml is not None:
+            check_identity(cfg, ckpt.config_yaml, run, ckpt.path / CONFIG)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model)
+        raw.load_state_dict(ckpt.weights)
+        state = ckpt.trainer
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
@@ -303,7 +381,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
                 state["torch_rng_ranks"] = world.gather(state["torch_rng"])
                 state["loss_sum_ranks"] = world.gather(state["loss_sum"])
             if world.is_main:
-                save_checkpoint(run, done, raw, state, cfg.keep_checkpoints)
+                save_checkpoint(run, done, raw, state, cfg.keep_checkpoints, config_yaml=cfg.to_yaml())
     if writer is not None:
         writer.close()
     if world.is_main:
@@ -390,6 +468,8 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    for cfg, _ in jobs:  # a run too large for memory is refused before any run starts
+        check_training_memory(cfg)
     failed: dict[Path, str] = {}
 
     def settle(path: Path, call) -> None:
@@ -422,8 +502,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines written after the checkpoint (they will be written again)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    lines = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
     atomic_write(path, lambda p: Path(p).write_text("".join(ln + "\n" for ln in lines)))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a ``metrics.jsonl`` line; ``None`` for a blank or partial line (one a full
+    disk or a kill cut short)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _tensorboard(run: Path, cfg: TrainConfig):
