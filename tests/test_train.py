@@ -130,9 +130,17 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(meta))
     (run / "model" / "model.safetensors").unlink()
     before = (run / "metrics.jsonl").read_bytes()
-    with pytest.raises(ValueError, match="does not match the model its config describes"):
+    # The checkpoint records the config it was trained with: the edit is named as one.
+    with pytest.raises(ValueError, match=r"no longer describes this run.*model.n_layers: 2 when trained, 3 in config.yaml"):
         train(None, run, resume=True, progress=False)
     assert (run / "metrics.jsonl").read_bytes() == before  # nothing trained, nothing rewritten
+    # A checkpoint written before configs were recorded is checked against the model itself.
+    for name in ("config.yaml", "checksums.json"):
+        (run / "checkpoints" / "step_0000010" / name).unlink()
+    with pytest.warns(UserWarning, match="does not match the model"), \
+            pytest.raises(ValueError, match="(?s)no valid checkpoint.*does not match the model the run's config describes"):
+        train(None, run, resume=True, progress=False)
+    assert (run / "metrics.jsonl").read_bytes() == before
 
 
 def test_losses_against_direct_formulas():

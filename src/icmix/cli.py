@@ -231,18 +231,27 @@ def _construct_mlr(args) -> int:
 
 
 def _train(args) -> int:
+    import errno
+
+    from icmix.io import is_full_disk
     from icmix.train import TrainConfig, train
 
     if args.resume:
         if args.config or args.set:
             raise ValueError("--resume takes the run directory only; its config.yaml is the config")
-        run = train(None, args.resume, resume=True, progress=not args.no_progress, compile=args.compile)
+        cfg, out = None, args.resume
     else:
         if not args.config:
             raise ValueError("give a CONFIG.yaml, or --resume RUN_DIR")
         cfg = TrainConfig.from_yaml(args.config, args.set)
         out = args.out or f"runs/{Path(args.config).stem}-seed{cfg.seed}"
-        run = train(cfg, out, progress=not args.no_progress, compile=args.compile)
+    try:
+        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, compile=args.compile)
+    except OSError as err:
+        if is_full_disk(err) and (Path(out) / "config.yaml").exists():
+            raise OSError(errno.ENOSPC, f"{err.strerror}; free some space, then continue from the last "
+                          f"checkpoint with: icmix train --resume {out}") from err
+        raise
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run: {run}  (final model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
     return 0

@@ -134,6 +134,7 @@ def check_writable(directory: str | Path, flag: str = "--out") -> Path:
     is not a folder, is read-only or is on a full disk.
     """
     directory = Path(directory)
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         if directory.exists() and not directory.is_dir():
             raise OSError(errno.ENOTDIR, f"{flag} {directory} is a file, not a folder")
@@ -145,6 +146,11 @@ def check_writable(directory: str | Path, flag: str = "--out") -> Path:
             if probe.exists():
                 probe.unlink()
     except OSError as err:
+        for p in created:  # leave no empty folder behind (deepest first)
+            try:
+                p.rmdir()
+            except OSError:
+                break
         if is_full_disk(err):
             raise OSError(errno.ENOSPC, f"no space left on {directory}") from None
         if err.errno == errno.ENOTDIR:
@@ -165,36 +171,41 @@ def exclusive(directory: str | Path, what: str = "--out"):
 
     The lock is an ``flock`` on the file, which the kernel releases when its process ends in
     any way (``kill -9`` included), so a lock file left behind by a dead process is free:
-    it is taken over, not obeyed.
+    it is taken over, not obeyed.  The file is removed on release; a process that locked a
+    file that was removed meanwhile notices (its inode is no longer the path's) and retries.
     """
     import fcntl
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            holder = json.loads(os.read(fd, 4096).decode() or "{}")
-        except (ValueError, OSError):
-            holder = {}
-        os.close(fd)
-        who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}: "
-               f"{holder.get('command', '?')}") if holder else "another process"
-        raise ValueError(f"{what} {directory} is in use by {who}. Wait for it to finish, or write somewhere else "
-                         f"(lock file: {path})") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.read(fd, 4096).decode() or "{}")
+            except (ValueError, OSError):
+                holder = {}
+            os.close(fd)
+            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')} "
+                   f"({holder.get('command', '?')})") if holder else "another process"
+            raise ValueError(f"{what} {directory} is in use by {who}. Wait for it to finish, or write somewhere "
+                             f"else (lock file: {path})") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
         yield path
     finally:
-        try:
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        path.unlink(missing_ok=True)  # while still holding it, so nobody can lock the old inode meanwhile
         os.close(fd)
 
 

@@ -38,8 +38,24 @@ def apply_overrides(cfg, overrides: list[str] | None):
             value = raw
         if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
+        _check_type(cfg, key, value)
         changes[key] = value
     return dataclasses.replace(cfg, **changes)
+
+
+def _check_type(cfg, key: str, value) -> None:
+    """Refuse an override whose value is not of the field's declared type (``lengths=abc``),
+    naming the key, before the config's own checks compare it with numbers.  The value is
+    not converted, so a config (and its cache key) is exactly what was typed."""
+    import typing
+
+    from icmix.train.config import _typed
+
+    hint = typing.get_type_hints(type(cfg)).get(key)
+    plain = (int, float, str, bool)
+    inner = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
+    if hint in plain or (inner and all(a in plain for a in inner)):
+        _typed(key, value, hint)
 
 
 def environment() -> dict:

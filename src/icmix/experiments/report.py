@@ -149,7 +149,7 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     start = time.time()
     out = Path(out)
     configs = configs_for(preset, overrides, seeds, figures)
-    jobs = jobs or min(os.cpu_count() or 1, 8)
+    jobs = min(os.cpu_count() or 1, 8) if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     with output_folder(out):

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from icmix._checks import as_components, check_nonnegative, check_positive, check_positive_int
+from icmix._checks import as_components, check_memory, check_nonnegative, check_positive, check_positive_int
 from icmix.random import make_generator
 
 
@@ -42,6 +42,8 @@ class MixLinRegTask:
         self.noise = check_nonnegative("noise", noise)
         self.seed = int(seed)
         if components is None:
+            check_memory(f"{self.n_components:,} components of dimension {self.dim:,}",
+                         2 * 8 * self.n_components * self.dim, "choose fewer components or dimensions")
             w = torch.randn(self.n_components, self.dim, generator=make_generator(seed), dtype=torch.float64)
             components = w / w.norm(dim=1, keepdim=True) * math.sqrt(self.dim)
         self.components = as_components(components, self.dim)  # (m, d)

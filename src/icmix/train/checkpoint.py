@@ -47,6 +47,11 @@ class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped on resume."""
 
 
+class ConfigChanged(ValueError):
+    """The run's config.yaml is not the config its checkpoint was trained with (not damage:
+    resuming is refused, not retried from an older checkpoint)."""
+
+
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep: int,
                     config_yaml: str | None = None) -> Path:
     """Write ``checkpoints/step_<step>/`` atomically, point ``LATEST`` at it and keep the newest
@@ -110,8 +115,12 @@ class Checkpoint:
     config_yaml: str | None  # None for checkpoints written before the config was recorded
 
 
-def read_checkpoint(path: Path, model: torch.nn.Module) -> Checkpoint:
-    """Read and validate one checkpoint; ``ValueError`` saying what is wrong with it."""
+def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Checkpoint:
+    """Read and validate one checkpoint; ``ValueError`` saying what is wrong with it.
+
+    ``check_config(recorded_yaml, path)``, if given, is called once the files are known to be
+    intact and before the weights are compared with ``model``, so that an edited config is
+    reported as such (it raises ``ConfigChanged``) rather than as a mismatched checkpoint."""
     path = Path(path)
     m = STEP_DIR.match(path.name)
     if m is None:
@@ -137,6 +146,8 @@ def read_checkpoint(path: Path, model: torch.nn.Module) -> Checkpoint:
                 raise ValueError(f"{f} has {len(data[f]):,} bytes, {want['bytes']:,} were written (truncated?)")
             if hashlib.sha256(data[f]).hexdigest() != want["sha256"]:
                 raise ValueError(f"{f} does not match its checksum (corrupted)")
+    if check_config is not None and CONFIG in data:
+        check_config(data[CONFIG].decode(), path / CONFIG)
     try:
         weights = load_safetensors(data[WEIGHTS])
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for bad bytes
@@ -155,17 +166,20 @@ def read_checkpoint(path: Path, model: torch.nn.Module) -> Checkpoint:
     return Checkpoint(path, step, weights, trainer, config.decode() if config is not None else None)
 
 
-def resumable_checkpoint(run_dir: Path, model: torch.nn.Module) -> Checkpoint | None:
+def resumable_checkpoint(run_dir: Path, model: torch.nn.Module, check_config=None) -> Checkpoint | None:
     """The newest valid checkpoint of a run, or ``None`` if it has none (a fresh start).
 
     Skips damaged ones with a ``CheckpointWarning`` naming each; raises ``ValueError`` naming
-    them all if checkpoints exist but none is valid.
+    them all if checkpoints exist but none is valid.  ``check_config`` as in ``read_checkpoint``
+    (its ``ConfigChanged`` is raised at once).
     """
     root = Path(run_dir) / "checkpoints"
     problems = []
     for path in step_dirs(root):
         try:
-            ckpt = read_checkpoint(path, model)
+            ckpt = read_checkpoint(path, model, check_config)
+        except ConfigChanged:
+            raise
         except ValueError as err:
             problems.append(f"{path}: {err}")
             warnings.warn(f"skipping damaged checkpoint {path}: {err}", CheckpointWarning, stacklevel=2)
@@ -198,5 +212,5 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     return ckpt.trainer
 
 
-__all__ = ["CheckpointWarning", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
+__all__ = ["CheckpointWarning", "ConfigChanged", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
            "latest_checkpoint", "load_checkpoint", "step_dirs", "remove_stale_temporaries"]

@@ -31,7 +31,7 @@ from icmix.io import atomic_write, check_writable, exclusive
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MixLinRegTask, MTDTask
-from icmix.train.checkpoint import CONFIG, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
+from icmix.train.checkpoint import CONFIG, ConfigChanged, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.objectives import loss_fn, to_distribution
@@ -246,16 +246,23 @@ RESUMABLE_CHANGES = ("device", "tensorboard", "keep_checkpoints", "checkpoint_ev
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "params":
+        if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
+def _fields(cfg: TrainConfig) -> dict:
+    """Every field of a config under its dotted key (``optim.lr``, ``model.n_layers``)."""
+    d = dataclasses.asdict(cfg)
+    d["model"] = {"kind": cfg.model.kind, **cfg.model.params}
+    return _flat(d)
+
+
 def config_differences(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
     """``{dotted key: (value in a, value in b)}`` for every field where the configs differ."""
-    fa, fb = _flat(dataclasses.asdict(a)), _flat(dataclasses.asdict(b))
+    fa, fb = _fields(a), _fields(b)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 
@@ -272,7 +279,7 @@ def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path)
     changed = {k: v for k, v in config_differences(trained, cfg).items() if k not in RESUMABLE_CHANGES}
     if changed:
         listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
-        raise ValueError(
+        raise ConfigChanged(
             f"{run / 'config.yaml'} no longer describes this run: it was edited after training started ({listing}). "
             f"The config the run was trained with is recorded in {where}: copy it back to resume, "
             "or start a new run with the new config (icmix train NEW.yaml --out NEW_DIR). "
@@ -318,9 +325,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     if resume:
         if world.is_main:
             remove_stale_temporaries(run)
-        ckpt = resumable_checkpoint(run, raw)
-        if ckpt is not None and ckpt.config_yaml is not None:
-            check_identity(cfg, ckpt.config_yaml, run, ckpt.path / CONFIG)
+        ckpt = resumable_checkpoint(run, raw, lambda recorded, where: check_identity(cfg, recorded, run, where))
     if ckpt is not None:
         raw.load_state_dict(ckpt.weights)
         state = ckpt.trainer
