@@ -137,6 +137,42 @@ def test_changes_that_keep_the_numbers_are_accepted(reference, tmp_path):
     assert "keep_checkpoints: 3" in (run / "checkpoints" / "step_0000040" / "config.yaml").read_text()  # recorded
 
 
+def test_extending_steps_is_the_documented_change_and_is_recorded(tmp_path, capsys):
+    """``--resume RUN --steps N``: with a constant schedule the extended run is bit-identical to
+    a fresh N-step run; with a cosine one the lr follows the new length from the extension on."""
+    constant = {"optim": {"lr": 0.01, "schedule": "constant"}}
+    short, fresh = tmp_path / "short", tmp_path / "fresh"
+    train(tiny(**constant), short, progress=False)
+    train(tiny(**constant, steps=60), fresh, progress=False)
+    assert cli(["train", "--resume", short, "--steps", "60", "--no-progress"], capsys)[0] == 0
+    same_run(short, fresh)
+    assert TrainConfig.from_yaml(short / "config.yaml").steps == 60
+    [entry] = [json.loads(line) for line in (short / "history.jsonl").read_text().splitlines()]
+    assert (entry["at_step"], entry["field"], entry["from"], entry["to"]) == (40, "steps", 40, 60)
+    # killed after the extension, before its first checkpoint: a plain resume accepts the recorded change
+    import shutil
+
+    shutil.rmtree(short / "model")
+    for step in ("step_0000050", "step_0000060"):
+        shutil.rmtree(short / "checkpoints" / step)
+    train(None, short, resume=True, progress=False)
+    same_run(short, fresh)
+    code, err = cli(["train", "--resume", short, "--steps", "50"], capsys)
+    assert code == 2 and "--steps 50 must exceed the step of the newest checkpoint (60" in err
+    code, err = cli(["train", tmp_path / "x.yaml", "--steps", "50"], capsys)
+    assert code == 2 and "--steps extends a run" in err
+
+    cosine = tmp_path / "cosine"  # TINY: cosine, 3 warm-up steps, lr 0.01
+    train(tiny(), cosine, progress=False)
+    train(None, cosine, resume=True, progress=False, extend_to=80)
+    lrs = {row["step"]: row["lr"] for row in map(json.loads, (cosine / "metrics.jsonl").read_text().splitlines())}
+    import math
+
+    for step in (50, 60, 70):  # the lr after `step` optimiser steps under the new length
+        assert lrs[step] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (step - 3) / (80 - 3))), rel=1e-12)
+    assert lrs[80] == 0.0
+
+
 # --- damaged checkpoints ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncate weights", "truncate trainer", "empty weights", "flip a byte",

@@ -236,6 +236,8 @@ def _train(args) -> int:
     from icmix.io import is_full_disk
     from icmix.train import TrainConfig, train
 
+    if args.steps is not None and not args.resume:
+        raise ValueError("--steps extends a run: icmix train --resume RUN_DIR --steps N (set steps in a new config with --set steps=N)")
     if args.resume:
         if args.config or args.set:
             raise ValueError("--resume takes the run directory only; its config.yaml is the config")
@@ -246,7 +248,8 @@ def _train(args) -> int:
         cfg = TrainConfig.from_yaml(args.config, args.set)
         out = args.out or f"runs/{Path(args.config).stem}-seed{cfg.seed}"
     try:
-        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, compile=args.compile)
+        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress, compile=args.compile,
+                    extend_to=args.steps)
     except OSError as err:
         if is_full_disk(err) and (Path(out) / "config.yaml").exists():
             raise OSError(errno.ENOSPC, f"{err.strerror}; free some space, then continue from the last "
@@ -360,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="CONFIG.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted keys)")
     p.add_argument("--out", help="run directory (default runs/<config>-seed<seed>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="resume an interrupted run from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="resume an interrupted run from its newest valid checkpoint (its config.yaml must be unchanged)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="with --resume: extend the run (finished or not) to N steps; recorded in RUN_DIR/history.jsonl")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if unavailable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)

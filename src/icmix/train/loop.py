@@ -31,7 +31,7 @@ from icmix.io import atomic_write, check_writable, exclusive
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MixLinRegTask, MTDTask
-from icmix.train.checkpoint import CONFIG, ConfigChanged, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
+from icmix.train.checkpoint import CONFIG, STEP_DIR, ConfigChanged, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.objectives import loss_fn, to_distribution
@@ -176,7 +176,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          compile: bool = False) -> Path:
+          compile: bool = False, extend_to: int | None = None) -> Path:
     """Train (or resume) a run; returns the run directory.
 
     Under ``torchrun`` the run is data-parallel (see ``icmix.train.distributed``).  ``compile``
@@ -188,6 +188,14 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     trained with (recorded in every checkpoint): a change to anything that changes the result
     is refused, naming each field with both values.  Only ``RESUMABLE_CHANGES`` may differ.
 
+    ``extend_to`` (with ``resume``; CLI ``--resume RUN --steps N``) is the one documented change
+    of a result-changing field: the run, finished or not, continues from its newest valid
+    checkpoint to ``extend_to`` steps.  ``config.yaml`` then says ``steps: extend_to`` and
+    ``history.jsonl`` records the change and the step it took effect at.  The learning-rate
+    schedule is recomputed for the new length from that step on (a ``constant`` schedule is
+    unaffected), so an extended run is not the run a config with ``steps: extend_to`` trains
+    from scratch, and the history says so.
+
     Raises ``ValueError`` if ``run_dir`` already holds a different run (or, without
     ``resume``, any run), if its config.yaml was edited, if no checkpoint is valid, if the
     model would not fit in memory, if another process is training the same run, or if the
@@ -196,6 +204,8 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     run = Path(run_dir)
     saved = run / "config.yaml"
     world = current_world(cfg.device if cfg is not None else "auto")
+    if extend_to is not None and not resume:
+        raise ValueError("extending a run's steps needs resume=True (CLI: icmix train --resume RUN --steps N)")
     if resume:
         if not saved.exists():
             raise ValueError(f"nothing to resume in {run}: no config.yaml")
@@ -204,7 +214,7 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
             raise ValueError(f"{run} was started with a different config ("
                              + describe_differences(cfg, on_disk, "given", "config.yaml") + "); resume it without a new config")
         cfg = on_disk
-        if (run / "model" / "model.safetensors").exists():  # finished: its record must still describe it
+        if extend_to is None and (run / "model" / "model.safetensors").exists():  # finished: its record must hold
             newest = step_dirs(run / "checkpoints")
             recorded = newest[0] / CONFIG if newest else None
             if recorded is not None and recorded.exists():
@@ -224,6 +234,10 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     with (exclusive(run, "run directory") if world.is_main else nullcontext()):
         if world.is_main and not resume:
             atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
+        if extend_to is not None:
+            if world.distributed:
+                raise ValueError("extend a run's steps in a single process, then resume it under torchrun")
+            cfg = _extend_steps(run, cfg, extend_to)
         world.barrier()
         if (run / "model" / "model.safetensors").exists():
             return run  # finished
@@ -270,12 +284,28 @@ def describe_differences(a: TrainConfig, b: TrainConfig, name_a: str, name_b: st
     return "; ".join(f"{k}: {va!r} in {name_a}, {vb!r} in {name_b}" for k, (va, vb) in config_differences(a, b).items())
 
 
+HISTORY = "history.jsonl"
+
+
+def history(run: Path) -> list[dict]:
+    """The documented changes of a run's config (``icmix train --resume RUN --steps N``), oldest first."""
+    path = Path(run) / HISTORY
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path) -> None:
     """Refuse a run whose ``config.yaml`` differs from the config recorded in its checkpoint
-    ``where`` in anything but ``RESUMABLE_CHANGES``."""
+    ``where`` in anything but ``RESUMABLE_CHANGES`` and the changes ``history.jsonl`` records
+    from that checkpoint's step on."""
     import yaml
 
     trained = TrainConfig.from_dict(yaml.safe_load(recorded_yaml))
+    step = int(STEP_DIR.match(Path(where).parent.name).group(1)) if STEP_DIR.match(Path(where).parent.name) else 0
+    for change in history(run):
+        if change["at_step"] >= step and getattr(trained, change["field"]) == change["from"]:
+            trained = dataclasses.replace(trained, **{change["field"]: change["to"]})
     changed = {k: v for k, v in config_differences(trained, cfg).items() if k not in RESUMABLE_CHANGES}
     if changed:
         listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
@@ -284,6 +314,35 @@ def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path)
             f"The config the run was trained with is recorded in {where}: copy it back to resume, "
             "or start a new run with the new config (icmix train NEW.yaml --out NEW_DIR). "
             f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume.")
+
+
+def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
+    """Change a run's ``steps`` (see ``train``): checked against its newest valid checkpoint,
+    recorded in ``history.jsonl`` and ``config.yaml``; a finished run's final model is removed
+    (it is the checkpoint of its last step)."""
+    import shutil
+    import time as clock
+
+    from icmix._checks import check_positive_int
+
+    steps = check_positive_int("steps", steps)
+    ckpt = resumable_checkpoint(run, build_model(cfg), lambda recorded, where: check_identity(cfg, recorded, run, where))
+    if ckpt is None:
+        raise ValueError(f"{run} has no checkpoint to extend from; start it again with the new steps instead")
+    if steps <= ckpt.step:
+        raise ValueError(f"--steps {steps} must exceed the step of the newest checkpoint ({ckpt.step}, {ckpt.path})")
+    if steps == cfg.steps:
+        return cfg
+    new = dataclasses.replace(cfg, steps=steps)
+    entry = {"at_step": ckpt.step, "field": "steps", "from": cfg.steps, "to": steps,
+             "time": clock.strftime("%Y-%m-%dT%H:%M:%S"),
+             "note": "learning-rate schedule recomputed for the new length from this step on"}
+    lines = (run / HISTORY).read_text() if (run / HISTORY).exists() else ""
+    atomic_write(run / HISTORY, lambda p: Path(p).write_text(lines + json.dumps(entry) + "\n"))
+    atomic_write(run / "config.yaml", lambda p: Path(p).write_text(new.to_yaml()))
+    if (run / "model").exists():
+        shutil.rmtree(run / "model")
+    return new
 
 
 def check_training_memory(cfg: TrainConfig) -> None:
