@@ -164,19 +164,43 @@ def test_extending_steps_is_the_documented_change_and_is_recorded(tmp_path, caps
 
     cosine = tmp_path / "cosine"  # TINY: cosine, 3 warm-up steps, lr 0.01
     train(tiny(), cosine, progress=False)
-    train(None, cosine, resume=True, progress=False, extend_to=80)
-    lrs = {row["step"]: row["lr"] for row in map(json.loads, (cosine / "metrics.jsonl").read_text().splitlines())}
+    used = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):  # the lr each optimiser step actually uses
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", spy)
+        train(None, cosine, resume=True, progress=False, extend_to=80)
     import math
 
-    for step in (50, 60, 70):  # the lr after `step` optimiser steps under the new length
-        assert lrs[step] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (step - 3) / (80 - 3))), rel=1e-12)
-    assert lrs[80] == 0.0
+    new_schedule = [0.01 * 0.5 * (1 + math.cos(math.pi * (s - 3) / (80 - 3))) for s in range(40, 80)]
+    assert used == pytest.approx(new_schedule, rel=1e-12)  # from the first step after the extension on
+    # Resumed from a checkpoint older than the extension: the history says where it really applies.
+    import shutil
+
+    import icmix.train.loop as loop
+
+    older = tmp_path / "older"
+    train(tiny(), older, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # killed after the extension, before its first checkpoint
+        mp.setattr(loop, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train(None, older, resume=True, progress=False, extend_to=80)
+    os.truncate(older / "checkpoints" / "step_0000040" / "trainer.pt", 0)
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        train(None, older, resume=True, progress=False)
+    entries = [json.loads(line) for line in (older / "history.jsonl").read_text().splitlines()]
+    assert [(e["at_step"], e["from"], e["to"]) for e in entries] == [(40, 40, 80), (30, 40, 80)]
+    assert "older than this change" in entries[1]["note"]
 
 
 # --- damaged checkpoints ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncate weights", "truncate trainer", "empty weights", "flip a byte",
-                                    "delete trainer"])
+                                    "delete trainer", "checksums of the wrong shape", "truncate config"])
 def test_damaged_latest_checkpoint_falls_back_to_the_earlier_one(reference, tmp_path, damage):
     run = interrupted_copy(reference, tmp_path)
     latest = run / "checkpoints" / "step_0000040"
@@ -191,11 +215,61 @@ def test_damaged_latest_checkpoint_falls_back_to_the_earlier_one(reference, tmp_
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0xFF
         weights.write_bytes(bytes(data))
+    elif damage == "checksums of the wrong shape":
+        sums = json.loads((latest / "checksums.json").read_text())
+        (latest / "checksums.json").write_text(json.dumps({k: {"size": v["bytes"]} for k, v in sums.items()}))
+    elif damage == "truncate config":
+        os.truncate(latest / "config.yaml", 30)
     else:
         trainer.unlink()
     with pytest.warns(UserWarning, match=f"skipping damaged checkpoint {latest}"):
         train(None, run, resume=True, progress=False)
     same_run(run, reference)  # resumed from step 30, ended where the uninterrupted run ended
+    assert (run / "checkpoints" / "damaged_step_0000040").is_dir()  # kept for inspection, out of the way
+
+
+def test_pruning_never_deletes_the_checkpoint_resumed_from(reference, tmp_path):
+    """keep_checkpoints=1 with a damaged newer checkpoint: the damaged one must not count as the
+    newest when old checkpoints are pruned, or the only valid one would be deleted."""
+    import icmix.train.loop as loop
+
+    run = interrupted_copy(reference, tmp_path)
+    os.truncate(run / "checkpoints" / "step_0000040" / "model.safetensors", 0)
+    meta = yaml.safe_load((run / "config.yaml").read_text())
+    meta.update(keep_checkpoints=1, checkpoint_every=5)
+    (run / "config.yaml").write_text(yaml.safe_dump(meta))
+    real = loop.save_checkpoint
+
+    def killed_after_one_save(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning):
+        mp.setattr(loop, "save_checkpoint", killed_after_one_save)
+        with pytest.raises(KeyboardInterrupt):
+            train(None, run, resume=True, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["LATEST", "damaged_step_0000040", "step_0000035"]
+    train(None, run, resume=True, progress=False)
+    same_run(run, reference)
+
+
+def test_finished_run_with_a_damaged_record_is_not_a_traceback(reference, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "checkpoints" / "step_0000040" / "config.yaml").write_text("task: [unclosed\n")
+    code, err = cli(["train", "--resume", run], capsys)
+    assert code == 0 and "icmix: warning: skipping damaged checkpoint" in err and "Traceback" not in err
+
+
+def test_damaged_history_is_named_and_nothing_is_deleted(reference, tmp_path, capsys):
+    run = interrupted_copy(reference, tmp_path)
+    (run / "history.jsonl").write_text('{"at_step": 40, "field": "steps"}\n')
+    before = files_under(run)
+    code, err = cli(["train", "--resume", run, "--no-progress"], capsys)
+    assert code == 2 and f"{run / 'history.jsonl'} is damaged" in err and "Traceback" not in err
+    assert files_under(run) == before
 
 
 def test_missing_latest_pointer_uses_the_newest_valid_checkpoint(reference, tmp_path):
@@ -470,6 +544,28 @@ def test_training_on_a_real_full_disk(reference, tmpfs, capsys, tmp_path):
     shutil.copytree(disk / "run", tmp_path / "run")  # "free some space": move it to a disk with room
     assert cli(["train", "--resume", tmp_path / "run", "--no-progress"], capsys)[0] == 0
     same_run(tmp_path / "run", reference)
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_under_the_lock(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ".icmix-stage-abc").mkdir(parents=True)
+    (out / ".mtd-fig3.csv.0123456789ab.tmp.csv").write_text("half")
+    (out / "mine.txt").write_text("kept")
+    assert cli(["reproduce", "mtd-fig3", "--out", out, *FIG3], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "mtd-fig3.csv", "mtd-fig3.json", "mtd-fig3.md",
+                                                      "mtd-fig3.png"]
+
+
+def test_save_pretrained_replaces_a_model_but_not_a_folder_of_other_files(tmp_path):
+    from icmix.models import DisentangledConfig, DisentangledTransformer
+
+    model = DisentangledTransformer(DisentangledConfig(vocab_size=4, max_length=8))
+    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")  # an older save is replaced
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files \\(notes.txt\\)"):
+        model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
 def test_files_follow_the_umask(reference, tmp_path, capsys):

@@ -33,6 +33,26 @@ def _init_worker(threads: int) -> None:
     threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
+def _start_ignoring_ctrl_c(pool: ProcessPoolExecutor, n_workers: int) -> None:
+    """Start every worker now, with SIGINT ignored in this process meanwhile: a child inherits
+    an ignored SIGINT through exec, so a Ctrl-C while a worker is still importing cannot print
+    its traceback.  (A Ctrl-C in these seconds is not lost: it is ignored, and the next one
+    counts.)  Off the main thread, signals cannot be changed, and workers start on demand."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        futures = [pool.submit(_ready) for _ in range(n_workers)]
+        for future in futures:
+            future.result()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @contextmanager
 def worker_pool(n_workers: int):
     """``with worker_pool(n) as pool``: ``n`` spawned processes, each with its share of this
@@ -45,6 +65,7 @@ def worker_pool(n_workers: int):
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
     try:
+        _start_ignoring_ctrl_c(pool, n_workers)
         yield pool
     except BaseException:
         for process in list((getattr(pool, "_processes", None) or {}).values()):

@@ -255,6 +255,10 @@ def _train(args) -> int:
             raise OSError(errno.ENOSPC, f"{err.strerror}; free some space, then continue from the last "
                           f"checkpoint with: icmix train --resume {out}") from err
         raise
+    except KeyboardInterrupt:
+        if not (Path(out) / "config.yaml").exists():
+            raise
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: icmix train --resume {out}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run: {run}  (final model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
     return 0
@@ -394,16 +398,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.showwarning = _show_warning  # one line each, without Python's source excerpt
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        warnings.showwarning = _show_warning  # one line each, without Python's source excerpt
         return args.func(args)
     except (ValueError, TypeError, OSError) as err:
         print(f"icmix: error: {_error_text(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nicmix: interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # its text, if any, says how to resume
+        print(f"\nicmix: interrupted; {str(err) or 'rerun the same command to resume'}", file=sys.stderr)
         return 130
 
 

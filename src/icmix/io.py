@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -60,6 +61,27 @@ def reporting_full_disk(where: str | Path):
 def _temporary_sibling(path: Path) -> Path:
     # Not created in advance: whatever writes it creates it, with the umask's mode.
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+
+
+# The temporaries of atomic_write, staged and staged_directory.
+_TEMPORARY = re.compile(r"^\.(.+\.[0-9a-f]{12}\.tmp.*|icmix-stage-.+|.+\.tmp-.+|icmix-probe-[0-9a-f]{12}|model\.extended)$")
+
+
+def remove_stale_files(directory: str | Path) -> list[Path]:
+    """Delete the temporaries a killed icmix process left in ``directory`` (never published,
+    so never part of a result).  Call it only while holding the folder's lock."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        if _TEMPORARY.match(path.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -110,21 +132,31 @@ def staged(directory: str | Path):
 
 
 @contextmanager
-def staged_directory(path: str | Path):
-    """A temporary sibling folder that replaces ``path`` (a folder) by rename when the block
-    ends without error, and is deleted otherwise: ``path`` is whole or absent, never partial."""
+def staged_directory(path: str | Path, replaces: tuple[str, ...] = ()):
+    """A temporary sibling folder that replaces the folder ``path`` when the block ends without
+    error, and is deleted otherwise: ``path`` is whole, never partial.  An existing ``path`` is
+    replaced only if it holds nothing but the files named in ``replaces`` (``ValueError``
+    otherwise, before any work): it is renamed aside, the new folder renamed in, then the old
+    one deleted, so a crash leaves the old or the new folder."""
     path = Path(path)
+    if path.exists():
+        other = sorted(p.name for p in path.iterdir() if p.name not in replaces) if path.is_dir() else [path.name]
+        if other:
+            raise ValueError(f"{path} exists and holds other files ({', '.join(other[:5])}); "
+                             "save into an empty or new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    old = path.parent / f".{path.name}.tmp-old-{uuid.uuid4().hex[:12]}"
     try:
         with reporting_full_disk(path.parent):
             yield stage
             os.chmod(stage, 0o777 & ~umask())  # mkdtemp's 0700 -> the umask's mode
             if path.exists():
-                shutil.rmtree(path)
+                os.rename(path, old)
             os.rename(stage, path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_writable(directory: str | Path, flag: str = "--out") -> Path:
@@ -164,6 +196,19 @@ def _holder() -> dict:
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"}
 
 
+def _in_use(fd: int, what: str, directory: Path, path: Path) -> str:
+    """The refusal naming the holder of a lock (closes ``fd``)."""
+    try:
+        holder = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (ValueError, OSError):
+        holder = {}
+    finally:
+        os.close(fd)
+    who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')} "
+           f"({holder.get('command', '?')})") if isinstance(holder, dict) and holder else "another process"
+    return f"{what} {directory} is in use by {who}. Wait for it to finish, or write somewhere else (lock file: {path})"
+
+
 @contextmanager
 def exclusive(directory: str | Path, what: str = "--out"):
     """Hold ``DIRECTORY/.icmix.lock`` for the block: a second icmix process writing into the
@@ -184,15 +229,15 @@ def exclusive(directory: str | Path, what: str = "--out"):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.read(fd, 4096).decode() or "{}")
-            except (ValueError, OSError):
-                holder = {}
+            raise ValueError(_in_use(fd, what, directory, path)) from None
+        except OSError as err:  # a file system without locks (ENOLCK): go on unguarded, but say so
             os.close(fd)
-            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')} "
-                   f"({holder.get('command', '?')})") if holder else "another process"
-            raise ValueError(f"{what} {directory} is in use by {who}. Wait for it to finish, or write somewhere "
-                             f"else (lock file: {path})") from None
+            import warnings
+
+            warnings.warn(f"cannot lock {path} ({err.strerror}); nothing stops a second icmix process from "
+                          f"writing into {directory} at the same time", stacklevel=3)
+            yield path
+            return
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -214,4 +259,5 @@ def output_folder(directory: str | Path, flag: str = "--out"):
     """``check_writable`` then ``exclusive``: the folder an icmix command writes its results to."""
     check_writable(directory, flag)
     with exclusive(directory, flag) as lock:
+        remove_stale_files(directory)  # temporaries of a writer killed without clean-up
         yield lock

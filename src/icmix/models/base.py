@@ -37,12 +37,13 @@ class Pretrained(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder ``path`` (``config.json`` + ``model.safetensors``) whole or not at all:
-        it is assembled under a temporary name and renamed (replacing an older save)."""
+        it is assembled under a temporary name and renamed, replacing an older save (a folder
+        holding other files is refused)."""
         path = Path(path)
         meta = {"model_type": self.model_type, "config": dataclasses.asdict(self.config),
                 "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with staged_directory(path) as stage:
+        with staged_directory(path, replaces=(WEIGHTS_FILE, CONFIG_FILE)) as stage:
             write_bytes_durably(stage / WEIGHTS_FILE, save(tensors))
             write_bytes_durably(stage / CONFIG_FILE, json.dumps(meta, indent=2).encode())
         return path

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -87,7 +87,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
         shutil.rmtree(tmp, ignore_errors=True)
         (root / f".{LATEST}.tmp").unlink(missing_ok=True)
         raise
-    for old in step_dirs(root)[keep:]:
+    for old in [p for p in step_dirs(root) if p != final][keep - 1:]:  # the newest `keep`, this one first
         shutil.rmtree(old)
     return final
 
@@ -113,6 +113,20 @@ class Checkpoint:
     weights: dict
     trainer: dict
     config_yaml: str | None  # None for checkpoints written before the config was recorded
+    skipped: list = field(default_factory=list)  # newer, damaged checkpoints passed over
+
+
+def set_aside(skipped: list[Path]) -> list[Path]:
+    """Rename damaged checkpoints ``step_N`` to ``damaged_step_N`` (kept for inspection), so that
+    neither a later resume nor the pruning of old checkpoints counts them as the newest."""
+    moved = []
+    for path in skipped:
+        target = path.with_name(f"damaged_{path.name}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(path, target)
+        moved.append(target)
+    return moved
 
 
 def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Checkpoint:
@@ -136,15 +150,15 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
             raise ValueError(f"{f} cannot be read ({err.strerror or err})") from None
     if CHECKSUMS in data:
         try:
-            sums = json.loads(data[CHECKSUMS])
-        except ValueError:
+            sums = {f: (int(want["bytes"]), str(want["sha256"])) for f, want in json.loads(data[CHECKSUMS]).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(f"{CHECKSUMS} is damaged") from None
-        for f, want in sums.items():
+        for f, (size, digest) in sums.items():
             if f not in data:
                 raise ValueError(f"{f} is missing")
-            if len(data[f]) != want["bytes"]:
-                raise ValueError(f"{f} has {len(data[f]):,} bytes, {want['bytes']:,} were written (truncated?)")
-            if hashlib.sha256(data[f]).hexdigest() != want["sha256"]:
+            if len(data[f]) != size:
+                raise ValueError(f"{f} has {len(data[f]):,} bytes, {size:,} were written (truncated?)")
+            if hashlib.sha256(data[f]).hexdigest() != digest:
                 raise ValueError(f"{f} does not match its checksum (corrupted)")
     if check_config is not None and CONFIG in data:
         check_config(data[CONFIG].decode(), path / CONFIG)
@@ -169,12 +183,13 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
 def resumable_checkpoint(run_dir: Path, model: torch.nn.Module, check_config=None) -> Checkpoint | None:
     """The newest valid checkpoint of a run, or ``None`` if it has none (a fresh start).
 
-    Skips damaged ones with a ``CheckpointWarning`` naming each; raises ``ValueError`` naming
-    them all if checkpoints exist but none is valid.  ``check_config`` as in ``read_checkpoint``
-    (its ``ConfigChanged`` is raised at once).
+    Skips damaged ones with a ``CheckpointWarning`` naming each (``Checkpoint.skipped`` lists
+    them; ``set_aside`` moves them out of the way); raises ``ValueError`` naming them all if
+    checkpoints exist but none is valid.  ``check_config`` as in ``read_checkpoint`` (its
+    ``ConfigChanged`` is raised at once).
     """
     root = Path(run_dir) / "checkpoints"
-    problems = []
+    problems, skipped = [], []
     for path in step_dirs(root):
         try:
             ckpt = read_checkpoint(path, model, check_config)
@@ -182,8 +197,10 @@ def resumable_checkpoint(run_dir: Path, model: torch.nn.Module, check_config=Non
             raise
         except ValueError as err:
             problems.append(f"{path}: {err}")
+            skipped.append(path)
             warnings.warn(f"skipping damaged checkpoint {path}: {err}", CheckpointWarning, stacklevel=2)
             continue
+        ckpt.skipped = skipped
         return ckpt
     if problems:
         raise ValueError("no valid checkpoint to resume from:\n  " + "\n  ".join(problems)
@@ -213,4 +230,4 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
 
 
 __all__ = ["CheckpointWarning", "ConfigChanged", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
-           "latest_checkpoint", "load_checkpoint", "step_dirs", "remove_stale_temporaries"]
+           "latest_checkpoint", "load_checkpoint", "step_dirs", "remove_stale_temporaries", "set_aside"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,11 +29,12 @@ import torch
 from torch import nn
 
 from icmix.estimators.mtd import predictive
-from icmix.io import atomic_write, check_writable, exclusive
+from icmix.io import atomic_write, check_writable, exclusive, remove_stale_files, reporting_full_disk
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MixLinRegTask, MTDTask
-from icmix.train.checkpoint import CONFIG, STEP_DIR, ConfigChanged, remove_stale_temporaries, resumable_checkpoint, save_checkpoint, step_dirs
+from icmix.train.checkpoint import (STEP_DIR, CheckpointWarning, ConfigChanged, remove_stale_temporaries,
+                                    resumable_checkpoint, save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.objectives import loss_fn, to_distribution
@@ -215,10 +218,14 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
                              + describe_differences(cfg, on_disk, "given", "config.yaml") + "); resume it without a new config")
         cfg = on_disk
         if extend_to is None and (run / "model" / "model.safetensors").exists():  # finished: its record must hold
-            newest = step_dirs(run / "checkpoints")
-            recorded = newest[0] / CONFIG if newest else None
-            if recorded is not None and recorded.exists():
-                check_identity(cfg, recorded.read_text(), run, recorded)
+            with torch.device("meta"):  # shapes only: nothing allocated
+                shapes = build_model(cfg)
+            try:
+                resumable_checkpoint(run, shapes, lambda recorded, where: check_identity(cfg, recorded, run, where))
+            except ConfigChanged:
+                raise
+            except ValueError:
+                pass  # no valid checkpoint left: the final model is the record
             return run
     else:
         if cfg is None:
@@ -232,6 +239,8 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     if world.is_main:
         check_writable(run, "run directory")
     with (exclusive(run, "run directory") if world.is_main else nullcontext()):
+        if world.is_main:
+            remove_stale_files(run)  # temporaries of a writer killed without clean-up (we hold the lock)
         if world.is_main and not resume:
             atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
         if extend_to is not None:
@@ -252,8 +261,9 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
             return _train(cfg, run, resume, progress, device, world, compile)
 
 
-# Fields of a run's config that may change on resume: they change where and how the run is
-# recorded, never its numbers (resuming from any checkpoint is bit-identical).
+# Fields of a run's config that may change on resume without changing what it learns (a
+# change is written into ``history.jsonl``).  ``device`` moves a run between CPU and GPU: it
+# continues exactly, but its later steps are rounded as that device rounds.
 RESUMABLE_CHANGES = ("device", "tensorboard", "keep_checkpoints", "checkpoint_every")
 
 
@@ -288,40 +298,81 @@ HISTORY = "history.jsonl"
 
 
 def history(run: Path) -> list[dict]:
-    """The documented changes of a run's config (``icmix train --resume RUN --steps N``), oldest first."""
+    """The recorded changes of a run's config (``--steps N`` extensions, ``RESUMABLE_CHANGES``
+    made on resume), oldest first: ``{"at_step", "field", "from", "to", "time", "note"}``."""
     path = Path(run) / HISTORY
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for e in entries:
+            int(e["at_step"]), str(e["field"]), e["from"], e["to"]  # noqa: B018 - the keys every entry has
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigChanged(f"{path} is damaged ({type(err).__name__}: {err}); restore it, or remove the "
+                            "damaged lines if you know what they recorded") from None
+    return entries
 
 
-def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path) -> None:
-    """Refuse a run whose ``config.yaml`` differs from the config recorded in its checkpoint
-    ``where`` in anything but ``RESUMABLE_CHANGES`` and the changes ``history.jsonl`` records
-    from that checkpoint's step on."""
+def _append_history(run: Path, entries: list[dict]) -> None:
+    import time as clock
+
+    if not entries:
+        return
+    now = clock.strftime("%Y-%m-%dT%H:%M:%S")
+    text = (run / HISTORY).read_text() if (run / HISTORY).exists() else ""
+    text += "".join(json.dumps({**e, "time": now}) + "\n" for e in entries)
+    atomic_write(run / HISTORY, lambda p: Path(p).write_text(text))
+
+
+def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path) -> TrainConfig:
+    """The config recorded in checkpoint ``where``; ``ConfigChanged`` if the run's ``config.yaml``
+    (``cfg``) differs from it in anything but ``RESUMABLE_CHANGES`` and the changes
+    ``history.jsonl`` records from that checkpoint's step on."""
     import yaml
 
-    trained = TrainConfig.from_dict(yaml.safe_load(recorded_yaml))
-    step = int(STEP_DIR.match(Path(where).parent.name).group(1)) if STEP_DIR.match(Path(where).parent.name) else 0
+    try:
+        recorded = TrainConfig.from_dict(yaml.safe_load(recorded_yaml))
+    except (yaml.YAMLError, ValueError) as err:
+        raise ConfigChanged(f"the config recorded in {where} cannot be read by this version of icmix ({err})") from None
+    match = STEP_DIR.match(Path(where).parent.name)
+    step = int(match.group(1)) if match else 0
+    allowed = [recorded]  # the config after each recorded change from `step` on
     for change in history(run):
-        if change["at_step"] >= step and getattr(trained, change["field"]) == change["from"]:
-            trained = dataclasses.replace(trained, **{change["field"]: change["to"]})
-    changed = {k: v for k, v in config_differences(trained, cfg).items() if k not in RESUMABLE_CHANGES}
-    if changed:
-        listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
-        raise ConfigChanged(
-            f"{run / 'config.yaml'} no longer describes this run: it was edited after training started ({listing}). "
-            f"The config the run was trained with is recorded in {where}: copy it back to resume, "
-            "or start a new run with the new config (icmix train NEW.yaml --out NEW_DIR). "
-            f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume.")
+        field_, current = change["field"], allowed[-1]
+        if field_ in {f.name for f in dataclasses.fields(TrainConfig)} and field_ not in RESUMABLE_CHANGES \
+                and change["at_step"] >= step and getattr(current, field_) == change["from"]:
+            allowed.append(dataclasses.replace(current, **{field_: change["to"]}))
+    for candidate in allowed:
+        if all(k in RESUMABLE_CHANGES for k in config_differences(candidate, cfg)):
+            return recorded
+    changed = {k: v for k, v in config_differences(allowed[-1], cfg).items() if k not in RESUMABLE_CHANGES}
+    listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
+    raise ConfigChanged(
+        f"{run / 'config.yaml'} no longer describes this run: it was edited after training started ({listing}). "
+        f"The config the run was trained with is recorded in {where}: copy it back to resume, "
+        "or start a new run with the new config (icmix train NEW.yaml --out NEW_DIR). "
+        f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume, and steps with --steps N.")
+
+
+def _record_changes(run: Path, recorded: TrainConfig, cfg: TrainConfig, step: int) -> None:
+    """Write into ``history.jsonl`` each field in which the run continues from checkpoint ``step``
+    with another value than the one recorded there, unless it says so already."""
+    known = {(e["field"], json.dumps(e["to"]), e["at_step"]) for e in history(run)}
+    entries = []
+    for key, (old, new) in config_differences(recorded, cfg).items():
+        if (key, json.dumps(new), step) not in known:
+            note = ("changed on resume" if key in RESUMABLE_CHANGES
+                    else "resumed from a checkpoint older than this change: it applies from this step on")
+            entries.append({"at_step": step, "field": key, "from": old, "to": new, "note": note})
+    _append_history(run, entries)
 
 
 def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     """Change a run's ``steps`` (see ``train``): checked against its newest valid checkpoint,
-    recorded in ``history.jsonl`` and ``config.yaml``; a finished run's final model is removed
-    (it is the checkpoint of its last step)."""
+    recorded in ``history.jsonl`` and ``config.yaml``.  A finished run's final model (the
+    checkpoint of its last step) is removed first, so that an interruption at any point leaves
+    a run that resumes, under the old steps or the new."""
     import shutil
-    import time as clock
 
     from icmix._checks import check_positive_int
 
@@ -331,17 +382,17 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
         raise ValueError(f"{run} has no checkpoint to extend from; start it again with the new steps instead")
     if steps <= ckpt.step:
         raise ValueError(f"--steps {steps} must exceed the step of the newest checkpoint ({ckpt.step}, {ckpt.path})")
+    if (run / "model").exists():
+        aside = run / ".model.extended"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(run / "model", aside)
+        shutil.rmtree(aside)
     if steps == cfg.steps:
         return cfg
     new = dataclasses.replace(cfg, steps=steps)
-    entry = {"at_step": ckpt.step, "field": "steps", "from": cfg.steps, "to": steps,
-             "time": clock.strftime("%Y-%m-%dT%H:%M:%S"),
-             "note": "learning-rate schedule recomputed for the new length from this step on"}
-    lines = (run / HISTORY).read_text() if (run / HISTORY).exists() else ""
-    atomic_write(run / HISTORY, lambda p: Path(p).write_text(lines + json.dumps(entry) + "\n"))
+    _append_history(run, [{"at_step": ckpt.step, "field": "steps", "from": cfg.steps, "to": steps,
+                           "note": "extended: the learning-rate schedule is recomputed for the new length from here"}])
     atomic_write(run / "config.yaml", lambda p: Path(p).write_text(new.to_yaml()))
-    if (run / "model").exists():
-        shutil.rmtree(run / "model")
     return new
 
 
@@ -384,12 +435,28 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     if resume:
         if world.is_main:
             remove_stale_temporaries(run)
-        ckpt = resumable_checkpoint(run, raw, lambda recorded, where: check_identity(cfg, recorded, run, where))
+        ckpt = resumable_checkpoint(run, raw, lambda text, where: check_identity(cfg, text, run, where))
+        chosen = world.gather(ckpt.step if ckpt is not None else None)
+        if len(set(chosen)) > 1:
+            raise ValueError(f"the processes see different checkpoints of {run} (steps {chosen}): is the run "
+                             "directory on a file system every rank sees the same way?")
+        world.barrier()  # every rank has read its checkpoint before rank 0 moves damaged ones aside
+        if world.is_main and ckpt is not None:
+            for path in set_aside(ckpt.skipped):
+                warnings.warn(f"damaged checkpoint kept as {path}", CheckpointWarning, stacklevel=2)
+            if ckpt.config_yaml is not None:
+                trained = check_identity(cfg, ckpt.config_yaml, run, ckpt.path / "config.yaml")
+                _record_changes(run, trained, cfg, ckpt.step)
     if ckpt is not None:
         raw.load_state_dict(ckpt.weights)
         state = ckpt.trainer
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
+        # The learning rate of the next step from the schedule of *this* config: the same number
+        # the checkpoint holds, unless --steps changed the schedule's length.
+        factor = lr_lambda(cfg)(schedule.last_epoch)
+        for group, base in zip(optimiser.param_groups, schedule.base_lrs):
+            group["lr"] = base * factor
         scaler.load_state_dict(state["scaler"])
         data_gen.set_state(state["data_rng"])
         ranks = state.get("torch_rng_ranks")
@@ -455,11 +522,13 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
 
 
 def _log(run: Path, row: dict, step: int, seconds: float, writer) -> None:
-    """Append an evaluation row to ``metrics.jsonl`` (and TensorBoard) and the timing to ``progress.jsonl``."""
-    with open(run / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    with open(run / "progress.jsonl", "a") as fh:
-        fh.write(json.dumps({"step": step, "seconds": round(seconds, 3)}) + "\n")
+    """Append an evaluation row to ``metrics.jsonl`` (and TensorBoard) and the timing to ``progress.jsonl``.
+    (A line cut short by a full disk is dropped on resume: ``_truncate_metrics``.)"""
+    with reporting_full_disk(run):
+        with open(run / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        with open(run / "progress.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "seconds": round(seconds, 3)}) + "\n")
     if writer is not None:
         for k, v in row.items():
             if k != "step":
@@ -532,8 +601,9 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    for cfg, _ in jobs:  # a run too large for memory is refused before any run starts
-        check_training_memory(cfg)
+    for cfg, path in jobs:  # a run too large for memory is refused before any run starts
+        if not (Path(path) / "model" / "model.safetensors").exists():
+            check_training_memory(cfg)
     failed: dict[Path, str] = {}
 
     def settle(path: Path, call) -> None:
