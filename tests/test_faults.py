@@ -652,11 +652,16 @@ def interrupt_when(cmd: list[str], ready, timeout: float = 120) -> subprocess.Co
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
-    while not ready():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, "the command ended or never got ready"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed test leaves nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     deadline = time.time() + 10
     while session_members(proc.pid) and time.time() < deadline:
         time.sleep(0.2)
