@@ -44,7 +44,6 @@ ESTIMATOR_NAMES = ("md", "em", "bayes-exact", "bayes-gibbs")
 
 def _estimate(args) -> int:
     import pandas as pd
-    import torch
 
     from icmix._checks import as_tokens, as_transition, check_nonnegative, check_positive, check_positive_int
     from icmix.estimators import mtd as est
