@@ -256,8 +256,16 @@ def exclusive(directory: str | Path, what: str = "--out"):
 
 @contextmanager
 def output_folder(directory: str | Path, flag: str = "--out"):
-    """``check_writable`` then ``exclusive``: the folder an icmix command writes its results to."""
+    """``check_writable`` then ``exclusive``: the folder an icmix command writes its results to.
+    A folder this call created is removed again if the command fails before writing into it."""
+    directory = Path(directory)
+    created = not directory.exists()
     check_writable(directory, flag)
-    with exclusive(directory, flag) as lock:
-        remove_stale_files(directory)  # temporaries of a writer killed without clean-up
-        yield lock
+    try:
+        with exclusive(directory, flag) as lock:
+            remove_stale_files(directory)  # temporaries of a writer killed without clean-up
+            yield lock
+    except BaseException:
+        if created and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        raise
