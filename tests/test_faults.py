@@ -263,13 +263,45 @@ def test_finished_run_with_a_damaged_record_is_not_a_traceback(reference, tmp_pa
     assert code == 0 and "icmix: warning: skipping damaged checkpoint" in err and "Traceback" not in err
 
 
-def test_damaged_history_is_named_and_nothing_is_deleted(reference, tmp_path, capsys):
+@pytest.mark.parametrize("line, says", [
+    ('{"at_step": 40, "field": "steps"}', "is damaged"),
+    ('{"at_step": "40", "field": "steps", "from": 40, "to": 80}', "is damaged"),
+    ('{"at_step": 40, "field": ["steps"], "from": 40, "to": 80}', "is damaged"),
+    ('{"at_step": 40, "field": "steps", "from": 40, "to": -5}', "records an impossible change"),
+    ('{"at_step": 40, "field": "steps", "fr', "is damaged"),
+])
+def test_damaged_history_is_named_and_nothing_is_deleted(reference, tmp_path, capsys, line, says):
     run = interrupted_copy(reference, tmp_path)
-    (run / "history.jsonl").write_text('{"at_step": 40, "field": "steps"}\n')
+    (run / "history.jsonl").write_text(line + "\n")
     before = files_under(run)
     code, err = cli(["train", "--resume", run, "--no-progress"], capsys)
-    assert code == 2 and f"{run / 'history.jsonl'} is damaged" in err and "Traceback" not in err
+    assert code == 2 and f"{run / 'history.jsonl'} {says}" in err and "Traceback" not in err
+    assert "delete" not in err  # not mistaken for damaged checkpoints
     assert files_under(run) == before
+
+
+def test_an_extension_recorded_but_never_made_does_not_lock_the_run(reference, tmp_path, capsys):
+    """history.jsonl says 40 -> 80 but config.yaml was never rewritten (a full disk in between):
+    a later --steps 60 and a plain resume still work."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "model")
+    (run / "history.jsonl").write_text('{"at_step": 40, "field": "steps", "from": 40, "to": 80}\n')
+    assert cli(["train", "--resume", run, "--steps", "60", "--no-progress"], capsys)[0] == 0
+    assert TrainConfig.from_yaml(run / "config.yaml").steps == 60
+    assert cli(["train", "--resume", run, "--no-progress"], capsys)[0] == 0
+
+
+def test_a_fresh_run_into_a_folder_of_orphaned_checkpoints_is_refused(reference, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run but no config.yaml"):
+        train(tiny(), run, progress=False)
 
 
 def test_missing_latest_pointer_uses_the_newest_valid_checkpoint(reference, tmp_path):

@@ -38,17 +38,17 @@ def _ready() -> int:
 
 
 def _start_ignoring_ctrl_c(pool: ProcessPoolExecutor, n_workers: int) -> None:
-    """Start every worker now, with SIGINT ignored in this process meanwhile: a child inherits
-    an ignored SIGINT through exec, so a Ctrl-C while a worker is still importing cannot print
-    its traceback.  (A Ctrl-C in these seconds is not lost: it is ignored, and the next one
-    counts.)  Off the main thread, signals cannot be changed, and workers start on demand."""
+    """Start every worker now (``submit`` spawns one per call while none is idle), with SIGINT
+    ignored in this process only while they are spawned: a child inherits an ignored SIGINT
+    through exec and Python then keeps ignoring it, so a Ctrl-C while a worker is still
+    importing cannot print its traceback.  Off the main thread signals cannot be changed, and
+    workers start on demand as before."""
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        futures = [pool.submit(_ready) for _ in range(n_workers)]
-        for future in futures:
-            future.result()
+        for _ in range(n_workers):
+            pool.submit(_ready)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -211,8 +211,9 @@ def _in_use(fd: int, what: str, directory: Path, path: Path) -> str:
 
 @contextmanager
 def exclusive(directory: str | Path, what: str = "--out"):
-    """Hold ``DIRECTORY/.icmix.lock`` for the block: a second icmix process writing into the
-    same folder is refused at once, with the holder's pid, host, start time and command.
+    """Hold ``DIRECTORY/.icmix.lock`` for the block (yields its path; ``None``, with a warning,
+    on a file system without locks): a second icmix process writing into the same folder is
+    refused at once, with the holder's pid, host, start time and command.
 
     The lock is an ``flock`` on the file, which the kernel releases when its process ends in
     any way (``kill -9`` included), so a lock file left behind by a dead process is free:
@@ -232,12 +233,9 @@ def exclusive(directory: str | Path, what: str = "--out"):
             raise ValueError(_in_use(fd, what, directory, path)) from None
         except OSError as err:  # a file system without locks (ENOLCK): go on unguarded, but say so
             os.close(fd)
-            import warnings
-
-            warnings.warn(f"cannot lock {path} ({err.strerror}); nothing stops a second icmix process from "
-                          f"writing into {directory} at the same time", stacklevel=3)
-            yield path
-            return
+            unsupported = err
+            break
+        unsupported = None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -245,6 +243,14 @@ def exclusive(directory: str | Path, what: str = "--out"):
         if same:
             break
         os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
+    if unsupported is not None:
+        import warnings
+
+        warnings.warn(f"cannot lock {path} ({unsupported.strerror}); nothing stops a second icmix process from "
+                      f"writing into {directory} at the same time", stacklevel=3)
+        path.unlink(missing_ok=True)
+        yield None
+        return
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
@@ -263,9 +269,13 @@ def output_folder(directory: str | Path, flag: str = "--out"):
     check_writable(directory, flag)
     try:
         with exclusive(directory, flag) as lock:
-            remove_stale_files(directory)  # temporaries of a writer killed without clean-up
+            if lock is not None:
+                remove_stale_files(directory)  # temporaries of a writer killed without clean-up
             yield lock
     except BaseException:
-        if created and directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
+        try:
+            if created and directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        except OSError:
+            pass
         raise

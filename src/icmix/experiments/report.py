@@ -254,7 +254,7 @@ def _run_figures(names: list[str], configs: dict, out: Path, jobs: int, progress
 
     from icmix._pool import worker_pool
 
-    with worker_pool(jobs) as pool:
+    with worker_pool(min(jobs, len(names))) as pool:
         futures = {pool.submit(run_figure, name, configs[name], out): name for name in names}
         for future in as_completed(futures):
             bar.set_postfix_str(futures[future])

@@ -47,6 +47,10 @@ class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped on resume."""
 
 
+class Unreadable(ValueError):
+    """A checkpoint file could not be read (permissions, I/O): skipped, but not set aside as damaged."""
+
+
 class ConfigChanged(ValueError):
     """The run's config.yaml is not the config its checkpoint was trained with (not damage:
     resuming is refused, not retried from an older checkpoint)."""
@@ -147,11 +151,11 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
             if f in (WEIGHTS, TRAINER):
                 raise ValueError(f"{f} is missing") from None
         except OSError as err:
-            raise ValueError(f"{f} cannot be read ({err.strerror or err})") from None
+            raise Unreadable(f"{f} cannot be read ({err.strerror or err})") from None
     if CHECKSUMS in data:
         try:
             sums = {f: (int(want["bytes"]), str(want["sha256"])) for f, want in json.loads(data[CHECKSUMS]).items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             raise ValueError(f"{CHECKSUMS} is damaged") from None
         for f, (size, digest) in sums.items():
             if f not in data:
@@ -197,7 +201,8 @@ def resumable_checkpoint(run_dir: Path, model: torch.nn.Module, check_config=Non
             raise
         except ValueError as err:
             problems.append(f"{path}: {err}")
-            skipped.append(path)
+            if not isinstance(err, Unreadable):  # an I/O error may pass: only damage is set aside
+                skipped.append(path)
             warnings.warn(f"skipping damaged checkpoint {path}: {err}", CheckpointWarning, stacklevel=2)
             continue
         ckpt.skipped = skipped

@@ -232,14 +232,17 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
             raise ValueError("a config is needed to start a run")
         if saved.exists():
             raise ValueError(f"{run} already holds a run; pass resume=True (CLI: --resume) or choose another directory")
+        if any((run / "checkpoints").glob("step_*")):
+            raise ValueError(f"{run} holds checkpoints of an earlier run but no config.yaml: restore its config.yaml "
+                             "and resume it, or choose another directory")
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
     check_training_memory(cfg)
     world.barrier()  # every rank has looked before rank 0 writes
     if world.is_main:
         check_writable(run, "run directory")
-    with (exclusive(run, "run directory") if world.is_main else nullcontext()):
-        if world.is_main:
+    with (exclusive(run, "run directory") if world.is_main else nullcontext()) as locked:
+        if locked is not None:
             remove_stale_files(run)  # temporaries of a writer killed without clean-up (we hold the lock)
         if world.is_main and not resume:
             atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
@@ -306,7 +309,8 @@ def history(run: Path) -> list[dict]:
     try:
         entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for e in entries:
-            int(e["at_step"]), str(e["field"]), e["from"], e["to"]  # noqa: B018 - the keys every entry has
+            if not (isinstance(e["at_step"], int) and isinstance(e["field"], str) and "from" in e and "to" in e):
+                raise ValueError(f"not an entry of at_step (int), field (str), from and to: {e}")
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigChanged(f"{path} is damaged ({type(err).__name__}: {err}); restore it, or remove the "
                             "damaged lines if you know what they recorded") from None
@@ -336,16 +340,23 @@ def check_identity(cfg: TrainConfig, recorded_yaml: str, run: Path, where: Path)
         raise ConfigChanged(f"the config recorded in {where} cannot be read by this version of icmix ({err})") from None
     match = STEP_DIR.match(Path(where).parent.name)
     step = int(match.group(1)) if match else 0
-    allowed = [recorded]  # the config after each recorded change from `step` on
+    # Every config the recorded changes from `step` on can lead to (a change recorded but never
+    # made, by a write interrupted in between, only adds a candidate).
+    allowed = [recorded]
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(RESUMABLE_CHANGES)
     for change in history(run):
-        field_, current = change["field"], allowed[-1]
-        if field_ in {f.name for f in dataclasses.fields(TrainConfig)} and field_ not in RESUMABLE_CHANGES \
-                and change["at_step"] >= step and getattr(current, field_) == change["from"]:
-            allowed.append(dataclasses.replace(current, **{field_: change["to"]}))
+        if change["field"] not in names or change["at_step"] < step:
+            continue
+        for current in list(allowed):
+            if getattr(current, change["field"]) == change["from"]:
+                try:
+                    allowed.append(dataclasses.replace(current, **{change["field"]: change["to"]}))
+                except (ValueError, TypeError) as err:
+                    raise ConfigChanged(f"{run / HISTORY} records an impossible change ({change}): {err}") from None
     for candidate in allowed:
         if all(k in RESUMABLE_CHANGES for k in config_differences(candidate, cfg)):
             return recorded
-    changed = {k: v for k, v in config_differences(allowed[-1], cfg).items() if k not in RESUMABLE_CHANGES}
+    changed = {k: v for k, v in config_differences(recorded, cfg).items() if k not in RESUMABLE_CHANGES}
     listing = "; ".join(f"{k}: {old!r} when trained, {new!r} in config.yaml" for k, (old, new) in changed.items())
     raise ConfigChanged(
         f"{run / 'config.yaml'} no longer describes this run: it was edited after training started ({listing}). "
@@ -377,7 +388,9 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     from icmix._checks import check_positive_int
 
     steps = check_positive_int("steps", steps)
-    ckpt = resumable_checkpoint(run, build_model(cfg), lambda recorded, where: check_identity(cfg, recorded, run, where))
+    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
+        shapes = build_model(cfg)
+    ckpt = resumable_checkpoint(run, shapes, lambda recorded, where: check_identity(cfg, recorded, run, where))
     if ckpt is None:
         raise ValueError(f"{run} has no checkpoint to extend from; start it again with the new steps instead")
     if steps <= ckpt.step:
@@ -391,7 +404,8 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
         return cfg
     new = dataclasses.replace(cfg, steps=steps)
     _append_history(run, [{"at_step": ckpt.step, "field": "steps", "from": cfg.steps, "to": steps,
-                           "note": "extended: the learning-rate schedule is recomputed for the new length from here"}])
+                           "note": "steps changed with --steps: the learning-rate schedule is recomputed for the "
+                                   "new length from here"}])
     atomic_write(run / "config.yaml", lambda p: Path(p).write_text(new.to_yaml()))
     return new
 
@@ -624,7 +638,9 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
 
     from icmix._pool import worker_pool
 
-    with worker_pool(n_parallel) as pool:
+    if not jobs:
+        return failed
+    with worker_pool(min(n_parallel, len(jobs))) as pool:
         futures = {pool.submit(train, cfg, path, (path / "config.yaml").exists(), False): path for cfg, path in jobs}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"training runs ({n_parallel} at a time)",
                            disable=not progress):
