@@ -199,11 +199,14 @@ def available_memory() -> int:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    """``56.4 GB``: decimal units, as disks and ``free -H`` count."""
+    if abs(n) < 1000:
+        return f"{n:.0f} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
         n /= 1000
-    return f"{n:.1f} PB"
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} PB"
 
 
 def check_memory(what: str, nbytes: float, hint: str = "") -> None:

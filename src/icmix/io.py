@@ -63,8 +63,10 @@ def _temporary_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
 
 
-# The temporaries of atomic_write, staged and staged_directory.
-_TEMPORARY = re.compile(r"^\.(.+\.[0-9a-f]{12}\.tmp.*|icmix-stage-.+|.+\.tmp-.+|icmix-probe-[0-9a-f]{12}|model\.extended)$")
+# The temporaries of atomic_write, staged, staged_directory, check_writable, a checkpoint
+# being written (``.tmp_step_N``, ``.LATEST.tmp``) and a model being replaced by --steps.
+_TEMPORARY = re.compile(r"^\.(.+\.[0-9a-f]{12}\.tmp.*|icmix-stage-.+|.+\.tmp-.+|icmix-probe-[0-9a-f]{12}|model\.extended"
+                        r"|tmp_step_\d+|LATEST\.tmp)$")
 
 
 def remove_stale_files(directory: str | Path) -> list[Path]:

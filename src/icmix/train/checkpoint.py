@@ -8,7 +8,8 @@
     checksums.json      SHA-256 and size of the three files above
 
 and ``checkpoints/LATEST`` names the newest.  A checkpoint is written under a temporary
-name (``.tmp_step_*``, removed if the write fails) and published by rename, so a kill at any
+name (``.tmp_step_*``, removed if the write fails, or by ``icmix.io.remove_stale_files`` if
+the writer was killed) and published by rename, so a kill at any
 moment leaves the earlier checkpoints intact.
 
 On resume, ``resumable_checkpoint`` takes the newest checkpoint that *validates* (every
@@ -102,12 +103,6 @@ def step_dirs(root: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found, reverse=True)]
-
-
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete ``.tmp_step_*`` folders a killed writer left in ``checkpoints/`` (never published)."""
-    for tmp in (Path(run_dir) / "checkpoints").glob(".tmp_step_*"):
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -222,17 +217,5 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
-    """Load a checkpoint's weights into ``model`` and return its trainer state (validated)."""
-    try:
-        ckpt = read_checkpoint(path, model)
-    except ValueError as err:
-        raise ValueError(f"checkpoint {path}: {err}") from None
-    model.load_state_dict(ckpt.weights)
-    # On the CPU whatever device wrote it: the optimiser's load_state_dict moves its state to
-    # the parameters' device, so a run started on a GPU resumes on a CPU and vice versa.
-    return ckpt.trainer
-
-
 __all__ = ["CheckpointWarning", "ConfigChanged", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
-           "latest_checkpoint", "load_checkpoint", "step_dirs", "remove_stale_temporaries", "set_aside"]
+           "latest_checkpoint", "step_dirs", "set_aside"]

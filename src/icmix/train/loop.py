@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from icmix.estimators.mtd import predictive
-from icmix.io import atomic_write, check_writable, exclusive, remove_stale_files, reporting_full_disk
+from icmix.io import atomic_write, output_folder, remove_stale_files, reporting_full_disk
 from icmix.metrics import kl_divergence
 from icmix.models import MODELS
 from icmix.tasks import MixLinRegTask, MTDTask
-from icmix.train.checkpoint import (STEP_DIR, CheckpointWarning, ConfigChanged, remove_stale_temporaries,
-                                    resumable_checkpoint, save_checkpoint, set_aside)
+from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, ConfigChanged, resumable_checkpoint,
+                                    save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.objectives import loss_fn, to_distribution
@@ -218,10 +218,8 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
                              + describe_differences(cfg, on_disk, "given", "config.yaml") + "); resume it without a new config")
         cfg = on_disk
         if extend_to is None and (run / "model" / "model.safetensors").exists():  # finished: its record must hold
-            with torch.device("meta"):  # shapes only: nothing allocated
-                shapes = build_model(cfg)
             try:
-                resumable_checkpoint(run, shapes, lambda recorded, where: check_identity(cfg, recorded, run, where))
+                _newest_valid_checkpoint(run, cfg)
             except ConfigChanged:
                 raise
             except ValueError:
@@ -239,11 +237,9 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
     check_training_memory(cfg)
     world.barrier()  # every rank has looked before rank 0 writes
-    if world.is_main:
-        check_writable(run, "run directory")
-    with (exclusive(run, "run directory") if world.is_main else nullcontext()) as locked:
-        if locked is not None:
-            remove_stale_files(run)  # temporaries of a writer killed without clean-up (we hold the lock)
+    with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
+        if locked is not None:  # (output_folder cleaned the run folder itself)
+            remove_stale_files(run / "checkpoints")
         if world.is_main and not resume:
             atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
         if extend_to is not None:
@@ -318,11 +314,9 @@ def history(run: Path) -> list[dict]:
 
 
 def _append_history(run: Path, entries: list[dict]) -> None:
-    import time as clock
-
     if not entries:
         return
-    now = clock.strftime("%Y-%m-%dT%H:%M:%S")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
     text = (run / HISTORY).read_text() if (run / HISTORY).exists() else ""
     text += "".join(json.dumps({**e, "time": now}) + "\n" for e in entries)
     atomic_write(run / HISTORY, lambda p: Path(p).write_text(text))
@@ -378,6 +372,14 @@ def _record_changes(run: Path, recorded: TrainConfig, cfg: TrainConfig, step: in
     _append_history(run, entries)
 
 
+def _newest_valid_checkpoint(run: Path, cfg: TrainConfig) -> Checkpoint | None:
+    """``resumable_checkpoint`` with the identity check, against a model built on the ``meta``
+    device (its shapes are all it needs: nothing is allocated, no random number drawn)."""
+    with torch.device("meta"):
+        shapes = build_model(cfg)
+    return resumable_checkpoint(run, shapes, lambda recorded, where: check_identity(cfg, recorded, run, where))
+
+
 def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     """Change a run's ``steps`` (see ``train``): checked against its newest valid checkpoint,
     recorded in ``history.jsonl`` and ``config.yaml``.  A finished run's final model (the
@@ -388,9 +390,7 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     from icmix._checks import check_positive_int
 
     steps = check_positive_int("steps", steps)
-    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
-        shapes = build_model(cfg)
-    ckpt = resumable_checkpoint(run, shapes, lambda recorded, where: check_identity(cfg, recorded, run, where))
+    ckpt = _newest_valid_checkpoint(run, cfg)
     if ckpt is None:
         raise ValueError(f"{run} has no checkpoint to extend from; start it again with the new steps instead")
     if steps <= ckpt.step:
@@ -447,8 +447,6 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
     ckpt = None
     if resume:
-        if world.is_main:
-            remove_stale_temporaries(run)
         ckpt = resumable_checkpoint(run, raw, lambda text, where: check_identity(cfg, text, run, where))
         chosen = world.gather(ckpt.step if ckpt is not None else None)
         if len(set(chosen)) > 1:
@@ -652,7 +650,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines written after the checkpoint (they will be written again)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
+    lines = [ln for ln in path.read_text().splitlines() if (s := _step_of(ln)) is not None and s <= step]
     atomic_write(path, lambda p: Path(p).write_text("".join(ln + "\n" for ln in lines)))
 
 
