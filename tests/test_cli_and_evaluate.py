@@ -10,7 +10,7 @@ import torch
 from icmix import MTDTask
 from icmix.cli import main
 from icmix.estimators.mtd import bayes_exact, mirror_descent
-from icmix.evaluate import LagPredictor, TunedMirrorDescent, evaluate_mtd, true_predictive
+from icmix.evaluate import Key, LagPredictor, TunedMirrorDescent, evaluate_mtd, true_predictive
 from icmix.experiments import mtd_fig3
 
 
@@ -45,7 +45,7 @@ def test_exact_truth_predictor_has_zero_kl_and_tuning_picks_from_grid():
     truth = {}
 
     class Oracle:
-        name = "oracle"
+        name, key = "oracle", Key("oracle")
 
         def predict(self, tokens, task, lengths):
             return true_predictive(tokens, truth["lam"], task, lengths)
@@ -54,7 +54,7 @@ def test_exact_truth_predictor_has_zero_kl_and_tuning_picks_from_grid():
     g = torch.Generator().manual_seed(3)
     truth["lam"] = task.sample(50, 20, generator=g)[1]
     tuned = TunedMirrorDescent(steps=1, betas=(0.1, 1.0, 10.0))
-    table = evaluate_mtd(task, [Oracle(), tuned, LagPredictor("bayes", lambda x, pi, m, L: bayes_exact(x, pi, m, 1.0, L))],
+    table = evaluate_mtd(task, [Oracle(), tuned, LagPredictor(Key("bayes", "exact"), lambda x, pi, m, L: bayes_exact(x, pi, m, 1.0, L))],
                          [5, 20], n_sequences=50, n_tune=30, seed=3, progress=False)
     assert list(table.columns[:6]) == ["estimator", "length", "kl_mean", "kl_sem", "kl_ci", "n"]
     assert np.allclose(table[table.estimator == "oracle"]["kl_mean"], 0, atol=1e-15)

@@ -114,8 +114,8 @@ def test_reproduce_fig4_tiny(tmp_path):
     kl = pd.read_csv(out / "mtd-fig4.csv")
     assert {"trained disentangled (3-layer)", "trained standard (GPT)", "Construction (3-layer, tuned β)"} <= set(kl.estimator)
     agree = pd.read_csv(out / "mtd-fig4-agreement.csv")
-    assert "layer-1 mass on lag offsets 1..m" in set(agree.metric)
-    restricted = agree[agree.metric.str.startswith("ablation: layer-1 lag mass, restricted")]["value"]
+    assert "layer-1 mass on lag offsets 1..m" in set(agree.metric_label) and "lag_mass" in set(agree.metric)
+    restricted = agree[(agree.metric == "ablation_lag_mass") & agree.variant.str.startswith("restricted")]["value"]
     assert len(restricted) == 2 and np.allclose(restricted, 1.0)
     assert (out / "mtd-fig4.png").stat().st_size > 20_000
     # A second call reuses the finished runs instead of training again.

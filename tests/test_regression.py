@@ -231,21 +231,24 @@ def test_batch_em_refuses_bad_input(kwargs, match):
 def test_evaluate_regression_and_d2_against_hand_computation():
     from functools import partial
 
-    from icmix.evaluate import RegressionPredictor, d2_distances, evaluate_regression
+    from icmix.evaluate import Key, RegressionPredictor, d2_distances, evaluate_regression
 
     task = MixLinRegTask(4, 3, noise=0.5, seed=1)
     xs, ys = task.sample(300, 6, generator=torch.Generator().manual_seed(2))
-    preds = [RegressionPredictor("posterior mean", partial(reg.posterior_mean, components=task.components, noise=0.5)),
-             RegressionPredictor("OLS", reg.ols), RegressionPredictor("zero", lambda x, y: torch.zeros_like(y))]
+    preds = [RegressionPredictor(Key("posterior-mean"), partial(reg.posterior_mean, components=task.components, noise=0.5),
+                                 "posterior mean"),
+             RegressionPredictor(Key("ols"), reg.ols, "OLS"), RegressionPredictor(Key("zero"), lambda x, y: torch.zeros_like(y))]
     table, out = evaluate_regression(xs, ys, preds, task.dim)
     assert len(table) == 3 * 6
     zero = table[table.predictor == "zero"].set_index("k")["nmse"]
+    assert set(table.label) == {"posterior mean", "OLS", "zero"}
     assert zero[3] == pytest.approx(((ys[:, 3] ** 2).mean() / 4).item(), rel=1e-12)
-    d2 = d2_distances(out, "zero").set_index(["other", "k"])["d2"]
+    labels = {p.key: p.name for p in preds}
+    d2 = d2_distances(out, Key("zero"), labels=labels).set_index(["other", "k"])["d2"]
     assert d2["OLS", 0] == 0  # OLS predicts 0 before any pair, like "zero"
     pm = reg.posterior_mean(xs, ys, task.components, 0.5)
     assert d2["posterior mean", 2] == pytest.approx((pm[:, 2] ** 2).mean().item(), rel=1e-12)
-    paired = d2_distances(out, "zero", baseline="OLS").set_index(["other", "k"])
+    paired = d2_distances(out, Key("zero"), baseline=Key("ols"), labels=labels).set_index(["other", "k"])
     assert (paired.loc["OLS", "excess"] == 0).all() and (paired.loc["OLS", "excess_ci"] == 0).all()
     ols = reg.ols(xs, ys)
     diff = pm[:, 4] ** 2 - ols[:, 4] ** 2

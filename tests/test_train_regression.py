@@ -62,7 +62,7 @@ def test_bad_regression_configs(over, match):
 
 
 def test_fixed_training_set_batches_drop_and_shuffle_its_prompts():
-    from icmix.train.loop import RegressionObjective, training_set
+    from icmix.families.mixlinreg import RegressionObjective, training_set
 
     cfg = tiny(**{"task.n_train": 50, "task.dims_start": 4})
     task = build_task(cfg)
@@ -141,11 +141,11 @@ def test_reproduce_mlr_fig2_tiny(tmp_path):
     table = pd.read_csv(out / "mlr-fig2.csv")
     assert set(table.noise) == {0.0, 1.0} and set(table.k) == set(range(9))
     assert {"transformer", "posterior mean (oracle)", "argmin (oracle)", "OLS", "ridge (Bayesian OLS)",
-            "constructed transformer"} == set(table.predictor)
-    built = table[table.predictor == "constructed transformer"].set_index("k")["nmse"]
-    pm = table[(table.noise == 1.0) & (table.predictor == "posterior mean (oracle)")].set_index("k")["nmse"]
+            "constructed transformer"} == set(table.label)
+    built = table[table.label == "constructed transformer"].set_index("k")["nmse"]
+    pm = table[(table.noise == 1.0) & (table.label == "posterior mean (oracle)")].set_index("k")["nmse"]
     assert ((built - pm).abs() / pm).max() < 1e-6  # the construction is the posterior mean
-    exact = table[(table.noise == 0) & (table.predictor == "posterior mean (oracle)") & (table.k >= 1)]
+    exact = table[(table.noise == 0) & (table.label == "posterior mean (oracle)") & (table.k >= 1)]
     assert (exact.nmse < 1e-20).all()  # noise-free: one pair identifies the component
     assert (out / "mlr-fig2.png").stat().st_size > 20_000
 
@@ -168,11 +168,11 @@ def test_reproduce_mlr_shift_figures_reuse_fig2_runs(tmp_path):
     fig2 = pd.read_csv(out / "mlr-fig2.csv")
     fig5 = pd.read_csv(out / "mlr-fig5.csv")
     # Unshifted (kappa = 1) prompts are fig2's prompts: the same transformer errors.
-    a = fig2[fig2.predictor == "transformer"].set_index("k")["nmse"]
+    a = fig2[fig2.label == "transformer"].set_index("k")["nmse"]
     b = fig5[fig5["value"] == 1.0].set_index("k")["nmse"]
     assert (a - b).abs().max() < 1e-12
     fig9 = pd.read_csv(out / "mlr-fig9.csv")
-    assert set(fig9.predictor) == {"posterior mean (oracle)"} and set(fig9["value"]) == {0.0, 1.0}
+    assert set(fig9.label) == {"posterior mean (oracle)"} and set(fig9["value"]) == {0.0, 1.0}
 
 
 def test_reproduce_mlr_fig4_tiny(tmp_path):
@@ -203,14 +203,14 @@ def test_reproduce_mlr_fig3_tiny(tmp_path):
                  "--set", "d_model=16", "--set", "n_trains=(60,120)", "--set", "dropouts=(0.0,0.1)"]) == 0
     table, est = pd.read_csv(out / "mlr-fig3.csv"), pd.read_csv(out / "mlr-fig3-estimates.csv")
     assert set(table.n_train) == {60, 120} and set(est.estimator) == {"EM", "SA"}
-    assert set(table.predictor) == {"transformer", "posterior mean (EM)", "posterior mean (SA)", "posterior mean (oracle)"}
+    assert set(table.label) == {"transformer", "posterior mean (EM)", "posterior mean (SA)", "posterior mean (oracle)"}
     assert (est.oracle_prediction_error >= 1.0 / 4 - 1e-12).all()  # never below sigma^2 / d
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 2 and "-n60-" in runs[1] and "-n120-" in runs[0]
     cfg = TrainConfig.from_yaml(out / "runs" / runs[0] / "config.yaml")
     assert cfg.task.n_train == 120 and cfg.task.dims_start == 4 and cfg.model.params["dropout"] == 0.1
     # the oracle posterior mean does not depend on n
-    oracle = table[table.predictor == "posterior mean (oracle)"].pivot(index="k", columns="n_train", values="nmse")
+    oracle = table[table.label == "posterior mean (oracle)"].pivot(index="k", columns="n_train", values="nmse")
     assert (oracle[60] - oracle[120]).abs().max() < 1e-12
     assert main(["reproduce", "mlr-fig3", "--out", str(tmp_path / "bad"), "--set", "dropouts=(0.1,)"]) == 2
     assert not (tmp_path / "bad").exists()

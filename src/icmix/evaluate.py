@@ -1,7 +1,13 @@
 """Evaluation: predictors x task x prefix lengths -> a tidy table with confidence intervals.
 
+Every predictor has a stable ``key`` (``Key``: what it is, e.g. ``md``, 2 steps, tuned η) and a
+display ``name`` (its label, for the reader only).  Tables carry the key's fields as columns
+(``key, predictor, variant, steps, tuning, model_kind, depth, loss``); figures and claims select
+by them, never by the label.
+
 An MTD *predictor* answers one call, ``predict(tokens (B, T), task, lengths) -> (B, P, Q)``:
-the next-token distribution after each prefix ``tokens[:, :L]``, using nothing past it.
+the next-token distribution after each prefix ``tokens[:, :L]``, using nothing past it
+(``SequencePredictor``); a tunable one (``Tunable``) also has ``tune``.
 Estimators of the lag weights become predictors through ``LagPredictor``; mirror descent
 with a step size tuned per length is ``TunedMirrorDescent``, the hand-built transformer is
 ``ConstructedMirrorDescent`` (tuned the same way) and a finished training run is
@@ -12,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -23,18 +29,83 @@ from icmix.metrics import kl_divergence, mean_ci
 from icmix.random import make_generator
 from icmix.tasks import MTDTask
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # (tokens, transition, order, lengths) -> lam (B, P, M)
 LagEstimate = Callable[[Tensor, Tensor, int, list[int]], Tensor]
 
 DEFAULT_BETAS = tuple(float(b) for b in np.geomspace(0.05, 500.0, 41))  # ratio 1.26 between points
 
 
+@dataclass(frozen=True)
+class Key:
+    """A predictor's stable identity, separate from its display label.
+
+    ``predictor``: what it is (``bayes``, ``em``, ``md``, ``construction``, ``trained``,
+    ``posterior-mean``, ``ols``, ...); ``variant``: which version (``exact``/``gibbs`` Bayes,
+    ``oracle``/``em``/``sa`` plug-in weights); ``steps``: iterations of an iterative method;
+    ``tuning``: how its step size is set (``tuned`` per length, ``shared`` over lengths,
+    ``theorem-1``); ``model_kind``, ``depth``, ``loss``: of a trained model.
+    """
+
+    predictor: str
+    variant: str | None = None
+    steps: int | None = None
+    tuning: str | None = None
+    model_kind: str | None = None
+    depth: int | None = None
+    loss: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The key as one string (``md/steps=2/tuning=tuned``): the ``key`` column tables join on."""
+        parts = [f"{f}={v}" for f, v in self.fields().items() if f != "predictor" and v is not None]
+        return "/".join([self.predictor, *parts])
+
+    def fields(self) -> dict:
+        return {f: getattr(self, f) for f in KEY_FIELDS}
+
+    def columns(self) -> dict:
+        """The table columns of this key: ``key`` and one per field."""
+        return {"key": self.id, **self.fields()}
+
+
+KEY_FIELDS = ("predictor", "variant", "steps", "tuning", "model_kind", "depth", "loss")
+
+
+@runtime_checkable
+class SequencePredictor(Protocol):
+    """The prefix contract of a sequence task (SPEC §1): ``predict(tokens (B, T), task, lengths
+    (P,)) -> (B, P, Q)``, the next-token distribution after each prefix ``tokens[:, :L]``."""
+
+    key: Key
+    name: str
+
+    def predict(self, tokens: Tensor, task, lengths: Sequence[int]) -> Tensor: ...
+
+
+@runtime_checkable
+class Tunable(Protocol):
+    """A predictor with a free parameter chosen per length on a separate tuning batch:
+    ``tune(tokens (B, T), truth, task, lengths)`` before ``predict``; ``chosen_beta`` holds
+    the choice per length (reported in the table)."""
+
+    chosen_beta: dict[int, float]
+
+    def tune(self, tokens: Tensor, truth: Tensor, task, lengths: Sequence[int]) -> None: ...
+
+
 @dataclass
 class LagPredictor:
     """A predictor that plugs an estimate of the lag weights into the MTD predictive."""
 
-    name: str
+    key: Key
     estimate: LagEstimate
+    name: str = ""
+
+    def __post_init__(self):
+        self.name = self.name or self.key.id
 
     def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
         lam = self.estimate(tokens, task.transition, task.order, list(lengths))
@@ -51,6 +122,7 @@ class TunedBeta:
     lengths), what a single set of weights would use if it could not adapt to the length.
     """
 
+    key: Key
     name: str
     betas: Sequence[float]
     chosen_beta: dict[int, float]
@@ -95,6 +167,10 @@ class TunedMirrorDescent(TunedBeta):
         if not self.name:
             self.name = f"MD {self.steps}-step ({'one β for all lengths' if self.shared else 'tuned η'})"
 
+    @property
+    def key(self) -> Key:
+        return Key("md", steps=self.steps, tuning="shared" if self.shared else "tuned")
+
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
         n = torch.tensor(lengths, dtype=torch.float64) - task.order
         lam = est.mirror_descent(tokens, task.transition, task.order, beta / (task.order * n), self.steps, lengths)
@@ -113,6 +189,7 @@ class ConstructedMirrorDescent(TunedBeta):
     name: str = "Construction (3-layer, tuned β)"
     batch_size: int = 256
     chosen_beta: dict[int, float] = field(default_factory=dict)
+    key = Key("construction", steps=1, tuning="tuned")
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
         from icmix.construct import mirror_descent_transformer
@@ -136,42 +213,6 @@ def true_predictive(tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Se
     return est.predictive(tokens, task.transition, lam, list(lengths))
 
 
-def standard_mtd_predictors(
-    order: int,
-    alpha: float = 1.0,
-    md_steps: Sequence[int] = (1, 2, 3, 4),
-    gibbs_samples: int = 1000,
-    gibbs_burn_in: int = 200,
-    em_max_iter: int = 5000,
-    seed: int = 0,
-    betas: Sequence[float] = DEFAULT_BETAS,
-    include_gibbs: bool = True,
-    include_construction: bool = True,
-) -> list:
-    """The estimators of the paper's Figure 3: exact and Gibbs Bayes, MLE, one-step MD at
-    ``eta = 1/(M+1)`` (Theorem 1), k-step MD with tuned step sizes, and the 3-layer
-    transformer construction (tuned like one-step MD, which it equals)."""
-    eta_thm1 = 1.0 / (order + 1)
-    preds: list = [
-        LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, alpha, L)),
-    ]
-    if include_gibbs:
-        preds.append(
-            LagPredictor(
-                "Bayes (Gibbs)",
-                lambda x, pi, m, L: est.bayes_gibbs(
-                    x, pi, m, alpha, gibbs_samples, gibbs_burn_in, make_generator(seed + 7919), L
-                ),
-            )
-        )
-    preds.append(LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, em_max_iter, 1e-7, L)))
-    preds.append(LagPredictor("MD 1-step (η=1/(m+1))", lambda x, pi, m, L: est.mirror_descent(x, pi, m, eta_thm1, 1, L)))
-    preds.extend(TunedMirrorDescent(steps=k, betas=betas) for k in md_steps)
-    if include_construction:
-        preds.append(ConstructedMirrorDescent(betas=betas))
-    return preds
-
-
 def evaluate_mtd(
     task: MTDTask,
     predictors: Sequence,
@@ -187,12 +228,42 @@ def evaluate_mtd(
     prefix length; tunable predictors are tuned on a separate batch of ``n_tune``.
 
     Returns a tidy table with columns ``estimator, length, kl_mean, kl_sem, kl_ci, n, beta, eta``
-    (``kl_ci`` is the 95% Student-t half-width over sequences).
+    (``kl_ci`` is the 95% Student-t half-width over sequences; ``estimator`` is the display
+    label), then the predictor's key columns (``Key.columns``) and ``family``.
     """
+    table = evaluate_sequences(task, predictors, lengths, n_sequences, n_tune, seed, progress,
+                               sample=lambda n, t, gen: task.sample(n, t, generator=gen),
+                               truth=lambda tokens, lam, L: true_predictive(tokens, lam, task, L))
+    table.insert(table.columns.get_loc("n") + 1, "beta", table.pop("beta"))
+    table.insert(table.columns.get_loc("beta") + 1, "eta", table["beta"] / (task.order * (table["length"] - task.order)))
+    table["family"] = "mtd"
+    return table
+
+
+def evaluate_sequences(
+    task,
+    predictors: Sequence[SequencePredictor],
+    lengths: Sequence[int],
+    n_sequences: int,
+    n_tune: int,
+    seed: int,
+    progress: bool,
+    sample: Callable[[int, int, torch.Generator], tuple[Tensor, Tensor]],
+    truth: Callable[[Tensor, Tensor, list[int]], Tensor],
+) -> pd.DataFrame:
+    """Mean KL(true || predicted) of the next token for any sequence task (the engine of
+    ``evaluate_mtd``; a task family's own evaluation calls it with its sampler and truth).
+
+    ``sample(n, T, generator) -> (tokens (n, T), latent)`` draws sequences with whatever
+    ``truth(tokens, latent, lengths) -> (B, P, Q)`` needs for the true next-token
+    distribution after each prefix.  Columns: ``estimator, length, kl_mean, kl_sem, kl_ci, n,
+    beta`` and the key columns."""
+    import pandas as pd
+
     lengths = sorted(int(L) for L in lengths)
     gen = make_generator(seed)
-    tokens, lam = task.sample(n_sequences, max(lengths), generator=gen)
-    p_true = true_predictive(tokens, lam, task, lengths)
+    tokens, latent = sample(n_sequences, max(lengths), gen)
+    p_true = truth(tokens, latent, lengths)
     tune_set = None
     rows = []
     it = predictors
@@ -204,19 +275,16 @@ def evaluate_mtd(
         if progress:
             it.set_postfix_str(pred.name)
         beta = {}
-        if isinstance(pred, TunedBeta):
+        if isinstance(pred, Tunable):
             if tune_set is None:
-                tune_set = task.sample(n_tune, max(lengths), generator=gen)
+                tune_set = sample(n_tune, max(lengths), gen)
             pred.tune(tune_set[0], tune_set[1], task, lengths)
             beta = pred.chosen_beta
         kl = kl_divergence(p_true, pred.predict(tokens, task, lengths))  # (B, P)
         for j, L in enumerate(lengths):
             mean, sem, ci = mean_ci(kl[:, j].numpy())
-            b = beta.get(L, np.nan)
-            rows.append(
-                dict(estimator=pred.name, length=L, kl_mean=mean, kl_sem=sem, kl_ci=ci, n=n_sequences,
-                     beta=b, eta=b / (task.order * (L - task.order)))
-            )
+            rows.append(dict(estimator=pred.name, length=L, kl_mean=mean, kl_sem=sem, kl_ci=ci, n=n_sequences,
+                             beta=beta.get(L, np.nan), **pred.key.columns()))
     return pd.DataFrame(rows)
 
 
@@ -234,6 +302,7 @@ class TrainedPredictor:
     transition: Tensor
     order: int
     batch_size: int = 256
+    key: Key = Key("trained")
 
     @classmethod
     def from_run(cls, run_dir, name: str | None = None) -> TrainedPredictor:
@@ -244,7 +313,8 @@ class TrainedPredictor:
         cfg, model = load_run(run_dir)
         model.eval()
         task = build_task(cfg)
-        return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, task.transition, task.order)
+        return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, task.transition,
+                   task.order, key=trained_key(cfg))
 
     def outputs(self, tokens: Tensor) -> Tensor:
         """Raw model outputs ``(B, T, Q)``, in batches, without gradients."""
@@ -265,6 +335,11 @@ class TrainedPredictor:
         return to_distribution(out[:, torch.tensor(lengths) - 1], self.loss)
 
 
+def trained_key(cfg) -> Key:
+    """The key of a trained model: its kind, depth and loss."""
+    return Key("trained", model_kind=cfg.model.kind, depth=getattr(cfg.model_config(), "n_layers", None), loss=cfg.loss)
+
+
 # ---- regression mixtures -----------------------------------------------------------------
 # A regression predictor answers ``predict(xs (B, N, d), ys (B, N)) -> (B, N)`` under the
 # prefix contract of SPEC §2: column j uses the pairs before j and ``xs[:, j]`` only.
@@ -272,12 +347,16 @@ class TrainedPredictor:
 
 @dataclass
 class RegressionPredictor:
-    """A function of the prompt as a named predictor, e.g.
-    ``RegressionPredictor("OLS", reg.ols)`` or, with the task's components,
-    ``RegressionPredictor("posterior mean", partial(reg.posterior_mean, components=w, noise=s))``."""
+    """A function of the prompt as a predictor, e.g. ``RegressionPredictor(Key("ols"), reg.ols,
+    "OLS")`` or, with the task's components, ``RegressionPredictor(Key("posterior-mean",
+    "oracle"), partial(reg.posterior_mean, components=w, noise=s), "posterior mean (oracle)")``."""
 
-    name: str
+    key: Key
     fn: Callable[[Tensor, Tensor], Tensor]
+    name: str = ""
+
+    def __post_init__(self):
+        self.name = self.name or self.key.id
 
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.fn(xs, ys)
@@ -290,17 +369,19 @@ class TrainedRegressor:
     name: str
     model: torch.nn.Module
     batch_size: int = 512
+    key: Key = Key("trained")
 
     @classmethod
     def from_run(cls, run_dir, name: str | None = None) -> TrainedRegressor:
         from pathlib import Path
 
+        from icmix.models import RegressionGPT
         from icmix.train import load_run
 
         cfg, model = load_run(run_dir)
-        if cfg.task.kind != "mixlinreg":
+        if not isinstance(model, RegressionGPT):
             raise ValueError(f"{run_dir} was trained on a {cfg.task.kind!r} task, not a regression mixture")
-        return cls(name or f"transformer ({Path(run_dir).name})", model.eval())
+        return cls(name or f"transformer ({Path(run_dir).name})", model.eval(), key=trained_key(cfg))
 
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         param = next(self.model.parameters())
@@ -316,38 +397,49 @@ def evaluate_regression(xs: Tensor, ys: Tensor, predictors: Sequence, dim: int) 
     """Normalised MSE (MSE / d) of each predictor at every prompt length ``k`` (pairs seen,
     ``k = 0..N-1``) on the prompts ``xs, ys``, with a 95% CI over prompts.
 
-    Returns the tidy table (``predictor, k, nmse, nmse_sem, nmse_ci, n``) and the predictions
-    ``{name: (B, N)}`` (for ``d2_distances``).
+    Returns the tidy table (``label, k, nmse, nmse_sem, nmse_ci, n``, the key columns and
+    ``family``; ``label`` is the display label) and the predictions ``{key: (B, N)}`` (for
+    ``d2_distances``).
     """
+    import pandas as pd
+
     preds, rows = {}, []
     for pred in predictors:
         p = pred.predict(xs, ys).double()
-        preds[pred.name] = p
+        preds[pred.key] = p
         err = ((p - ys.double()) ** 2 / dim).numpy()
         for k in range(xs.shape[1]):
             mean, sem, ci = mean_ci(err[:, k])
-            rows.append(dict(predictor=pred.name, k=k, nmse=mean, nmse_sem=sem, nmse_ci=ci, n=xs.shape[0]))
+            rows.append(dict(label=pred.name, k=k, nmse=mean, nmse_sem=sem, nmse_ci=ci, n=xs.shape[0],
+                             **pred.key.columns(), family="mixlinreg"))
     return pd.DataFrame(rows), preds
 
 
-def d2_distances(preds: dict[str, Tensor], reference: str, baseline: str | None = None) -> pd.DataFrame:
+def d2_distances(preds: dict[Key, Tensor], reference: Key, baseline: Key | None = None,
+                 labels: dict[Key, str] | None = None) -> pd.DataFrame:
     """``d_k^sq(f, g) = E[(f(P) - g(P))^2]`` between the predictor ``reference`` and every other,
-    at each prompt length k (the regression paper's Fig. 4): ``other, k, d2, d2_ci``.
+    at each prompt length k (the regression paper's Fig. 4): ``other, k, d2, d2_ci`` (``other``:
+    the display label from ``labels``), with the other's key as ``other_key, other_predictor,
+    other_variant``.
 
     With ``baseline`` (one of the others) also ``excess, excess_ci``: ``d_k^sq(f, g) -
     d_k^sq(f, baseline)`` paired over the same prompts, with its 95% CI, so "g is farther
     from f than the baseline" can be told from a tie."""
+    import pandas as pd
+
+    labels = labels or {}
     f = preds[reference]
     base = None if baseline is None else ((f - preds[baseline]) ** 2).numpy()
     rows = []
-    for name, g in preds.items():
-        if name == reference:
+    for key, g in preds.items():
+        if key == reference:
             continue
         sq = ((f - g) ** 2).numpy()
         for k in range(sq.shape[1]):
             mean, _, ci = mean_ci(sq[:, k])
-            row = dict(other=name, k=k, d2=mean, d2_ci=ci)
+            row = dict(other=labels.get(key, key.id), k=k, d2=mean, d2_ci=ci)
             if base is not None:
                 row["excess"], _, row["excess_ci"] = mean_ci(sq[:, k] - base[:, k])
+            row.update(other_key=key.id, other_predictor=key.predictor, other_variant=key.variant)
             rows.append(row)
     return pd.DataFrame(rows)

@@ -18,9 +18,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icmix.evaluate import Key
+from icmix.families.mixlinreg import PM_EM, PM_ORACLE, PM_SA
 from icmix.metrics import mean_ci
 
-HOLDS, FAILS, NOT_RUN = "holds", "doesn't", "not run"
+HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
+
+# The predictors claims compare (selected by key columns, never by display label).
+BAYES, MD1 = Key("bayes", "exact"), Key("md", steps=1, tuning="tuned")
+
+
+class MissingRows(LookupError):
+    """A claim's figure ran, but its table has no rows the claim needs (a figure run with
+    other settings, e.g. no m = 20).  Any other error in a claim is a bug and propagates."""
+
+
+def _select(t: pd.DataFrame, what: str, **where) -> pd.DataFrame:
+    """The rows of ``t`` whose columns equal ``where`` (a ``Key`` matches the ``key`` column);
+    ``MissingRows`` naming ``what`` if there are none."""
+    mask = np.ones(len(t), bool)
+    for col, value in where.items():
+        if isinstance(value, Key):
+            col, value = "key", value.id
+        if col not in t.columns:
+            raise MissingRows(f"{what}: the table has no column {col!r}")
+        mask &= (t[col] == value).to_numpy()
+    if not mask.any():
+        raise MissingRows(f"{what}: no rows with " + ", ".join(f"{k} = {v}" for k, v in where.items()))
+    return t[mask]
+
+
+def _by_key(t: pd.DataFrame, index, values: str, keys: list, what: str) -> pd.DataFrame:
+    """``values`` pivoted to one column per key (``Key`` or key-id string) in ``keys``, indexed by ``index``."""
+    ids = [k.id if isinstance(k, Key) else k for k in keys]
+    for k in ids:
+        _select(t, what, key=k)
+    return t[t.key.isin(ids)].pivot_table(index=index, columns="key", values=values)[ids]
+
+
+def _trained_key(t: pd.DataFrame, what: str, **where) -> str:
+    """The key id of the one trained model in ``t`` matching ``where`` (model_kind, depth, loss)."""
+    ids = _select(t, what, predictor="trained", **where)["key"].unique()
+    if len(ids) != 1:
+        raise MissingRows(f"{what}: expected one trained model with {where}, found {list(ids)}")
+    return ids[0]
 
 
 @dataclass
@@ -85,8 +126,8 @@ def construction_md(c: Claim, out: Path) -> Claim:
        "at least 5% larger at the longest", ("mtd-fig3",))
 def md_vs_bayes(c: Claim, out: Path) -> Claim:
     t = _read(out, "mtd-fig3")
-    kl = t.pivot_table(index=["seed", "length"], columns="estimator", values="kl_mean")
-    ratio = (kl["MD 1-step (tuned η)"] / kl["Bayes (exact)"]).unstack("length")
+    kl = _by_key(t, ["seed", "length"], "kl_mean", [MD1, BAYES], "mtd-fig3")
+    ratio = (kl[MD1.id] / kl[BAYES.id]).unstack("length")
     short, long_ = ratio.iloc[:, 0], ratio.iloc[:, -1]
     ms, cs, n, _ = _seeds(short)
     ml, cl, _, _ = _seeds(long_)
@@ -96,27 +137,28 @@ def md_vs_bayes(c: Claim, out: Path) -> Claim:
     return c
 
 
-def _kl_ratio_to_md(out: Path, figure: str, model: str, length: int, by=("seed",)) -> pd.Series:
-    """KL(model) / KL(one-step MD, tuned η) at ``length``, per ``by`` (seed, and order where a
-    figure has several)."""
-    t = _read(out, figure)
-    at = t[t.length == length].pivot_table(index=list(by), columns="estimator", values="kl_mean")
-    return at[model] / at["MD 1-step (tuned η)"]
+def _kl_ratio_to_md(out: Path, figure: str, length: int, by=("seed",), **model) -> pd.Series:
+    """KL(trained model) / KL(one-step MD, tuned η) at ``length``, per ``by`` (seed, and order
+    where a figure has several); ``model``: the trained model's key fields (model_kind, depth, loss)."""
+    t = _select(_read(out, figure), figure, length=length)
+    trained = _trained_key(t, figure, **model)
+    at = _by_key(t, list(by), "kl_mean", [trained, MD1], figure)
+    return at[trained] / at[MD1.id]
 
 
-def _fig4_agreement(out: Path) -> pd.DataFrame:
-    return _read(out, "mtd-fig4-agreement")
+def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
+    """The trained disentangled model's rows of ``metric`` in Fig. 4's agreement table."""
+    return _select(_read(out, "mtd-fig4-agreement"), "mtd-fig4-agreement", model_kind="disentangled", metric=metric, **where)
 
 
 @claim("MTD", "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
        "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
        ("mtd-fig4",))
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
-    ratio = _kl_ratio_to_md(out, "mtd-fig4", "trained disentangled (3-layer)", cfg.length)
+    ratio = _kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled")
     c.mean, c.ci, _, c.value = _seeds(ratio)
     c.verdict = _verdict(c.mean <= 1.1)
-    a = _fig4_agreement(out)
-    kl = a[(a.model == "trained disentangled (3-layer)") & (a.metric == "KL(construction || trained)")]["value"]
+    kl = _fig4_agreement(out, "kl_construction")["value"]
     c.note = f"KL(construction ‖ trained) = {_seeds(kl)[3]}"
     return c
 
@@ -125,12 +167,11 @@ def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
        "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
        "sequences); holds if ≥ 0.9", ("mtd-fig4",))
 def attention_vs_construction(c: Claim, out: Path) -> Claim:
-    a = _fig4_agreement(out)
-    a = a[(a.model == "trained disentangled (3-layer)") & a.metric.str.match(r"layer-\d attention cosine")]
+    a = _fig4_agreement(out, "attention_cosine")
     worst = a.groupby("seed")["value"].min()
     c.mean, c.ci, _, c.value = _seeds(worst)
-    per_layer = a.groupby("metric")["value"].mean()
-    c.note = "; ".join(f"{k.split(' ')[0]} {v:.3f}" for k, v in per_layer.items())
+    per_layer = a.groupby("layer")["value"].mean()
+    c.note = "; ".join(f"layer-{int(k)} {v:.3f}" for k, v in per_layer.items())
     c.verdict = _verdict(c.mean >= 0.9)
     return c
 
@@ -138,8 +179,7 @@ def attention_vs_construction(c: Claim, out: Path) -> Claim:
 @claim("MTD", "Layer 1 attends to the m lagged tokens (the construction's support)",
        "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9", ("mtd-fig4",))
 def layer1_lag_mass(c: Claim, out: Path) -> Claim:
-    a = _fig4_agreement(out)
-    v = a[(a.model == "trained disentangled (3-layer)") & (a.metric == "layer-1 mass on lag offsets 1..m")]
+    v = _fig4_agreement(out, "lag_mass", layer=1)
     c.mean, c.ci, _, c.value = _seeds(v.groupby("seed")["value"].mean())
     c.verdict = _verdict(c.mean >= 0.9)
     return c
@@ -171,10 +211,10 @@ def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
        "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
        "closest to; holds if the ratio is below 1", ("mtd-fig5",))
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
-    ratio = _kl_ratio_to_md(out, "mtd-fig5", f"trained {cfg.depth}-layer ({cfg.loss.upper()})", cfg.length)
+    ratio = _kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
     c.mean, c.ci, n, c.value = _seeds(ratio)
-    track = _read(out, "mtd-fig5-tracking")
-    track = track[track.length == cfg.length].groupby("k")["kl_md_to_model"].mean()
+    track = _select(_read(out, "mtd-fig5-tracking"), "mtd-fig5-tracking", length=cfg.length)
+    track = track.groupby("k")["kl_md_to_model"].mean()
     c.value += f"; closest to k = {int(track.idxmin())}"
     c.verdict = _verdict(c.mean < 1)
     return c
@@ -184,7 +224,7 @@ def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
        "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
        ("mtd-fig6",))
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
-    ratio = _kl_ratio_to_md(out, "mtd-fig6", "trained standard (GPT)", cfg.length, ("seed", "order")).groupby("seed").max()
+    ratio = _kl_ratio_to_md(out, "mtd-fig6", cfg.length, ("seed", "order"), model_kind="gpt").groupby("seed").max()
     c.mean, c.ci, _, c.value = _seeds(ratio)
     c.verdict = _verdict(c.mean <= 1.25)
     return c
@@ -209,10 +249,11 @@ def construction_pm(c: Claim, out: Path) -> Claim:
 def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
     k = 2 * cfg.dim
     t = _read(out, "mlr-fig2")
-    t = t[(t.n_components == m) & (t.noise == 1.0) & (t.k == min(k, t.k.max()))]
-    at = t.pivot_table(index="seed", columns="predictor", values="nmse")
-    c.mean, c.ci, _, c.value = _seeds(at["transformer"] / at["posterior mean (oracle)"])
-    c.note = f"OLS / posterior mean: {_seeds(at['OLS'] / at['posterior mean (oracle)'])[3]}"
+    t = _select(t, f"mlr-fig2 (m = {m}, σ = 1)", n_components=m, noise=1.0, k=min(k, t.k.max()))
+    trained = _trained_key(t, "mlr-fig2")
+    at = _by_key(t, "seed", "nmse", [trained, PM_ORACLE, Key("ols")], "mlr-fig2")
+    c.mean, c.ci, _, c.value = _seeds(at[trained] / at[PM_ORACLE.id])
+    c.note = f"OLS / posterior mean: {_seeds(at[Key('ols').id] / at[PM_ORACLE.id])[3]}"
     c.verdict = _verdict(c.mean <= 1.2)
     return c
 
@@ -221,11 +262,11 @@ def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
        "share of k ≥ d/2 where no other of the six posterior-mean/argmin variants is significantly closer "
        "(paired interval of the excess d², pooled over seeds); holds if 100%", ("mlr-fig4",))
 def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
-    t = _read(out, "mlr-fig4")
-    t = t[(t.n_components == m) & (t.k >= cfg.dim / 2) & (t.other != "posterior mean (oracle)")]
+    t = _select(_read(out, "mlr-fig4"), f"mlr-fig4 (m = {m})", n_components=m)
+    t = t[(t.k >= cfg.dim / 2) & (t.other_key != PM_ORACLE.id)]
     if t.empty:
-        raise ValueError(f"mlr-fig4 has no rows with m = {m} and k >= d/2")
-    g = t.groupby(["k", "other"])
+        raise MissingRows(f"mlr-fig4 has no rows with m = {m} and k >= d/2")
+    g = t.groupby(["k", "other_key"])
     excess = g["excess"].mean()
     ci = g["excess_ci"].apply(lambda s: float(np.sqrt((s**2).sum())) / len(s))
     beaten = (excess + ci < 0).groupby("k").any()
@@ -234,7 +275,9 @@ def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
     c.value = (f"{100 * c.mean:.0f}% of {len(beaten)} k (strictly closest at {100 * closest.mean():.0f}%)")
     worst = excess[excess + ci < 0]
     if len(worst):
-        c.note = "beaten by " + ", ".join(sorted({o for _, o in worst.index})) + f" at k = {sorted({k for k, _ in worst.index})}"
+        labels = t.drop_duplicates("other_key").set_index("other_key")["other"]
+        c.note = ("beaten by " + ", ".join(sorted({labels[o] for _, o in worst.index}))
+                  + f" at k = {sorted({k for k, _ in worst.index})}")
     c.verdict = _verdict(not beaten.any())
     return c
 
@@ -245,14 +288,15 @@ def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
 def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
     n = min(cfg.n_trains)
-    t = _read(out, "mlr-fig3")
-    t = t[(t.n_train == n) & (t.k == min(k, t.k.max()))]
-    at = t.pivot_table(index="seed", columns="predictor", values="nmse")
-    best = at[["posterior mean (EM)", "posterior mean (SA)"]].min(axis=1)
-    c.mean, c.ci, _, c.value = _seeds(at["transformer"] / best)
-    by_n = _read(out, "mlr-fig3")
-    by_n = by_n[by_n.k == min(k, by_n.k.max())].pivot_table(index=["n_train", "seed"], columns="predictor", values="nmse")
-    ratio = (by_n["transformer"] / by_n[["posterior mean (EM)", "posterior mean (SA)"]].min(axis=1)).groupby("n_train").mean()
+    all_n = _read(out, "mlr-fig3")
+    all_n = _select(all_n, "mlr-fig3", k=min(k, all_n.k.max()))
+    trained = _trained_key(all_n, "mlr-fig3")
+    t = _select(all_n, f"mlr-fig3 (n = {n})", n_train=n)
+    at = _by_key(t, "seed", "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
+    best = at[[PM_EM.id, PM_SA.id]].min(axis=1)
+    c.mean, c.ci, _, c.value = _seeds(at[trained] / best)
+    by_n = _by_key(all_n, ["n_train", "seed"], "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
+    ratio = (by_n[trained] / by_n[[PM_EM.id, PM_SA.id]].min(axis=1)).groupby("n_train").mean()
     c.note = "by n: " + ", ".join(f"{n_}: {r:.2f}" for n_, r in ratio.items())
     c.verdict = _verdict(c.mean <= 1.2)
     return c
@@ -269,9 +313,10 @@ LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight 
 def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
     t = pd.concat([_read(out, f) for f in c.figures], ignore_index=True)
-    t = t[(t.n_components == 5) & (t.noise == 1.0) & (t.k == min(k, t.k.max()))]
-    at = t.pivot_table(index=["seed", "shift", "value"], columns="predictor", values="nmse")
-    ratio = (at["transformer"] / at["posterior mean (oracle)"]).reset_index(name="ratio")
+    t = _select(t, "mlr-fig5..9 (m = 5, σ = 1)", n_components=5, noise=1.0, k=min(k, t.k.max()))
+    trained = _trained_key(t, "mlr-fig5..9")
+    at = _by_key(t, ["seed", "shift", "value"], "nmse", [trained, PM_ORACLE], "mlr-fig5..9")
+    ratio = (at[trained] / at[PM_ORACLE.id]).reset_index(name="ratio")
 
     def worst(kind):
         sel = np.zeros(len(ratio), bool)
@@ -314,8 +359,9 @@ CLAIMS = [
 
 def evaluate(out: Path, configs: dict, available: set[str]) -> list[Claim]:
     """Every claim of ``CLAIMS``, read off the CSVs under ``out``.  A claim needing a figure not
-    in ``available`` (failed, or not run), or one whose test raises, comes back ``not run``
-    with the reason in its note."""
+    in ``available`` (failed, or not run) comes back ``not run``, and one whose figure ran
+    without the rows it needs (``MissingRows``: other settings) ``no data``, each with the
+    reason in its note.  Any other error in a claim propagates: it is a bug, not a verdict."""
     claims = []
     for fn, config_of, extra in CLAIMS:
         paper, text, test, figures = fn.claim
@@ -336,8 +382,8 @@ def evaluate(out: Path, configs: dict, available: set[str]) -> list[Claim]:
             continue
         try:
             fn(c, out, *([cfg] if config_of else []), **extra)
-        except Exception as err:  # noqa: BLE001 - reported in the table, never fatal to the report
-            c.verdict, c.value, c.note = NOT_RUN, "", f"{type(err).__name__}: {err}"
+        except MissingRows as err:
+            c.verdict, c.value, c.note = NO_DATA, "", str(err)
         claims.append(c)
     return claims
 

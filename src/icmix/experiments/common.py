@@ -49,13 +49,13 @@ def _check_type(cfg, key: str, value) -> None:
     not converted, so a config (and its cache key) is exactly what was typed."""
     import typing
 
-    from icmix.train.config import _typed
+    from icmix.train.config import typed
 
     hint = typing.get_type_hints(type(cfg)).get(key)
     plain = (int, float, str, bool)
     inner = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
     if hint in plain or (inner and all(a in plain for a in inner)):
-        _typed(key, value, hint)
+        typed(key, value, hint)
 
 
 def environment() -> dict:
@@ -108,12 +108,7 @@ def run_name(tc) -> str:
     ``...-noise1.0-n4000-seed0-<hash>`` for a fixed training set)."""
     depth = getattr(tc.model_config(), "n_layers", "")
     digest = hashlib.sha1(tc.to_yaml().encode()).hexdigest()[:8]
-    t = tc.task
-    if t.kind == "mixlinreg":
-        what = f"d{t.dim}-m{t.n_components}-noise{t.noise}" + (f"-n{t.n_train}" if t.n_train else "")
-    else:
-        what = f"m{t.order}-T{t.length}-{tc.loss}"
-    return f"{tc.model.kind}{depth}-{what}-seed{tc.seed}-{digest}"
+    return f"{tc.model.kind}{depth}-{tc.family.run_name(tc)}-seed{tc.seed}-{digest}"
 
 
 def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True) -> list[Path]:

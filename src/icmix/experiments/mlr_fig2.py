@@ -31,6 +31,8 @@ from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments.common import run_table_figure, trained_runs
+from icmix.families import get_family
+from icmix.families.mixlinreg import ARGMIN_ORACLE, CONSTRUCTED, OLS, PM_ORACLE, RIDGE
 from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
@@ -120,13 +122,11 @@ def trained_tasks(cfg: Config, out: Path, progress: bool = True):
 
 def predictors(task: MixLinRegTask, noise: float, run: Path) -> list:
     w = task.components
-    preds = [TrainedRegressor.from_run(run, "transformer"),
-             RegressionPredictor("posterior mean (oracle)", partial(reg.posterior_mean, components=w, noise=noise)),
-             RegressionPredictor("argmin (oracle)", partial(reg.argmin, components=w)),
-             RegressionPredictor("OLS", reg.ols)]
+    preds = [TrainedRegressor.from_run(run, "transformer"), *get_family("mixlinreg").predictors(task, noise)]
     if noise > 0:
-        preds.append(RegressionPredictor("ridge (Bayesian OLS)", partial(reg.ridge, noise=noise, prior_var=1.0)))
-        preds.append(RegressionPredictor("constructed transformer", partial(constructed, components=w, noise=noise)))
+        preds.append(RegressionPredictor(RIDGE, partial(reg.ridge, noise=noise, prior_var=1.0), "ridge (Bayesian OLS)"))
+        preds.append(RegressionPredictor(CONSTRUCTED, partial(constructed, components=w, noise=noise),
+                                         "constructed transformer"))
     return preds
 
 
@@ -152,31 +152,34 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds with the range over seeds (one seed: the 95% CI over prompts)."""
-    keys = ["n_components", "noise", "predictor", "k"]
+    """Mean over seeds with the range over seeds (one seed: the 95% CI over prompts), per
+    setting, predictor ``key`` and k; keeps the ``label`` and ``predictor`` columns."""
+    keys = ["n_components", "noise", "key", "k"]
     g = table.groupby(keys, sort=False)["nmse"]
     out = g.agg(["mean", "min", "max", "count"]).reset_index()
     one = out["count"] == 1
     ci = table.groupby(keys, sort=False)["nmse_ci"].first().to_numpy()
     out.loc[one, "min"] = out.loc[one, "mean"] - ci[one.to_numpy()]
     out.loc[one, "max"] = out.loc[one, "mean"] + ci[one.to_numpy()]
-    return out
+    names = table.drop_duplicates("key").set_index("key")
+    return out.assign(label=out["key"].map(names["label"]), predictor=out["key"].map(names["predictor"]))
 
 
 def draw(table: pd.DataFrame, cfg: Config):
     s = summarise(table)
     rows, cols = len(cfg.components), len(cfg.noises)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    styles = {"transformer": dict(color="tab:red", lw=2.5), "posterior mean (oracle)": dict(color="black", lw=2),
-              "argmin (oracle)": dict(color="grey", ls="--"), "OLS": dict(color="tab:blue"),
-              "ridge (Bayesian OLS)": dict(color="tab:cyan", ls=":"),
-              "constructed transformer": dict(color="tab:orange", ls="none", marker="x", ms=4)}
+    styles = {PM_ORACLE.id: dict(color="black", lw=2), ARGMIN_ORACLE.id: dict(color="grey", ls="--"),
+              OLS.id: dict(color="tab:blue"), RIDGE.id: dict(color="tab:cyan", ls=":"),
+              CONSTRUCTED.id: dict(color="tab:orange", ls="none", marker="x", ms=4)}
+    trained = dict(color="tab:red", lw=2.5)
     spread = "range over seeds" if len(cfg.seeds) > 1 else "95% CI over prompts"
     for i, m in enumerate(cfg.components):
         for j, noise in enumerate(cfg.noises):
             ax = axes[i, j]
-            for name, g in s[(s.n_components == m) & (s.noise == noise)].groupby("predictor", sort=False):
-                mean_band(ax, g.set_index("k"), name, **styles.get(name, {}))
+            for key, g in s[(s.n_components == m) & (s.noise == noise)].groupby("key", sort=False):
+                style = trained if g["predictor"].iloc[0] == "trained" else styles.get(key, {})
+                mean_band(ax, g.set_index("k"), g["label"].iloc[0], **style)
             ax.axvline(cfg.dim, color="k", lw=0.5, ls=":")
             ax.set_ylim(0, 1.5)
             prompt_length_axis(ax, "normalised MSE", f"m = {m}, σ = {noise} ({spread})")
@@ -195,12 +198,14 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
     for m in cfg.components:
         for noise in cfg.noises:
             g = s[(s.n_components == m) & (s.noise == noise)]
-            pivot = g.pivot(index="predictor", columns="k", values="mean").reindex(g["predictor"].unique())[ks]
+            pivot = g.pivot(index="key", columns="k", values="mean").reindex(g["key"].unique())[ks]
             at = pivot[ks[-1]]
+            model = at[g.drop_duplicates("key").set_index("key")["predictor"].eq("trained")].iloc[0]
+            pivot.index = g.drop_duplicates("key")["label"].rename("predictor")
             if noise > 0:
-                line = f"transformer / posterior mean at k = {ks[-1]}: {at['transformer'] / at['posterior mean (oracle)']:.3f}"
+                line = f"transformer / posterior mean at k = {ks[-1]}: {model / at[PM_ORACLE.id]:.3f}"
             else:  # noise-free: the oracle identifies the component from one pair and errs by 0
-                line = f"transformer at k = {ks[-1]}: {at['transformer']:.4f} (the posterior mean is exact without noise)"
+                line = f"transformer at k = {ks[-1]}: {model:.4f} (the posterior mean is exact without noise)"
             parts.append(f"m = {m}, σ = {noise}: normalised MSE (mean over seeds)\n\n{pivot.to_markdown(floatfmt='.4f')}"
                          f"\n\n- {line}")
     return "\n\n".join(parts)

@@ -32,14 +32,14 @@ import torch
 
 from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
-from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
+from icmix.evaluate import Key, RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments import mlr_fig2
 from icmix.experiments.common import save_outputs
+from icmix.families.mixlinreg import PM_EM, PM_ORACLE, PM_SA, training_set
 from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.metrics import min_matching_error, oracle_prediction_error
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
-from icmix.train.loop import training_set
 
 NAME = "mlr-fig3"
 ESTIMATORS = ("EM", "SA")
@@ -91,16 +91,21 @@ def estimate(task: MixLinRegTask, n: int, cfg: Config, seed: int) -> dict[str, t
             "SA": reg.subspace_algorithm(xs, ys, task.n_components, task.noise, generator=seed).components}
 
 
+def plugin_key(estimator: str) -> Key:
+    """The key of the posterior mean plugging in ``estimator``'s (``EM``, ``SA``) components."""
+    return Key("posterior-mean", estimator.lower())
+
+
 def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The normalised MSE by k of every predictor, and the estimates' errors."""
     tables, estimates = [], []
     for (seed, m, noise, n), task, path in mlr_fig2.trained_tasks(cfg, out, progress):
         found = estimate(task, n, cfg, seed)
         preds = [TrainedRegressor.from_run(path, "transformer"),
-                 *(RegressionPredictor(f"posterior mean ({name})", partial(reg.posterior_mean, components=w, noise=noise))
-                   for name, w in found.items()),
-                 RegressionPredictor("posterior mean (oracle)",
-                                     partial(reg.posterior_mean, components=task.components, noise=noise))]
+                 *(RegressionPredictor(plugin_key(name), partial(reg.posterior_mean, components=w, noise=noise),
+                                       f"posterior mean ({name})") for name, w in found.items()),
+                 RegressionPredictor(PM_ORACLE, partial(reg.posterior_mean, components=task.components, noise=noise),
+                                     "posterior mean (oracle)")]
         xs, ys = task.sample(cfg.n_eval, cfg.n_points, generator=mlr_fig2.eval_generator(seed))
         table, _ = evaluate_regression(xs, ys, preds, cfg.dim)
         keys = dict(seed=seed, n_components=m, noise=noise, n_train=n)
@@ -114,17 +119,17 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
 def draw(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config):
     settings = [(m, s, n) for m in cfg.components for s in cfg.noises for n in cfg.n_trains]
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4), squeeze=False, sharey=True)
-    colours = {"transformer": "tab:red", "posterior mean (EM)": "tab:orange", "posterior mean (SA)": "tab:green",
-               "posterior mean (oracle)": "black"}
+    colours = {PM_EM.id: "tab:orange", PM_SA.id: "tab:green", PM_ORACLE.id: "black"}
     for ax, (m, noise, n) in zip(axes[0], settings):
         at = (table.n_components == m) & (table.noise == noise) & (table.n_train == n)
-        for name, g in table[at].groupby("predictor", sort=False):
-            mean_band(ax, g.groupby("k")["nmse"].agg(["mean", "min", "max"]), name, color=colours.get(name),
-                      lw=2.5 if name == "transformer" else 1.5)
+        for key, g in table[at].groupby("key", sort=False):
+            trained = g["predictor"].iloc[0] == "trained"
+            mean_band(ax, g.groupby("k")["nmse"].agg(["mean", "min", "max"]), g["label"].iloc[0],
+                      color="tab:red" if trained else colours.get(key), lw=2.5 if trained else 1.5)
         e = estimates[(estimates.n_components == m) & (estimates.noise == noise) & (estimates.n_train == n)]
         for name in ESTIMATORS:
             level = e[e.estimator == name]["oracle_prediction_error"].mean()
-            ax.axhline(level, ls="--", lw=1, color=colours[f"posterior mean ({name})"],
+            ax.axhline(level, ls="--", lw=1, color=colours[plugin_key(name).id],
                        label=f"oracle prediction error ({name})")
         ax.set_ylim(0, 1.2)
         prompt_length_axis(ax, "normalised MSE", f"n = {n} prompts (m = {m}, σ = {noise})")
@@ -137,13 +142,15 @@ def draw(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config):
 
 def report(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config) -> str:
     ks = sorted({cfg.dim // 2, cfg.dim, 2 * cfg.dim} & set(range(cfg.n_points)))
-    mean = (table[table.k.isin(ks)].groupby(["n_components", "noise", "n_train", "predictor", "k"], sort=False)["nmse"]
+    mean = (table[table.k.isin(ks)].groupby(["n_components", "noise", "n_train", "key", "k"], sort=False)["nmse"]
             .mean().unstack("k").reset_index())
     est = (estimates.groupby(["n_components", "noise", "n_train", "estimator"], sort=False)
            [["min_matching_error", "oracle_prediction_error"]].mean().reset_index())
-    last = mean.set_index(["n_components", "noise", "n_train", "predictor"])[ks[-1]].unstack("predictor")
-    ratio = (last["transformer"] / last[["posterior mean (EM)", "posterior mean (SA)"]].min(axis=1)).rename(
+    last = mean.set_index(["n_components", "noise", "n_train", "key"])[ks[-1]].unstack("key")
+    trained = table.loc[table.predictor == "trained", "key"].iloc[0]
+    ratio = (last[trained] / last[[PM_EM.id, PM_SA.id]].min(axis=1)).rename(
         f"transformer / best plug-in at k = {ks[-1]}").reset_index().astype({"n_components": str, "n_train": str})
+    mean.insert(3, "predictor", mean.pop("key").map(table.drop_duplicates("key").set_index("key")["label"]))
     return ("Normalised MSE on fresh prompts (mean over seeds)\n\n" + mean.to_markdown(index=False, floatfmt=".4f")
             + "\n\nThe estimates from the n training prompts (mean over seeds)\n\n"
             + est.to_markdown(index=False, floatfmt=".4f") + "\n\n" + ratio.to_markdown(index=False, floatfmt=".3f"))

@@ -22,9 +22,10 @@ import pandas as pd
 import torch
 
 from icmix.estimators import regression as reg
-from icmix.evaluate import TrainedRegressor, d2_distances
+from icmix.evaluate import Key, TrainedRegressor, d2_distances
 from icmix.experiments import mlr_fig2
 from icmix.experiments.common import run_table_figure
+from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
 
 NAME = "mlr-fig4"
@@ -52,11 +53,14 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
                      "EM": reg.batch_em(train_x, train_y, m, noise, generator=seed).components,
                      "SA": reg.subspace_algorithm(train_x, train_y, m, noise, generator=seed).components}
         xs, ys = task.sample(cfg.n_eval, cfg.n_points, generator=mlr_fig2.eval_generator(seed))
-        preds = {"transformer": TrainedRegressor.from_run(path, "transformer").predict(xs, ys)}
+        model = TrainedRegressor.from_run(path, "transformer")
+        preds, labels = {model.key: model.predict(xs, ys)}, {model.key: model.name}
         for weights, w in estimates.items():
-            preds[f"posterior mean ({weights})"] = reg.posterior_mean(xs, ys, w, noise)
-            preds[f"argmin ({weights})"] = reg.argmin(xs, ys, w)
-        table = d2_distances(preds, "transformer", baseline="posterior mean (oracle)")
+            for algorithm, fn in (("posterior-mean", lambda: reg.posterior_mean(xs, ys, w, noise)),
+                                  ("argmin", lambda: reg.argmin(xs, ys, w))):
+                key = Key(algorithm, weights.lower())
+                preds[key], labels[key] = fn(), f"{algorithm.replace('-', ' ')} ({weights})"
+        table = d2_distances(preds, model.key, baseline=PM_ORACLE, labels=labels)
         table.insert(0, "noise", noise)
         table.insert(0, "n_components", m)
         table.insert(0, "seed", seed)
@@ -67,13 +71,14 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
 def draw(table: pd.DataFrame, cfg: Config):
     settings = [(m, s) for m in cfg.components for s in cfg.noises]
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.3), squeeze=False)
-    styles = {"posterior mean (oracle)": dict(color="black", lw=2.5), "argmin (oracle)": dict(color="grey", ls="--"),
-              "posterior mean (EM)": dict(color="tab:orange", lw=2), "argmin (EM)": dict(color="tab:orange", ls="--"),
-              "posterior mean (SA)": dict(color="tab:green", lw=2), "argmin (SA)": dict(color="tab:green", ls="--")}
+    colours = {"oracle": dict(color="black"), "em": dict(color="tab:orange"), "sa": dict(color="tab:green")}
+    lines = {"posterior-mean": dict(lw=2), "argmin": dict(ls="--")}
     for ax, (m, noise) in zip(axes[0], settings):
         g = table[(table.n_components == m) & (table.noise == noise)]
-        for other, h in g.groupby("other", sort=False):
-            mean_band(ax, h.groupby("k")["d2"].agg(["mean", "min", "max"]), other, **styles.get(other, {}))
+        for _, h in g.groupby("other_key", sort=False):
+            first = h.iloc[0]
+            style = {**colours.get(first["other_variant"], {}), **lines.get(first["other_predictor"], {})}
+            mean_band(ax, h.groupby("k")["d2"].agg(["mean", "min", "max"]), first["other"], **style)
         prompt_length_axis(ax, "d_k^sq(transformer, g)", f"m = {m}, σ = {noise}", log=True)
         ax.legend(fontsize=7)
     fig.suptitle(f"Regression mixtures, Fig. 4: distance from the transformer's predictions (d = {cfg.dim}; "
@@ -85,7 +90,7 @@ def draw(table: pd.DataFrame, cfg: Config):
 def report(table: pd.DataFrame, cfg: Config) -> str:
     """Which algorithm is closest at each k, and whether the oracle posterior mean is closest or
     tied (a paired 95% CI over prompts, every seed's, of the excess distance covering 0)."""
-    mean = table.groupby(["n_components", "noise", "k", "other"], sort=False)["d2"].mean().unstack("other")
+    mean = table.groupby(["n_components", "noise", "k", "other_key"], sort=False)["d2"].mean().unstack("other_key")
     closest = mean.idxmin(axis=1).rename("closest")
     # farther than the oracle PM, significantly: excess - ci > 0; nearer: excess + ci < 0
     nearer = (table.excess + table.excess_ci < 0).groupby([table.n_components, table.noise, table.k]).any()
@@ -93,12 +98,13 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
     for (m, noise), g in closest.groupby(level=[0, 1]):
         ks = g.index.get_level_values("k")
         late = g[ks >= cfg.dim / 2]
-        share = (late == "posterior mean (oracle)").mean()
+        share = (late == PM_ORACLE.id).mean()
         beaten = nearer.loc[(m, noise)][lambda s: s.index >= cfg.dim / 2]
         lines.append(f"- m = {m}, σ = {noise}: the oracle posterior mean is the closest at {share:.0%} of the k >= d/2 "
                      f"({len(late)} lengths); another algorithm is significantly closer (paired 95% CI, in any seed) "
                      f"at {int(beaten.sum())} of them")
-    table_k = mean.join(closest).reset_index()
+    labels = table.drop_duplicates("other_key").set_index("other_key")["other"]
+    table_k = mean.rename(columns=labels).join(closest.map(labels)).reset_index()
     table_k = table_k[table_k.k.isin(sorted({1, cfg.dim // 2, cfg.dim, 2 * cfg.dim} & set(table_k.k)))]
     return ("d_k^sq between the transformer and each algorithm (mean over seeds)\n\n"
             + table_k.to_markdown(index=False, floatfmt=".4g") + "\n\n" + "\n".join(lines))

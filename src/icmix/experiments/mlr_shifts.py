@@ -30,6 +30,7 @@ from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments import mlr_fig2
 from icmix.experiments.common import save_outputs
+from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
 
 SHIFTS = {  # name -> (sample() keyword, label)
@@ -51,14 +52,15 @@ class Config(mlr_fig2.Config):
 
 PRESETS = {name: Config(**dataclasses.asdict(cfg)) for name, cfg in mlr_fig2.PRESETS.items()}
 
-# Registry name -> (predictor shown, shifts shown), as in the paper.
+# Registry name -> (predictor shown: the trained model or the oracle posterior mean, shifts shown), as in the paper.
 FIGURES = {
-    "mlr-fig5": ("transformer", ("covariate scale",)),
-    "mlr-fig6": ("transformer", ("weight scale", "weight shift")),
-    "mlr-fig7": ("posterior mean (oracle)", ("covariate scale",)),
-    "mlr-fig8": ("posterior mean (oracle)", ("weight scale",)),
-    "mlr-fig9": ("posterior mean (oracle)", ("weight shift",)),
+    "mlr-fig5": ("trained", ("covariate scale",)),
+    "mlr-fig6": ("trained", ("weight scale", "weight shift")),
+    "mlr-fig7": ("posterior-mean", ("covariate scale",)),
+    "mlr-fig8": ("posterior-mean", ("weight scale",)),
+    "mlr-fig9": ("posterior-mean", ("weight shift",)),
 }
+LABELS = {"trained": "transformer", "posterior-mean": "posterior mean (oracle)"}
 
 
 def compute(cfg: Config, out: Path, predictor: str, shifts: tuple[str, ...], progress: bool = True) -> pd.DataFrame:
@@ -66,10 +68,11 @@ def compute(cfg: Config, out: Path, predictor: str, shifts: tuple[str, ...], pro
     columns ``seed, n_components, noise, shift, value, predictor, k, nmse, ...``."""
     tables = []
     for (seed, m, noise), task, path in mlr_fig2.trained_tasks(cfg, out, progress):
-        if predictor == "transformer":
-            pred = TrainedRegressor.from_run(path, "transformer")
+        if predictor == "trained":
+            pred = TrainedRegressor.from_run(path, LABELS[predictor])
         else:
-            pred = RegressionPredictor(predictor, partial(reg.posterior_mean, components=task.components, noise=noise))
+            pred = RegressionPredictor(PM_ORACLE, partial(reg.posterior_mean, components=task.components, noise=noise),
+                                       LABELS[predictor])
         for shift in shifts:
             keyword, _ = SHIFTS[shift]
             for value in cfg.values(shift):
@@ -97,7 +100,7 @@ def draw(table: pd.DataFrame, cfg: Config, name: str, predictor: str, shifts: tu
             prompt_length_axis(ax, "normalised MSE", f"{shift}, m = {m}, σ = {noise}", log=True)
             ax.legend(fontsize=7)
     spread = "range over seeds" if len(cfg.seeds) > 1 else "one seed"
-    fig.suptitle(f"Regression mixtures, {name[4:].replace('fig', 'Fig. ')}: the {predictor} under distribution "
+    fig.suptitle(f"Regression mixtures, {name[4:].replace('fig', 'Fig. ')}: the {LABELS[predictor]} under distribution "
                  f"shift (d = {cfg.dim}; bands: {spread})", fontsize=11)
     fig.tight_layout()
     return fig

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from icmix._checks import check_order, check_positive, check_positive_int
-from icmix.evaluate import evaluate_mtd, standard_mtd_predictors
+from icmix.evaluate import KEY_FIELDS, Key, evaluate_mtd
 from icmix.experiments.common import save_outputs
+from icmix.families import get_family
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
 
@@ -75,9 +76,8 @@ def compute(cfg: Config, progress: bool = True) -> pd.DataFrame:
     tables = []
     for seed in cfg.seeds:
         task = MTDTask(cfg.vocab_size, cfg.order, cfg.alpha, seed=seed)
-        preds = standard_mtd_predictors(
-            cfg.order, cfg.alpha, cfg.md_steps, cfg.gibbs_samples, cfg.gibbs_burn_in, cfg.em_max_iter, seed=seed
-        )
+        preds = get_family("mtd").predictors(task, md_steps=cfg.md_steps, gibbs_samples=cfg.gibbs_samples,
+                                             gibbs_burn_in=cfg.gibbs_burn_in, em_max_iter=cfg.em_max_iter, seed=seed)
         t = evaluate_mtd(task, preds, cfg.lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
         t.insert(0, "seed", seed)
         tables.append(t)
@@ -85,43 +85,64 @@ def compute(cfg: Config, progress: bool = True) -> pd.DataFrame:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean KL per (estimator, length) with its 95% interval: over seeds when there are
-    several, otherwise over sequences; ``kl_min, kl_max``: the range over seeds (with one
-    seed, the interval)."""
+    """Mean KL per predictor (``key``) and length with its 95% interval: over seeds when there
+    are several, otherwise over sequences; ``kl_min, kl_max``: the range over seeds (with one
+    seed, the interval).  Keeps the key columns and the display label (``estimator``)."""
     rows = []
-    for (name, length), g in table.groupby(["estimator", "length"], sort=False):
+    key_cols = [c for c in ("key", *KEY_FIELDS) if c in table.columns]
+    for (_, length), g in table.groupby(["key", "length"], sort=False):
         if len(g) > 1:
             mean, _, ci = mean_ci(g["kl_mean"])
             lo, hi = float(g["kl_mean"].min()), float(g["kl_mean"].max())
         else:
             mean, ci = float(g["kl_mean"].iloc[0]), float(g["kl_ci"].iloc[0])
             lo, hi = mean - ci, mean + ci
-        rows.append(dict(estimator=name, length=length, kl_mean=mean, kl_ci=ci, kl_min=lo, kl_max=hi, n_seeds=len(g)))
+        first = g.iloc[0]
+        rows.append(dict(estimator=first["estimator"], length=length, kl_mean=mean, kl_ci=ci, kl_min=lo, kl_max=hi,
+                         n_seeds=len(g), **{c: first[c] for c in key_cols}))
     return pd.DataFrame(rows)
 
 
+# Line styles by key: (predictor, variant, tuning) -> style; k-step methods shade by k.
 STYLES = {
-    "Bayes (exact)": dict(color="black", lw=2.5),
-    "Bayes (Gibbs)": dict(color="grey", ls="--", lw=1.5),
-    "MLE (EM)": dict(color="tab:red", lw=2),
-    "MD 1-step (η=1/(m+1))": dict(color="tab:purple", ls=":"),
-    "Construction (3-layer, tuned β)": dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2),
+    ("bayes", "exact", None): dict(color="black", lw=2.5),
+    ("bayes", "gibbs", None): dict(color="grey", ls="--", lw=1.5),
+    ("construction", None, "tuned"): dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2),
+    ("md", None, "theorem-1"): dict(color="tab:purple", ls=":"),
 }
+STEP_SHADES = {"md": ("Blues", "-"), "em": ("Reds", "-.")}
 
 
-def _style(name: str) -> dict:
-    if name in STYLES:
-        return STYLES[name]
-    k = int(name.split()[1].split("-")[0])  # "MD k-step (tuned η)": darker with more steps
-    return dict(color=plt.get_cmap("Blues")(min(0.95, 0.35 + 0.15 * k)), lw=1.5)
+def style(row) -> dict:
+    """The line style of a predictor, from its key columns (never its label)."""
+    variant = None if pd.isna(row["variant"]) else row["variant"]
+    tuning = None if pd.isna(row["tuning"]) else row["tuning"]
+    if (row["predictor"], variant, tuning) in STYLES:
+        return STYLES[row["predictor"], variant, tuning]
+    if row["predictor"] in STEP_SHADES and not pd.isna(row["steps"]):
+        cmap, ls = STEP_SHADES[row["predictor"]]
+        return dict(color=plt.get_cmap(cmap)(min(0.95, 0.35 + 0.15 * int(row["steps"]))), ls=ls, lw=1.5)
+    if row["predictor"] == "em":  # the MLE: EM to convergence
+        return dict(color="tab:red", lw=2)
+    return {}
 
 
 def ratio_to_bayes(table: pd.DataFrame) -> pd.DataFrame:
     """KL of each estimator divided by exact Bayes' KL, per seed and length, then summarised."""
-    bayes = table[table["estimator"] == "Bayes (exact)"].set_index(["seed", "length"])["kl_mean"]
+    bayes = table[table["key"] == BAYES.id].set_index(["seed", "length"])["kl_mean"]
     t = table.join(bayes.rename("kl_bayes"), on=["seed", "length"])
     t = t.assign(kl_mean=t["kl_mean"] / t["kl_bayes"], kl_ci=t["kl_ci"] / t["kl_bayes"])
     return summarise(t)
+
+
+BAYES = Key("bayes", "exact")
+
+
+def kl_pivot(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean KL per predictor (rows, in table order, labelled) and length (columns)."""
+    pivot = summary.pivot(index="key", columns="length", values="kl_mean").reindex(summary["key"].unique())
+    pivot.index = summary.drop_duplicates("key")["estimator"].rename("estimator")
+    return pivot
 
 
 def draw(table: pd.DataFrame, title: str = "MTD Fig. 3: regularised estimator vs Bayes and MLE"):
@@ -129,12 +150,13 @@ def draw(table: pd.DataFrame, title: str = "MTD Fig. 3: regularised estimator vs
     summary = summarise(table)
     ratio = ratio_to_bayes(table)
     fig, (ax, axr) = plt.subplots(1, 2, figsize=(12, 4.6))
-    for name, g in summary.groupby("estimator", sort=False):
-        style = {"marker": "o", "ms": 3, **_style(name)}
-        ax.errorbar(g["length"], g["kl_mean"], yerr=np.nan_to_num(g["kl_ci"].to_numpy()), label=name,
-                    capsize=2, **style)
-    for name, g in ratio.groupby("estimator", sort=False):
-        axr.plot(g["length"], g["kl_mean"], label=name, **{"marker": "o", "ms": 3, **_style(name)})
+    for _, g in summary.groupby("key", sort=False):
+        first = g.iloc[0]
+        ax.errorbar(g["length"], g["kl_mean"], yerr=np.nan_to_num(g["kl_ci"].to_numpy()), label=first["estimator"],
+                    capsize=2, **{"marker": "o", "ms": 3, **style(first)})
+    for _, g in ratio.groupby("key", sort=False):
+        first = g.iloc[0]
+        axr.plot(g["length"], g["kl_mean"], label=first["estimator"], **{"marker": "o", "ms": 3, **style(first)})
     ax.set_yscale("log")
     ax.set_ylabel("KL(true ‖ predicted), next token")
     axr.set_yscale("log")
@@ -155,8 +177,7 @@ def draw(table: pd.DataFrame, title: str = "MTD Fig. 3: regularised estimator vs
 
 def report(table: pd.DataFrame) -> str:
     """Mean KL per estimator (rows) and length (columns), as a Markdown table."""
-    summary = summarise(table)
-    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+    pivot = kl_pivot(summarise(table))
     return "Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
 
 

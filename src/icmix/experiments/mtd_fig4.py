@@ -34,9 +34,10 @@ from icmix import agreement
 from icmix._checks import check_order, check_positive_int
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
-from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments.common import save_outputs, trained_runs
-from icmix.experiments.mtd_fig3 import summarise
+from icmix.experiments.mtd_fig3 import kl_pivot, summarise
+from icmix.families.mtd import bayes_exact_predictor, mle_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
@@ -44,6 +45,7 @@ from icmix.train.objectives import to_distribution
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
+MD1 = Key("md", steps=1, tuning="tuned")  # the reference the trained models are compared with
 
 
 @dataclass(frozen=True)
@@ -144,25 +146,37 @@ def agreement_rows(seed: int, task: MTDTask, trained: dict[str, TrainedPredictor
         with torch.no_grad():
             out, attn = pred.model(tokens, return_attention=True)
         p = to_distribution(out[:, -1].double(), pred.loss)
-        add = lambda metric, value: rows.append(dict(seed=seed, model=MODEL_NAMES[kind], metric=metric, value=value))
-        add("KL(construction || trained)", agreement.predictive_kl(p_cons, p))
-        add("KL(one-step MD || trained)", agreement.predictive_kl(p_md, p))
-        add("layer-1 mass on lag offsets 1..m", agreement.lag_offset_mass(attn[0], m))
-        add("layer-1 split over lags: TV to responsibilities", agreement.lag_attention_tv(attn[0], cons_attn[0][:, 0], m))
+        add = metric_row(rows, seed, kind)
+        add("kl_construction", agreement.predictive_kl(p_cons, p), "KL(construction || trained)")
+        add("kl_md1", agreement.predictive_kl(p_md, p), "KL(one-step MD || trained)")
+        add("lag_mass", agreement.lag_offset_mass(attn[0], m), "layer-1 mass on lag offsets 1..m", layer=1)
+        add("lag_tv", agreement.lag_attention_tv(attn[0], cons_attn[0][:, 0], m),
+            "layer-1 split over lags: TV to responsibilities", layer=1)
         for layer, (a, ref) in enumerate(zip(attn, cons_attn), start=1):
             sim = agreement.attention_agreement(a, ref[:, 0], m)
-            add(f"layer-{layer} attention cosine vs construction", sim["cosine"])
-            add(f"layer-{layer} attention mass on construction support", sim["support_mass"])
+            add("attention_cosine", sim["cosine"], f"layer-{layer} attention cosine vs construction", layer=layer)
+            add("attention_support_mass", sim["support_mass"], f"layer-{layer} attention mass on construction support",
+                layer=layer)
         if kind == "disentangled":
             model = pred.model
             tok = model.layouts[0]["token"]
             scores = model.attention[0].A[0, tok, tok].detach()
             for k, v in agreement.transition_agreement(scores, task.transition).items():
-                add(f"softmax(A1) vs pi: {k}", v)
+                add(f"pi_{k}", v, f"softmax(A1) vs pi: {k}", layer=1)
             w = model.readout.weight.detach()[:, model.layout["attn3.0/token"]]
             for k, v in agreement.readout_agreement(w, task.transition).items():
-                add(f"W_O vs pi^T: {k}", v)
+                add(f"readout_{k}", v, f"W_O vs pi^T: {k}")
     return rows
+
+
+def metric_row(rows: list, seed: int, kind: str):
+    """``add(metric, value, label, layer=None, variant=None)``: append one agreement row of the
+    trained ``kind`` model.  ``metric`` (with ``layer`` and ``variant``) is the stable key claims
+    select by; ``metric_label`` and ``model`` are for the reader."""
+    def add(metric: str, value: float, label: str, layer: int | None = None, variant: str | None = None) -> None:
+        rows.append(dict(seed=seed, model=MODEL_NAMES[kind], metric_label=label, value=value, model_kind=kind,
+                         metric=metric, layer=layer, variant=variant))
+    return add
 
 
 def lag_window_ablation(cfg: Config, seed: int, run: Path) -> list[dict]:
@@ -182,18 +196,23 @@ def lag_window_ablation(cfg: Config, seed: int, run: Path) -> list[dict]:
     m = cfg.order
     restricted = lambda: copy.deepcopy(trained).restrict_offsets(1, range(1, m + 1))
     tune = lambda model: fine_tune(model, task, train_cfg, cfg.ablation_steps, cfg.ablation_lr, seed=40_000 + seed)
-    variants = {"as trained": trained, "restricted to lags 1..m, not retrained": restricted(),
-                "fine-tuned (control)": tune(copy.deepcopy(trained)),
-                "restricted to lags 1..m, fine-tuned": tune(restricted())}
+    variants = {"trained": trained, "restricted": restricted(), "fine-tuned": tune(copy.deepcopy(trained)),
+                "restricted-fine-tuned": tune(restricted())}
     rows = []
-    for name, model in variants.items():
+    add = metric_row(rows, seed, "disentangled")
+    for (variant, name), model in zip(ABLATIONS.items(), variants.values()):
         with torch.no_grad():
             out, attn = model(tokens, return_attention=True)
         kl = agreement.predictive_kl(p_true, to_distribution(out[:, -1].double(), train_cfg.loss))
-        rows += [dict(seed=seed, model=MODEL_NAMES["disentangled"], metric=f"ablation: KL at T={cfg.length}, {name}", value=kl),
-                 dict(seed=seed, model=MODEL_NAMES["disentangled"], metric=f"ablation: layer-1 lag mass, {name}",
-                      value=agreement.lag_offset_mass(attn[0], m))]
+        add("ablation_kl", kl, f"ablation: KL at T={cfg.length}, {name}", variant=variant)
+        add("ablation_lag_mass", agreement.lag_offset_mass(attn[0], m), f"ablation: layer-1 lag mass, {name}",
+            layer=1, variant=variant)
     return rows
+
+
+# The lag-window ablation's variants: key -> label.
+ABLATIONS = {"trained": "as trained", "restricted": "restricted to lags 1..m, not retrained",
+             "fine-tuned": "fine-tuned (control)", "restricted-fine-tuned": "restricted to lags 1..m, fine-tuned"}
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -204,9 +223,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
         task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
         trained = {kind: TrainedPredictor.from_run(runs[seed, kind], MODEL_NAMES[kind]) for kind in ("disentangled", "gpt")}
         md, cons = TunedMirrorDescent(steps=1), ConstructedMirrorDescent()
-        preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)),
-                 LagPredictor("MLE (EM)", lambda x, pi, m, L: est.em(x, pi, m, 5000, 1e-7, L)),
-                 md, cons, *trained.values()]
+        preds = [bayes_exact_predictor(1.0), mle_predictor(5000, 1e-7), md, cons, *trained.values()]
         table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)
@@ -251,7 +268,7 @@ def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.n
             ax.set_yticks([])
     kl_panel(fig.add_subplot(grid[rows, 0]), summarise(kl), "KL vs length")
     learned, pi = scores
-    row_kl = agree[agree.metric == "softmax(A1) vs pi: row_kl"]["value"].mean()
+    row_kl = agree[agree.metric == "pi_row_kl"]["value"].mean()
     for col, (mat, title) in enumerate([(learned, f"softmax(A1ᵀ) learned (row KL {row_kl:.3f})"), (pi, "true π")], start=1):
         ax = fig.add_subplot(grid[rows, col])
         im = ax.imshow(mat, cmap="magma", vmin=0, vmax=max(learned.max(), pi.max()))
@@ -266,12 +283,13 @@ def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.n
 def report(kl: pd.DataFrame, agree: pd.DataFrame, cfg: Config) -> str:
     """KL at every length and the agreement metrics (mean over seeds), as Markdown tables."""
     summary = summarise(kl)
-    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
-    at_t = summary[summary.length == cfg.length].set_index("estimator")["kl_mean"]
-    md = at_t.get("MD 1-step (tuned η)")
-    ratios = "\n".join(f"- {name}: KL / KL(one-step MD, tuned η) at T={cfg.length} = {at_t[name] / md:.3f}"
-                        for name in MODEL_NAMES.values() if name in at_t and md)
-    agg = agree.groupby(["metric", "model"], sort=False)["value"].mean().unstack("model")
+    pivot = kl_pivot(summary)
+    at_t = summary[summary.length == cfg.length].set_index("key")
+    md = at_t["kl_mean"].get(MD1.id)
+    trained = at_t[at_t.predictor == "trained"]
+    ratios = "\n".join(f"- {row.estimator}: KL / KL(one-step MD, tuned η) at T={cfg.length} = {row.kl_mean / md:.3f}"
+                        for row in trained.itertuples() if md)
+    agg = agree.groupby(["metric_label", "model"], sort=False)["value"].mean().unstack("model")
     return ("Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g") + "\n\n" + ratios
             + "\n\nAgreement with the construction (mean over seeds)\n\n" + agg.to_markdown(floatfmt=".4g"))
 
@@ -280,7 +298,7 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     start = time.time()
     out = Path(out)
     kl, agree = compute(cfg, out, progress)
-    first = kl[(kl.seed == cfg.seeds[0]) & (kl.estimator == ConstructedMirrorDescent.name) & (kl.length == cfg.length)]
+    first = kl[(kl.seed == cfg.seeds[0]) & (kl.key == ConstructedMirrorDescent.key.id) & (kl.length == cfg.length)]
     panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
     pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
     fig = draw(kl, agree, panels, (learned, pi), cfg)

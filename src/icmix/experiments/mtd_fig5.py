@@ -35,10 +35,11 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order, check_positive_int
 from icmix.estimators import mtd as est
-from icmix.evaluate import LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.evaluate import Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
 from icmix.experiments.common import save_outputs, trained_runs
-from icmix.experiments.mtd_fig3 import summarise
+from icmix.experiments.mtd_fig3 import kl_pivot, summarise
+from icmix.families.mtd import bayes_exact_predictor
 from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
@@ -94,6 +95,18 @@ def model_name(depth: int, loss: str) -> str:
     return f"trained {depth}-layer ({loss.upper()})"
 
 
+def model_key(depth: int, loss: str) -> Key:
+    """The key of the trained disentangled model of ``depth`` layers and ``loss``."""
+    return Key("trained", model_kind="disentangled", depth=depth, loss=loss)
+
+
+BAYES, MD_SHARED = Key("bayes", "exact"), Key("md", steps=1, tuning="shared")
+
+
+def md_key(k: int) -> Key:
+    return Key("md", steps=k, tuning="tuned")
+
+
 def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[TunedMirrorDescent], cfg: Config
                   ) -> list[dict]:
     """Mean KL(p_MD^k || p_model) at each length: how close the model's predictions are to
@@ -122,13 +135,14 @@ def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: Tuned
         w = agreement.lag_window(a[:, row["head"]].double(), cfg.order, 0)[:, -1]  # (B, M) at the last query
         lam_hat = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
         row["plugin_kl"] = agreement.predictive_kl(p_true, est.predictive(tokens, task.transition, lam_hat))
-        row.update(seed=seed, model=model.name)
+        row.update(seed=seed, model=model.name, depth=model.key.depth, loss=model.key.loss)
         if row["window_mass"] >= 0.5:
             for k in (1, 2):
                 for r in agreement.md_beta_by_length(a, tokens, task.transition, cfg.order, cfg.eval_lengths,
                                                      row["head"], steps=k):
                     by_length.append(dict(seed=seed, model=model.name, layer=row["layer"], steps=k, **r,
-                                          tuned_beta=tuned.chosen_beta[r["length"]]))
+                                          tuned_beta=tuned.chosen_beta[r["length"]], depth=model.key.depth,
+                                          loss=model.key.loss))
     return rows, by_length
 
 
@@ -141,8 +155,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
         trained = {(d, loss): TrainedPredictor.from_run(paths[seed, d, loss], model_name(d, loss))
                    for d in cfg.depths for loss in cfg.losses}
         md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
-        preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)), *md,
-                 TunedMirrorDescent(steps=1, shared=True), *trained.values()]
+        preds = [bayes_exact_predictor(1.0), *md, TunedMirrorDescent(steps=1, shared=True), *trained.values()]
         table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)
@@ -159,11 +172,11 @@ def loss_table(kl: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Mean KL over seeds of every trained model (depth x loss) at each length, and its ratio
     to one-step MD (tuned) at the training length."""
     summary = summarise(kl)
-    md1 = summary[(summary.estimator == "MD 1-step (tuned η)") & (summary.length == cfg.length)]["kl_mean"]
+    md1 = summary[(summary.key == md_key(1).id) & (summary.length == cfg.length)]["kl_mean"]
     rows = []
     for d in cfg.depths:
         for loss in cfg.losses:
-            g = summary[summary.estimator == model_name(d, loss)].set_index("length")
+            g = summary[summary.key == model_key(d, loss).id].set_index("length")
             row = {"depth": d, "loss": loss, **{f"KL T={L}": g.loc[L, "kl_mean"] for L in cfg.eval_lengths}}
             row[f"ratio to MD 1-step at T={cfg.length}"] = g.loc[cfg.length, "kl_mean"] / float(md1.iloc[0])
             rows.append(row)
@@ -204,28 +217,29 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     kl, readout = tables["kl"], tables["readout"]
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     main = model_name(cfg.depth, cfg.loss)
-    names = ["Bayes (exact)", *[f"MD {k}-step (tuned η)" for k in cfg.md_steps], "MD 1-step (one β for all lengths)", main]
-    names += [model_name(d, cfg.loss) for d in cfg.depths if d != cfg.depth]
-    summary = summarise(kl[kl.estimator.isin(names)])
+    main_key = model_key(cfg.depth, cfg.loss)
+    others = [model_key(d, cfg.loss) for d in cfg.depths if d != cfg.depth]
+    keys = [BAYES, *[md_key(k) for k in cfg.md_steps], MD_SHARED, main_key, *others]
+    summary = summarise(kl[kl.key.isin([k.id for k in keys])])
     shades = plt.cm.Blues(np.linspace(0.45, 0.95, len(cfg.md_steps)))
-    styles = {"Bayes (exact)": dict(color="black", lw=2.5), main: dict(color="tab:red", lw=2.5, marker="s"),
-              "MD 1-step (one β for all lengths)": dict(color="grey", ls=":")}
-    styles.update({f"MD {k}-step (tuned η)": dict(color=c, ls="--") for k, c in zip(cfg.md_steps, shades)})
-    styles.update({model_name(d, cfg.loss): dict(color="tab:green", ls="-.") for d in cfg.depths if d != cfg.depth})
+    styles = {BAYES.id: dict(color="black", lw=2.5), main_key.id: dict(color="tab:red", lw=2.5, marker="s"),
+              MD_SHARED.id: dict(color="grey", ls=":")}
+    styles.update({md_key(k).id: dict(color=c, ls="--") for k, c in zip(cfg.md_steps, shades)})
+    styles.update({k.id: dict(color="tab:green", ls="-.") for k in others})
     kl_panel(axes[0], summary, f"{cfg.depth}-layer model vs k-step MD", styles)
 
     losses = tables["losses"]
     ax = axes[1]
     width = 0.8 / len(cfg.losses)
-    spread = summarise(kl[kl.length == cfg.length]).set_index("estimator")
+    spread = summarise(kl[kl.length == cfg.length]).set_index("key")
     for j, loss in enumerate(cfg.losses):
         g = losses[losses.loss == loss]
-        names_l = [model_name(d, loss) for d in g["depth"]]
+        keys_l = [model_key(d, loss).id for d in g["depth"]]
         ax.bar(np.arange(len(g)) + j * width, g[f"KL T={cfg.length}"], width,
-               yerr=error_bars(spread.loc[names_l])[0], capsize=3, label=loss.upper())
+               yerr=error_bars(spread.loc[keys_l])[0], capsize=3, label=loss.upper())
     for k in cfg.md_steps[:2]:
-        ax.axhline(spread.loc[f"MD {k}-step (tuned η)", "kl_mean"], color=shades[k - 1], ls="--", lw=1, label=f"MD {k}-step")
-    ax.axhline(spread.loc["Bayes (exact)", "kl_mean"], color="black", lw=1, label="Bayes")
+        ax.axhline(spread.loc[md_key(k).id, "kl_mean"], color=shades[k - 1], ls="--", lw=1, label=f"MD {k}-step")
+    ax.axhline(spread.loc[BAYES.id, "kl_mean"], color="black", lw=1, label="Bayes")
     ax.set_xticks(np.arange(len(cfg.depths)) + width * (len(cfg.losses) - 1) / 2, [f"{d} layers" for d in cfg.depths])
     ax.set_ylabel(f"KL at T={cfg.length}")
     ax.set_title(f"cross-entropy vs MSE training ({error_bars(spread)[1]})", fontsize=9)
@@ -234,7 +248,7 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     ax.set_ylim(0.8 * lo, None)
 
     ax = axes[2]
-    r = readout[(readout.model == main) & (readout.seed == cfg.seeds[0])]
+    r = readout[(readout.depth == cfg.depth) & (readout.loss == cfg.loss) & (readout.seed == cfg.seeds[0])]
     x = r["layer"].to_numpy()
     ax.bar(x - 0.2, r["window_mass"], 0.4, label="attention on lagged tokens of y_{i+1}")
     ax.bar(x + 0.2, r["explained"].clip(lower=0), 0.4, label="fraction explained by k-step MD")
@@ -249,7 +263,9 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
     ax = axes[3]
     betas = tables["betas"]
     if not betas.empty:
-        one = betas[(betas.steps == 1) & betas.model.isin([main, *names[-1:]])]
+        shown = [main_key, *others[-1:]]
+        one = betas[(betas.steps == 1) & pd.Series(list(zip(betas.depth, betas["loss"]))).isin(
+            [(k.depth, k.loss) for k in shown]).to_numpy()]
         for (name, layer), g in one.groupby(["model", "layer"], sort=False):
             if g[g.length == cfg.length]["fit_kl"].mean() > 0.05:
                 continue  # this layer's attention on the lags is not an MD estimate (see the readout table)
@@ -271,8 +287,7 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
 
 
 def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
-    summary = summarise(tables["kl"])
-    pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
+    pivot = kl_pivot(summarise(tables["kl"]))
     return ("Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
             + f"\n\nWhich k-step MD the {model_name(cfg.depth, cfg.loss)} model tracks (mean KL between predictions)\n\n"
             + tracked(tables["tracking"]).to_markdown(floatfmt=".3g")

@@ -31,11 +31,11 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order
 from icmix.construct import mirror_descent_transformer
-from icmix.estimators import mtd as est
-from icmix.evaluate import ConstructedMirrorDescent, LagPredictor, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
 from icmix.experiments.common import save_outputs, trained_runs
-from icmix.experiments.mtd_fig3 import summarise
+from icmix.experiments.mtd_fig3 import kl_pivot, summarise
+from icmix.families.mtd import bayes_exact_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 
@@ -97,8 +97,7 @@ def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     for seed in cfg.seeds:
         for m in cfg.orders:
             task = MTDTask(cfg.vocab_size, m, seed=seed)
-            preds = [LagPredictor("Bayes (exact)", lambda x, pi, m, L: est.bayes_exact(x, pi, m, 1.0, L)),
-                     TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
+            preds = [bayes_exact_predictor(1.0), TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
                      *[TrainedPredictor.from_run(paths[seed, m, k], name) for k, name in KINDS.items()]]
             table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1,
                                  progress=progress)
@@ -134,25 +133,32 @@ def compute_attention(cfg: Config, out: Path, progress: bool = True) -> tuple[pd
                 model = TrainedPredictor.from_run(paths[seed, m, kind]).model
                 with torch.no_grad():
                     _, attn = model(tokens, return_attention=True)
-                add = lambda layer, metric, value: rows.append(
-                    dict(seed=seed, order=m, model=name, layer=layer, metric=metric, value=value))
+                add = lambda layer, metric, value, kind=kind, name=name: rows.append(
+                    dict(seed=seed, order=m, model=name, layer=layer, metric_label=METRICS[metric], value=value,
+                         model_kind=kind, metric=metric))
                 for layer, (a, r) in enumerate(zip(attn, ref), start=1):
                     sim = agreement.attention_agreement(a, r[:, 0], m)
-                    add(layer, "cosine vs construction", sim["cosine"])
-                    add(layer, "mass on construction support", sim["support_mass"])
-                add(1, "mass on lags 1..m", agreement.lag_offset_mass(attn[0], m))
-                add(1, "split over lags: TV to responsibilities", agreement.lag_attention_tv(attn[0], ref[0][:, 0], m))
+                    add(layer, "attention_cosine", sim["cosine"])
+                    add(layer, "attention_support_mass", sim["support_mass"])
+                add(1, "lag_mass", agreement.lag_offset_mass(attn[0], m))
+                add(1, "lag_tv", agreement.lag_attention_tv(attn[0], ref[0][:, 0], m))
                 if seed == cfg.seeds[0]:
-                    maps[m][name] = [a[0].mean(0).double().numpy() for a in attn]
+                    maps[m][kind] = [a[0].mean(0).double().numpy() for a in attn]
             if seed == cfg.seeds[0]:
                 maps[m]["construction"] = [r[0, 0].numpy() for r in ref]
     return pd.DataFrame(rows), maps
 
 
+# The agreement metrics of Fig. 8: key -> label.
+METRICS = {"attention_cosine": "cosine vs construction", "attention_support_mass": "mass on construction support",
+           "lag_mass": "mass on lags 1..m", "lag_tv": "split over lags: TV to responsibilities"}
+MD1 = Key("md", steps=1, tuning="tuned")
+
+
 def draw_fig6(kl: pd.DataFrame, cfg: Config):
     fig, axes = plt.subplots(1, len(cfg.orders), figsize=(6.5 * len(cfg.orders), 4.6), squeeze=False)
-    styles = {"Bayes (exact)": dict(color="black", lw=2.5),
-              "Construction (3-layer, tuned β)": dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
+    styles = {Key("bayes", "exact").id: dict(color="black", lw=2.5),
+              ConstructedMirrorDescent.key.id: dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
     for ax, m in zip(axes[0], cfg.orders):
         kl_panel(ax, summarise(kl[kl.order == m]), f"m = {m}", styles)
     fig.suptitle(f"MTD Fig. 6: trained vs constructed transformers at orders {', '.join(map(str, cfg.orders))} "
@@ -162,21 +168,21 @@ def draw_fig6(kl: pd.DataFrame, cfg: Config):
 
 
 def draw_fig8(agree: pd.DataFrame, maps: dict, cfg: Config):
-    names = [*KINDS.values(), "construction"]
+    names = {**KINDS, "construction": "construction"}
     rows = len(cfg.orders) * len(names)
     fig, axes = plt.subplots(rows, 3, figsize=(10, 3.1 * rows), squeeze=False)
-    mean = agree.groupby(["order", "model", "layer", "metric"])["value"].mean()
+    mean = agree.groupby(["order", "model_kind", "layer", "metric"])["value"].mean()
     for i, m in enumerate(cfg.orders):
-        for j, name in enumerate(names):
+        for j, (kind, name) in enumerate(names.items()):
             for layer in range(3):
                 ax = axes[i * len(names) + j, layer]
-                a = maps[m][name][layer]
+                a = maps[m][kind][layer]
                 ax.imshow(np.ma.masked_where(np.triu(np.ones_like(a), 1) > 0, a), cmap="viridis", vmin=0,
                           interpolation="nearest")
                 title = f"m={m}, {name}: layer {layer + 1}"
-                if name != "construction":
-                    title += f"\ncos {mean[m, name, layer + 1, 'cosine vs construction']:.2f}, " \
-                             f"support mass {mean[m, name, layer + 1, 'mass on construction support']:.2f}"
+                if kind in KINDS:
+                    title += f"\ncos {mean[m, kind, layer + 1, 'attention_cosine']:.2f}, " \
+                             f"support mass {mean[m, kind, layer + 1, 'attention_support_mass']:.2f}"
                 ax.set_title(title, fontsize=7)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -190,16 +196,17 @@ def report_fig6(kl: pd.DataFrame, cfg: Config) -> str:
     parts = []
     for m in cfg.orders:
         summary = summarise(kl[kl.order == m])
-        pivot = summary.pivot(index="estimator", columns="length", values="kl_mean").reindex(summary["estimator"].unique())
-        at_t = summary[summary.length == cfg.length].set_index("estimator")["kl_mean"]
-        ratios = "\n".join(f"- {name}: KL / KL(one-step MD, tuned η) at T={cfg.length} = "
-                           f"{at_t[name] / at_t['MD 1-step (tuned η)']:.3f}" for name in KINDS.values())
+        pivot = kl_pivot(summary)
+        at_t = summary[summary.length == cfg.length].set_index("key")
+        md = at_t.loc[MD1.id, "kl_mean"]
+        ratios = "\n".join(f"- {row.estimator}: KL / KL(one-step MD, tuned η) at T={cfg.length} = {row.kl_mean / md:.3f}"
+                           for row in at_t[at_t.predictor == "trained"].itertuples())
         parts.append(f"Order m = {m}: mean KL(true ‖ predicted)\n\n{pivot.to_markdown(floatfmt='.4g')}\n\n{ratios}")
     return "\n\n".join(parts)
 
 
 def report_fig8(agree: pd.DataFrame) -> str:
-    table = agree.groupby(["order", "model", "layer", "metric"], sort=False)["value"].mean().unstack("metric")
+    table = agree.groupby(["order", "model", "layer", "metric_label"], sort=False)["value"].mean().unstack("metric_label")
     return "Attention agreement with the construction (mean over seeds)\n\n" + table.to_markdown(floatfmt=".3f")
 
 

@@ -346,7 +346,7 @@ def _html(out: Path, manifest: dict, claims) -> str:
         return markdown.markdown(text, extensions=["tables"])
 
     css_class = {claims_verdict: cls for claims_verdict, cls in (("holds", "holds"), ("doesn't", "doesnt"),
-                                                                   ("not run", "notrun"))}
+                                                                   ("not run", "notrun"), ("no data", "notrun"))}
     rows = "".join(
         f"<tr class='{css_class.get(r.verdict, '')}'><td>{html.escape(r.paper)}</td><td>{html.escape(r.claim)}</td>"
         f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"

@@ -20,12 +20,13 @@ def error_bars(summary: pd.DataFrame) -> tuple[np.ndarray, str]:
 
 
 def kl_panel(ax, summary: pd.DataFrame, title: str = "", styles: dict | None = None, legend: bool = True) -> None:
-    """Plot ``summary`` (``estimator, length, kl_mean, kl_ci, n_seeds``; see
-    ``mtd_fig3.summarise``) as one error-bar curve per estimator, log scale."""
+    """Plot ``summary`` (``key, estimator, length, kl_mean, kl_ci, n_seeds``; see
+    ``mtd_fig3.summarise``) as one error-bar curve per predictor ``key``, labelled with its
+    display label; ``styles`` maps key ids (``Key.id``) to line styles."""
     styles = styles or {}
-    for name, g in summary.groupby("estimator", sort=False):
-        style = {"marker": "o", "ms": 3, **styles.get(name, {})}
-        ax.errorbar(g["length"], g["kl_mean"], yerr=error_bars(g)[0], capsize=2, label=name, **style)
+    for key, g in summary.groupby("key", sort=False):
+        style = {"marker": "o", "ms": 3, **styles.get(key, {})}
+        ax.errorbar(g["length"], g["kl_mean"], yerr=error_bars(g)[0], capsize=2, label=g["estimator"].iloc[0], **style)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("KL(true ‖ predicted)")

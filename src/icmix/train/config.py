@@ -26,7 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from icmix._checks import check_order, check_positive, check_positive_int
+from icmix._checks import check_positive, check_positive_int
+from icmix.families.base import TaskFamily, get_family
+from icmix.families.mixlinreg import MixLinRegSpec
+from icmix.families.mtd import MTDSpec
 
 LOSSES = ("mse", "ce")
 LOSS_POSITIONS = ("last", "all")
@@ -35,97 +38,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_DEVICES = ("cpu", "device")
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """An MTD task (SPEC §1) and the sequence length trained on."""
-
-    kind: str = "mtd"
-    vocab_size: int = 10
-    order: int = 3
-    alpha: float = 1.0
-    seed: int = 0
-    length: int = 64
-
-    models = ("disentangled", "gpt")
-
-    def __post_init__(self):
-        if self.kind != "mtd":
-            raise ValueError(f"task.kind must be 'mtd' here, got {self.kind!r}")
-        check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
-        check_positive_int("task.length", self.length)
-        check_order(self.order, self.length)
-        check_positive("task.alpha", self.alpha)
-
-    def model_fields(self) -> dict:
-        """The model config fields the task sets."""
-        return {"vocab_size": self.vocab_size, "max_length": self.length}
-
-
-@dataclass(frozen=True)
-class RegressionTaskSpec:
-    """A mixture of linear regressions (SPEC §2) and its curriculum (Garg et al. 2022).
-
-    Every ``curriculum_every`` steps the active dimensions grow by ``dims_step`` from
-    ``dims_start`` (inactive coordinates of x are zero) and the prompt points by
-    ``points_step`` from ``points_start``, up to ``dim`` and ``n_points``.
-    ``curriculum_every = 0`` trains at full size from the start.
-
-    ``n_train`` (the paper's fixed training-set size, Fig. 3, Appendix C.1): train on a fixed
-    set of ``n_train`` prompts of ``n_points`` points instead of fresh ones.  Each batch draws
-    prompts from it (with replacement) and presents a random ``points`` of each prompt's
-    pairs in random order ("drop and shuffle").  The dimension curriculum cannot be applied
-    to fixed prompts (zeroing coordinates of x would break ``y = <w, x>``), so with
-    ``n_train`` only the points curriculum is allowed.
-    """
-
-    kind: str = "mixlinreg"
-    dim: int = 20
-    n_components: int = 5
-    noise: float = 0.0
-    seed: int = 0
-    n_points: int = 41
-    curriculum_every: int = 0
-    dims_start: int | None = None
-    points_start: int | None = None
-    dims_step: int = 1
-    points_step: int = 2
-    n_train: int | None = None
-
-    models = ("gpt-regression",)
-
-    def __post_init__(self):
-        check_positive_int("task.dim", self.dim)
-        check_positive_int("task.n_components", self.n_components)
-        check_positive_int("task.n_points", self.n_points)
-        if not self.noise >= 0:
-            raise ValueError(f"task.noise must be >= 0, got {self.noise}")
-        check_positive_int("task.curriculum_every", self.curriculum_every, minimum=0)
-        check_positive_int("task.dims_step", self.dims_step, minimum=0)
-        check_positive_int("task.points_step", self.points_step, minimum=0)
-        for name, top in (("dims_start", self.dim), ("points_start", self.n_points)):
-            value = getattr(self, name)
-            if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
-                raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
-        if self.n_train is not None:
-            check_positive_int("task.n_train", self.n_train)
-            if self.curriculum_every and self.dims_step and (self.dims_start or self.dim) < self.dim:
-                raise ValueError("task.n_train (a fixed training set) allows only the points curriculum: "
-                                 "set task.dims_start to task.dim (or task.dims_step to 0)")
-
-    def model_fields(self) -> dict:
-        return {"dim": self.dim, "max_points": self.n_points}
-
-    def stage(self, step: int) -> tuple[int, int]:
-        """``(active dims, prompt points)`` at training step ``step``."""
-        dims, points = self.dims_start or self.dim, self.points_start or self.n_points
-        if self.curriculum_every:
-            k = step // self.curriculum_every
-            dims, points = dims + k * self.dims_step, points + k * self.points_step
-        return min(dims, self.dim), min(points, self.n_points)
-
-
-TASK_SPECS = {"mtd": TaskSpec, "mixlinreg": RegressionTaskSpec}
-TASK_KINDS = tuple(TASK_SPECS)
+# The built-in task specs, under their historical names (``icmix.families`` owns them).
+TaskSpec = MTDSpec
+RegressionTaskSpec = MixLinRegSpec
 
 
 @dataclass(frozen=True)
@@ -158,7 +73,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: TaskSpec | RegressionTaskSpec = field(default_factory=TaskSpec)
+    task: object = field(default_factory=MTDSpec)  # the spec of a registered task family
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
@@ -199,9 +114,13 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.data_device not in DATA_DEVICES:
             raise ValueError(f"data_device must be one of {DATA_DEVICES}, got {self.data_device!r}")
-        if self.task.kind == "mixlinreg" and self.loss != "mse":
-            raise ValueError(f"a regression task trains with loss 'mse', got {self.loss!r}")
+        self.family.check(self)
         self.model_config()  # unknown or bad model keys fail here, before any training
+
+    @property
+    def family(self) -> TaskFamily:
+        """The registered family of this config's task."""
+        return get_family(self.task.kind)
 
     def model_config(self):
         """The model's own frozen config, with vocabulary and length taken from the task."""
@@ -209,9 +128,9 @@ class TrainConfig:
 
         if self.model.kind not in MODELS:
             raise ValueError(f"model.kind must be one of {sorted(MODELS)}, got {self.model.kind!r}")
-        if self.model.kind not in self.task.models:
+        if self.model.kind not in self.family.models:
             raise ValueError(f"model.kind {self.model.kind!r} does not fit a {self.task.kind!r} task; "
-                             f"use one of {self.task.models}")
+                             f"use one of {self.family.models}")
         config_class, _ = MODELS[self.model.kind]
         params = dict(self.model.params)
         fields = self.task.model_fields()
@@ -243,12 +162,10 @@ class TrainConfig:
         for section, value in (("task", task), ("optim", d.get("optim")), ("model", d.get("model"))):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{section} must be a mapping (key: value lines under '{section}:'), got {value!r}")
-        kind = task.get("kind", "mtd")
-        if kind not in TASK_SPECS:
-            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {kind!r}")
-        sections = {"task": _build(TASK_SPECS[kind], task, "task"), "optim": _build(OptimConfig, d.pop("optim", {}) or {}, "optim")}
+        spec = get_family(task.get("kind", "mtd")).spec
+        sections = {"task": _build(spec, task, "task"), "optim": _build(OptimConfig, d.pop("optim", {}) or {}, "optim")}
         model = dict(d.pop("model", {}) or {})
-        sections["model"] = ModelSpec(kind=_typed("model.kind", model.pop("kind", "disentangled"), str), params=model)
+        sections["model"] = ModelSpec(kind=typed("model.kind", model.pop("kind", "disentangled"), str), params=model)
         return _build(cls, d, "", **sections)
 
     @classmethod
@@ -311,7 +228,8 @@ def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _typed(name: str, value, hint):
+def typed(name: str, value, hint):
+    """``value`` as the type ``hint`` (int to float, list to tuple); ``ValueError`` naming ``name`` otherwise."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or (origin is not None and type(None) in args):
@@ -325,7 +243,7 @@ def _typed(name: str, value, hint):
         return value
     if origin is tuple and isinstance(value, (list, tuple)):
         inner = args[0] if args else float
-        return tuple(_typed(name, v, inner) for v in value)
+        return tuple(typed(name, v, inner) for v in value)
     name_ = getattr(hint, "__name__", str(hint))
     raise ValueError(f"{name} must be {name_}, got {value!r}")
 
@@ -339,5 +257,5 @@ def _build(klass, values: dict, prefix: str, **given):
     if unknown:
         where = f"in {prefix}" if prefix else "at the top level"
         raise ValueError(f"unknown config keys {where}: {unknown}; known: {sorted(known)}")
-    kwargs = {k: _typed(f"{prefix + '.' if prefix else ''}{k}", v, hints[k]) for k, v in values.items()}
+    kwargs = {k: typed(f"{prefix + '.' if prefix else ''}{k}", v, hints[k]) for k, v in values.items()}
     return klass(**kwargs, **given)

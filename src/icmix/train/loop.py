@@ -28,16 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from icmix.estimators.mtd import predictive
+from icmix.families.base import Objective
 from icmix.io import atomic_write, output_folder, remove_stale_files, reporting_full_disk
-from icmix.metrics import kl_divergence
 from icmix.models import MODELS
-from icmix.tasks import MixLinRegTask, MTDTask
 from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, ConfigChanged, resumable_checkpoint,
                                     save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
-from icmix.train.objectives import loss_fn, to_distribution
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -50,11 +47,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_task(cfg: TrainConfig) -> MTDTask | MixLinRegTask:
-    t = cfg.task
-    if t.kind == "mixlinreg":
-        return MixLinRegTask(t.dim, t.n_components, t.noise, seed=t.seed)
-    return MTDTask(t.vocab_size, t.order, t.alpha, seed=t.seed)
+def build_task(cfg: TrainConfig):
+    """The task of ``cfg``, built by its family."""
+    return cfg.family.build(cfg.task)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -76,90 +71,6 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-class MTDObjective:
-    """Next-token prediction on MTD sequences: loss on the masked positions (``loss_positions``);
-    evaluation adds KL(true || model) of the next token at the last position."""
-
-    def __init__(self, task: MTDTask, cfg: TrainConfig):
-        self.task, self.cfg = task, cfg
-        self.mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
-
-    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
-        return self.task.next_token_batch(size, self.cfg.task.length, generator)
-
-    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
-        return self.batch(self.cfg.steps, size, generator)
-
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        out = model(batch["inputs"].to(device))
-        return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
-
-    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
-        with torch.no_grad():
-            out = model(batch["inputs"].to(device))
-            loss = loss_fn(out, batch["targets"].to(device), self.mask.to(device), self.cfg.loss).item()
-            p_hat = to_distribution(out[:, -1].cpu(), self.cfg.loss)
-        p_true = predictive(batch["inputs"], self.task.transition, batch["lam"])
-        return {"eval_loss": loss, "eval_kl": kl_divergence(p_true, p_hat).mean().item()}
-
-
-TRAINING_SET_SEED_OFFSET = 2_000_003
-
-
-def training_set(task: MixLinRegTask, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed training set of a ``task.n_train`` run, float64: ``xs (n, N, d)``, ``ys (n, N)``.
-
-    A function of the task seed alone, so the EM and SA baselines of Fig. 3 can be fitted on
-    exactly the prompts the transformer was trained on."""
-    return task.sample(n_prompts, n_points, torch.Generator().manual_seed(seed + TRAINING_SET_SEED_OFFSET))
-
-
-class RegressionObjective:
-    """In-context regression: squared error of the prediction of every ``y_j`` (``loss_positions
-    = all``, the paper) or of the last one, on prompts drawn at the curriculum's stage;
-    evaluation at full size, always on fresh prompts, adds the normalised MSE (MSE / d) of
-    the last prediction.  With ``task.n_train`` the batches come from a fixed training set
-    (see ``RegressionTaskSpec``)."""
-
-    def __init__(self, task: MixLinRegTask, cfg: TrainConfig):
-        self.task, self.cfg = task, cfg
-        spec = cfg.task
-        self.prompts = None
-        if spec.n_train is not None:
-            xs, ys = training_set(task, spec.n_train, spec.n_points, spec.seed)
-            self.prompts = xs.float(), ys.float()
-
-    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
-        dims, points = self.cfg.task.stage(step)
-        if self.prompts is None:
-            xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
-            return {"xs": xs, "ys": ys}
-        dev = generator.device
-        if self.prompts[0].device != dev:
-            self.prompts = tuple(t.to(dev) for t in self.prompts)
-        xs, ys = self.prompts
-        rows = torch.randint(len(ys), (size, 1), generator=generator, device=dev)  # prompts, with replacement
-        keep = torch.rand(size, ys.shape[1], generator=generator, device=dev).argsort(dim=1)[:, :points]  # drop and shuffle
-        return {"xs": xs[rows, keep], "ys": ys[rows, keep]}
-
-    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
-        dims, points = self.cfg.task.stage(self.cfg.steps)
-        xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
-        return {"xs": xs, "ys": ys}
-
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        ys = batch["ys"].to(device)
-        err = (model(batch["xs"].to(device), ys).float() - ys) ** 2
-        return err[:, -1].mean() if self.cfg.loss_positions == "last" else err.mean()
-
-    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
-        with torch.no_grad():
-            loss = self.loss(model, batch, device).item()
-            ys = batch["ys"].to(device)
-            last = ((model(batch["xs"].to(device), ys)[:, -1].float() - ys[:, -1]) ** 2).mean().item()
-        return {"eval_loss": loss, "eval_nmse_last": last / self.task.dim}
-
-
 def _evaluate(objective, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
     model.eval()
     try:
@@ -168,8 +79,9 @@ def _evaluate(objective, model: nn.Module, batch: dict, device: torch.device) ->
         model.train()
 
 
-def build_objective(task, cfg: TrainConfig):
-    return RegressionObjective(task, cfg) if cfg.task.kind == "mixlinreg" else MTDObjective(task, cfg)
+def build_objective(task, cfg: TrainConfig) -> Objective:
+    """The training objective of ``cfg``'s family for ``task``."""
+    return cfg.family.objective(task, cfg)
 
 
 def autocast(device: torch.device, precision: str):

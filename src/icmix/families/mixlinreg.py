@@ -1,0 +1,178 @@
+"""The regression-mixture task family (SPEC §2): in-context linear regression on prompts from a
+mixture of linear regressions, with the curriculum of Garg et al. (2022) and the fixed
+training sets of the regression paper's Fig. 3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from icmix._checks import check_positive_int
+from icmix.evaluate import Key
+from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.tasks import MixLinRegTask
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from icmix.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class MixLinRegSpec:
+    """A mixture of linear regressions (SPEC §2) and its curriculum (Garg et al. 2022).
+
+    Every ``curriculum_every`` steps the active dimensions grow by ``dims_step`` from
+    ``dims_start`` (inactive coordinates of x are zero) and the prompt points by
+    ``points_step`` from ``points_start``, up to ``dim`` and ``n_points``.
+    ``curriculum_every = 0`` trains at full size from the start.
+
+    ``n_train`` (the paper's fixed training-set size, Fig. 3, Appendix C.1): train on a fixed
+    set of ``n_train`` prompts of ``n_points`` points instead of fresh ones.  Each batch draws
+    prompts from it (with replacement) and presents a random ``points`` of each prompt's
+    pairs in random order ("drop and shuffle").  The dimension curriculum cannot be applied
+    to fixed prompts (zeroing coordinates of x would break ``y = <w, x>``), so with
+    ``n_train`` only the points curriculum is allowed.
+    """
+
+    kind: str = "mixlinreg"
+    dim: int = 20
+    n_components: int = 5
+    noise: float = 0.0
+    seed: int = 0
+    n_points: int = 41
+    curriculum_every: int = 0
+    dims_start: int | None = None
+    points_start: int | None = None
+    dims_step: int = 1
+    points_step: int = 2
+    n_train: int | None = None
+
+    def __post_init__(self):
+        check_positive_int("task.dim", self.dim)
+        check_positive_int("task.n_components", self.n_components)
+        check_positive_int("task.n_points", self.n_points)
+        if not self.noise >= 0:
+            raise ValueError(f"task.noise must be >= 0, got {self.noise}")
+        check_positive_int("task.curriculum_every", self.curriculum_every, minimum=0)
+        check_positive_int("task.dims_step", self.dims_step, minimum=0)
+        check_positive_int("task.points_step", self.points_step, minimum=0)
+        for name, top in (("dims_start", self.dim), ("points_start", self.n_points)):
+            value = getattr(self, name)
+            if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
+                raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
+        if self.n_train is not None:
+            check_positive_int("task.n_train", self.n_train)
+            if self.curriculum_every and self.dims_step and (self.dims_start or self.dim) < self.dim:
+                raise ValueError("task.n_train (a fixed training set) allows only the points curriculum: "
+                                 "set task.dims_start to task.dim (or task.dims_step to 0)")
+
+    def model_fields(self) -> dict:
+        return {"dim": self.dim, "max_points": self.n_points}
+
+    def stage(self, step: int) -> tuple[int, int]:
+        """``(active dims, prompt points)`` at training step ``step``."""
+        dims, points = self.dims_start or self.dim, self.points_start or self.n_points
+        if self.curriculum_every:
+            k = step // self.curriculum_every
+            dims, points = dims + k * self.dims_step, points + k * self.points_step
+        return min(dims, self.dim), min(points, self.n_points)
+
+
+TRAINING_SET_SEED_OFFSET = 2_000_003
+
+
+def training_set(task: MixLinRegTask, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed training set of a ``task.n_train`` run, float64: ``xs (n, N, d)``, ``ys (n, N)``.
+
+    A function of the task seed alone, so the EM and SA baselines of Fig. 3 can be fitted on
+    exactly the prompts the transformer was trained on."""
+    return task.sample(n_prompts, n_points, torch.Generator().manual_seed(seed + TRAINING_SET_SEED_OFFSET))
+
+
+class RegressionObjective(Objective):
+    """In-context regression: squared error of the prediction of every ``y_j`` (``loss_positions
+    = all``, the paper) or of the last one, on prompts drawn at the curriculum's stage;
+    evaluation at full size, always on fresh prompts, adds the normalised MSE (MSE / d) of
+    the last prediction.  With ``task.n_train`` the batches come from a fixed training set
+    (see ``MixLinRegSpec``)."""
+
+    def __init__(self, task: MixLinRegTask, cfg: TrainConfig):
+        self.task, self.cfg = task, cfg
+        spec = cfg.task
+        self.prompts = None
+        if spec.n_train is not None:
+            xs, ys = training_set(task, spec.n_train, spec.n_points, spec.seed)
+            self.prompts = xs.float(), ys.float()
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        dims, points = self.cfg.task.stage(step)
+        if self.prompts is None:
+            xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
+            return {"xs": xs, "ys": ys}
+        dev = generator.device
+        if self.prompts[0].device != dev:
+            self.prompts = tuple(t.to(dev) for t in self.prompts)
+        xs, ys = self.prompts
+        rows = torch.randint(len(ys), (size, 1), generator=generator, device=dev)  # prompts, with replacement
+        keep = torch.rand(size, ys.shape[1], generator=generator, device=dev).argsort(dim=1)[:, :points]  # drop and shuffle
+        return {"xs": xs[rows, keep], "ys": ys[rows, keep]}
+
+    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        dims, points = self.cfg.task.stage(self.cfg.steps)
+        xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
+        return {"xs": xs, "ys": ys}
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        ys = batch["ys"].to(device)
+        err = (model(batch["xs"].to(device), ys).float() - ys) ** 2
+        return err[:, -1].mean() if self.cfg.loss_positions == "last" else err.mean()
+
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        with torch.no_grad():
+            loss = self.loss(model, batch, device).item()
+            ys = batch["ys"].to(device)
+            last = ((model(batch["xs"].to(device), ys)[:, -1].float() - ys[:, -1]) ** 2).mean().item()
+        return {"eval_loss": loss, "eval_nmse_last": last / self.task.dim}
+
+
+# The regression predictors' keys (tables, figures and claims select by these).
+PM_ORACLE, ARGMIN_ORACLE = Key("posterior-mean", "oracle"), Key("argmin", "oracle")
+PM_EM, PM_SA = Key("posterior-mean", "em"), Key("posterior-mean", "sa")
+OLS, RIDGE, CONSTRUCTED = Key("ols"), Key("ridge", "bayesian"), Key("construction", "posterior-mean")
+
+
+class MixLinRegFamily(TaskFamily):
+    kind = "mixlinreg"
+    spec = MixLinRegSpec
+    models = ("gpt-regression",)
+    losses = ("mse",)
+
+    def build(self, spec: MixLinRegSpec) -> MixLinRegTask:
+        return MixLinRegTask(spec.dim, spec.n_components, spec.noise, seed=spec.seed)
+
+    def objective(self, task: MixLinRegTask, cfg: TrainConfig) -> RegressionObjective:
+        return RegressionObjective(task, cfg)
+
+    def run_name(self, cfg: TrainConfig) -> str:
+        t = cfg.task
+        return f"d{t.dim}-m{t.n_components}-noise{t.noise}" + (f"-n{t.n_train}" if t.n_train else "")
+
+    def predictors(self, task: MixLinRegTask, noise: float | None = None) -> list:
+        """The posterior mean and argmin with the task's own components (oracle), and OLS."""
+        from functools import partial
+
+        from icmix.estimators import regression as reg
+        from icmix.evaluate import RegressionPredictor
+
+        noise = task.noise if noise is None else noise
+        w = task.components
+        return [RegressionPredictor(PM_ORACLE, partial(reg.posterior_mean, components=w, noise=noise),
+                                    "posterior mean (oracle)"),
+                RegressionPredictor(ARGMIN_ORACLE, partial(reg.argmin, components=w), "argmin (oracle)"),
+                RegressionPredictor(OLS, reg.ols, "OLS")]
+
+
+register_family(MixLinRegFamily())

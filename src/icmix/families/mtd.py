@@ -1,0 +1,222 @@
+"""The MTD task family (SPEC §1): mixture-of-transition-distributions sequences.
+
+It owns the ``task:`` spec (``MTDSpec``), the next-token training objective, the standard
+predictors of the lag weights (Figure 3's line-up) and the lag estimators ``icmix estimate``
+offers.  A new MTD predictor is one entry in ``LAG_ESTIMATORS`` and/or ``predictors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from icmix._checks import check_order, check_positive, check_positive_int
+from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.tasks import MTDTask
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from icmix.train.config import TrainConfig
+
+DEFAULT_MD_STEPS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class MTDSpec:
+    """An MTD task (SPEC §1) and the sequence length trained on."""
+
+    kind: str = "mtd"
+    vocab_size: int = 10
+    order: int = 3
+    alpha: float = 1.0
+    seed: int = 0
+    length: int = 64
+
+    def __post_init__(self):
+        if self.kind != "mtd":
+            raise ValueError(f"task.kind must be 'mtd' here, got {self.kind!r}")
+        check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
+        check_positive_int("task.length", self.length)
+        check_order(self.order, self.length)
+        check_positive("task.alpha", self.alpha)
+
+    def model_fields(self) -> dict:
+        """The model config fields the task sets."""
+        return {"vocab_size": self.vocab_size, "max_length": self.length}
+
+
+class NextTokenObjective(Objective):
+    """Next-token prediction on sequences of ``cfg.task.length`` tokens, for any task with
+    ``next_token_batch(size, length, generator) -> {"inputs", "targets", ...}``: the loss
+    (``cfg.loss``) on the positions ``loss_mask`` selects (``cfg.loss_positions``); evaluation
+    adds ``eval_kl``, KL(true ‖ model) of the token after the last position, with the truth
+    from ``reference(batch) -> (B, Q)``."""
+
+    def __init__(self, task, cfg: TrainConfig):
+        self.task, self.cfg = task, cfg
+        self.mask = self.loss_mask(cfg.task.length, cfg.loss_positions)
+
+    def loss_mask(self, length: int, positions: str) -> Tensor:
+        """``(T,)`` bool: ``last``: the final position; ``all``: every position."""
+        mask = torch.zeros(length, dtype=torch.bool)
+        mask[-1 if positions == "last" else slice(None)] = True
+        return mask
+
+    def reference(self, batch: dict) -> Tensor:
+        """``(B, Q)``: the true distribution of the token after ``batch["inputs"]``."""
+        raise NotImplementedError
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        return self.task.next_token_batch(size, self.cfg.task.length, generator)
+
+    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        return self.batch(self.cfg.steps, size, generator)
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> Tensor:
+        from icmix.train.objectives import loss_fn
+
+        out = model(batch["inputs"].to(device))
+        return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
+
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        from icmix.metrics import kl_divergence
+        from icmix.train.objectives import loss_fn, to_distribution
+
+        with torch.no_grad():
+            out = model(batch["inputs"].to(device))
+            loss = loss_fn(out, batch["targets"].to(device), self.mask.to(device), self.cfg.loss).item()
+            p_hat = to_distribution(out[:, -1].cpu(), self.cfg.loss)
+        return {"eval_loss": loss, "eval_kl": kl_divergence(self.reference(batch), p_hat).mean().item()}
+
+
+class MTDObjective(NextTokenObjective):
+    """Next-token prediction on MTD sequences; ``all`` positions means every position with a
+    full lag history (``MTDTask.loss_mask``), and the truth is the MTD predictive under the
+    sequence's lag weights."""
+
+    def loss_mask(self, length: int, positions: str) -> Tensor:
+        return self.task.loss_mask(length, positions)
+
+    def reference(self, batch: dict) -> Tensor:
+        from icmix.estimators.mtd import predictive
+
+        return predictive(batch["inputs"], self.task.transition, batch["lam"])
+
+
+# ---- lag estimators and standard predictors -----------------------------------------------
+
+@dataclass(frozen=True)
+class LagOptions:
+    """The knobs of the lag estimators (``icmix estimate``'s flags have the same names)."""
+
+    steps: int = 1
+    eta: float | None = None  # None: 1 / (M + 1), Theorem 1's step size
+    max_iter: int = 1000
+    tol: float = 1e-10
+    alpha: float = 1.0
+    gibbs_samples: int = 1000
+    gibbs_burn_in: int = 200
+    seed: int = 0
+
+
+# name -> (what it is, lam(tokens (B, T), transition, order, options) -> (B, M))
+LAG_ESTIMATORS: dict[str, tuple[str, Callable]] = {
+    "md": ("--steps steps of mirror descent at --eta (or --beta) from λ = 1/m",
+           lambda x, pi, m, o: _est().mirror_descent(x, pi, m, o.eta if o.eta is not None else 1 / (m + 1), o.steps)),
+    "em": ("the MLE, by EM run to convergence (at most --max-iter iterations)",
+           lambda x, pi, m, o: _est().em(x, pi, m, max_iter=o.max_iter, tol=o.tol)),
+    "bayes-exact": ("the posterior mean under a Dirichlet(--alpha) prior, exactly",
+                    lambda x, pi, m, o: _est().bayes_exact(x, pi, m, o.alpha)),
+    "bayes-gibbs": ("the posterior mean under a Dirichlet(--alpha) prior, by Gibbs sampling",
+                    lambda x, pi, m, o: _est().bayes_gibbs(x, pi, m, o.alpha, o.gibbs_samples, o.gibbs_burn_in, o.seed)),
+}
+
+
+def _est():
+    from icmix.estimators import mtd
+
+    return mtd
+
+
+def bayes_exact_predictor(alpha: float = 1.0):
+    from icmix.evaluate import Key, LagPredictor
+
+    return LagPredictor(Key("bayes", "exact"), lambda x, pi, m, L: _est().bayes_exact(x, pi, m, alpha, L),
+                        "Bayes (exact)")
+
+
+def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
+    from icmix.evaluate import Key, LagPredictor
+    from icmix.random import make_generator
+
+    return LagPredictor(Key("bayes", "gibbs"), lambda x, pi, m, L: _est().bayes_gibbs(
+        x, pi, m, alpha, samples, burn_in, make_generator(seed + GIBBS_SEED_OFFSET), L), "Bayes (Gibbs)")
+
+
+def mle_predictor(max_iter: int = 5000, tol: float = 1e-7):
+    from icmix.evaluate import Key, LagPredictor
+
+    return LagPredictor(Key("em"), lambda x, pi, m, L: _est().em(x, pi, m, max_iter, tol, L), "MLE (EM)")
+
+
+def md_theorem1_predictor(order: int):
+    from icmix.evaluate import Key, LagPredictor
+
+    eta = 1.0 / (order + 1)
+    return LagPredictor(Key("md", steps=1, tuning="theorem-1"),
+                        lambda x, pi, m, L: _est().mirror_descent(x, pi, m, eta, 1, L), "MD 1-step (η=1/(m+1))")
+
+
+# The Gibbs chain's generator is seeded ``seed + GIBBS_SEED_OFFSET`` (a named stream, so it
+# never coincides with the evaluation sequences' generator).
+GIBBS_SEED_OFFSET = 7919
+
+
+class MTDFamily(TaskFamily):
+    kind = "mtd"
+    spec = MTDSpec
+    models = ("disentangled", "gpt")
+
+    def build(self, spec: MTDSpec) -> MTDTask:
+        return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed)
+
+    def objective(self, task: MTDTask, cfg: TrainConfig) -> MTDObjective:
+        return MTDObjective(task, cfg)
+
+    def run_name(self, cfg: TrainConfig) -> str:
+        return f"m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
+
+    def predictors(
+        self,
+        task: MTDTask,
+        md_steps: Sequence[int] = DEFAULT_MD_STEPS,
+        gibbs_samples: int = 1000,
+        gibbs_burn_in: int = 200,
+        em_max_iter: int = 5000,
+        seed: int = 0,
+        betas: Sequence[float] | None = None,
+        include_gibbs: bool = True,
+        include_construction: bool = True,
+    ) -> list:
+        """The estimators of the MTD paper's Figure 3: exact and Gibbs Bayes, the MLE, one-step
+        MD at ``eta = 1/(M+1)`` (Theorem 1), k-step MD with tuned step sizes, and the 3-layer
+        transformer construction (tuned like one-step MD, which it equals)."""
+        from icmix.evaluate import DEFAULT_BETAS, ConstructedMirrorDescent, TunedMirrorDescent
+
+        betas = DEFAULT_BETAS if betas is None else betas
+        preds = [bayes_exact_predictor(task.alpha)]
+        if include_gibbs:
+            preds.append(bayes_gibbs_predictor(task.alpha, gibbs_samples, gibbs_burn_in, seed))
+        preds += [mle_predictor(em_max_iter), md_theorem1_predictor(task.order)]
+        preds += [TunedMirrorDescent(steps=k, betas=betas) for k in md_steps]
+        if include_construction:
+            preds.append(ConstructedMirrorDescent(betas=betas))
+        return preds
+
+
+register_family(MTDFamily())
