@@ -39,15 +39,13 @@ def _load_array(path: str, what: str) -> np.ndarray:
         raise ValueError(f"cannot read the {what} file {path}: {err}") from None
 
 
-ESTIMATOR_NAMES = ("md", "em", "bayes-exact", "bayes-gibbs")
-
-
 def _estimate(args) -> int:
     import pandas as pd
 
     from icmix._checks import as_tokens, as_transition, check_nonnegative, check_positive, check_positive_int
     from icmix.estimators import mtd as est
     from icmix.estimators.mtd.bayes import MAX_STATES, MAX_WORK
+    from icmix.families.mtd import LAG_ESTIMATORS, LagOptions
     from icmix.io import check_writable
 
     tokens = _load_array(args.tokens, "tokens")
@@ -78,17 +76,11 @@ def _estimate(args) -> int:
                 f"{MAX_STATES:,} and {MAX_WORK:.1e}). Use --estimator bayes-gibbs, or shorter sequences.")
     if args.out:
         check_writable(Path(args.out).parent or ".", "--out")
-    runners = {
-        "md": lambda: est.mirror_descent(tokens_t, pi, args.order, eta, args.steps),
-        "em": lambda: est.em(tokens_t, pi, args.order, max_iter=args.max_iter),
-        "bayes-exact": lambda: est.bayes_exact(tokens_t, pi, args.order, args.alpha),
-        "bayes-gibbs": lambda: est.bayes_gibbs(
-            tokens_t, pi, args.order, args.alpha, args.gibbs_samples, args.gibbs_burn_in, args.seed
-        ),
-    }
+    options = LagOptions(steps=args.steps, eta=eta, max_iter=args.max_iter, alpha=args.alpha,
+                         gibbs_samples=args.gibbs_samples, gibbs_burn_in=args.gibbs_burn_in, seed=args.seed)
     rows = []
     for name in args.estimator:
-        lam = runners[name]().numpy()
+        lam = LAG_ESTIMATORS[name][1](tokens_t, pi, args.order, options).numpy()
         for b, row in enumerate(lam):
             rows.append({"sequence": b, "estimator": name, **{f"lag{g + 1}": v for g, v in enumerate(row)}})
     table = pd.DataFrame(rows)
@@ -104,7 +96,7 @@ def _estimate(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from icmix.experiments import REGISTRY
+    from icmix.experiments import get_figure
     from icmix.experiments.report import configs_for, reproduce_all
     from icmix.io import output_folder
 
@@ -117,7 +109,7 @@ def _reproduce(args) -> int:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
     with output_folder(args.out):
-        paths = REGISTRY[args.figure].run(cfg, Path(args.out), progress=not args.no_progress)
+        paths = get_figure(args.figure).run(cfg, Path(args.out), progress=not args.no_progress)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -296,7 +288,8 @@ def _sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from icmix.experiments import REGISTRY
+    from icmix.experiments import figure_names
+    from icmix.families.mtd import LAG_ESTIMATORS
 
     parser = argparse.ArgumentParser(prog="icmix", description="In-context learning of latent mixture models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,12 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tokens", help="token file: .npy (B, T) or (T,), or .csv with one sequence per row")
     p.add_argument("--transition", required=True, help="transition matrix (Q, Q): .npy or .csv")
     p.add_argument("--order", type=int, required=True, help="number of lags M")
-    p.add_argument("--estimator", nargs="+", choices=ESTIMATOR_NAMES, default=list(ESTIMATOR_NAMES))
+    p.add_argument("--estimator", nargs="+", choices=list(LAG_ESTIMATORS), default=list(LAG_ESTIMATORS),
+                   help="; ".join(f"{name}: {what}" for name, (what, _) in LAG_ESTIMATORS.items()) + " (default: all)")
     p.add_argument("--eta", type=float, default=None,
                    help="MD step size (default 1/(M+1), Theorem 1's choice, good only for short sequences)")
     p.add_argument("--beta", type=float, default=None,
                    help="MD step size as eta = beta / (M N), N = T - M transitions (scales with length; ~5-15 is typical)")
-    p.add_argument("--steps", type=int, default=1, help="MD steps")
+    p.add_argument("--steps", type=int, default=1, help="iterations of the k-step methods (MD, k-step EM)")
     p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet prior concentration (Bayes)")
     p.add_argument("--max-iter", type=int, default=2000, help="EM iterations")
     p.add_argument("--gibbs-samples", type=int, default=2000)
@@ -320,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_estimate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper figure (PNG + CSV + JSON)")
-    p.add_argument("figure", choices=["all", *REGISTRY],
+    p.add_argument("figure", choices=["all", *figure_names()],
                    help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
     p.add_argument("--preset", choices=("quick", "cpu", "paper"), default="quick",
                    help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure; paper: GPU")

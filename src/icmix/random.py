@@ -3,8 +3,38 @@ explicit ``torch.Generator`` (or a seed that makes one)."""
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import Tensor
+
+
+class Stream(enum.IntEnum):
+    """The named random streams of the library: the generator for purpose ``P`` of seed ``s``
+    is ``stream(s, Stream.P)``, seeded ``s + P``.  Every offset lives here, so two purposes
+    never share numbers by accident (the values are part of every result: never change one)."""
+
+    EVALUATION = 1  # evaluate_mtd's sequences (and its tuning batch, drawn after them)
+    GIBBS = 7919  # the Gibbs sampler's chain in the standard MTD predictors
+    RANK_DROPOUT = 7919  # multiplied by the rank: each data-parallel rank's dropout stream
+    AGREEMENT = 10_000  # mtd-fig4's agreement sequences
+    ATTENTION = 20_000  # the one sequence whose attention maps a figure draws
+    CHECK = 30_000  # the construction's differential check; mtd-fig4's ablation sequences
+    ATTENTION_PANEL = 30_500  # mtd-construction's drawn sequence
+    MLR_CHECK = 31_000  # mlr-construction's prompts
+    FINE_TUNE = 40_000  # mtd-fig4's ablation fine-tuning
+    TRACKING = 50_000  # mtd-fig5's tracking sequences
+    READOUT = 60_000  # mtd-fig5's per-layer readout sequences
+    CONSTRUCTION_TUNE = 70_000  # mtd-fig6/8's construction tuning batch
+    EM_TRAINING = 80_000  # mlr-fig4's batch-EM training prompts
+    MLR_EVALUATION = 90_000  # the regression figures' evaluation prompts
+    TRAINING_EVALUATION = 1_000_003  # a training run's fixed evaluation batch
+    TRAINING_SET = 2_000_003  # a fixed-training-set run's prompts (mlr-fig3)
+
+
+def stream(seed: int, which: Stream) -> torch.Generator:
+    """The CPU generator of the named stream ``which`` for ``seed``."""
+    return torch.Generator().manual_seed(int(seed) + int(which))
 
 
 def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -16,7 +16,6 @@ Neither trains anything; both take seconds.  The claims table reads their CSVs.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,10 @@ import torch
 from icmix._checks import check_order, check_positive, check_positive_int
 from icmix.construct import mirror_descent_transformer, posterior_mean_transformer
 from icmix.construct.check import knob_curve, mtd_differential_check, posterior_mean_check
-from icmix.experiments.common import save_outputs
+from icmix.experiments.figure import Figure, Result
 from icmix.figures.attention import draw_attention_maps
 from icmix.tasks import MixLinRegTask, MTDTask
+from icmix.random import Stream, stream
 
 
 @dataclass(frozen=True)
@@ -76,48 +76,48 @@ class MLRConfig:
 SHIFTS = {"unshifted": {}, "covariates x3": {"covariate_scale": 3.0}, "weights x3": {"weight_scale": 3.0}}
 
 
-class MTDConstruction:
-    NAME = "mtd-construction"
+class MTDConstruction(Figure):
+    name = "mtd-construction"
     Config = MTDConfig
-    PRESETS = {"quick": MTDConfig(), "cpu": MTDConfig(length=256, n_sequences=256),
+    presets = {"quick": MTDConfig(), "cpu": MTDConfig(length=256, n_sequences=256),
                "paper": MTDConfig(length=256, n_sequences=1000, seeds=(0, 1, 2))}
 
-    def compute(self, cfg: MTDConfig) -> pd.DataFrame:
+    def compute(self, cfg: MTDConfig, out: Path | None = None, progress: bool = True) -> Result:
         rows = []
         for seed in cfg.seeds:
             for m in cfg.orders:
                 task = MTDTask(cfg.vocab_size, m, seed=seed)
                 model = mirror_descent_transformer(task.transition, m, cfg.beta, cfg.length)
                 r = mtd_differential_check(model, task, cfg.beta, cfg.n_sequences, cfg.length,
-                                           generator=torch.Generator().manual_seed(30_000 + seed))
+                                           generator=stream(seed, Stream.CHECK))
                 rows.append(dict(seed=seed, order=m, **r))
-        return pd.DataFrame(rows)
+        return Result(pd.DataFrame(rows))
 
-    def run(self, cfg: MTDConfig, out: Path, progress: bool = True) -> dict[str, Path]:
-        start = time.time()
-        table = self.compute(cfg)
+    def draw(self, result: Result, cfg: MTDConfig):
+        table = result.table
         m, seed = cfg.orders[0], cfg.seeds[0]
         task = MTDTask(cfg.vocab_size, m, seed=seed)
         model = mirror_descent_transformer(task.transition, m, cfg.beta, cfg.length)
         length = min(48, cfg.length)
-        tokens, _ = task.sample(1, length, generator=torch.Generator().manual_seed(30_500 + seed))
+        tokens, _ = task.sample(1, length, generator=stream(seed, Stream.ATTENTION_PANEL))
         with torch.no_grad():
             _, patterns = model(tokens, return_attention=True)
-        fig = draw_attention_maps([a[0] for a in patterns], f"Constructed 3-layer transformer = one MD step "
-                                  f"(q={cfg.vocab_size}, m={m}, β={cfg.beta:g}); worst error over "
-                                  f"{len(table)} checks: {table.max_error.max():.1e}")
-        summary = ("Construction vs one-step mirror descent (float64, fresh sequences of length "
-                   f"{cfg.length})\n\n" + table.to_markdown(index=False, floatfmt=("g", "g", ".2e", ".2e", ".2e")))
-        return save_outputs(Path(out), self.NAME, cfg, table, fig, time.time() - start, summary=summary)
+        return draw_attention_maps([a[0] for a in patterns], f"Constructed 3-layer transformer = one MD step "
+                                   f"(q={cfg.vocab_size}, m={m}, β={cfg.beta:g}); worst error over "
+                                   f"{len(table)} checks: {table.max_error.max():.1e}")
+
+    def report(self, result: Result, cfg: MTDConfig) -> str:
+        return ("Construction vs one-step mirror descent (float64, fresh sequences of length "
+                f"{cfg.length})\n\n" + result.table.to_markdown(index=False, floatfmt=("g", "g", ".2e", ".2e", ".2e")))
 
 
-class MLRConstruction:
-    NAME = "mlr-construction"
+class MLRConstruction(Figure):
+    name = "mlr-construction"
     Config = MLRConfig
-    PRESETS = {"quick": MLRConfig(), "cpu": MLRConfig(n_prompts=1024),
+    presets = {"quick": MLRConfig(), "cpu": MLRConfig(n_prompts=1024),
                "paper": MLRConfig(dim=20, n_points=41, n_prompts=1024, seeds=(0, 1, 2))}
 
-    def compute(self, cfg: MLRConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def compute(self, cfg: MLRConfig, out: Path | None = None, progress: bool = True) -> Result:
         rows, knobs = [], []
         for seed in cfg.seeds:
             for m in cfg.components:
@@ -125,18 +125,17 @@ class MLRConstruction:
                 model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
                 for label, shift in SHIFTS.items():
                     xs, ys = task.sample(cfg.n_prompts, cfg.n_points,
-                                         generator=torch.Generator().manual_seed(31_000 + seed), **shift)
+                                         generator=stream(seed, Stream.MLR_CHECK), **shift)
                     rows.append(dict(seed=seed, n_components=m, prompts=label,
                                      **posterior_mean_check(model, task.components, cfg.noise, xs, ys)))
                     if label == "weights x3" and seed == cfg.seeds[0]:  # the knob curve on the hardest prompts
                         knobs.append(knob_curve(task.components, cfg.noise, xs[:64], ys[:64]).assign(n_components=m))
-        return pd.DataFrame(rows), pd.concat(knobs, ignore_index=True)
+        return Result(pd.DataFrame(rows), {"knob": pd.concat(knobs, ignore_index=True)})
 
-    def run(self, cfg: MLRConfig, out: Path, progress: bool = True) -> dict[str, Path]:
+    def draw(self, result: Result, cfg: MLRConfig):
         from icmix.figures.circuit import draw_circuit
 
-        start = time.time()
-        table, knob = self.compute(cfg)
+        knob = result.extra["knob"]
         task = MixLinRegTask(cfg.dim, cfg.components[0], cfg.noise, seed=cfg.seeds[0])
         model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
         circuit = draw_circuit(model, f"Posterior-mean transformer (d={cfg.dim}, m={cfg.components[0]})")
@@ -152,10 +151,11 @@ class MLRConstruction:
                     title="error against the knob (weights x3 prompts)")
         ax_knob.legend(fontsize=8)
         fig.tight_layout()
-        summary = ("Posterior-mean construction vs `posterior_mean` (float64, GELU MLPs, eps = "
-                   f"{cfg.eps:g})\n\n" + table.to_markdown(index=False, floatfmt=".2e"))
-        return save_outputs(Path(out), self.NAME, cfg, table, fig, time.time() - start, extra={"knob": knob},
-                            summary=summary)
+        return fig
+
+    def report(self, result: Result, cfg: MLRConfig) -> str:
+        return ("Posterior-mean construction vs `posterior_mean` (float64, GELU MLPs, eps = "
+                f"{cfg.eps:g})\n\n" + result.table.to_markdown(index=False, floatfmt=".2e"))
 
 
 mtd_construction = MTDConstruction()

@@ -30,12 +30,14 @@ import torch
 from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
-from icmix.experiments.common import run_table_figure, trained_runs
+from icmix.experiments.common import trained_runs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families import get_family
 from icmix.families.mixlinreg import ARGMIN_ORACLE, CONSTRUCTED, OLS, PM_ORACLE, RIDGE
 from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
+from icmix.random import Stream, stream
 
 NAME = "mlr-fig2"
 
@@ -109,7 +111,7 @@ PRESETS = {
 def eval_generator(seed: int) -> torch.Generator:
     """The evaluation prompts of a seed, shared by every regression figure (so unshifted
     prompts in figs 5-9 are fig2's, and figs 3-4 compare on the same draws)."""
-    return torch.Generator().manual_seed(90_000 + seed)
+    return stream(seed, Stream.MLR_EVALUATION)
 
 
 def trained_tasks(cfg: Config, out: Path, progress: bool = True):
@@ -211,5 +213,17 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
     return "\n\n".join(parts)
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    return run_table_figure(NAME, compute, draw, report, cfg, out, progress)
+class Fig2(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        return Result(compute(cfg, out, progress))
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, cfg)
+
+
+FIGURE = Fig2()

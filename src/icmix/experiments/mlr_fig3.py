@@ -18,7 +18,6 @@ algorithms at the same n.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +33,7 @@ from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
 from icmix.evaluate import Key, RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments import mlr_fig2
-from icmix.experiments.common import save_outputs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_EM, PM_ORACLE, PM_SA, training_set
 from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.metrics import min_matching_error, oracle_prediction_error
@@ -156,9 +155,18 @@ def report(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config) -> str:
             + est.to_markdown(index=False, floatfmt=".4f") + "\n\n" + ratio.to_markdown(index=False, floatfmt=".3f"))
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    table, estimates = compute(cfg, out, progress)
-    return save_outputs(out, NAME, cfg, table, draw(table, estimates, cfg), time.time() - start,
-                        extra={"estimates": estimates}, summary=report(table, estimates, cfg))
+class Fig3(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        table, estimates = compute(cfg, out, progress)
+        return Result(table, {"estimates": estimates})
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, result.extra["estimates"], cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, result.extra["estimates"], cfg)
+
+
+FIGURE = Fig3()

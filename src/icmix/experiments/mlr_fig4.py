@@ -19,14 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
 from icmix.estimators import regression as reg
 from icmix.evaluate import Key, TrainedRegressor, d2_distances
 from icmix.experiments import mlr_fig2
-from icmix.experiments.common import run_table_figure
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
+from icmix.random import Stream, stream
 
 NAME = "mlr-fig4"
 
@@ -48,7 +48,7 @@ PRESETS = {name: Config(**{**dataclasses.asdict(cfg), "noises": (1.0,)}) for nam
 def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     tables = []
     for (seed, m, noise), task, path in mlr_fig2.trained_tasks(cfg, out, progress):
-        train_x, train_y = task.sample(cfg.n_em, cfg.n_points, generator=torch.Generator().manual_seed(80_000 + seed))
+        train_x, train_y = task.sample(cfg.n_em, cfg.n_points, generator=stream(seed, Stream.EM_TRAINING))
         estimates = {"oracle": task.components,
                      "EM": reg.batch_em(train_x, train_y, m, noise, generator=seed).components,
                      "SA": reg.subspace_algorithm(train_x, train_y, m, noise, generator=seed).components}
@@ -110,5 +110,17 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
             + table_k.to_markdown(index=False, floatfmt=".4g") + "\n\n" + "\n".join(lines))
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    return run_table_figure(NAME, compute, draw, report, cfg, out, progress)
+class Fig4(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        return Result(compute(cfg, out, progress))
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, cfg)
+
+
+FIGURE = Fig4()

@@ -15,7 +15,6 @@ distribution does on the shifted one.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ import pandas as pd
 from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments import mlr_fig2
-from icmix.experiments.common import save_outputs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
 
@@ -116,23 +115,23 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
     return "\n\n".join(parts)
 
 
-class Figure:
-    """A registry entry for one of Figs 5-9."""
+class ShiftFigure(TrainedFigure):
+    """One of Figs 5-9: ``FIGURES[name]`` says which predictor and shifts it shows."""
 
-    Config = Config
-    PRESETS = PRESETS
+    Config, presets = Config, PRESETS
 
     def __init__(self, name: str):
-        self.NAME = name
+        self.name = name
         self.predictor, self.shifts = FIGURES[name]
 
-    def run(self, cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-        start = time.time()
-        out = Path(out)
-        table = compute(cfg, out, self.predictor, self.shifts, progress)
-        fig = draw(table, cfg, self.NAME, self.predictor, self.shifts)
-        paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-        return paths
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        return Result(compute(cfg, out, self.predictor, self.shifts, progress))
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, cfg, self.name, self.predictor, self.shifts)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, cfg)
 
 
-figures = {name: Figure(name) for name in FIGURES}
+fig5, fig6, fig7, fig8, fig9 = (ShiftFigure(name) for name in FIGURES)

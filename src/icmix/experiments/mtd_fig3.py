@@ -13,7 +13,6 @@ Q = 10, M = 3 (the benchmark setting of the project) and a doubling grid up to 2
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +25,11 @@ import pandas as pd
 
 from icmix._checks import check_order, check_positive, check_positive_int
 from icmix.evaluate import KEY_FIELDS, Key, evaluate_mtd
-from icmix.experiments.common import save_outputs
+from icmix.experiments.figure import Figure, Result
 from icmix.families import get_family
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
+from icmix.random import Stream
 
 NAME = "mtd-fig3"
 
@@ -78,7 +78,7 @@ def compute(cfg: Config, progress: bool = True) -> pd.DataFrame:
         task = MTDTask(cfg.vocab_size, cfg.order, cfg.alpha, seed=seed)
         preds = get_family("mtd").predictors(task, md_steps=cfg.md_steps, gibbs_samples=cfg.gibbs_samples,
                                              gibbs_burn_in=cfg.gibbs_burn_in, em_max_iter=cfg.em_max_iter, seed=seed)
-        t = evaluate_mtd(task, preds, cfg.lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
+        t = evaluate_mtd(task, preds, cfg.lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)
         t.insert(0, "seed", seed)
         tables.append(t)
     return pd.concat(tables, ignore_index=True)
@@ -181,9 +181,17 @@ def report(table: pd.DataFrame) -> str:
     return "Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    table = compute(cfg, progress=progress)
-    fig = draw(table)
-    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table))
-    return paths
+class Fig3(Figure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        return Result(compute(cfg, progress=progress))
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table)
+
+
+FIGURE = Fig3()

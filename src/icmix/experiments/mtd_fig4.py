@@ -18,7 +18,6 @@ layer-1 token scores next to ``pi``.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +34,15 @@ from icmix._checks import check_order, check_positive_int
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
 from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
-from icmix.experiments.common import save_outputs, trained_runs
+from icmix.experiments.common import trained_runs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
 from icmix.families.mtd import bayes_exact_predictor, mle_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
 from icmix.train.objectives import to_distribution
+from icmix.random import Stream, stream
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
@@ -134,7 +135,7 @@ def agreement_rows(seed: int, task: MTDTask, trained: dict[str, TrainedPredictor
                    cfg: Config) -> list[dict]:
     """Numeric agreement of each trained model with the construction, at the training length."""
     m, t = task.order, cfg.length
-    tokens, _ = task.sample(256, t, generator=torch.Generator().manual_seed(10_000 + seed))
+    tokens, _ = task.sample(256, t, generator=stream(seed, Stream.AGREEMENT))
     cons = mirror_descent_transformer(task.transition, m, beta, max_length=t)
     with torch.no_grad():
         p_cons_all, cons_attn = cons(tokens, return_attention=True)
@@ -191,11 +192,11 @@ def lag_window_ablation(cfg: Config, seed: int, run: Path) -> list[dict]:
     """
     train_cfg, trained = load_run(run)
     task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
-    tokens, lam = task.sample(cfg.n_sequences, cfg.length, generator=torch.Generator().manual_seed(30_000 + seed))
+    tokens, lam = task.sample(cfg.n_sequences, cfg.length, generator=stream(seed, Stream.CHECK))
     p_true = est.predictive(tokens, task.transition, lam)
     m = cfg.order
     restricted = lambda: copy.deepcopy(trained).restrict_offsets(1, range(1, m + 1))
-    tune = lambda model: fine_tune(model, task, train_cfg, cfg.ablation_steps, cfg.ablation_lr, seed=40_000 + seed)
+    tune = lambda model: fine_tune(model, task, train_cfg, cfg.ablation_steps, cfg.ablation_lr, seed=seed + Stream.FINE_TUNE)
     variants = {"trained": trained, "restricted": restricted(), "fine-tuned": tune(copy.deepcopy(trained)),
                 "restricted-fine-tuned": tune(restricted())}
     rows = []
@@ -224,7 +225,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
         trained = {kind: TrainedPredictor.from_run(runs[seed, kind], MODEL_NAMES[kind]) for kind in ("disentangled", "gpt")}
         md, cons = TunedMirrorDescent(steps=1), ConstructedMirrorDescent()
         preds = [bayes_exact_predictor(1.0), mle_predictor(5000, 1e-7), md, cons, *trained.values()]
-        table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
+        table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)
         agree += agreement_rows(seed, task, trained, cons.chosen_beta[cfg.length], md.chosen_beta[cfg.length], cfg)
@@ -237,7 +238,7 @@ def attention_panels(cfg: Config, runs: dict, seed: int, beta: float) -> tuple[d
     """Attention maps (layer by layer) of one sequence for each trained model and the construction,
     and the trained disentangled model's layer-1 token scores as ``softmax(A1^T)`` ``(Q, Q)``."""
     task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
-    tokens, _ = task.sample(1, cfg.length, generator=torch.Generator().manual_seed(20_000 + seed))
+    tokens, _ = task.sample(1, cfg.length, generator=stream(seed, Stream.ATTENTION))
     panels = {}
     for kind in ("disentangled", "gpt"):
         pred = TrainedPredictor.from_run(runs[seed, kind])
@@ -294,14 +295,21 @@ def report(kl: pd.DataFrame, agree: pd.DataFrame, cfg: Config) -> str:
             + "\n\nAgreement with the construction (mean over seeds)\n\n" + agg.to_markdown(floatfmt=".4g"))
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    kl, agree = compute(cfg, out, progress)
-    first = kl[(kl.seed == cfg.seeds[0]) & (kl.key == ConstructedMirrorDescent.key.id) & (kl.length == cfg.length)]
-    panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
-    pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
-    fig = draw(kl, agree, panels, (learned, pi), cfg)
-    paths = save_outputs(out, NAME, cfg, kl, fig, time.time() - start, extra={"agreement": agree},
-                         summary=report(kl, agree, cfg))
-    return paths
+class Fig4(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        kl, agree = compute(cfg, out, progress)
+        first = kl[(kl.seed == cfg.seeds[0]) & (kl.key == ConstructedMirrorDescent.key.id) & (kl.length == cfg.length)]
+        panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
+        pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
+        return Result(kl, {"agreement": agree}, {"panels": panels, "scores": (learned, pi)})
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, result.extra["agreement"], result.data["panels"], result.data["scores"], cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, result.extra["agreement"], cfg)
+
+
+FIGURE = Fig4()

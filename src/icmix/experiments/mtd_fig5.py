@@ -20,7 +20,6 @@ per-layer step-size table) and ``mtd-fig5-losses.csv`` (CE vs MSE at every lengt
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +36,15 @@ from icmix._checks import check_order, check_positive_int
 from icmix.estimators import mtd as est
 from icmix.evaluate import Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
-from icmix.experiments.common import save_outputs, trained_runs
+from icmix.experiments.common import trained_runs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
 from icmix.families.mtd import bayes_exact_predictor
 from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
 from icmix.train.config import LOSSES
+from icmix.random import Stream, stream
 
 NAME = "mtd-fig5"
 
@@ -111,7 +112,7 @@ def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[Tu
                   ) -> list[dict]:
     """Mean KL(p_MD^k || p_model) at each length: how close the model's predictions are to
     each k-step MD's (step size as tuned for the KL table)."""
-    tokens, _ = task.sample(cfg.n_sequences, max(cfg.eval_lengths), generator=torch.Generator().manual_seed(50_000 + seed))
+    tokens, _ = task.sample(cfg.n_sequences, max(cfg.eval_lengths), generator=stream(seed, Stream.TRACKING))
     p_model = model.predict(tokens, task, cfg.eval_lengths)
     rows = []
     for pred in md:
@@ -126,7 +127,7 @@ def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: Tuned
     and, for each layer that attends to the lagged tokens (window mass >= 0.5), the ``beta(L)``
     of one- and two-step MD that best explains it at each evaluation length, beside one-step
     MD's tuned ``beta(L)``."""
-    tokens, lam = task.sample(cfg.n_readout, cfg.length, generator=torch.Generator().manual_seed(60_000 + seed))
+    tokens, lam = task.sample(cfg.n_readout, cfg.length, generator=stream(seed, Stream.READOUT))
     with torch.no_grad():
         _, attn = model.model(tokens, return_attention=True)
     p_true = est.predictive(tokens, task.transition, lam)
@@ -156,7 +157,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
                    for d in cfg.depths for loss in cfg.losses}
         md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
         preds = [bayes_exact_predictor(1.0), *md, TunedMirrorDescent(steps=1, shared=True), *trained.values()]
-        table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1, progress=progress)
+        table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)
         tracking += tracking_rows(seed, task, trained[cfg.depth, cfg.loss], md, cfg)
@@ -299,11 +300,18 @@ def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
             + betas_summary(tables["betas"]).to_markdown(floatfmt=".3g"))
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    tables = compute(cfg, out, progress)
-    fig = draw(tables, cfg)
-    extra = {k: v for k, v in tables.items() if k != "kl"}
-    paths = save_outputs(out, NAME, cfg, tables["kl"], fig, time.time() - start, extra=extra, summary=report(tables, cfg))
-    return paths
+class Fig5(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        tables = compute(cfg, out, progress)
+        return Result(tables.pop("kl"), tables)
+
+    def draw(self, result: Result, cfg: Config):
+        return draw({"kl": result.table, **result.extra}, cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report({"kl": result.table, **result.extra}, cfg)
+
+
+FIGURE = Fig5()

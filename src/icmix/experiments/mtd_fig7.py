@@ -15,7 +15,6 @@ for every length (first seed), the mean row KL in each panel's title.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order
 from icmix.experiments import mtd_training
-from icmix.experiments.common import save_outputs, trained_runs
+from icmix.experiments.common import trained_runs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
 from icmix.train import load_run
@@ -129,10 +129,18 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
             + "\n\n" + "\n".join(lines))
 
 
-def run(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-    start = time.time()
-    out = Path(out)
-    table, mats = compute(cfg, out, progress)
-    fig = draw(table, mats, cfg)
-    paths = save_outputs(out, NAME, cfg, table, fig, time.time() - start, summary=report(table, cfg))
-    return paths
+class Fig7(TrainedFigure):
+    name, Config, presets = NAME, Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        table, mats = compute(cfg, out, progress)
+        return Result(table, data={"mats": mats})
+
+    def draw(self, result: Result, cfg: Config):
+        return draw(result.table, result.data["mats"], cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report(result.table, cfg)
+
+
+FIGURE = Fig7()

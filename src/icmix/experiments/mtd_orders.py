@@ -16,7 +16,6 @@ so ``icmix reproduce mtd-fig6`` and ``mtd-fig8`` with the same ``--out`` train t
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,13 @@ from icmix._checks import check_order
 from icmix.construct import mirror_descent_transformer
 from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
-from icmix.experiments.common import save_outputs, trained_runs
+from icmix.experiments.common import trained_runs
+from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
 from icmix.families.mtd import bayes_exact_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
+from icmix.random import Stream, stream
 
 KINDS = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
 
@@ -99,7 +100,7 @@ def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
             task = MTDTask(cfg.vocab_size, m, seed=seed)
             preds = [bayes_exact_predictor(1.0), TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
                      *[TrainedPredictor.from_run(paths[seed, m, k], name) for k, name in KINDS.items()]]
-            table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + 1,
+            table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION,
                                  progress=progress)
             table.insert(0, "order", m)
             table.insert(0, "seed", seed)
@@ -110,7 +111,7 @@ def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
 def construction_beta(task: MTDTask, cfg: Config, seed: int) -> float:
     """The construction's beta at the training length, tuned on a separate batch as in the KL table."""
     cons = ConstructedMirrorDescent()
-    tokens, lam = task.sample(cfg.n_tune, cfg.length, generator=torch.Generator().manual_seed(70_000 + seed))
+    tokens, lam = task.sample(cfg.n_tune, cfg.length, generator=stream(seed, Stream.CONSTRUCTION_TUNE))
     cons.tune(tokens, lam, task, [cfg.length])
     return cons.chosen_beta[cfg.length]
 
@@ -124,7 +125,7 @@ def compute_attention(cfg: Config, out: Path, progress: bool = True) -> tuple[pd
         for m in cfg.orders:
             task = MTDTask(cfg.vocab_size, m, seed=seed)
             cons = mirror_descent_transformer(task.transition, m, construction_beta(task, cfg, seed), max_length=cfg.length)
-            tokens, _ = task.sample(cfg.n_attention, cfg.length, generator=torch.Generator().manual_seed(20_000 + seed))
+            tokens, _ = task.sample(cfg.n_attention, cfg.length, generator=stream(seed, Stream.ATTENTION))
             with torch.no_grad():
                 _, ref = cons(tokens, return_attention=True)
             if seed == cfg.seeds[0]:
@@ -210,27 +211,35 @@ def report_fig8(agree: pd.DataFrame) -> str:
     return "Attention agreement with the construction (mean over seeds)\n\n" + table.to_markdown(floatfmt=".3f")
 
 
-class Figure:
-    """A registry entry (``PRESETS`` and ``run``) for one of the two figures."""
+class Fig6(TrainedFigure):
+    """KL against length at each order."""
 
-    Config = Config
-    PRESETS = PRESETS
+    name, Config, presets = "mtd-fig6", Config, PRESETS
 
-    def __init__(self, name: str):
-        self.NAME = name
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        return Result(compute_kl(cfg, out, progress))
 
-    def run(self, cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
-        start = time.time()
-        out = Path(out)
-        if self.NAME == "mtd-fig6":
-            kl = compute_kl(cfg, out, progress)
-            fig, table, extra, summary = draw_fig6(kl, cfg), kl, None, report_fig6(kl, cfg)
-        else:
-            agree, maps = compute_attention(cfg, out, progress)
-            fig, table, extra, summary = draw_fig8(agree, maps, cfg), agree, None, report_fig8(agree)
-        paths = save_outputs(out, self.NAME, cfg, table, fig, time.time() - start, extra=extra, summary=summary)
-        return paths
+    def draw(self, result: Result, cfg: Config):
+        return draw_fig6(result.table, cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report_fig6(result.table, cfg)
 
 
-fig6 = Figure("mtd-fig6")
-fig8 = Figure("mtd-fig8")
+class Fig8(TrainedFigure):
+    """Attention maps and their agreement with the construction at each order."""
+
+    name, Config, presets = "mtd-fig8", Config, PRESETS
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        agree, maps = compute_attention(cfg, out, progress)
+        return Result(agree, data={"maps": maps})
+
+    def draw(self, result: Result, cfg: Config):
+        return draw_fig8(result.table, result.data["maps"], cfg)
+
+    def report(self, result: Result, cfg: Config) -> str:
+        return report_fig8(result.table)
+
+
+fig6, fig8 = Fig6(), Fig8()

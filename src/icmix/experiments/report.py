@@ -30,9 +30,9 @@ import time
 import traceback
 from pathlib import Path
 
+from icmix.experiments.figure import PRESET_NAMES, figure_names, get_figure
 from icmix.io import atomic_write, output_folder, staged
 
-PRESET_NAMES = ("quick", "cpu", "paper")
 REPORT_MODULES = ("experiments/report.py", "experiments/claims.py", "cli.py")
 
 
@@ -41,16 +41,15 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     """``{figure: config}`` for the preset, with ``--seeds`` and the overrides applied.
     ``key=value`` applies to every figure whose config has ``key`` (an error if none has it);
     ``FIGURE.key=value`` to that figure only."""
-    from icmix.experiments import REGISTRY
     from icmix.experiments.common import apply_overrides
 
     if preset not in PRESET_NAMES:
         raise ValueError(f"preset must be one of {PRESET_NAMES}, got {preset!r}")
-    names = list(figures or REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
+    names = list(figures or figure_names())
+    unknown = [n for n in names if n not in figure_names()]
     if unknown:
-        raise ValueError(f"unknown figures {unknown}; known: {', '.join(REGISTRY)}")
-    configs = {name: REGISTRY[name].PRESETS[preset] for name in names}
+        raise ValueError(f"unknown figures {unknown}; known: {', '.join(figure_names())}")
+    configs = {name: get_figure(name).presets[preset] for name in names}
     if seeds is not None:
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}")
@@ -94,10 +93,10 @@ def figure_key(name: str, cfg, source: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def figure_runs(cfg) -> list:
-    """The ``TrainConfig`` of every training run the figure needs (none for the estimator-only
-    figures and the constructions)."""
-    return list(cfg.runs().values()) if hasattr(cfg, "runs") else []
+def figure_runs(name: str, cfg) -> list:
+    """The ``TrainConfig`` of every training run the figure ``name`` needs under ``cfg`` (none
+    for the estimator-only figures and the constructions)."""
+    return list(get_figure(name).runs(cfg).values())
 
 
 def _cost(tc) -> float:
@@ -175,7 +174,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
     todo = [name for name in configs if not cached(name)]
     runs = {}
     for name in todo:
-        for tc in figure_runs(configs[name]):
+        for tc in figure_runs(name, configs[name]):
             runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
     order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
     pending = [p for p in order if not (p / "model" / "model.safetensors").exists()]  # finished runs are reused
@@ -223,14 +222,12 @@ def run_figure(name: str, cfg, out: Path) -> dict:
     """Run one figure (what it prints goes to ``out/logs/<name>.log``); ``status``,
     ``wall_seconds`` and ``outputs`` (paths relative to ``out``), or the traceback as ``error``:
     a figure's failure is reported, never raised."""
-    from icmix.experiments import REGISTRY
-
     start = time.time()
     log = Path(out) / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log, "w") as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            paths = REGISTRY[name].run(cfg, out, progress=False)
+            paths = get_figure(name).run(cfg, out, progress=False)
         result = {"status": "ok", "outputs": {k: str(Path(p).relative_to(out)) for k, p in paths.items()}}
     except Exception:  # noqa: BLE001 - one figure's failure is reported, the others still run
         result = {"status": "failed", "error": traceback.format_exc()}

@@ -12,6 +12,7 @@ import torch
 from icmix._checks import check_positive_int
 from icmix.evaluate import Key
 from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.random import Stream, stream
 from icmix.tasks import MixLinRegTask
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ class MixLinRegSpec:
         return min(dims, self.dim), min(points, self.n_points)
 
 
-TRAINING_SET_SEED_OFFSET = 2_000_003
 
 
 def training_set(task: MixLinRegTask, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +89,7 @@ def training_set(task: MixLinRegTask, n_prompts: int, n_points: int, seed: int) 
 
     A function of the task seed alone, so the EM and SA baselines of Fig. 3 can be fitted on
     exactly the prompts the transformer was trained on."""
-    return task.sample(n_prompts, n_points, torch.Generator().manual_seed(seed + TRAINING_SET_SEED_OFFSET))
+    return task.sample(n_prompts, n_points, stream(seed, Stream.TRAINING_SET))
 
 
 class RegressionObjective(Objective):

@@ -152,10 +152,10 @@ def bayes_exact_predictor(alpha: float = 1.0):
 
 def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
     from icmix.evaluate import Key, LagPredictor
-    from icmix.random import make_generator
+    from icmix.random import Stream, make_generator
 
     return LagPredictor(Key("bayes", "gibbs"), lambda x, pi, m, L: _est().bayes_gibbs(
-        x, pi, m, alpha, samples, burn_in, make_generator(seed + GIBBS_SEED_OFFSET), L), "Bayes (Gibbs)")
+        x, pi, m, alpha, samples, burn_in, make_generator(seed + Stream.GIBBS), L), "Bayes (Gibbs)")
 
 
 def mle_predictor(max_iter: int = 5000, tol: float = 1e-7):
@@ -172,9 +172,6 @@ def md_theorem1_predictor(order: int):
                         lambda x, pi, m, L: _est().mirror_descent(x, pi, m, eta, 1, L), "MD 1-step (η=1/(m+1))")
 
 
-# The Gibbs chain's generator is seeded ``seed + GIBBS_SEED_OFFSET`` (a named stream, so it
-# never coincides with the evaluation sequences' generator).
-GIBBS_SEED_OFFSET = 7919
 
 
 class MTDFamily(TaskFamily):

@@ -31,12 +31,12 @@ from torch import nn
 from icmix.families.base import Objective
 from icmix.io import atomic_write, output_folder, remove_stale_files, reporting_full_disk
 from icmix.models import MODELS
+from icmix.random import Stream, stream
 from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, ConfigChanged, resumable_checkpoint,
                                     save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 
-EVAL_SEED_OFFSET = 1_000_003
 
 
 def resolve_device(name: str) -> torch.device:
@@ -340,7 +340,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     objective = build_objective(task, cfg)
     raw = model = build_model(cfg).to(device)  # ``raw``: the module itself (saved, evaluated)
     if world.rank:  # the same initial weights everywhere; each rank its own dropout stream
-        torch.manual_seed(cfg.seed + 7919 * world.rank)
+        torch.manual_seed(cfg.seed + Stream.RANK_DROPOUT * world.rank)
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -354,7 +354,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     # Training batches are drawn where this generator lives (``data_device``); the evaluation
     # batch always on the CPU, so its numbers do not depend on where training sampled.
     data_gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(cfg.seed)
-    eval_batch = objective.eval_batch(cfg.eval_size, torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET))
+    eval_batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
     metrics_path = run / "metrics.jsonl"
     start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
     ckpt = None
