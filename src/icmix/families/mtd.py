@@ -130,6 +130,8 @@ LAG_ESTIMATORS: dict[str, tuple[str, Callable]] = {
            lambda x, pi, m, o: _est().mirror_descent(x, pi, m, o.eta if o.eta is not None else 1 / (m + 1), o.steps)),
     "em": ("the MLE, by EM run to convergence (at most --max-iter iterations)",
            lambda x, pi, m, o: _est().em(x, pi, m, max_iter=o.max_iter, tol=o.tol)),
+    "em-steps": ("--steps iterations of EM from λ = 1/m, stopped early (a regulariser, like k-step MD)",
+                 lambda x, pi, m, o: em_steps(x, pi, m, o.steps)),
     "bayes-exact": ("the posterior mean under a Dirichlet(--alpha) prior, exactly",
                     lambda x, pi, m, o: _est().bayes_exact(x, pi, m, o.alpha)),
     "bayes-gibbs": ("the posterior mean under a Dirichlet(--alpha) prior, by Gibbs sampling",
@@ -141,6 +143,26 @@ def _est():
     from icmix.estimators import mtd
 
     return mtd
+
+
+def em_steps(tokens, transition, order: int, steps: int, lengths=None) -> Tensor:
+    """EM stopped after ``steps`` iterations from ``lam = 1/M`` (no convergence test): ``(B, M)``,
+    or ``(B, P, M)`` with ``lengths`` (see ``mirror_descent``)."""
+    from icmix.estimators.mtd.em import EM
+    from icmix.estimators.mtd.evidence import lag_evidence, squeeze_prefixes
+
+    algo = EM(lag_evidence(tokens, transition, order, lengths))
+    state = algo.init()
+    for _ in range(check_positive_int("steps", steps)):
+        state = algo.step(state)
+    return squeeze_prefixes(algo.readout(state), lengths)
+
+
+def em_steps_predictor(steps: int):
+    from icmix.evaluate import Key, LagPredictor
+
+    return LagPredictor(Key("em", steps=steps), lambda x, pi, m, L: em_steps(x, pi, m, steps, L),
+                        f"EM {steps}-step (from λ=1/m)")
 
 
 def bayes_exact_predictor(alpha: float = 1.0):
@@ -202,7 +224,8 @@ class MTDFamily(TaskFamily):
     ) -> list:
         """The estimators of the MTD paper's Figure 3: exact and Gibbs Bayes, the MLE, one-step
         MD at ``eta = 1/(M+1)`` (Theorem 1), k-step MD with tuned step sizes, and the 3-layer
-        transformer construction (tuned like one-step MD, which it equals)."""
+        transformer construction (tuned like one-step MD, which it equals); beyond the paper,
+        k-step EM (from ``lam = 1/M``, for each k of ``md_steps``) next to k-step MD."""
         from icmix.evaluate import DEFAULT_BETAS, ConstructedMirrorDescent, TunedMirrorDescent
 
         betas = DEFAULT_BETAS if betas is None else betas
@@ -211,6 +234,7 @@ class MTDFamily(TaskFamily):
             preds.append(bayes_gibbs_predictor(task.alpha, gibbs_samples, gibbs_burn_in, seed))
         preds += [mle_predictor(em_max_iter), md_theorem1_predictor(task.order)]
         preds += [TunedMirrorDescent(steps=k, betas=betas) for k in md_steps]
+        preds += [em_steps_predictor(k) for k in md_steps]
         if include_construction:
             preds.append(ConstructedMirrorDescent(betas=betas))
         return preds
