@@ -99,7 +99,7 @@ def test_trained_predictor_refuses_another_task(tmp_path):
     tokens, _ = same.sample(3, 10, generator=torch.Generator().manual_seed(0))
     p = pred.predict(tokens, same, [5, 10])
     assert p.shape == (3, 2, 4) and torch.allclose(p.sum(-1), torch.ones(3, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="different MTD task"):
+    with pytest.raises(ValueError, match="trained on a different task"):
         pred.predict(tokens, MTDTask(4, 2, seed=2), [10])
     with pytest.raises(ValueError, match="max_length"):
         pred.predict(torch.zeros(1, 12, dtype=torch.long), same, [12])

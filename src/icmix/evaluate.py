@@ -290,17 +290,18 @@ def evaluate_sequences(
 
 @dataclass
 class TrainedPredictor:
-    """A trained model (a finished run directory) as an MTD predictor.
+    """A trained model (a finished run directory) as a sequence predictor.
 
     Its output at position ``L - 1`` is the prediction after the prefix of length ``L``,
-    mapped to a distribution as its training loss implies (see ``train.objectives``).
+    mapped to a distribution as its training loss implies (see ``train.objectives``).  It
+    refuses a task other than the one it was trained on (its family's ``same_task``).
     """
 
     name: str
     model: torch.nn.Module
     loss: str
-    transition: Tensor
-    order: int
+    task: object
+    family: object
     batch_size: int = 256
     key: Key = Key("trained")
 
@@ -312,9 +313,8 @@ class TrainedPredictor:
 
         cfg, model = load_run(run_dir)
         model.eval()
-        task = build_task(cfg)
-        return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, task.transition,
-                   task.order, key=trained_key(cfg))
+        return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, build_task(cfg),
+                   cfg.family, key=trained_key(cfg))
 
     def outputs(self, tokens: Tensor) -> Tensor:
         """Raw model outputs ``(B, T, Q)``, in batches, without gradients."""
@@ -325,11 +325,11 @@ class TrainedPredictor:
                 chunks.append(self.model(tokens[start : start + self.batch_size].to(param.device)).double().cpu())
         return torch.cat(chunks)
 
-    def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+    def predict(self, tokens: Tensor, task, lengths: Sequence[int]) -> Tensor:
         from icmix.train.objectives import to_distribution
 
-        if task.order != self.order or not torch.equal(task.transition, self.transition):
-            raise ValueError(f"{self.name} was trained on a different MTD task (order or transition matrix)")
+        if not self.family.same_task(task, self.task):
+            raise ValueError(f"{self.name} was trained on a different task ({self.task!r}), not {task!r}")
         lengths = list(lengths)
         out = self.outputs(tokens[:, : max(lengths)])
         return to_distribution(out[:, torch.tensor(lengths) - 1], self.loss)

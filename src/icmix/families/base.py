@@ -87,6 +87,96 @@ class TaskFamily(ABC):
                              f"got {cfg.loss!r}")
 
 
+class SequenceFamily(TaskFamily):
+    """A family of token sequences whose next-token distribution is known given a latent
+    (MTD's lag weights, a Markov chain's transition matrix).  Its predictors answer the prefix
+    contract ``predict(tokens (B, T), task, lengths (P,)) -> (B, P, Q)``; it trains with a
+    next-token objective (``NextTokenObjective``) and evaluates by KL(true ‖ predicted).
+
+    A subclass gives ``build``, ``run_name``, and:
+
+    - ``sample(task, n, length, generator) -> (tokens (n, length), latent)``;
+    - ``true_predictive(task, tokens, latent, lengths) -> (B, P, Q)``: the next-token
+      distribution after each prefix ``tokens[:, :L]`` given the latent.
+    """
+
+    @abstractmethod
+    def sample(self, task, n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, Any]: ...
+
+    @abstractmethod
+    def true_predictive(self, task, tokens: torch.Tensor, latent, lengths) -> torch.Tensor: ...
+
+    def objective(self, task, cfg: TrainConfig) -> Objective:
+        return NextTokenObjective(self, task, cfg)
+
+    def same_task(self, a, b) -> bool:
+        """Whether tasks ``a`` and ``b`` are the same (a trained model refuses another task)."""
+        return a == b
+
+    def evaluate(self, task, predictors, lengths, n_sequences: int, n_tune: int = 500, seed: int = 0,
+                 progress: bool = False):
+        """Mean KL(true ‖ predicted) of the next token per predictor and prefix length: a tidy
+        table (``estimator`` label, ``length``, ``kl_mean, kl_sem, kl_ci, n, beta``, the key
+        columns and ``family``), as ``icmix.evaluate.evaluate_sequences`` computes it."""
+        from icmix.evaluate import evaluate_sequences
+
+        table = evaluate_sequences(task, predictors, lengths, n_sequences, n_tune, seed, progress,
+                                   sample=lambda n, t, gen: self.sample(task, n, t, gen),
+                                   truth=lambda tokens, latent, L: self.true_predictive(task, tokens, latent, L))
+        return table.assign(family=self.kind)
+
+
+class NextTokenObjective(Objective):
+    """Next-token prediction on sequences of ``cfg.task.length`` tokens from a ``SequenceFamily``:
+    the loss (``cfg.loss``) on the positions ``loss_mask`` selects (``cfg.loss_positions``);
+    evaluation adds ``eval_kl``, KL(true ‖ model) of the token after the last position, with
+    the truth from ``reference(batch) -> (B, Q)``."""
+
+    def __init__(self, family: SequenceFamily, task, cfg: TrainConfig):
+        self.family, self.task, self.cfg = family, task, cfg
+        self.mask = self.loss_mask(cfg.task.length, cfg.loss_positions)
+
+    def loss_mask(self, length: int, positions: str) -> torch.Tensor:
+        """``(T,)`` bool: ``last``: the final position; ``all``: every position."""
+        import torch
+
+        mask = torch.zeros(length, dtype=torch.bool)
+        mask[-1 if positions == "last" else slice(None)] = True
+        return mask
+
+    def reference(self, batch: dict) -> torch.Tensor:
+        """``(B, Q)``: the true distribution of the token after ``batch["inputs"]``."""
+        t = batch["inputs"].shape[1]
+        return self.family.true_predictive(self.task, batch["inputs"], batch["latent"], [t])[:, 0]
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        """``inputs (B, T)``, ``targets (B, T)`` (the token after each position) and the
+        sequences' ``latent``; sequences of ``T + 1`` tokens are drawn."""
+        tokens, latent = self.family.sample(self.task, size, self.cfg.task.length + 1, generator)
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "latent": latent}
+
+    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        return self.batch(self.cfg.steps, size, generator)
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        from icmix.train.objectives import loss_fn
+
+        out = model(batch["inputs"].to(device))
+        return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
+
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        import torch
+
+        from icmix.metrics import kl_divergence
+        from icmix.train.objectives import loss_fn, to_distribution
+
+        with torch.no_grad():
+            out = model(batch["inputs"].to(device))
+            loss = loss_fn(out, batch["targets"].to(device), self.mask.to(device), self.cfg.loss).item()
+            p_hat = to_distribution(out[:, -1].cpu(), self.cfg.loss)
+        return {"eval_loss": loss, "eval_kl": kl_divergence(self.reference(batch), p_hat).mean().item()}
+
+
 def register_family(family: TaskFamily, replace: bool = False) -> TaskFamily:
     """Register ``family`` under ``family.kind``; returns it (so it can decorate an instance).
 

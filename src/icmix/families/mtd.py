@@ -15,12 +15,10 @@ import torch
 from torch import Tensor
 
 from icmix._checks import check_order, check_positive, check_positive_int
-from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
 from icmix.tasks import MTDTask
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from icmix.train.config import TrainConfig
 
 DEFAULT_MD_STEPS = (1, 2, 3, 4)
@@ -50,50 +48,6 @@ class MTDSpec:
         return {"vocab_size": self.vocab_size, "max_length": self.length}
 
 
-class NextTokenObjective(Objective):
-    """Next-token prediction on sequences of ``cfg.task.length`` tokens, for any task with
-    ``next_token_batch(size, length, generator) -> {"inputs", "targets", ...}``: the loss
-    (``cfg.loss``) on the positions ``loss_mask`` selects (``cfg.loss_positions``); evaluation
-    adds ``eval_kl``, KL(true ‖ model) of the token after the last position, with the truth
-    from ``reference(batch) -> (B, Q)``."""
-
-    def __init__(self, task, cfg: TrainConfig):
-        self.task, self.cfg = task, cfg
-        self.mask = self.loss_mask(cfg.task.length, cfg.loss_positions)
-
-    def loss_mask(self, length: int, positions: str) -> Tensor:
-        """``(T,)`` bool: ``last``: the final position; ``all``: every position."""
-        mask = torch.zeros(length, dtype=torch.bool)
-        mask[-1 if positions == "last" else slice(None)] = True
-        return mask
-
-    def reference(self, batch: dict) -> Tensor:
-        """``(B, Q)``: the true distribution of the token after ``batch["inputs"]``."""
-        raise NotImplementedError
-
-    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
-        return self.task.next_token_batch(size, self.cfg.task.length, generator)
-
-    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
-        return self.batch(self.cfg.steps, size, generator)
-
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> Tensor:
-        from icmix.train.objectives import loss_fn
-
-        out = model(batch["inputs"].to(device))
-        return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
-
-    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
-        from icmix.metrics import kl_divergence
-        from icmix.train.objectives import loss_fn, to_distribution
-
-        with torch.no_grad():
-            out = model(batch["inputs"].to(device))
-            loss = loss_fn(out, batch["targets"].to(device), self.mask.to(device), self.cfg.loss).item()
-            p_hat = to_distribution(out[:, -1].cpu(), self.cfg.loss)
-        return {"eval_loss": loss, "eval_kl": kl_divergence(self.reference(batch), p_hat).mean().item()}
-
-
 class MTDObjective(NextTokenObjective):
     """Next-token prediction on MTD sequences; ``all`` positions means every position with a
     full lag history (``MTDTask.loss_mask``), and the truth is the MTD predictive under the
@@ -105,7 +59,7 @@ class MTDObjective(NextTokenObjective):
     def reference(self, batch: dict) -> Tensor:
         from icmix.estimators.mtd import predictive
 
-        return predictive(batch["inputs"], self.task.transition, batch["lam"])
+        return predictive(batch["inputs"], self.task.transition, batch["latent"])
 
 
 # ---- lag estimators and standard predictors -----------------------------------------------
@@ -196,7 +150,7 @@ def md_theorem1_predictor(order: int):
 
 
 
-class MTDFamily(TaskFamily):
+class MTDFamily(SequenceFamily):
     kind = "mtd"
     spec = MTDSpec
     models = ("disentangled", "gpt")
@@ -205,7 +159,18 @@ class MTDFamily(TaskFamily):
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed)
 
     def objective(self, task: MTDTask, cfg: TrainConfig) -> MTDObjective:
-        return MTDObjective(task, cfg)
+        return MTDObjective(self, task, cfg)
+
+    def sample(self, task: MTDTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return task.sample(n, length, generator=generator)
+
+    def true_predictive(self, task: MTDTask, tokens: Tensor, lam: Tensor, lengths: Sequence[int]) -> Tensor:
+        from icmix.evaluate import true_predictive
+
+        return true_predictive(tokens, lam, task, lengths)
+
+    def same_task(self, a: MTDTask, b: MTDTask) -> bool:
+        return a.order == b.order and torch.equal(a.transition, b.transition)
 
     def run_name(self, cfg: TrainConfig) -> str:
         return f"m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
