@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -334,6 +335,129 @@ def check_training_memory(cfg: TrainConfig) -> None:
                  "reduce the vocabulary, length or width")
 
 
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly: the model (``raw``, the module itself), its
+    optimiser, schedule and gradient scaler, the data generator, the step, and the running sum
+    of the training loss since the last evaluation (float64, on the device: no host sync per
+    step).  ``to_checkpoint``/``load_checkpoint`` convert it to and from ``trainer.pt``; the
+    global RNG (dropout) is saved with it, per rank under DDP."""
+
+    raw: nn.Module
+    optimiser: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    data_gen: torch.Generator
+    loss_sum: torch.Tensor
+    step: int = 0
+    loss_count: int = 0
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, raw: nn.Module, params, device: torch.device) -> TrainState:
+        """A fresh state for ``cfg`` (``params``: those of the possibly wrapped model)."""
+        optimiser = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(cfg))
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
+        # Training batches are drawn where this generator lives (``data_device``).
+        data_gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(cfg.seed)
+        return cls(raw, optimiser, schedule, scaler, data_gen, torch.zeros((), dtype=torch.float64, device=device))
+
+    def to_checkpoint(self, world: World, device: torch.device) -> dict:
+        """The ``trainer.pt`` dictionary (a collective under DDP: every rank calls it)."""
+        state = {"step": self.step, "optimiser": self.optimiser.state_dict(), "schedule": self.schedule.state_dict(),
+                 "scaler": self.scaler.state_dict(), "data_rng": self.data_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "loss_sum": self.loss_sum.item(), "loss_count": self.loss_count,
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        if world.distributed:  # each rank's dropout stream and partial loss sum
+            state["torch_rng_ranks"] = world.gather(state["torch_rng"])
+            state["loss_sum_ranks"] = world.gather(state["loss_sum"])
+        return state
+
+    def load_checkpoint(self, ckpt: Checkpoint, cfg: TrainConfig, world: World, device: torch.device) -> None:
+        """Continue from ``ckpt``: weights, optimiser, schedule, scaler, generators, step, loss sum."""
+        self.raw.load_state_dict(ckpt.weights)
+        state = ckpt.trainer
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        # The learning rate of the next step from the schedule of *this* config: the same number
+        # the checkpoint holds, unless --steps changed the schedule's length.
+        factor = lr_lambda(cfg)(self.schedule.last_epoch)
+        for group, base in zip(self.optimiser.param_groups, self.schedule.base_lrs):
+            group["lr"] = base * factor
+        self.scaler.load_state_dict(state["scaler"])
+        self.data_gen.set_state(state["data_rng"])
+        ranks = state.get("torch_rng_ranks")
+        torch.set_rng_state(ranks[world.rank] if ranks and len(ranks) == world.size else state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        self.step, self.loss_count = state["step"], state["loss_count"]
+        sums = state.get("loss_sum_ranks")
+        own = sums[world.rank] if sums and len(sums) == world.size else state["loss_sum"]
+        self.loss_sum = torch.tensor(own, dtype=torch.float64, device=device)
+
+    def take_mean_loss(self, world: World) -> float:
+        """The global batch's mean training loss since the last call; resets the sum."""
+        mean = world.mean(self.loss_sum).item() / self.loss_count
+        self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
+        return mean
+
+
+def restore(state: TrainState, cfg: TrainConfig, run: Path, world: World, device: torch.device) -> None:
+    """Continue ``state`` from the run's newest valid checkpoint, if any: damaged ones are skipped
+    (and, by rank 0, set aside with a warning), and the checkpoint's config must be the run's."""
+    ckpt = resumable_checkpoint(run, state.raw, lambda text, where: check_identity(cfg, text, run, where))
+    chosen = world.gather(ckpt.step if ckpt is not None else None)
+    if len(set(chosen)) > 1:
+        raise ValueError(f"the processes see different checkpoints of {run} (steps {chosen}): is the run "
+                         "directory on a file system every rank sees the same way?")
+    world.barrier()  # every rank has read its checkpoint before rank 0 moves damaged ones aside
+    if world.is_main and ckpt is not None:
+        for path in set_aside(ckpt.skipped):
+            warnings.warn(f"damaged checkpoint kept as {path}", CheckpointWarning, stacklevel=3)
+        if ckpt.config_yaml is not None:
+            trained = check_identity(cfg, ckpt.config_yaml, run, ckpt.path / "config.yaml")
+            _record_changes(run, trained, cfg, ckpt.step)
+    if ckpt is not None:
+        state.load_checkpoint(ckpt, cfg, world, device)
+
+
+def train_step(state: TrainState, model: nn.Module, objective: Objective, cfg: TrainConfig, world: World,
+               device: torch.device) -> None:
+    """One optimiser step on this rank's shard of the next batch (``model``: ``state.raw``,
+    possibly wrapped in DDP or ``torch.compile``)."""
+    batch = world.shard(objective.batch(state.step, cfg.batch_size, state.data_gen), cfg.batch_size)
+    with autocast(device, cfg.precision):
+        loss = objective.loss(model, batch, device)
+    state.optimiser.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.optim.grad_clip is not None:
+        state.scaler.unscale_(state.optimiser)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    state.scaler.step(state.optimiser)
+    state.scaler.update()
+    state.schedule.step()
+    # float64, so the sum is the one Python floats would give
+    state.loss_sum, state.loss_count = state.loss_sum + loss.detach().double(), state.loss_count + 1
+    state.step += 1
+
+
+def evaluate(state: TrainState, objective: Objective, eval_batch: dict, world: World, device: torch.device) -> dict:
+    """The metrics row at ``state.step`` (a collective: every rank calls it; only rank 0
+    evaluates): step, mean training loss since the last row, learning rate, the objective's metrics."""
+    mean_loss = state.take_mean_loss(world)
+    if not world.is_main:
+        return {}
+    return {"step": state.step, "train_loss": mean_loss, "lr": state.schedule.get_last_lr()[0],
+            **_evaluate(objective, state.raw, eval_batch, device)}
+
+
+def checkpoint(state: TrainState, cfg: TrainConfig, run: Path, world: World, device: torch.device) -> None:
+    """Save ``state`` as ``checkpoints/step_<step>`` (a collective; rank 0 writes)."""
+    trainer = state.to_checkpoint(world, device)
+    if world.is_main:
+        save_checkpoint(run, state.step, state.raw, trainer, cfg.keep_checkpoints, config_yaml=cfg.to_yaml())
+
+
 def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: torch.device, world: World,
            compile: bool) -> Path:
     task = build_task(cfg)
@@ -347,96 +471,33 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if compile:
         model = _compiled(model)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                 weight_decay=cfg.optim.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
-    # Training batches are drawn where this generator lives (``data_device``); the evaluation
-    # batch always on the CPU, so its numbers do not depend on where training sampled.
-    data_gen = torch.Generator(device=device if cfg.data_device == "device" else "cpu").manual_seed(cfg.seed)
+    state = TrainState.create(cfg, raw, model.parameters(), device)
+    # The evaluation batch is always drawn on the CPU, so its numbers do not depend on where
+    # training sampled.
     eval_batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
-    metrics_path = run / "metrics.jsonl"
-    start, loss_sum, loss_count = 0, torch.zeros((), dtype=torch.float64, device=device), 0
-    ckpt = None
     if resume:
-        ckpt = resumable_checkpoint(run, raw, lambda text, where: check_identity(cfg, text, run, where))
-        chosen = world.gather(ckpt.step if ckpt is not None else None)
-        if len(set(chosen)) > 1:
-            raise ValueError(f"the processes see different checkpoints of {run} (steps {chosen}): is the run "
-                             "directory on a file system every rank sees the same way?")
-        world.barrier()  # every rank has read its checkpoint before rank 0 moves damaged ones aside
-        if world.is_main and ckpt is not None:
-            for path in set_aside(ckpt.skipped):
-                warnings.warn(f"damaged checkpoint kept as {path}", CheckpointWarning, stacklevel=2)
-            if ckpt.config_yaml is not None:
-                trained = check_identity(cfg, ckpt.config_yaml, run, ckpt.path / "config.yaml")
-                _record_changes(run, trained, cfg, ckpt.step)
-    if ckpt is not None:
-        raw.load_state_dict(ckpt.weights)
-        state = ckpt.trainer
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        # The learning rate of the next step from the schedule of *this* config: the same number
-        # the checkpoint holds, unless --steps changed the schedule's length.
-        factor = lr_lambda(cfg)(schedule.last_epoch)
-        for group, base in zip(optimiser.param_groups, schedule.base_lrs):
-            group["lr"] = base * factor
-        scaler.load_state_dict(state["scaler"])
-        data_gen.set_state(state["data_rng"])
-        ranks = state.get("torch_rng_ranks")
-        torch.set_rng_state(ranks[world.rank] if ranks and len(ranks) == world.size else state["torch_rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start, loss_count = state["step"], state["loss_count"]
-        sums = state.get("loss_sum_ranks")
-        own = sums[world.rank] if sums and len(sums) == world.size else state["loss_sum"]
-        loss_sum = torch.tensor(own, dtype=torch.float64, device=device)
+        restore(state, cfg, run, world, device)
     if world.is_main:
-        _truncate_metrics(metrics_path, start)
+        _truncate_metrics(run / "metrics.jsonl", state.step)
     writer = _tensorboard(run, cfg) if world.is_main else None
-    bar = range(start, cfg.steps)
+    bar = range(state.step, cfg.steps)
     progress = progress and world.is_main
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(bar, initial=start, total=cfg.steps, desc=f"train {cfg.model.kind}", unit="step")
+        bar = tqdm(bar, initial=state.step, total=cfg.steps, desc=f"train {cfg.model.kind}", unit="step")
     t0 = time.perf_counter()
-    for step in bar:
-        batch = world.shard(objective.batch(step, cfg.batch_size, data_gen), cfg.batch_size)
-        with autocast(device, cfg.precision):
-            loss = objective.loss(model, batch, device)
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip is not None:
-            scaler.unscale_(optimiser)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimiser)
-        scaler.update()
-        schedule.step()
-        # accumulated on the device (no host sync per step); float64, so the sum is the one
-        # Python floats would give
-        loss_sum, loss_count = loss_sum + loss.detach().double(), loss_count + 1
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            mean_loss = world.mean(loss_sum).item() / loss_count  # the global batch's mean loss
-            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
+    for _ in bar:
+        train_step(state, model, objective, cfg, world, device)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            row = evaluate(state, objective, eval_batch, world, device)
             if world.is_main:
-                row = {"step": done, "train_loss": mean_loss, "lr": schedule.get_last_lr()[0],
-                       **_evaluate(objective, raw, eval_batch, device)}
-                _log(run, row, done, time.perf_counter() - t0, writer)
+                _log(run, row, state.step, time.perf_counter() - t0, writer)
                 if progress:
                     bar.set_postfix({k.removeprefix("eval_"): f"{v:.4f}" for k, v in row.items()
                                      if k in ("train_loss", "eval_kl", "eval_nmse_last")})
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            state = {"step": done, "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                     "scaler": scaler.state_dict(), "data_rng": data_gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "loss_sum": loss_sum.item(), "loss_count": loss_count,
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-            if world.distributed:  # each rank's dropout stream and partial loss sum (a collective: all ranks)
-                state["torch_rng_ranks"] = world.gather(state["torch_rng"])
-                state["loss_sum_ranks"] = world.gather(state["loss_sum"])
-            if world.is_main:
-                save_checkpoint(run, done, raw, state, cfg.keep_checkpoints, config_yaml=cfg.to_yaml())
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            checkpoint(state, cfg, run, world, device)
     if writer is not None:
         writer.close()
     if world.is_main:
