@@ -4,11 +4,12 @@ The flow of the library: tasks -> predictors (estimators, trained and constructe
 transformers) -> metrics -> experiments -> figures.
 
 - ``icmix.tasks``: ``MTDTask``, ``MixLinRegTask``.
+- ``icmix.families``: task families (``TaskFamily``, ``register_family``, ``get_family``): the unit of extension.
 - ``icmix.estimators.mtd``: ``mirror_descent``, ``em``, ``bayes_exact``, ``bayes_gibbs``, ``predictive``.
 - ``icmix.estimators.regression``: ``posterior_mean``, ``argmin``, ``ols``, ``ridge``, ``batch_em``.
 - ``icmix.metrics``: ``kl_divergence``, ``mean_ci``, ``normalised_mse``.
 - ``icmix.evaluate``: estimators x lengths -> tidy table, with step-size tuning.
-- ``icmix.experiments``: one module per paper figure (``compute`` -> table, ``draw`` -> figure).
+- ``icmix.experiments``: one ``Figure`` per paper figure (``compute`` -> tables, ``draw`` -> figure), ``get_figure``.
 """
 
 from icmix.tasks import MixLinRegTask, MTDTask

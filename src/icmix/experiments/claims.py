@@ -40,8 +40,8 @@ def _select(t: pd.DataFrame, what: str, **where) -> pd.DataFrame:
     for col, value in where.items():
         if isinstance(value, Key):
             col, value = "key", value.id
-        if col not in t.columns:
-            raise MissingRows(f"{what}: the table has no column {col!r}")
+        if col not in t.columns:  # the figure wrote the wrong table: a bug, not missing data
+            raise KeyError(f"{what}: the table has no column {col!r}")
         mask &= (t[col] == value).to_numpy()
     if not mask.any():
         raise MissingRows(f"{what}: no rows with " + ", ".join(f"{k} = {v}" for k, v in where.items()))

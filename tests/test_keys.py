@@ -1,0 +1,111 @@
+"""Tables join on keys, never on display labels: the claims and the figures read the key
+columns, so renaming every label changes no claim and no figure's data.  Also: a claim that
+cannot find its rows fails loudly, and the registries (families, figures) refuse unknown names.
+
+``tests/data/quick-tables`` holds the tables the claims read from one ``icmix reproduce all
+--preset quick`` run (the issue-19 closing run), with its ``claims.csv``."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from icmix.experiments import claims, figure_names, get_figure
+from icmix.experiments.report import configs_for
+
+matplotlib.use("Agg")
+DATA = Path(__file__).parent / "data" / "quick-tables"
+LABEL_COLUMNS = ("estimator", "label", "other", "model", "metric_label")
+FIGURES_IN_DATA = sorted({f for fn, _, _ in claims.CLAIMS for f in fn.claim[3]})
+
+
+def claims_table(out: Path) -> pd.DataFrame:
+    return claims.table(claims.evaluate(out, configs_for("quick"), set(FIGURES_IN_DATA)))
+
+
+def rename_labels(src: Path, dst: Path) -> dict[str, str]:
+    """Copy the tables, every display label replaced by an unrelated string (the same label
+    gets the same new name in every table)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    tables = {p.name: pd.read_csv(p) for p in src.glob("*.csv")}
+    labels = sorted({v for t in tables.values() for c in LABEL_COLUMNS if c in t for v in t[c].dropna().unique()})
+    new = {label: f"renamed #{i}" for i, label in enumerate(labels)}
+    for name, t in tables.items():
+        for c in LABEL_COLUMNS:
+            if c in t:
+                t[c] = t[c].map(lambda v: new.get(v, v))
+        t.to_csv(dst / name, index=False)
+    return new
+
+
+def test_claims_measure_what_the_quick_run_measured():
+    ours, recorded = claims_table(DATA), pd.read_csv(DATA / "claims.csv")
+    assert len(ours) == len(claims.CLAIMS) == len(recorded)
+    assert list(ours.measured) == list(recorded.measured) and list(ours.verdict) == list(recorded.verdict)
+    assert set(ours.verdict) <= {"holds", "doesn't"}  # every claim found its rows
+
+
+def test_renaming_every_display_label_changes_no_claim(tmp_path):
+    renamed = rename_labels(DATA, tmp_path)
+    assert "MD 1-step (tuned η)" in renamed and "transformer" in renamed and "posterior mean (oracle)" in renamed
+    before, after = claims_table(DATA), claims_table(tmp_path)
+    assert list(after.measured) == list(before.measured) and list(after.verdict) == list(before.verdict)
+
+
+def test_figures_draw_from_key_columns_with_any_labels(tmp_path):
+    rename_labels(DATA, tmp_path)
+    read = lambda name: pd.read_csv(tmp_path / f"{name}.csv")  # noqa: E731
+    cfgs = configs_for("quick")
+    from icmix.experiments import mlr_fig2, mlr_fig3, mlr_fig4, mlr_shifts, mtd_fig3, mtd_fig5, mtd_orders
+
+    figs = [mtd_fig3.draw(read("mtd-fig3")), mtd_orders.draw_fig6(read("mtd-fig6"), cfgs["mtd-fig6"]),
+            mtd_fig5.draw({"kl": read("mtd-fig5"), **{k: read(f"mtd-fig5-{k}") for k in
+                                                      ("tracking", "readout", "betas", "losses")}}, cfgs["mtd-fig5"]),
+            mlr_fig2.draw(read("mlr-fig2"), cfgs["mlr-fig2"]), mlr_fig4.draw(read("mlr-fig4"), cfgs["mlr-fig4"]),
+            mlr_fig3.draw(read("mlr-fig3"), read("mlr-fig3-estimates"), cfgs["mlr-fig3"]),
+            mlr_shifts.draw(read("mlr-fig6"), cfgs["mlr-fig6"], "mlr-fig6", *mlr_shifts.FIGURES["mlr-fig6"])]
+    legends = [t.get_text() for f in figs for ax in f.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("renamed #") for t in legends)
+    assert not any("tuned η" in t or t == "transformer" for t in legends)  # labels come from the tables
+    # Reports index by key and show the (renamed) labels.
+    assert "renamed #" in mtd_fig3.report(read("mtd-fig3")) and "renamed #" in mlr_fig2.report(read("mlr-fig2"), cfgs["mlr-fig2"])
+
+
+def test_a_claim_without_its_rows_fails_loudly(tmp_path):
+    for p in DATA.glob("*.csv"):
+        shutil.copy(p, tmp_path)
+    fig3 = pd.read_csv(tmp_path / "mtd-fig3.csv")
+    fig3[fig3.key != "md/steps=1/tuning=tuned"].to_csv(tmp_path / "mtd-fig3.csv", index=False)
+    c = claims.Claim("MTD", "", "", ("mtd-fig3",))
+    with pytest.raises(claims.MissingRows, match="key = md/steps=1/tuning=tuned"):
+        claims.md_vs_bayes(c, tmp_path)
+    table = claims_table(tmp_path).set_index("claim")
+    row = table.loc[claims.md_vs_bayes.claim[1]]
+    assert row.verdict == "no data" and "md/steps=1/tuning=tuned" in row.note
+    # A table without its key columns is a bug in the figure: the error propagates.
+    fig3.drop(columns=["key"]).to_csv(tmp_path / "mtd-fig3.csv", index=False)
+    with pytest.raises(KeyError, match="no column 'key'"):
+        claims.evaluate(tmp_path, configs_for("quick"), set(FIGURES_IN_DATA))
+
+
+def test_registries_name_what_they_hold():
+    from icmix.families import get_family
+
+    with pytest.raises(ValueError, match="unknown task kind 'markov'; registered: mixlinreg, mtd"):
+        get_family("markov")
+    with pytest.raises(ValueError, match="unknown figure 'mtd-fig99'; known: mtd-construction"):
+        get_figure("mtd-fig99")
+    for name in figure_names():
+        fig = get_figure(name)
+        assert fig.name == name and set(fig.presets) >= {"quick", "cpu", "paper"}
+    assert [fn.__name__ for fn, *_ in get_figure("mtd-fig3").claims] == ["md_vs_bayes"]
+
+
+def test_importing_the_cli_loads_neither_matplotlib_nor_pandas():
+    code = "import sys, icmix.cli; print(sorted(m for m in ('matplotlib', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
