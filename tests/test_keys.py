@@ -109,3 +109,42 @@ def test_importing_the_cli_loads_neither_matplotlib_nor_pandas():
     code = "import sys, icmix.cli; print(sorted(m for m in ('matplotlib', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_figure_registered_from_outside_runs_through_the_cli(tmp_path, capsys):
+    from dataclasses import dataclass
+
+    import matplotlib.pyplot as plt
+
+    from icmix.cli import main
+    from icmix.experiments import Figure, Result, register_figure
+    from icmix.experiments import figure as registry
+
+    @dataclass(frozen=True)
+    class SquaresConfig:
+        n: int = 3
+        seeds: tuple[int, ...] = (0,)
+
+    class Squares(Figure):
+        name, Config, presets = "my-squares", SquaresConfig, {"quick": SquaresConfig(), "cpu": SquaresConfig(5),
+                                                          "paper": SquaresConfig(9)}
+
+        def compute(self, cfg, out, progress=True):
+            return Result(pd.DataFrame({"x": range(cfg.n), "y": [x * x for x in range(cfg.n)]}))
+
+        def draw(self, result, cfg):
+            fig, ax = plt.subplots()
+            ax.plot(result.table.x, result.table.y)
+            return fig
+
+    register_figure(Squares())
+    try:
+        assert main(["reproduce", "my-squares", "--preset", "cpu", "--out", str(tmp_path), "--no-progress"]) == 0
+        assert pd.read_csv(tmp_path / "my-squares.csv").y.tolist() == [0, 1, 4, 9, 16]
+        assert (tmp_path / "my-squares.png").exists() and (tmp_path / "my-squares.json").exists()
+    finally:
+        registry._FIGURES.pop("my-squares")
+    with pytest.raises(ValueError, match="must have presets"):
+        class Bad(Squares):
+            name, presets = "bad", {"quick": SquaresConfig()}
+        register_figure(Bad())

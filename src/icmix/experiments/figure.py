@@ -93,6 +93,24 @@ class TrainedFigure(Figure):
         return cfg.runs()
 
 
+class TableFigure(TrainedFigure):
+    """A figure of trained models made of three functions: ``compute(cfg, out, progress) ->
+    table``, ``draw(table, cfg)`` and ``report(table, cfg)``."""
+
+    def __init__(self, name: str, config: type, presets: dict, compute, draw, report):
+        self.name, self.Config, self.presets = name, config, presets
+        self._compute, self._draw, self._report = compute, draw, report
+
+    def compute(self, cfg, out: Path, progress: bool = True) -> Result:
+        return Result(self._compute(cfg, out, progress))
+
+    def draw(self, result: Result, cfg):
+        return self._draw(result.table, cfg)
+
+    def report(self, result: Result, cfg) -> str:
+        return self._report(result.table, cfg)
+
+
 # name -> "module:attribute" (loaded on first use) or a Figure instance
 _FIGURES: dict[str, str | Figure] = {
     "mtd-construction": "icmix.experiments.constructions:mtd_construction",

@@ -31,7 +31,7 @@ from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
 from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
 from icmix.experiments.common import trained_runs
-from icmix.experiments.figure import Result, TrainedFigure
+from icmix.experiments.figure import TableFigure
 from icmix.families import get_family
 from icmix.families.mixlinreg import ARGMIN_ORACLE, CONSTRUCTED, OLS, PM_ORACLE, RIDGE
 from icmix.figures.curves import mean_band, prompt_length_axis
@@ -213,17 +213,4 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
     return "\n\n".join(parts)
 
 
-class Fig2(TrainedFigure):
-    name, Config, presets = NAME, Config, PRESETS
-
-    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
-        return Result(compute(cfg, out, progress))
-
-    def draw(self, result: Result, cfg: Config):
-        return draw(result.table, cfg)
-
-    def report(self, result: Result, cfg: Config) -> str:
-        return report(result.table, cfg)
-
-
-FIGURE = Fig2()
+FIGURE = TableFigure(NAME, Config, PRESETS, compute, draw, report)

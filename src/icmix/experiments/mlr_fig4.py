@@ -23,7 +23,7 @@ import pandas as pd
 from icmix.estimators import regression as reg
 from icmix.evaluate import Key, TrainedRegressor, d2_distances
 from icmix.experiments import mlr_fig2
-from icmix.experiments.figure import Result, TrainedFigure
+from icmix.experiments.figure import TableFigure
 from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.random import Stream, stream
@@ -110,17 +110,4 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
             + table_k.to_markdown(index=False, floatfmt=".4g") + "\n\n" + "\n".join(lines))
 
 
-class Fig4(TrainedFigure):
-    name, Config, presets = NAME, Config, PRESETS
-
-    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
-        return Result(compute(cfg, out, progress))
-
-    def draw(self, result: Result, cfg: Config):
-        return draw(result.table, cfg)
-
-    def report(self, result: Result, cfg: Config) -> str:
-        return report(result.table, cfg)
-
-
-FIGURE = Fig4()
+FIGURE = TableFigure(NAME, Config, PRESETS, compute, draw, report)
