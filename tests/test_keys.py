@@ -5,6 +5,7 @@ cannot find its rows fails loudly, and the registries (families, figures) refuse
 ``tests/data/quick-tables`` holds the tables the claims read from one ``icmix reproduce all
 --preset quick`` run (the issue-19 closing run), with its ``claims.csv``."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,49 @@ def test_a_figure_registered_from_outside_runs_through_the_cli(tmp_path, capsys)
         class Bad(Squares):
             name, presets = "bad", {"quick": SquaresConfig()}
         register_figure(Bad())
+
+
+def test_a_family_in_an_installed_package_registers_through_its_entry_point(tmp_path):
+    (tmp_path / "plugfam.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from icmix.families import TaskFamily, register_family\n"
+        "@dataclass(frozen=True)\n"
+        "class Spec:\n    kind: str = 'plug'\n    def model_fields(self):\n        return {}\n"
+        "class Plug(TaskFamily):\n    kind, spec, models = 'plug', Spec, ()\n"
+        "    def build(self, spec):\n        return spec\n"
+        "    def objective(self, task, cfg):\n        raise NotImplementedError\n"
+        "    def run_name(self, cfg):\n        return 'plug'\n"
+        "register_family(Plug())\n")
+    dist = tmp_path / "plugfam-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugfam\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[icmix.families]\nplug = plugfam\n")
+    code = "from icmix.families import get_family; print(type(get_family('plug')).__name__)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "Plug"
+
+
+def test_two_predictors_with_one_key_are_refused():
+    import torch
+
+    from icmix import MTDTask
+    from icmix.evaluate import evaluate_mtd
+    from icmix.families.mtd import bayes_exact_predictor
+
+    with pytest.raises(ValueError, match="share the key 'bayes/variant=exact'"):
+        evaluate_mtd(MTDTask(4, 2), [bayes_exact_predictor(), bayes_exact_predictor()], [6], 4, progress=False)
+    from icmix.evaluate import Key, RegressionPredictor, evaluate_regression
+
+    zero = lambda x, y: torch.zeros_like(y)  # noqa: E731
+    with pytest.raises(ValueError, match="share the key 'zero'"):
+        evaluate_regression(torch.zeros(2, 3, 2), torch.zeros(2, 3), [RegressionPredictor(Key("zero"), zero)] * 2, 2)
+
+
+def test_a_spec_of_another_family_is_refused():
+    from icmix.families.mixlinreg import MixLinRegSpec
+    from icmix.train import ModelSpec, TrainConfig
+
+    with pytest.raises(ValueError, match="a 'mtd' task needs a MTDSpec spec, got MixLinRegSpec"):
+        TrainConfig(task=MixLinRegSpec(kind="mtd"), model=ModelSpec("disentangled"))

@@ -228,7 +228,7 @@ def test_fine_tune_lowers_the_loss_and_leaves_the_global_rng_alone():
     cfg = tiny()
     torch.manual_seed(0)
     model, task = build_model(cfg), build_task(cfg)
-    batch = task.next_token_batch(512, cfg.task.length, torch.Generator().manual_seed(99))
+    batch = cfg.family.objective(task, cfg).batch(0, 512, torch.Generator().manual_seed(99))
     mask = task.loss_mask(cfg.task.length, cfg.loss_positions)
     before = loss_fn(model(batch["inputs"]), batch["targets"], mask, cfg.loss).item()
     state = torch.get_rng_state()

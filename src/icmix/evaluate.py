@@ -260,6 +260,7 @@ def evaluate_sequences(
     beta`` and the key columns."""
     import pandas as pd
 
+    check_distinct_keys(predictors)
     lengths = sorted(int(L) for L in lengths)
     gen = make_generator(seed)
     tokens, latent = sample(n_sequences, max(lengths), gen)
@@ -306,7 +307,9 @@ class TrainedPredictor:
     key: Key = Key("trained")
 
     @classmethod
-    def from_run(cls, run_dir, name: str | None = None) -> TrainedPredictor:
+    def from_run(cls, run_dir, name: str | None = None, key: Key | None = None) -> TrainedPredictor:
+        """The final model of a finished run; its key is the model's kind, depth and loss
+        (``trained_key``) unless ``key`` is given (two runs of one model kind in one table)."""
         from pathlib import Path
 
         from icmix.train import build_task, load_run
@@ -314,7 +317,7 @@ class TrainedPredictor:
         cfg, model = load_run(run_dir)
         model.eval()
         return cls(name or f"trained {cfg.model.kind} ({Path(run_dir).name})", model, cfg.loss, build_task(cfg),
-                   cfg.family, key=trained_key(cfg))
+                   cfg.family, key=key or trained_key(cfg))
 
     def outputs(self, tokens: Tensor) -> Tensor:
         """Raw model outputs ``(B, T, Q)``, in batches, without gradients."""
@@ -333,6 +336,17 @@ class TrainedPredictor:
         lengths = list(lengths)
         out = self.outputs(tokens[:, : max(lengths)])
         return to_distribution(out[:, torch.tensor(lengths) - 1], self.loss)
+
+
+def check_distinct_keys(predictors) -> None:
+    """Refuse two predictors with one key: their rows would merge in every table and figure
+    (give one a ``variant``, e.g. ``TrainedPredictor.from_run(run, key=...)``)."""
+    seen: dict[Key, str] = {}
+    for pred in predictors:
+        if pred.key in seen:
+            raise ValueError(f"predictors {seen[pred.key]!r} and {pred.name!r} share the key {pred.key.id!r}; "
+                             "give each predictor its own key")
+        seen[pred.key] = pred.name
 
 
 def trained_key(cfg) -> Key:
@@ -372,7 +386,7 @@ class TrainedRegressor:
     key: Key = Key("trained")
 
     @classmethod
-    def from_run(cls, run_dir, name: str | None = None) -> TrainedRegressor:
+    def from_run(cls, run_dir, name: str | None = None, key: Key | None = None) -> TrainedRegressor:
         from pathlib import Path
 
         from icmix.models import RegressionGPT
@@ -380,8 +394,8 @@ class TrainedRegressor:
 
         cfg, model = load_run(run_dir)
         if not isinstance(model, RegressionGPT):
-            raise ValueError(f"{run_dir} was trained on a {cfg.task.kind!r} task, not a regression mixture")
-        return cls(name or f"transformer ({Path(run_dir).name})", model.eval(), key=trained_key(cfg))
+            raise ValueError(f"{run_dir} holds a {cfg.model.kind!r} model, not a regression transformer")
+        return cls(name or f"transformer ({Path(run_dir).name})", model.eval(), key=key or trained_key(cfg))
 
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         param = next(self.model.parameters())
@@ -403,6 +417,7 @@ def evaluate_regression(xs: Tensor, ys: Tensor, predictors: Sequence, dim: int) 
     """
     import pandas as pd
 
+    check_distinct_keys(predictors)
     preds, rows = {}, []
     for pred in predictors:
         p = pred.predict(xs, ys).double()

@@ -3,16 +3,16 @@ explicit ``torch.Generator`` (or a seed that makes one)."""
 
 from __future__ import annotations
 
-import enum
-
 import torch
 from torch import Tensor
 
 
-class Stream(enum.IntEnum):
+class Stream:
     """The named random streams of the library: the generator for purpose ``P`` of seed ``s``
-    is ``stream(s, Stream.P)``, seeded ``s + P``.  Every offset lives here, so two purposes
-    never share numbers by accident (the values are part of every result: never change one)."""
+    is ``stream(s, Stream.P)``, seeded ``s + P``.  Every offset lives here, so a new purpose
+    can pick one no other uses.  The values are part of every result: never change one.  (Two
+    are shared, by history: ``GIBBS`` and ``RANK_DROPOUT`` feed different generators, and
+    ``CHECK`` seeds two figures' sequences.)"""
 
     EVALUATION = 1  # evaluate_mtd's sequences (and its tuning batch, drawn after them)
     GIBBS = 7919  # the Gibbs sampler's chain in the standard MTD predictors
@@ -32,7 +32,7 @@ class Stream(enum.IntEnum):
     TRAINING_SET = 2_000_003  # a fixed-training-set run's prompts (mlr-fig3)
 
 
-def stream(seed: int, which: Stream) -> torch.Generator:
+def stream(seed: int, which: int) -> torch.Generator:
     """The CPU generator of the named stream ``which`` for ``seed``."""
     return torch.Generator().manual_seed(int(seed) + int(which))
 

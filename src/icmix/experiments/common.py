@@ -126,12 +126,3 @@ def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True) -
 def trained_runs(out: Path, runs: dict, jobs: int = 1, progress: bool = True) -> dict:
     """``train_runs`` over a ``{key: TrainConfig}`` map: ``{key: run directory}``."""
     return dict(zip(runs, train_runs(out, list(runs.values()), jobs, progress)))
-
-
-def run_table_figure(name: str, compute, draw, report, cfg, out: Path, progress: bool = True) -> dict[str, Path]:
-    """The common ``run`` of an experiment: ``compute(cfg, out, progress) -> table``, then
-    ``draw(table, cfg) -> figure`` and ``report(table, cfg) -> Markdown``, saved under ``out``."""
-    start = time.time()
-    out = Path(out)
-    table = compute(cfg, out, progress)
-    return save_outputs(out, name, cfg, table, draw(table, cfg), time.time() - start, summary=report(table, cfg))

@@ -64,7 +64,7 @@ LABELS = {"trained": "transformer", "posterior-mean": "posterior mean (oracle)"}
 
 def compute(cfg: Config, out: Path, predictor: str, shifts: tuple[str, ...], progress: bool = True) -> pd.DataFrame:
     """Normalised MSE by k of ``predictor`` on prompts under each shift and value:
-    columns ``seed, n_components, noise, shift, value, predictor, k, nmse, ...``."""
+    columns ``seed, n_components, noise, shift, value, label, k, nmse, ...`` and the key columns."""
     tables = []
     for (seed, m, noise), task, path in mlr_fig2.trained_tasks(cfg, out, progress):
         if predictor == "trained":

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from icmix._checks import check_order, check_positive, check_positive_int
-from icmix.evaluate import KEY_FIELDS, Key, evaluate_mtd
+from icmix.evaluate import KEY_FIELDS, evaluate_mtd
 from icmix.experiments.figure import Figure, Result
 from icmix.families import get_family
+from icmix.families.mtd import BAYES
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
 from icmix.random import Stream
@@ -133,9 +134,6 @@ def ratio_to_bayes(table: pd.DataFrame) -> pd.DataFrame:
     t = table.join(bayes.rename("kl_bayes"), on=["seed", "length"])
     t = t.assign(kl_mean=t["kl_mean"] / t["kl_bayes"], kl_ci=t["kl_ci"] / t["kl_bayes"])
     return summarise(t)
-
-
-BAYES = Key("bayes", "exact")
 
 
 def kl_pivot(summary: pd.DataFrame) -> pd.DataFrame:

@@ -33,11 +33,11 @@ from icmix import agreement
 from icmix._checks import check_order, check_positive_int
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
-from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.evaluate import ConstructedMirrorDescent, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
-from icmix.families.mtd import bayes_exact_predictor, mle_predictor
+from icmix.families.mtd import MD1, bayes_exact_predictor, mle_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
@@ -46,7 +46,6 @@ from icmix.random import Stream, stream
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
-MD1 = Key("md", steps=1, tuning="tuned")  # the reference the trained models are compared with
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,8 @@ def lag_window_ablation(cfg: Config, seed: int, run: Path) -> list[dict]:
                 "restricted-fine-tuned": tune(restricted())}
     rows = []
     add = metric_row(rows, seed, "disentangled")
-    for (variant, name), model in zip(ABLATIONS.items(), variants.values()):
+    for variant, model in variants.items():
+        name = ABLATIONS[variant]
         with torch.no_grad():
             out, attn = model(tokens, return_attention=True)
         kl = agreement.predictive_kl(p_true, to_distribution(out[:, -1].double(), train_cfg.loss))

@@ -39,7 +39,7 @@ from icmix.experiments import mtd_training
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
-from icmix.families.mtd import bayes_exact_predictor
+from icmix.families.mtd import BAYES, MD_SHARED, bayes_exact_predictor, md_key
 from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
@@ -101,11 +101,6 @@ def model_key(depth: int, loss: str) -> Key:
     return Key("trained", model_kind="disentangled", depth=depth, loss=loss)
 
 
-BAYES, MD_SHARED = Key("bayes", "exact"), Key("md", steps=1, tuning="shared")
-
-
-def md_key(k: int) -> Key:
-    return Key("md", steps=k, tuning="tuned")
 
 
 def tracking_rows(seed: int, task: MTDTask, model: TrainedPredictor, md: list[TunedMirrorDescent], cfg: Config

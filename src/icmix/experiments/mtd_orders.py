@@ -30,12 +30,12 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order
 from icmix.construct import mirror_descent_transformer
-from icmix.evaluate import ConstructedMirrorDescent, Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.evaluate import ConstructedMirrorDescent, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
 from icmix.experiments import mtd_training
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, summarise
-from icmix.families.mtd import bayes_exact_predictor
+from icmix.families.mtd import BAYES, CONSTRUCTION, MD1, bayes_exact_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.random import Stream, stream
@@ -153,13 +153,12 @@ def compute_attention(cfg: Config, out: Path, progress: bool = True) -> tuple[pd
 # The agreement metrics of Fig. 8: key -> label.
 METRICS = {"attention_cosine": "cosine vs construction", "attention_support_mass": "mass on construction support",
            "lag_mass": "mass on lags 1..m", "lag_tv": "split over lags: TV to responsibilities"}
-MD1 = Key("md", steps=1, tuning="tuned")
 
 
 def draw_fig6(kl: pd.DataFrame, cfg: Config):
     fig, axes = plt.subplots(1, len(cfg.orders), figsize=(6.5 * len(cfg.orders), 4.6), squeeze=False)
-    styles = {Key("bayes", "exact").id: dict(color="black", lw=2.5),
-              ConstructedMirrorDescent.key.id: dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
+    styles = {BAYES.id: dict(color="black", lw=2.5),
+              CONSTRUCTION.id: dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
     for ax, m in zip(axes[0], cfg.orders):
         kl_panel(ax, summarise(kl[kl.order == m]), f"m = {m}", styles)
     fig.suptitle(f"MTD Fig. 6: trained vs constructed transformers at orders {', '.join(map(str, cfg.orders))} "

@@ -14,7 +14,10 @@ A *task family* is the unit of extension: one registered object that knows
 
 ``train``, ``evaluate``, run naming and the CLI look families up here; none of them branches
 on a kind.  Register your own with ``register_family(MyFamily())`` (see the README's
-"Extending icmix"); the built-in families (``mtd``, ``mixlinreg``) register on first lookup.
+"Extending icmix"); the built-in families (``mtd``, ``mixlinreg``) register on first lookup,
+and so do the families an installed package names in the ``icmix.families`` entry-point group
+(``[project.entry-points."icmix.families"] markov = "mypackage.markov"``), so a run of a
+plugin family loads in any process (``icmix train``, ``load_run``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ if TYPE_CHECKING:
 
     from icmix.train.config import TrainConfig
 
-# The built-in families, imported (and so registered) the first time the registry is asked.
+# The built-in families, imported (and so registered) the first time the registry is asked,
+# then the modules installed packages name in this entry-point group.
 BUILTIN = ("icmix.families.mtd", "icmix.families.mixlinreg")
+ENTRY_POINTS = "icmix.families"
 
 _FAMILIES: dict[str, TaskFamily] = {}
 _builtins_loaded = False
@@ -178,10 +183,11 @@ class NextTokenObjective(Objective):
 
 
 def register_family(family: TaskFamily, replace: bool = False) -> TaskFamily:
-    """Register ``family`` under ``family.kind``; returns it (so it can decorate an instance).
+    """Register ``family`` under ``family.kind``; returns it.
 
-    Raises ``ValueError`` if the kind is taken (pass ``replace=True`` to override it) or the
-    family does not name its ``kind``, ``spec`` and ``models``."""
+    Raises ``ValueError`` if the kind is taken by another family class (pass ``replace=True``
+    to override it; the same class registering again, as a re-imported module does, replaces
+    silently) or the family does not name its ``kind``, ``spec`` and ``models``."""
     if not isinstance(family, TaskFamily):
         raise ValueError(f"a task family must be a TaskFamily instance, got {family!r}")
     for attr in ("kind", "spec", "models"):
@@ -204,11 +210,6 @@ def get_family(kind: str) -> TaskFamily:
         raise ValueError(f"unknown task kind {kind!r}; registered: {', '.join(sorted(_FAMILIES))}") from None
 
 
-def family_of(spec) -> TaskFamily:
-    """The family of a task spec (by its ``kind``)."""
-    return get_family(spec.kind)
-
-
 def families() -> dict[str, TaskFamily]:
     """Every registered family, by kind."""
     _load_builtins()
@@ -217,7 +218,16 @@ def families() -> dict[str, TaskFamily]:
 
 def _load_builtins() -> None:
     global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # (the modules below register, and so call back here)
+    try:
         for module in BUILTIN:
             importlib.import_module(module)
+        from importlib.metadata import entry_points
+
+        for plugin in entry_points(group=ENTRY_POINTS):
+            plugin.load()
+    except BaseException:
+        _builtins_loaded = False  # the next lookup raises the same error, not "unknown task kind"
+        raise

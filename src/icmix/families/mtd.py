@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from icmix._checks import check_order, check_positive, check_positive_int
+from icmix.evaluate import ConstructedMirrorDescent, Key
 from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
 from icmix.tasks import MTDTask
 
@@ -22,6 +23,18 @@ if TYPE_CHECKING:
     from icmix.train.config import TrainConfig
 
 DEFAULT_MD_STEPS = (1, 2, 3, 4)
+
+# The keys of the MTD predictors figures and claims compare (selected by key, never by label).
+BAYES, BAYES_GIBBS, MLE = Key("bayes", "exact"), Key("bayes", "gibbs"), Key("em")
+MD_THEOREM_1, CONSTRUCTION = Key("md", steps=1, tuning="theorem-1"), ConstructedMirrorDescent.key
+
+
+def md_key(steps: int, tuning: str = "tuned") -> Key:
+    """k-step mirror descent, its step size ``tuned`` per length or ``shared`` over lengths."""
+    return Key("md", steps=steps, tuning=tuning)
+
+
+MD1, MD_SHARED = md_key(1), md_key(1, "shared")
 
 
 @dataclass(frozen=True)
@@ -113,38 +126,38 @@ def em_steps(tokens, transition, order: int, steps: int, lengths=None) -> Tensor
 
 
 def em_steps_predictor(steps: int):
-    from icmix.evaluate import Key, LagPredictor
+    from icmix.evaluate import LagPredictor
 
     return LagPredictor(Key("em", steps=steps), lambda x, pi, m, L: em_steps(x, pi, m, steps, L),
                         f"EM {steps}-step (from λ=1/m)")
 
 
 def bayes_exact_predictor(alpha: float = 1.0):
-    from icmix.evaluate import Key, LagPredictor
+    from icmix.evaluate import LagPredictor
 
-    return LagPredictor(Key("bayes", "exact"), lambda x, pi, m, L: _est().bayes_exact(x, pi, m, alpha, L),
+    return LagPredictor(BAYES, lambda x, pi, m, L: _est().bayes_exact(x, pi, m, alpha, L),
                         "Bayes (exact)")
 
 
 def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
-    from icmix.evaluate import Key, LagPredictor
+    from icmix.evaluate import LagPredictor
     from icmix.random import Stream, make_generator
 
-    return LagPredictor(Key("bayes", "gibbs"), lambda x, pi, m, L: _est().bayes_gibbs(
+    return LagPredictor(BAYES_GIBBS, lambda x, pi, m, L: _est().bayes_gibbs(
         x, pi, m, alpha, samples, burn_in, make_generator(seed + Stream.GIBBS), L), "Bayes (Gibbs)")
 
 
 def mle_predictor(max_iter: int = 5000, tol: float = 1e-7):
-    from icmix.evaluate import Key, LagPredictor
+    from icmix.evaluate import LagPredictor
 
-    return LagPredictor(Key("em"), lambda x, pi, m, L: _est().em(x, pi, m, max_iter, tol, L), "MLE (EM)")
+    return LagPredictor(MLE, lambda x, pi, m, L: _est().em(x, pi, m, max_iter, tol, L), "MLE (EM)")
 
 
 def md_theorem1_predictor(order: int):
-    from icmix.evaluate import Key, LagPredictor
+    from icmix.evaluate import LagPredictor
 
     eta = 1.0 / (order + 1)
-    return LagPredictor(Key("md", steps=1, tuning="theorem-1"),
+    return LagPredictor(MD_THEOREM_1,
                         lambda x, pi, m, L: _est().mirror_descent(x, pi, m, eta, 1, L), "MD 1-step (η=1/(m+1))")
 
 

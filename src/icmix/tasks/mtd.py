@@ -98,12 +98,6 @@ class MTDTask:
             tokens[:, t] = categorical(pi[source], g)
         return tokens, lam
 
-    def next_token_batch(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """A training batch: ``inputs (B, T)``, ``targets (B, T)`` (the token after each
-        position) and the true ``lam (B, M)``; sequences of ``T + 1`` tokens are drawn."""
-        tokens, lam = self.sample(batch_size, length + 1, generator=generator)
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "lam": lam}
-
     def loss_mask(self, length: int, positions: str) -> Tensor:
         """``(T,)`` bool: the positions a loss is taken at.  ``"last"``: the final one;
         ``"all"``: every position ``i >= M`` (a prefix with at least one lag-complete transition)."""

@@ -114,6 +114,9 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.data_device not in DATA_DEVICES:
             raise ValueError(f"data_device must be one of {DATA_DEVICES}, got {self.data_device!r}")
+        if not isinstance(self.task, self.family.spec):
+            raise ValueError(f"a {self.task.kind!r} task needs a {self.family.spec.__name__} spec, "
+                             f"got {type(self.task).__name__}")
         self.family.check(self)
         self.model_config()  # unknown or bad model keys fail here, before any training
 
