@@ -3,7 +3,8 @@ columns, so renaming every label changes no claim and no figure's data.  Also: a
 cannot find its rows fails loudly, and the registries (families, figures) refuse unknown names.
 
 ``tests/data/quick-tables`` holds the tables the claims read from one ``icmix reproduce all
---preset quick`` run (the issue-19 closing run), with its ``claims.csv``."""
+--preset quick`` run, with its ``claims.csv`` (issue 19's run: its claims and every number
+in its tables equal those of the run before the key columns were added)."""
 
 import os
 import shutil
