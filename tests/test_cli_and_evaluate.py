@@ -24,8 +24,8 @@ def test_estimate_npy_and_csv(tmp_path, capsys):
     assert main(["estimate", str(tmp_path / "tok.npy"), "--transition", str(tmp_path / "pi.csv"),
                  "--order", "2", "--out", str(out), "--gibbs-samples", "50", "--gibbs-burn-in", "10"]) == 0
     table = pd.read_csv(out)
-    assert set(table["estimator"]) == {"md", "em", "bayes-exact", "bayes-gibbs"}
-    assert len(table) == 12
+    assert set(table["estimator"]) == {"md", "em", "em-steps", "bayes-exact", "bayes-gibbs"}
+    assert len(table) == 15
     exact = table[table.estimator == "bayes-exact"][["lag1", "lag2"]].to_numpy()
     np.testing.assert_allclose(exact, bayes_exact(tokens, task.transition, 2).numpy(), atol=1e-12)
     assert main(["estimate", str(tmp_path / "tok.csv"), "--transition", str(tmp_path / "pi.csv"),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from icmix.cli import main
-from icmix.experiments import claims, get_figure, mtd_fig3
+from icmix.experiments import claims, get_figure
 from icmix.experiments.report import configs_for, reproduce_all
 
 FIGURES = ["mtd-construction", "mtd-fig3", "mlr-construction", "mlr-fig2"]
@@ -119,7 +119,7 @@ def test_a_failing_figure_is_reported_and_the_others_run(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom in fig3")
 
-    monkeypatch.setattr(mtd_fig3, "run", boom)
+    monkeypatch.setattr(get_figure("mtd-fig3"), "compute", boom)
     out = tmp_path / "r"
     html = reproduce_all("quick", out, TINY[:2], seeds=1, jobs=1, figures=["mtd-construction", "mtd-fig3"],
                          progress=False)
@@ -234,18 +234,18 @@ def test_cli_reproduce_all_one_figure(tmp_path, capsys):
 
 def test_d2_ranking_claim_on_a_table_by_hand(tmp_path):
     """The d² claim: an algorithm significantly closer than the oracle posterior mean at some
-    k >= d/2 fails it, a tie passes it, and an m with no rows is "not run" (not a vacuous pass)."""
+    k >= d/2 fails it, a tie passes it, and an m with no rows is "no data" (not a vacuous pass)."""
     from icmix.experiments import mlr_fig4
 
     cfg = mlr_fig4.PRESETS["cpu"]  # d = 8: the claim reads k >= 4
-    rows = [(20, 2, "posterior mean (SA)", -1.0, 0.1),  # below d/2: not read
-            (20, 4, "posterior mean (EM)", 0.0, 0.1),  # a tie
-            (20, 8, "argmin (oracle)", 0.3, 0.1),
-            (20, 8, "posterior mean (SA)", -0.2, 0.1)]  # significantly closer at k = 8
-    pd.DataFrame(rows, columns=["n_components", "k", "other", "excess", "excess_ci"]).to_csv(
+    rows = [(20, 2, "posterior mean (SA)", "posterior-mean/variant=sa", -1.0, 0.1),  # below d/2: not read
+            (20, 4, "posterior mean (EM)", "posterior-mean/variant=em", 0.0, 0.1),  # a tie
+            (20, 8, "argmin (oracle)", "argmin/variant=oracle", 0.3, 0.1),
+            (20, 8, "posterior mean (SA)", "posterior-mean/variant=sa", -0.2, 0.1)]  # significantly closer at k = 8
+    pd.DataFrame(rows, columns=["n_components", "k", "other", "other_key", "excess", "excess_ci"]).to_csv(
         tmp_path / "mlr-fig4.csv", index=False)
     got = {c.claim: c for c in claims.evaluate(tmp_path, {"mlr-fig4": cfg}, {"mlr-fig4"})
            if c.claim.startswith("The transformer is closest")}
     m20, m5 = got[claims.d2_ranking.claim[1].format(m=20)], got[claims.d2_ranking.claim[1].format(m=5)]
     assert m20.verdict == "doesn't" and m20.mean == 0.5 and "posterior mean (SA) at k = [8]" in m20.note
-    assert m5.verdict == "not run" and "no rows with m = 5" in m5.note
+    assert m5.verdict == "no data" and "no rows with n_components = 5" in m5.note

@@ -1,8 +1,9 @@
 """Training: one loop for every task and model (config -> run directory -> predictor)."""
 
 from icmix.train.config import ModelSpec, OptimConfig, TaskSpec, TrainConfig
-from icmix.train.loop import (TrainState, build_model, build_objective, build_task, checkpoint, evaluate, fine_tune,
-                              load_run, restore, train, train_many, train_step)
+from icmix.train.loop import (TrainState, build_model, build_objective, build_task, evaluate, fine_tune, load_run,
+                              restore, train, train_many, train_step, write_checkpoint)
 
 __all__ = ["ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig", "TrainState", "build_model", "build_objective",
-           "build_task", "checkpoint", "evaluate", "fine_tune", "load_run", "restore", "train", "train_many", "train_step"]
+           "build_task", "evaluate", "fine_tune", "load_run", "restore", "train", "train_many", "train_step",
+           "write_checkpoint"]

@@ -451,7 +451,7 @@ def evaluate(state: TrainState, objective: Objective, eval_batch: dict, world: W
             **_evaluate(objective, state.raw, eval_batch, device)}
 
 
-def checkpoint(state: TrainState, cfg: TrainConfig, run: Path, world: World, device: torch.device) -> None:
+def write_checkpoint(state: TrainState, cfg: TrainConfig, run: Path, world: World, device: torch.device) -> None:
     """Save ``state`` as ``checkpoints/step_<step>`` (a collective; rank 0 writes)."""
     trainer = state.to_checkpoint(world, device)
     if world.is_main:
@@ -497,7 +497,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
                     bar.set_postfix({k.removeprefix("eval_"): f"{v:.4f}" for k, v in row.items()
                                      if k in ("train_loss", "eval_kl", "eval_nmse_last")})
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            checkpoint(state, cfg, run, world, device)
+            write_checkpoint(state, cfg, run, world, device)
     if writer is not None:
         writer.close()
     if world.is_main:
