@@ -287,6 +287,17 @@ def _sweep(args) -> int:
     return 0
 
 
+def _zoo_build(args) -> int:
+    from icmix import zoo
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    new = zoo.build(args.preset, Path(args.work), Path(args.root) if args.root else None, args.only, args.runs,
+                    args.threads, progress=not args.no_progress)
+    print(f"zoo {args.preset}: {len(new)} new entr{'y' if len(new) == 1 else 'ies'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from icmix.experiments import figure_names
     from icmix.families.mtd import LAG_ESTIMATORS
@@ -377,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")
+    zsub = p.add_subparsers(dest="zoo_command", required=True)
+    z = zsub.add_parser("build", help="train the preset's runs the zoo lacks and add them to it")
+    z.add_argument("--preset", choices=("quick", "cpu", "paper"), default="cpu")
+    z.add_argument("--only", nargs="+", metavar="FIGURE", help="just these figures' runs")
+    z.add_argument("--runs", nargs="+", metavar="RUN", help="just these runs (by name)")
+    z.add_argument("--work", default="zoo-work", help="where the full run directories (checkpoints) are trained")
+    z.add_argument("--root", help="zoo folder (default: the package's)")
+    z.add_argument("--threads", type=int, default=1, help="torch threads per run (recorded; verify uses the same)")
+    z.add_argument("--no-progress", action="store_true")
+    z.set_defaults(func=_zoo_build)
     return parser
 
 

@@ -48,7 +48,7 @@ class Config(mtd_training.Recipe):
     orders: tuple[int, ...] = (3, 5)
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
-    gpt_steps: int = 3000
+    gpt_steps: int = 10_000  # the disentangled model's budget: the GPT claim compares equal budgets
     gpt_layers: int = 3
     gpt_width: int = 32
     gpt_heads: int = 4
