@@ -102,13 +102,19 @@ def _reproduce(args) -> int:
 
     if args.figure == "all":
         path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, zoo=not args.no_zoo)
         print(f"report: {path}")
         return 0
     if args.only or args.force or args.jobs:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
     with output_folder(args.out):
+        if not args.no_zoo:
+            from icmix.experiments.common import run_name
+            from icmix.experiments.report import take_from_zoo
+
+            take_from_zoo([(tc, Path(args.out) / "runs" / run_name(tc))
+                           for tc in get_figure(args.figure).runs(cfg).values()], not args.no_progress)
         paths = get_figure(args.figure).run(cfg, Path(args.out), progress=not args.no_progress)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -298,6 +304,61 @@ def _zoo_build(args) -> int:
     return 0
 
 
+def _zoo_list(args) -> int:
+    from icmix import zoo
+    from icmix.train.convergence import DEFINITION
+
+    root = Path(args.root) if args.root else None
+    found = zoo.entries(root)
+    if args.sizes:
+        total, files = zoo.sizes(root)
+        for rel, size in files:
+            flag = "  OVER THE 2 MB CAP" if size > zoo.FILE_CAP else ""
+            print(f"{size / 2**20:8.3f} MB  {rel}{flag}")
+        largest = max((s for _, s in files), default=0)
+        ok = total <= zoo.SIZE_CAP and largest <= zoo.FILE_CAP
+        print(f"zoo: {len(found)} runs, {len(files)} files, {total / 2**20:.2f} MB in all (cap "
+              f"{zoo.SIZE_CAP / 2**20:.0f} MB), largest file {largest / 2**20:.3f} MB (cap {zoo.FILE_CAP / 2**20:.0f} MB): "
+              + ("within the caps" if ok else "OVER A CAP"))
+        return 0 if ok else 1
+    table = zoo.table(root)
+    if table.empty:
+        print("the zoo is empty")
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 60):
+        print(table.to_string(index=False))
+    print(f"\n{len(table)} run{'s' if len(table) != 1 else ''}; converged: {DEFINITION}")
+    return 0
+
+
+def _zoo_verify(args) -> int:
+    import json
+
+    from icmix import zoo
+    from icmix.io import atomic_write, check_writable
+
+    root = Path(args.root) if args.root else None
+    entry = zoo.lookup(args.run, root)  # an unknown run is refused before any work
+    if args.out:
+        check_writable(args.out)
+    work = Path(args.work) if args.work else None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="icmix-zoo-verify-") as tmp:
+        record = zoo.verify(entry.name, work or Path(tmp), root, progress=not args.no_progress)
+    print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); retrained in {record['retrain_seconds']:.0f} s "
+          f"with {record['here']['threads']} thread(s); final {record['metric']} shipped {record['metric_shipped']:.6g}, "
+          f"retrained {record['metric_retrained']:.6g}; max weight difference {record['max_weight_difference']:.3g}")
+    if args.out:
+        path = Path(args.out) / "zoo-verify" / f"{record['run']}.json"
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+        print(f"record: {path}")
+    return 0 if record["status"] == "pass" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from icmix.experiments import figure_names
     from icmix.families.mtd import LAG_ESTIMATORS
@@ -336,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, help="all: training runs at once (default: the number of cores, at most 8)")
     p.add_argument("--only", nargs="+", metavar="FIGURE", help="all: just these figures")
     p.add_argument("--force", action="store_true", help="all: re-run figures even if cached")
+    p.add_argument("--no-zoo", action="store_true",
+                   help="train every run OUT/runs lacks instead of taking it from the shipped model zoo")
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("construct", help="build a hand-set transformer and check it against its algorithm")
@@ -400,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--threads", type=int, default=1, help="torch threads per run (recorded; verify uses the same)")
     z.add_argument("--no-progress", action="store_true")
     z.set_defaults(func=_zoo_build)
+    z = zsub.add_parser("list", help="the zoo's runs: figures, final metrics, convergence, provenance")
+    z.add_argument("--sizes", action="store_true", help="every file's size and the total, against the caps")
+    z.add_argument("--root", help="zoo folder (default: the package's)")
+    z.set_defaults(func=_zoo_list)
+    z = zsub.add_parser("verify", help="retrain a zoo run from scratch and compare it with the shipped weights")
+    z.add_argument("run", help="the run's name (or a unique prefix of it)")
+    z.add_argument("--out", help="also write the record to OUT/zoo-verify/RUN.json (the report shows it)")
+    z.add_argument("--work", help="train here (default: a temporary folder, removed afterwards)")
+    z.add_argument("--root", help="zoo folder (default: the package's)")
+    z.add_argument("--no-progress", action="store_true")
+    z.set_defaults(func=_zoo_verify)
     return parser
 
 

@@ -1,7 +1,10 @@
 """The claims table: each row is one claim of a paper, tested by one quantity read off the
 figures' tables (the CSVs ``icmix reproduce`` writes), with its mean and 95% Student-t interval
-over seeds and a verdict: ``holds``, ``doesn't`` or ``not run`` (a figure it needs failed or
-was not run).  Verdicts compare the mean over seeds with the stated threshold (with two seeds
+over seeds and a verdict: ``holds``, ``doesn't``, ``not converged`` (it fails, but on training
+runs that were still improving, so more training may change it), ``not run`` (a figure it needs
+failed or was not run) or ``no data``.  The ``converged`` column says whether the training runs
+a claim rests on converged (``icmix.train.convergence.DEFINITION``; ``–`` for claims with no
+trained model).  Verdicts compare the mean over seeds with the stated threshold (with two seeds
 a Student-t interval is too wide to decide anything); the d² ranking alone is a paired test,
 over prompts.
 
@@ -24,6 +27,7 @@ from icmix.families.mtd import BAYES, MD1
 from icmix.metrics import mean_ci
 
 HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
+NOT_CONVERGED = "not converged"  # fails, but on training runs that were still improving
 
 
 
@@ -74,16 +78,30 @@ class Claim:
     mean: float = float("nan")
     ci: float = float("nan")
     note: str = ""
+    converged: str = "–"  # yes / no for the trained runs the claim rests on; – where there are none
 
 
-def claim(paper: str, text: str, test: str, figures: tuple[str, ...]):
+def claim(paper: str, text: str, test: str, figures: tuple[str, ...], trained: tuple | None = None):
     """Attach a claim's statement to the function that tests it: ``fn(c, out, *configs)`` fills
     in ``c``'s value and verdict.  ``text`` and ``test`` may name ``{cfg.field}``, ``{m}``,
-    ``{k}`` (= 2d) and ``{n}`` (the smallest fixed training set), filled in from the figure's config."""
+    ``{k}`` (= 2d) and ``{n}`` (the smallest fixed training set), filled in from the figure's config.
+
+    ``trained = (figure, uses)`` names the training runs the claim rests on: the runs of
+    ``figure`` whose ``TrainConfig`` satisfies ``uses(tc, cfg, **extra)``; their convergence
+    fills the ``converged`` column, and a failing claim on unconverged runs reads ``not converged``."""
     def attach(fn):
         fn.claim = (paper, text, test, figures)
+        fn.trained = trained
         return fn
     return attach
+
+
+def _order(tc) -> int:
+    return tc.task.order
+
+
+def _depth(tc) -> int:
+    return tc.model.params.get("n_layers")
 
 
 def _fmt(mean: float, ci: float, n: int, digits: int = 3) -> str:
@@ -152,7 +170,7 @@ def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
 
 @claim("MTD", "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
        "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
-       ("mtd-fig4",))
+       ("mtd-fig4",), trained=("mtd-fig4", lambda tc, cfg: tc.model.kind == "disentangled"))
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
     ratio = _kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled")
     c.mean, c.ci, _, c.value = _seeds(ratio)
@@ -164,7 +182,7 @@ def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
 
 @claim("MTD", "Its attention maps are the construction's, layer by layer",
        "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
-       "sequences); holds if ≥ 0.9", ("mtd-fig4",))
+       "sequences); holds if ≥ 0.9", ("mtd-fig4",), trained=("mtd-fig4", lambda tc, cfg: tc.model.kind == "disentangled"))
 def attention_vs_construction(c: Claim, out: Path) -> Claim:
     a = _fig4_agreement(out, "attention_cosine")
     worst = a.groupby("seed")["value"].min()
@@ -176,7 +194,8 @@ def attention_vs_construction(c: Claim, out: Path) -> Claim:
 
 
 @claim("MTD", "Layer 1 attends to the m lagged tokens (the construction's support)",
-       "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9", ("mtd-fig4",))
+       "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9", ("mtd-fig4",),
+       trained=("mtd-fig4", lambda tc, cfg: tc.model.kind == "disentangled"))
 def layer1_lag_mass(c: Claim, out: Path) -> Claim:
     v = _fig4_agreement(out, "lag_mass", layer=1)
     c.mean, c.ci, _, c.value = _seeds(v.groupby("seed")["value"].mean())
@@ -186,7 +205,8 @@ def layer1_lag_mass(c: Claim, out: Path) -> Claim:
 
 @claim("MTD", "Layer 1's token-token scores learn the transition matrix π, better with longer training sequences",
        "mean row KL(π[a] ‖ softmax(A1ᵀ)[a]) at the longest training length, order 3; holds if below "
-       "KL(π ‖ uniform) / 4 and below its value at the shortest length", ("mtd-fig7",))
+       "KL(π ‖ uniform) / 4 and below its value at the shortest length", ("mtd-fig7",),
+       trained=("mtd-fig7", lambda tc, cfg: _order(tc) == min(cfg.orders)))
 def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
     from icmix.tasks import MTDTask
 
@@ -208,7 +228,8 @@ def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
 
 @claim("MTD", "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
        "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
-       "closest to; holds if the ratio is below 1", ("mtd-fig5",))
+       "closest to; holds if the ratio is below 1", ("mtd-fig5",),
+       trained=("mtd-fig5", lambda tc, cfg: _depth(tc) == cfg.depth and tc.loss == cfg.loss))
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
     ratio = _kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
     c.mean, c.ci, n, c.value = _seeds(ratio)
@@ -221,7 +242,7 @@ def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
 
 @claim("MTD (beyond)", "A standard GPT-style transformer also learns in context, at both orders",
        "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
-       ("mtd-fig6",))
+       ("mtd-fig6",), trained=("mtd-fig6", lambda tc, cfg: tc.model.kind == "gpt"))
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
     ratio = _kl_ratio_to_md(out, "mtd-fig6", cfg.length, ("seed", "order"), model_kind="gpt").groupby("seed").max()
     c.mean, c.ci, _, c.value = _seeds(ratio)
@@ -244,7 +265,7 @@ def construction_pm(c: Claim, out: Path) -> Claim:
 
 @claim("MLR", "The trained transformer is as good as the posterior mean (m = {m}, σ = 1)",
        "NMSE(transformer) / NMSE(posterior mean, oracle weights) at k = 2d = {k}; holds if ≤ 1.2",
-       ("mlr-fig2",))
+       ("mlr-fig2",), trained=("mlr-fig2", lambda tc, cfg, m: tc.task.n_components == m and tc.task.noise == 1.0))
 def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
     k = 2 * cfg.dim
     t = _read(out, "mlr-fig2")
@@ -259,7 +280,8 @@ def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
 
 @claim("MLR", "The transformer is closest (d²) to the posterior mean with the true weights (m = {m})",
        "share of k ≥ d/2 where no other of the six posterior-mean/argmin variants is significantly closer "
-       "(paired interval of the excess d², pooled over seeds); holds if 100%", ("mlr-fig4",))
+       "(paired interval of the excess d², pooled over seeds); holds if 100%", ("mlr-fig4",),
+       trained=("mlr-fig4", lambda tc, cfg, m: tc.task.n_components == m))
 def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
     t = _select(_read(out, "mlr-fig4"), f"mlr-fig4 (m = {m})", n_components=m)
     t = t[(t.k >= cfg.dim / 2) & (t.other_key != PM_ORACLE.id)]
@@ -283,7 +305,8 @@ def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
 
 @claim("MLR", "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
        "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
-       "at k = 2d, smallest n = {n}; holds if ≤ 1.2", ("mlr-fig3",))
+       "at k = 2d, smallest n = {n}; holds if ≤ 1.2", ("mlr-fig3",),
+       trained=("mlr-fig3", lambda tc, cfg: tc.task.n_train == min(cfg.n_trains)))
 def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
     n = min(cfg.n_trains)
@@ -308,7 +331,8 @@ LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight 
 @claim("MLR", "The transformer is robust to small distribution shifts but not to large ones",
        "NMSE(transformer) / NMSE(posterior mean, oracle, under the same shift) at k = 2d, m = 5, σ = 1, worst "
        "of the small shifts (κ, α ∈ {{1/2, 2}}; ε = 1/4) and of the large (κ, α ∈ {{1/3, 3}}; ε = 1); "
-       "holds if small ≤ 1.5 < large", ("mlr-fig5", "mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"))
+       "holds if small ≤ 1.5 < large", ("mlr-fig5", "mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"),
+       trained=("mlr-fig2", lambda tc, cfg: tc.task.n_components == 5 and tc.task.noise == 1.0))
 def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
     t = pd.concat([_read(out, f) for f in c.figures], ignore_index=True)
@@ -383,10 +407,42 @@ def evaluate(out: Path, configs: dict, available: set[str]) -> list[Claim]:
             fn(c, out, *([cfg] if config_of else []), **extra)
         except MissingRows as err:
             c.verdict, c.value, c.note = NO_DATA, "", str(err)
+        if fn.trained:
+            c.converged = _converged(out, fn.trained, configs, extra)
+            if c.verdict == FAILS and c.converged == "no":
+                c.verdict = NOT_CONVERGED
         claims.append(c)
     return claims
 
 
+def claim_runs(trained: tuple, configs: dict, extra: dict) -> list[str]:
+    """The run names (under ``OUT/runs``) a claim's ``trained = (figure, uses)`` selects."""
+    from icmix.experiments.common import run_name
+    from icmix.experiments.figure import get_figure
+
+    figure, uses = trained
+    cfg = configs.get(figure)
+    if cfg is None:
+        return []
+    return [run_name(tc) for tc in get_figure(figure).runs(cfg).values() if uses(tc, cfg, **extra)]
+
+
+def _converged(out: Path, trained: tuple, configs: dict, extra: dict) -> str:
+    """``yes`` if every run the claim rests on converged (``icmix.train.convergence``), ``no``
+    if one did not, ``?`` if a run is missing or cannot be judged."""
+    from icmix.train.convergence import run_convergence
+
+    names = claim_runs(trained, configs, extra)
+    if not names:
+        return "?"
+    try:
+        verdicts = [run_convergence(Path(out) / "runs" / n).converged for n in names]
+    except (ValueError, OSError):
+        return "?"
+    return "yes" if all(verdicts) else "no"
+
+
 def table(claims: list[Claim]) -> pd.DataFrame:
     return pd.DataFrame([{"paper": c.paper, "claim": c.claim, "test": c.test, "measured": c.value or "—",
-                          "verdict": c.verdict, "note": c.note, "figures": ", ".join(c.figures)} for c in claims])
+                          "verdict": c.verdict, "converged": c.converged, "note": c.note,
+                          "figures": ", ".join(c.figures)} for c in claims])

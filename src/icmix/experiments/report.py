@@ -140,8 +140,11 @@ def _git() -> tuple[str | None, bool | None]:
 
 def reproduce_all(preset: str = "quick", out: str | Path = "results/report", overrides: list[str] | None = None,
                   seeds: int | None = None, jobs: int | None = None, figures: list[str] | None = None,
-                  force: bool = False, progress: bool = True) -> Path:
+                  force: bool = False, progress: bool = True, zoo: bool = True) -> Path:
     """Run every figure (cached ones skipped), then write the report; returns ``report.html``.
+
+    With ``zoo`` (the default), a training run that ``OUT/runs`` lacks is taken from the model
+    zoo (``icmix.zoo``) where it holds a sound run of the same name; the others are trained.
 
     Every argument is checked and ``out`` proven writable before any work; ``out`` is held by
     this process alone meanwhile (``icmix.io.exclusive``)."""
@@ -152,11 +155,24 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     with output_folder(out):
-        return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start)
+        return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start, zoo)
+
+
+def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
+    """``icmix.zoo.place`` for ``(TrainConfig, run directory)`` pairs, a stale entry warned
+    about (never used); ``{run name: reason}`` of the stale ones."""
+    import warnings
+
+    from icmix import zoo as zoo_mod
+
+    placed, stale = zoo_mod.place(jobs, warn=lambda text: warnings.warn(text, stacklevel=2))
+    if progress and placed:
+        print(f"model zoo: {len(placed)} of {len(jobs)} training runs taken from the zoo (--no-zoo trains them)")
+    return {Path(p).name: why for p, why in stale.items()}
 
 
 def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs: dict, jobs: int, force: bool,
-                   progress: bool, start: float) -> Path:
+                   progress: bool, start: float, zoo: bool = True) -> Path:
     from icmix.experiments.common import run_name
     from icmix.train import train_many
 
@@ -177,6 +193,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
         for tc in figure_runs(name, configs[name]):
             runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
     order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
+    stale = take_from_zoo([(runs[p][0], p) for p in order], progress) if zoo else {}
     pending = [p for p in order if not (p / "model" / "model.safetensors").exists()]  # finished runs are reused
     if progress:
         print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
@@ -185,9 +202,12 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
     entries = {}
+    from icmix.zoo import source as run_source
+
     for name in todo:
         entries[name] = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
-                         "config": dataclasses.asdict(configs[name])}
+                         "config": dataclasses.asdict(configs[name]),
+                         "runs": {p.name: run_source(p) for p in order if name in runs[p][1]}}
         broken = {str(p.relative_to(out)): err for p, err in failed_runs.items() if name in runs[p][1]}
         if broken:
             entries[name].update(status="failed", wall_seconds=0.0,
@@ -211,6 +231,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
                 "wall_seconds": round(time.time() - start, 1),
                 "training_runs": {str(p.relative_to(out)): sorted(runs[p][1]) for p in order},
+                "zoo": {"used": zoo, "stale": stale},
                 "figures": {name: results[name] for name in configs},
                 # Figures of earlier runs that this one did not include (--only): kept for the cache.
                 "other_figures": {name: e for name, e in previous.items() if name not in configs}}
@@ -271,13 +292,72 @@ def write_report(out: Path, manifest: dict, configs: dict) -> Path:
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     claims = claims_mod.evaluate(out, configs, available)
     claims_table = claims_mod.table(claims)
-    md = _markdown(out, manifest, claims_table)
-    page = _html(out, manifest, claims_table)
+    runs = runs_table(out, configs)
+    md = _markdown(out, manifest, claims_table, runs)
+    page = _html(out, manifest, claims_table, runs)
     with staged(out) as stage:  # the three files together or not at all
         claims_table.to_csv(stage / "claims.csv", index=False)
         (stage / "report.md").write_text(md)
         (stage / "report.html").write_text(page)
     return out / "report.html"
+
+
+def runs_table(out: Path, configs: dict):
+    """One row per training run of the figures in ``configs`` that ``OUT/runs`` holds: its
+    figures, whether it came from the model zoo or was trained, and its convergence."""
+    import pandas as pd
+
+    from icmix.experiments.common import run_name
+    from icmix.train.convergence import run_convergence
+    from icmix.zoo import source
+
+    figures_of: dict[str, list[str]] = {}
+    for name, cfg in configs.items():
+        for tc in figure_runs(name, cfg):
+            figures_of.setdefault(run_name(tc), []).append(name)
+    rows = []
+    for name, figs in figures_of.items():
+        run = Path(out) / "runs" / name
+        if not (run / "model" / "model.safetensors").exists():
+            continue
+        row = {"run": name, "figures": ", ".join(figs), "source": source(run)}
+        try:
+            c = run_convergence(run)
+            row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=f"{c.final - c.optimum:.3g}",
+                       improvement=f"{c.improvement:.1%}", converged="yes" if c.converged else "no")
+        except (ValueError, OSError) as err:
+            row.update(converged=f"? ({err})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verifications(out: Path) -> list[dict]:
+    """The zoo verification records under ``OUT/zoo-verify`` (``icmix zoo verify RUN --out OUT``)."""
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "zoo-verify").glob("*.json"))]
+
+
+def _verification_lines(out: Path) -> list[str]:
+    lines = []
+    for r in verifications(out):
+        lines.append(f"**{r['status'].upper()}** `{r['run']}` retrained from scratch in {r['retrain_seconds']:.0f} s "
+                     f"({r['here']['cpu']}, {r['here']['threads']} thread(s), torch {r['here']['torch']}): {r['reason']}. "
+                     f"Final {r['metric']}: shipped {r['metric_shipped']:.6g}, retrained {r['metric_retrained']:.6g}; "
+                     f"largest weight difference {r['max_weight_difference']:.3g}. Shipped by {r['shipped'].get('cpu')} "
+                     f"with {r['shipped'].get('threads')} thread(s), commit {str(r['shipped'].get('git_commit'))[:10]}.")
+    return lines
+
+
+def _runs_lines(manifest: dict, runs) -> list[str]:
+    from icmix.train.convergence import DEFINITION
+
+    if runs.empty:
+        return []
+    n_zoo = int((runs.source == "zoo").sum())
+    stale = (manifest.get("zoo") or {}).get("stale") or {}
+    lines = [f"{len(runs)} training runs: {n_zoo} taken from the model zoo (`icmix zoo list`), "
+             f"{len(runs) - n_zoo} trained here. Convergence: {DEFINITION}."]
+    lines += [f"Stale zoo entry not used (trained instead): `{name}`: {why}" for name, why in stale.items()]
+    return lines
 
 
 def _summary(out: Path, name: str) -> str:
@@ -302,13 +382,24 @@ def _header(manifest: dict) -> list[str]:
 
 def _status(entry: dict) -> str:
     seeds = entry.get("seeds") or []
+    sources = list((entry.get("runs") or {}).values())
+    runs = (f"; training runs: {sources.count('zoo')} from the model zoo, {sources.count('trained')} trained here"
+            if sources else "")
     return (f"{entry['status']}, {entry.get('wall_seconds', 0):.0f} s" + (" (when computed)" if entry["status"] == "cached" else "")
-            + (f", seeds {', '.join(map(str, seeds))}" if seeds else ""))
+            + (f", seeds {', '.join(map(str, seeds))}" if seeds else "") + runs)
 
 
-def _markdown(out: Path, manifest: dict, claims) -> str:
+def _markdown(out: Path, manifest: dict, claims, runs) -> str:
+    from icmix.train.convergence import DEFINITION
+
     parts = ["# icmix: both papers reproduced", "", *(f"- {line}" for line in _header(manifest)), "",
-             "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), ""]
+             "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), "",
+             f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.", ""]
+    checks = _verification_lines(out)
+    if checks:
+        parts += ["## Model zoo verification", "", *(f"- {line}" for line in checks), ""]
+    if not runs.empty:
+        parts += ["## Training runs", "", *_runs_lines(manifest, runs), "", runs.to_markdown(index=False), ""]
     for name, entry in manifest["figures"].items():
         parts += [f"## {name}", "", f"*{_status(entry)}*", ""]
         if entry["status"] == "failed":
@@ -329,6 +420,7 @@ th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 table.claims td, table.claims th { text-align: left; }
 .holds { background: #e3f4e3; } .doesnt { background: #fbe3e3; } .notrun { background: #eee; }
+.notconverged { background: #fdf3dc; }
 .failed { color: #a00; }
 img { max-width: 100%; border: 1px solid #ddd; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
@@ -336,24 +428,35 @@ nav a { margin-right: 0.8em; }
 """
 
 
-def _html(out: Path, manifest: dict, claims) -> str:
+def _html(out: Path, manifest: dict, claims, runs) -> str:
     import markdown
+
+    from icmix.train.convergence import DEFINITION
 
     def md(text: str) -> str:
         return markdown.markdown(text, extensions=["tables"])
 
     css_class = {claims_verdict: cls for claims_verdict, cls in (("holds", "holds"), ("doesn't", "doesnt"),
-                                                                   ("not run", "notrun"), ("no data", "notrun"))}
+                                                                   ("not run", "notrun"), ("no data", "notrun"),
+                                                                   ("not converged", "notconverged"))}
     rows = "".join(
         f"<tr class='{css_class.get(r.verdict, '')}'><td>{html.escape(r.paper)}</td><td>{html.escape(r.claim)}</td>"
         f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"
+        f"<td>{html.escape(r.converged)}</td>"
         f"<td>{html.escape(r.note or '')}</td><td>{' '.join(f'<a href=#{f}>{f}</a>' for f in r.figures.split(', ') if f)}</td></tr>"
         for r in claims.itertuples())
     body = ["<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
             "<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in manifest["figures"]) + "</nav>",
             "<h2>Claims</h2>",
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
-            f"<th>note</th><th>figures</th></tr>{rows}</table>"]
+            f"<th>converged</th><th>note</th><th>figures</th></tr>{rows}</table>",
+            md(f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.")]
+    checks = _verification_lines(out)
+    if checks:
+        body.append("<h2 id='zoo-verify'>Model zoo verification</h2>" + md("\n".join(f"- {line}" for line in checks)))
+    if not runs.empty:
+        body.append("<h2 id='runs'>Training runs</h2>" + md("\n\n".join(_runs_lines(manifest, runs)))
+                    + md(runs.to_markdown(index=False)))
     for name, entry in manifest["figures"].items():
         body.append(f"<h2 id='{name}'>{name}</h2><p><i>{html.escape(_status(entry))}</i></p>")
         if entry["status"] == "failed":

@@ -46,7 +46,17 @@ class Objective(ABC):
 
     ``batch(step, size, generator)`` may depend on the step (a curriculum); ``eval_batch`` is
     drawn once per run from a fixed generator; ``evaluate`` returns ``{"eval_loss": ..., other
-    metrics}``, logged to ``metrics.jsonl`` and shown on the progress bar."""
+    metrics}``, logged to ``metrics.jsonl`` and shown on the progress bar.
+
+    A run's convergence (``icmix.train.convergence``) is judged by ``progress_metric`` (a key of
+    ``evaluate``) in excess of ``optimum(eval_batch)``, the best value any predictor can reach
+    on that batch where the family knows it (``None``: the metric itself)."""
+
+    progress_metric: str = "eval_loss"
+
+    def optimum(self, batch: dict) -> float | None:
+        """The Bayes-optimal value of ``progress_metric`` on ``batch``, or ``None`` if unknown."""
+        return None
 
     @abstractmethod
     def batch(self, step: int, size: int, generator: torch.Generator) -> dict: ...
@@ -136,6 +146,8 @@ class NextTokenObjective(Objective):
     the loss (``cfg.loss``) on the positions ``loss_mask`` selects (``cfg.loss_positions``);
     evaluation adds ``eval_kl``, KL(true ‖ model) of the token after the last position, with
     the truth from ``reference(batch) -> (B, Q)``."""
+
+    progress_metric = "eval_kl"
 
     def __init__(self, family: SequenceFamily, task, cfg: TrainConfig):
         self.family, self.task, self.cfg = family, task, cfg

@@ -137,6 +137,16 @@ class RegressionObjective(Objective):
             last = ((model(batch["xs"].to(device), ys)[:, -1].float() - ys[:, -1]) ** 2).mean().item()
         return {"eval_loss": loss, "eval_nmse_last": last / self.task.dim}
 
+    progress_metric = "eval_nmse_last"
+
+    def optimum(self, batch: dict) -> float:
+        """``eval_nmse_last`` of the posterior mean with the true components (Bayes-optimal)."""
+        from icmix.estimators.regression import posterior_mean
+
+        xs, ys = batch["xs"].double(), batch["ys"].double()
+        pm = posterior_mean(xs, ys, self.task.components.double(), self.task.noise)
+        return ((pm[:, -1] - ys[:, -1]) ** 2).mean().item() / self.task.dim
+
 
 # The regression predictors' keys (tables, figures and claims select by these).
 PM_ORACLE, ARGMIN_ORACLE = Key("posterior-mean", "oracle"), Key("argmin", "oracle")

@@ -150,3 +150,212 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
     for name, (tc, figures) in tqdm(todo.items(), desc=f"zoo {preset}", disable=not progress):
         done.append(train_entry(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads))
     return done
+
+
+# --- reading the zoo -----------------------------------------------------------------------------
+
+SIZE_CAP, FILE_CAP = 25 * 2**20, 2 * 2**20  # the whole zoo, one file (bytes)
+
+
+@dataclass
+class Entry:
+    """One zoo run: its folder, preset and ``provenance.json``."""
+
+    name: str
+    path: Path
+    preset: str
+    provenance: dict = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Why the entry must not be used (empty when it is sound): a missing or altered file
+        (SHA-256 against its provenance), or a config the current code names differently (the
+        run-name scheme or a config default changed since it was trained)."""
+        from icmix.experiments.common import run_name
+        from icmix.train import TrainConfig
+
+        out = []
+        recorded = self.provenance.get("sha256", {})
+        for rel in FILES:
+            f = self.path / rel
+            if not f.exists():
+                out.append(f"{rel} is missing")
+            elif rel not in recorded:
+                out.append(f"{rel} has no recorded SHA-256")
+            elif sha256(f) != recorded[rel]:
+                out.append(f"{rel} differs from the file shipped (SHA-256 mismatch)")
+        if (self.path / "config.yaml").exists():
+            try:
+                now = run_name(TrainConfig.from_yaml(self.path / "config.yaml"))
+            except (ValueError, TypeError) as err:
+                out.append(f"its config.yaml is no longer a valid config: {err}")
+            else:
+                if now != self.name:
+                    out.append(f"its config is now named {now} (the config or naming changed since it was trained)")
+        return out
+
+
+def entries(root: Path | None = None) -> dict[str, Entry]:
+    """Every zoo entry under ``root`` (default: the package's zoo), by run name."""
+    found = {}
+    for prov in sorted(Path(root or ZOO_ROOT).glob(f"*/*/{PROVENANCE}")):
+        entry = prov.parent
+        found[entry.name] = Entry(entry.name, entry, entry.parent.name, json.loads(prov.read_text()))
+    return found
+
+
+def lookup(name: str, root: Path | None = None) -> Entry:
+    """The entry named ``name``, or the one whose name starts with it; ``ValueError`` otherwise."""
+    found = entries(root)
+    if name in found:
+        return found[name]
+    hits = [n for n in found if n.startswith(name.rstrip(".…"))]
+    if len(hits) == 1:
+        return found[hits[0]]
+    if hits:
+        raise ValueError(f"{name!r} matches {len(hits)} zoo runs: {', '.join(hits[:6])}{' …' if len(hits) > 6 else ''}")
+    raise ValueError(f"no zoo run named {name!r} ({len(found)} runs; see icmix zoo list)")
+
+
+MARKER = "zoo.json"  # in a run directory taken from the zoo: the entry's provenance
+
+
+def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[Path], dict[Path, str]]:
+    """Put the zoo's copy of each ``(TrainConfig, run directory)`` whose directory does not
+    exist yet (a run started or finished in ``OUT`` is never replaced).  Returns the run
+    directories filled from the zoo and ``{run directory: reason}`` for zoo entries of the same
+    name that are stale and were not used (each also passed to ``warn``)."""
+    from icmix.experiments.common import run_name
+    from icmix.io import staged_directory
+
+    found = entries(root)
+    placed, stale = [], {}
+    for tc, path in jobs:
+        path = Path(path)
+        entry = found.get(path.name)
+        if entry is None or path.exists() or run_name(tc) != path.name:
+            continue
+        problems = entry.problems()
+        if not problems and (entry.path / "config.yaml").read_text() != tc.to_yaml():
+            problems = ["its config differs from the one asked for (same name, different config)"]
+        if problems:
+            stale[path] = "; ".join(problems)
+            if warn:
+                warn(f"zoo run {entry.name} is stale and was not used: {stale[path]}")
+            continue
+        with staged_directory(path) as stage:
+            for rel in FILES:
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(entry.path / rel, stage / rel)
+            (stage / MARKER).write_text(json.dumps({**entry.provenance, "preset": entry.preset}, indent=2) + "\n")
+        placed.append(path)
+    return placed, stale
+
+
+def source(run: Path) -> str:
+    """``zoo`` if the run directory was taken from the zoo, ``trained`` otherwise."""
+    return "zoo" if (Path(run) / MARKER).exists() else "trained"
+
+
+def sizes(root: Path | None = None) -> tuple[int, list[tuple[str, int]]]:
+    """The zoo's total size in bytes and every file's ``(path relative to the zoo, bytes)``."""
+    base = Path(root or ZOO_ROOT)
+    files = [(p.relative_to(base).as_posix(), p.stat().st_size) for e in entries(root).values()
+             for p in sorted(e.path.rglob("*")) if p.is_file()]
+    return sum(s for _, s in files), files
+
+
+# --- verification --------------------------------------------------------------------------------
+
+METRIC_TOLERANCE = 0.02  # relative difference of the final eval metric, where bits cannot match
+
+
+def verify(name: str, work: Path, root: Path | None = None, progress: bool = True) -> dict:
+    """Retrain the zoo run ``name`` from scratch under ``work`` (with its recorded number of
+    threads) and compare it with the shipped entry.
+
+    ``status`` is ``pass`` when the weights are bit-identical, or, where the CPU, torch build
+    or threads differ from the provenance (so bits may not match), when the final eval metric
+    is within ``METRIC_TOLERANCE`` (relative); ``fail`` otherwise, and always when a shipped
+    file fails its SHA-256 or the config is now named differently.  The record also holds the
+    largest weight difference and both metrics."""
+    import torch
+    from safetensors.torch import load_file
+
+    from icmix.train import TrainConfig, train
+
+    entry = lookup(name, root)
+    prov = entry.provenance
+    integrity = entry.problems()
+    cfg = TrainConfig.from_yaml(entry.path / "config.yaml")
+    run = Path(work) / entry.name
+    if run.exists():
+        shutil.rmtree(run)
+    threads = int(prov.get("threads", 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.time()
+    try:
+        train(cfg, run, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+    wall = time.time() - start
+    shipped = load_file(entry.path / "model" / "model.safetensors")
+    fresh = load_file(run / "model" / "model.safetensors")
+    same_keys = shipped.keys() == fresh.keys() and all(shipped[k].shape == fresh[k].shape for k in shipped)
+    identical = same_keys and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    max_diff = (max(float((shipped[k].double() - fresh[k].double()).abs().max()) for k in shipped)
+                if same_keys else float("inf"))
+    from icmix.train.convergence import progress_metric
+
+    metric = _final_metric(run, progress_metric(cfg))
+    metric_shipped = _final_metric(entry.path, metric[0])
+    rel = abs(metric[1] - metric_shipped[1]) / max(abs(metric_shipped[1]), 1e-12)
+    here = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads}
+    same_env = all(prov.get(k) == v for k, v in here.items())
+    if integrity:
+        status, why = "fail", "; ".join(integrity)
+    elif identical:
+        status, why = "pass", "bit-identical weights"
+    elif same_env:
+        status, why = "fail", ("same CPU, torch build and threads, but the weights differ: the training code now "
+                               "gives other numbers, or the shipped weights were altered")
+    elif rel <= METRIC_TOLERANCE:
+        status, why = "pass", (f"another CPU or torch build: weights differ by up to {max_diff:.2g}, final "
+                               f"{metric[0]} within {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})")
+    else:
+        status, why = "fail", f"final {metric[0]} differs by {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})"
+    return {"run": entry.name, "status": status, "reason": why, "identical": identical,
+            "max_weight_difference": max_diff, "metric": metric[0], "metric_shipped": metric_shipped[1],
+            "metric_retrained": metric[1], "metric_relative_difference": rel, "integrity": integrity,
+            "retrain_seconds": round(wall, 1), "steps": cfg.steps, "here": here,
+            "shipped": {k: prov.get(k) for k in ("cpu", "torch", "threads", "git_commit", "wall_seconds")}}
+
+
+def _final_metric(run: Path, metric: str) -> tuple[str, float]:
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return metric, float(rows[-1][metric])
+
+
+def table(root: Path | None = None):
+    """One row per zoo run: figures, steps, final progress metric and its excess over the
+    optimum, convergence, and provenance (commit, CPU, threads, wall time)."""
+    import pandas as pd
+
+    from icmix.train.convergence import run_convergence
+
+    rows = []
+    for name, e in entries(root).items():
+        p = e.provenance
+        row = {"run": name, "preset": e.preset, "figures": ",".join(p.get("figures", [])), "steps": p.get("steps")}
+        try:
+            c = run_convergence(e.path)
+            row.update(metric=c.metric, final=round(c.final, 5), excess=round(c.final - c.optimum, 5),
+                       tail_improvement=f"{c.improvement:.1%}", converged="yes" if c.converged else "no")
+        except (ValueError, OSError) as err:
+            row.update(metric="?", converged=f"? ({err})")
+        problems = e.problems()
+        row.update(status="stale: " + "; ".join(problems) if problems else "ok",
+                   commit=str(p.get("git_commit", "?"))[:10], cpu=p.get("cpu"), threads=p.get("threads"),
+                   wall_min=round(p.get("wall_seconds", float("nan")) / 60, 1), torch=p.get("torch"))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,240 @@
+"""The model zoo and convergence-aware verdicts.
+
+- a zoo entry holds the run's final model, config, metrics and provenance, and no optimiser
+  state; ``verify`` retrains it bit for bit on this machine, and reports a tampered weight
+  file (by its SHA-256, and by retraining when the SHA-256 was forged too);
+- ``place`` fills ``OUT/runs`` from the zoo, never replaces a run there, and refuses a stale
+  entry (altered file, or a config the code now names differently), with a warning;
+- every entry shipped with the package is sound, is a run of the ``cpu`` preset, and the zoo
+  keeps its size caps;
+- convergence: the tail improvement of the excess over the Bayes-optimal value, checked by
+  hand on written metrics; ``Objective.optimum`` against the predictors it must beat;
+- claims: ``converged`` is filled for every trained-model claim, and a failing claim on runs
+  still improving reads ``not converged``.
+"""
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from icmix import zoo
+from icmix.cli import main
+from icmix.experiments import claims
+from icmix.experiments.common import run_name, train_runs
+from icmix.experiments.report import configs_for
+from icmix.random import Stream, stream
+from icmix.train import TrainConfig
+from icmix.train.convergence import TAIL, TOLERANCE, Convergence, run_convergence
+from icmix.train.loop import build_objective, build_task
+
+TINY = {
+    "task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": 3, "length": 8},
+    "model": {"kind": "disentangled", "n_layers": 2, "n_heads": 1},
+    "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 3},
+    "steps": 40, "batch_size": 16, "eval_every": 5, "eval_size": 32, "checkpoint_every": 10, "seed": 7,
+}
+DATA = Path(__file__).parent / "data" / "quick-tables"
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A zoo with one tiny run, trained here with one thread."""
+    base = tmp_path_factory.mktemp("zoo")
+    tc = TrainConfig.from_dict(TINY)
+    name = run_name(tc)
+    zoo.train_entry(name, tc, ["tiny-fig"], base / "work", base / "root" / "cpu" / name, threads=1,
+                    command="pytest")
+    return base / "root", name, tc
+
+
+def copy_zoo(tiny_zoo, tmp_path) -> tuple[Path, zoo.Entry]:
+    root, name, _ = tiny_zoo
+    shutil.copytree(root, tmp_path / "root")
+    return tmp_path / "root", zoo.lookup(name, tmp_path / "root")
+
+
+def test_an_entry_holds_the_final_model_and_its_provenance(tiny_zoo):
+    root, name, tc = tiny_zoo
+    entry = zoo.lookup(name[:20], root)  # a unique prefix finds it
+    assert entry.name == name and entry.preset == "cpu"
+    files = sorted(p.relative_to(entry.path).as_posix() for p in entry.path.rglob("*") if p.is_file())
+    assert files == sorted([*zoo.FILES, zoo.PROVENANCE])  # no checkpoints, no optimiser state
+    prov = entry.provenance
+    assert prov["threads"] == 1 and prov["torch"] == torch.__version__ and prov["steps"] == 40
+    assert prov["command"] == "pytest" and prov["figures"] == ["tiny-fig"] and prov["wall_seconds"] > 0
+    assert prov["cpu"] == zoo.cpu_model() and prov["git_commit"]
+    assert TrainConfig.from_yaml(entry.path / "config.yaml") == tc
+    assert entry.problems() == []
+    with pytest.raises(ValueError, match="no zoo run named"):
+        zoo.lookup("nothing-like-it", root)
+
+
+def test_verify_retrains_bit_identically(tiny_zoo, tmp_path):
+    root, name, _ = tiny_zoo
+    record = zoo.verify(name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "pass" and record["identical"] and record["max_weight_difference"] == 0.0
+    assert record["metric"] == "eval_kl" and record["metric_shipped"] == record["metric_retrained"]
+
+
+def test_verify_reports_a_tampered_weight_file(tiny_zoo, tmp_path):
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    weights = entry.path / "model" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1e-3
+    save_file(tensors, weights)
+    assert any("SHA-256 mismatch" in p for p in entry.problems())
+    record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "fail" and not record["identical"]
+    assert abs(record["max_weight_difference"] - 1e-3) < 1e-6
+    # The SHA-256 forged to match: retraining still finds the altered weights.
+    prov = entry.provenance
+    prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    assert zoo.lookup(entry.name, root).problems() == []
+    record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
+    assert record["status"] == "fail" and "weights differ" in record["reason"]
+    assert main(["zoo", "verify", entry.name[:25], "--root", str(root), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    saved = json.loads((tmp_path / "out" / "zoo-verify" / f"{entry.name}.json").read_text())
+    assert saved["status"] == "fail"
+
+
+def test_place_fills_missing_runs_and_never_uses_a_stale_entry(tiny_zoo, tmp_path):
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    tc = TrainConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run = out / "runs" / entry.name
+    placed, stale = zoo.place([(tc, run)], root)
+    assert placed == [run] and stale == {} and zoo.source(run) == "zoo"
+    before = (run / "model" / "model.safetensors").read_bytes()
+    assert train_runs(out, [tc], progress=False) == [run]  # a finished run: reused, not trained
+    assert (run / "model" / "model.safetensors").read_bytes() == before and not (run / "checkpoints").exists()
+    # A run already in OUT is never replaced.
+    assert zoo.place([(tc, run)], root) == ([], {})
+    # Stale: the config now maps to another name (edited here, as a changed default would).
+    cfg_file = entry.path / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("lr: 0.01", "lr: 0.02"))
+    prov = entry.provenance
+    prov["sha256"]["config.yaml"] = zoo.sha256(cfg_file)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    messages = []
+    placed, stale = zoo.place([(tc, out / "runs2" / entry.name)], root, warn=messages.append)
+    assert placed == [] and "is now named" in stale[out / "runs2" / entry.name]
+    assert messages and "stale and was not used" in messages[0]
+    assert not (out / "runs2").exists()
+    listing = zoo.table(root)
+    assert listing.status.iloc[0].startswith("stale: its config is now named")
+
+
+def test_the_shipped_zoo_is_sound_and_within_its_caps():
+    found = zoo.entries()
+    cpu_runs = zoo.preset_runs("cpu")
+    for name, entry in found.items():
+        assert entry.preset == "cpu" and name in cpu_runs, name
+        assert entry.problems() == [], (name, entry.problems())
+        assert entry.provenance["steps"] == cpu_runs[name][0].steps
+    total, files = zoo.sizes()
+    assert total <= zoo.SIZE_CAP and all(size <= zoo.FILE_CAP for _, size in files)
+
+
+def test_zoo_list_prints_runs_and_sizes(tiny_zoo, capsys):
+    root, name, _ = tiny_zoo
+    assert main(["zoo", "list", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert name in text and "converged" in text
+    assert main(["zoo", "list", "--sizes", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "model/model.safetensors" in text and "within the caps" in text
+    assert main(["zoo", "verify", "nothing", "--root", str(root)]) == 2
+    assert "icmix: error: no zoo run named 'nothing'" in capsys.readouterr().err
+
+
+# --- convergence -----------------------------------------------------------------------------
+
+def write_metrics(run: Path, tc: TrainConfig, values) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(tc.to_yaml())
+    steps = np.linspace(tc.steps / len(values), tc.steps, len(values)).round().astype(int)
+    metric = build_objective(build_task(tc), tc).progress_metric
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": int(s), metric: float(v)}) + "\n"
+                                               for s, v in zip(steps, values)))
+
+
+def test_convergence_is_the_tail_improvement_of_the_excess(tmp_path):
+    tc = TrainConfig.from_dict(TINY)
+    values = [3.0, 2.0, 1.6, 1.5, 1.2]  # steps 8..40: the tail starts at the row of step 32 (80 %)
+    write_metrics(tmp_path / "r", tc, values)
+    c = run_convergence(tmp_path / "r")
+    assert (c.start_step, c.steps, c.start, c.final) == (32, 40, 1.5, 1.2)
+    assert c.metric == "eval_kl" and 0 < c.optimum < 1.2
+    assert c.improvement == pytest.approx(0.3 / (1.5 - c.optimum)) and not c.converged
+    assert Convergence("m", 1.0, 80, 100, 1.10, 1.096).converged  # 4 % of the excess 0.1
+    assert not Convergence("m", 1.0, 80, 100, 1.10, 1.094).converged  # 6 %
+    assert Convergence("m", 1.0, 80, 100, 1.10, 1.2).converged  # got worse: not improving
+    assert (TAIL, TOLERANCE) == (0.2, 0.05)
+
+
+def test_the_optimum_is_below_every_predictor_on_the_eval_batch():
+    from icmix.estimators.mtd import mirror_descent, predictive
+    from icmix.metrics import kl_divergence
+
+    tc = TrainConfig.from_dict({**TINY, "eval_size": 256})
+    objective = build_objective(build_task(tc), tc)
+    batch = objective.eval_batch(256, stream(tc.seed, Stream.TRAINING_EVALUATION))
+    best = objective.optimum(batch)
+    truth = objective.reference(batch).double()
+    pi = objective.task.transition.double()
+    for lam in (torch.full((256, 2), 0.5, dtype=torch.float64), mirror_descent(batch["inputs"], pi, 2, eta=0.3)):
+        assert 0 < best < kl_divergence(truth, predictive(batch["inputs"], pi, lam)).mean().item()
+    assert kl_divergence(truth, truth).mean().item() == pytest.approx(0, abs=1e-12)  # the truth would be 0
+
+    from icmix.estimators.regression import ols
+
+    from icmix.experiments.figure import get_figure
+
+    fig = get_figure("mlr-fig2")
+    rtc = next(iter(fig.runs(fig.presets["quick"]).values()))  # d = 8, m = 5, sigma = 1
+    robj = build_objective(build_task(rtc), rtc)
+    rbatch = robj.eval_batch(512, stream(0, Stream.TRAINING_EVALUATION))
+    xs, ys = rbatch["xs"].double(), rbatch["ys"].double()
+    d, noise = rtc.task.dim, rtc.task.noise
+    ols_nmse = ((ols(xs, ys)[:, -1] - ys[:, -1]) ** 2).mean().item() / d
+    floor = noise**2 / d  # the noise alone, in expectation (512 prompts estimate it within ~10 %)
+    assert 0.9 * floor < robj.optimum(rbatch) < 0.6 * ols_nmse
+
+
+def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
+    configs = configs_for("quick")
+    shutil.copytree(DATA, tmp_path / "improving")
+    shutil.copytree(DATA, tmp_path / "flat")
+    trained = [(fn, extra) for fn, _, extra in claims.CLAIMS if fn.trained]
+    assert len(trained) == 12  # every trained-model claim names its runs
+    for fn, extra in trained:
+        names = claims.claim_runs(fn.trained, configs, extra)
+        assert names, fn.__name__
+        for name, (tc, _) in zoo.preset_runs("quick", [fn.trained[0]]).items():
+            if name in names:
+                write_metrics(tmp_path / "improving" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 2.0])
+                write_metrics(tmp_path / "flat" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 3.0])
+    available = {f for fn, _, _ in claims.CLAIMS for f in fn.claim[3]}
+    recorded = pd.read_csv(DATA / "claims.csv")
+    for case, converged in (("improving", "no"), ("flat", "yes")):
+        table = claims.table(claims.evaluate(tmp_path / case, configs, available))
+        assert list(table.measured) == list(recorded.measured)
+        for row, old, (fn, _, _) in zip(table.itertuples(), recorded.itertuples(), claims.CLAIMS):
+            if fn.trained is None:
+                assert row.converged == "–" and row.verdict == old.verdict
+            else:
+                assert row.converged == converged
+                expected = "not converged" if (old.verdict == "doesn't" and converged == "no") else old.verdict
+                assert row.verdict == expected, (row.claim, row.verdict)
+    assert (table.converged != "–").sum() == 12
