@@ -249,3 +249,55 @@ def test_d2_ranking_claim_on_a_table_by_hand(tmp_path):
     m20, m5 = got[claims.d2_ranking.claim[1].format(m=20)], got[claims.d2_ranking.claim[1].format(m=5)]
     assert m20.verdict == "doesn't" and m20.mean == 0.5 and "posterior mean (SA) at k = [8]" in m20.note
     assert m5.verdict == "no data" and "no rows with n_components = 5" in m5.note
+
+
+def test_runs_come_from_the_zoo_and_the_report_says_so(report_dir, tmp_path, monkeypatch):
+    """The report's training runs exported to a zoo: a new ``--out`` takes every run from it
+    (trains none), writes the same claims, and says per figure and per run where each came
+    from; ``--no-zoo`` trains them."""
+    from icmix import zoo
+
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert manifest["zoo"] == {"used": True, "stale": {}}
+    assert set(manifest["figures"]["mlr-fig2"]["runs"].values()) == {"trained"}
+    runs = [report_dir / p for p in manifest["training_runs"]]
+    for run in runs:
+        zoo.export(run, tmp_path / "zoo" / "quick" / run.name, {"run": run.name, "steps": 20, "threads": 1})
+    monkeypatch.setenv("ICMIX_ZOO", str(tmp_path / "zoo"))
+    out = tmp_path / "from-zoo"
+    reproduce_all("quick", out, TINY, seeds=2, jobs=1, figures=FIGURES, progress=False)
+    taken = json.loads((out / "manifest.json").read_text())
+    assert taken["figures"]["mlr-fig2"]["runs"] == {r.name: "zoo" for r in runs}
+    for run in runs:
+        assert not (out / "runs" / run.name / "checkpoints").exists()  # not trained here
+        assert (out / "runs" / run.name / "model" / "model.safetensors").read_bytes() == (
+            run / "model" / "model.safetensors").read_bytes()
+    assert pd.read_csv(out / "claims.csv").equals(pd.read_csv(report_dir / "claims.csv"))
+    md = (out / "report.md").read_text()
+    assert "training runs: 2 from the model zoo, 0 trained here" in md
+    assert f"{len(runs)} training runs: {len(runs)} taken from the model zoo" in md and "## Training runs" in md
+    assert "improved by less than 5%" in md
+    fig2 = [o for o in TINY if o.startswith(("mlr-fig2.", "dim="))]
+    trained = tmp_path / "no-zoo"
+    reproduce_all("quick", trained, fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False, zoo=False)
+    assert set(json.loads((trained / "manifest.json").read_text())["figures"]["mlr-fig2"]["runs"].values()) == {"trained"}
+    # A stale entry (an altered weight file) is reported and trained instead, never used.
+    weights = tmp_path / "zoo" / "quick" / runs[0].name / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    stale_out = tmp_path / "stale"
+    with pytest.warns(UserWarning, match="stale and was not used"):
+        reproduce_all("quick", stale_out, fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False)
+    m = json.loads((stale_out / "manifest.json").read_text())
+    assert m["figures"]["mlr-fig2"]["runs"][runs[0].name] == "trained" and runs[0].name in m["zoo"]["stale"]
+    assert "Stale zoo entry not used" in (stale_out / "report.md").read_text()
+
+
+def test_claims_table_has_the_converged_column(report_dir):
+    table = pd.read_csv(report_dir / "claims.csv", keep_default_na=False)
+    assert list(table.columns) == ["paper", "claim", "test", "measured", "verdict", "converged", "note", "figures"]
+    rows = {(fn, extra.get("m")): r for (fn, _, extra), r in zip(claims.CLAIMS, table.itertuples())}
+    assert rows[claims.construction_md, None].converged == "–"
+    assert rows[claims.transformer_vs_pm, 20].converged == "?"  # no m = 20 run here
+    row = rows[claims.transformer_vs_pm, 5]  # its mlr-fig2 runs are here: judged yes or no
+    assert row.converged in ("yes", "no")
+    assert row.verdict in ("holds", "not converged" if row.converged == "no" else "doesn't")

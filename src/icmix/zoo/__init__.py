@@ -34,13 +34,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ZOO_ROOT = Path(__file__).resolve().parent
+ZOO_ROOT = Path(__file__).resolve().parent  # the shipped zoo; ICMIX_ZOO=DIR points icmix at another
 FILES = ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/config.json")
 PROVENANCE = "provenance.json"
 
 
+def default_root() -> Path:
+    """The zoo icmix reads: ``$ICMIX_ZOO`` if set (your own, e.g. a cluster-trained ``paper``
+    zoo), else the one shipped with the package."""
+    return Path(os.environ.get("ICMIX_ZOO") or ZOO_ROOT)
+
+
 def zoo_dir(preset: str, root: Path | None = None) -> Path:
-    return Path(root or ZOO_ROOT) / preset
+    return Path(root or default_root()) / preset
 
 
 def preset_runs(preset: str, only: list[str] | None = None) -> dict[str, tuple]:
@@ -195,9 +201,9 @@ class Entry:
 
 
 def entries(root: Path | None = None) -> dict[str, Entry]:
-    """Every zoo entry under ``root`` (default: the package's zoo), by run name."""
+    """Every zoo entry under ``root`` (default: ``default_root()``), by run name."""
     found = {}
-    for prov in sorted(Path(root or ZOO_ROOT).glob(f"*/*/{PROVENANCE}")):
+    for prov in sorted(Path(root or default_root()).glob(f"*/*/{PROVENANCE}")):
         entry = prov.parent
         found[entry.name] = Entry(entry.name, entry, entry.parent.name, json.loads(prov.read_text()))
     return found
@@ -258,7 +264,7 @@ def source(run: Path) -> str:
 
 def sizes(root: Path | None = None) -> tuple[int, list[tuple[str, int]]]:
     """The zoo's total size in bytes and every file's ``(path relative to the zoo, bytes)``."""
-    base = Path(root or ZOO_ROOT)
+    base = Path(root or default_root())
     files = [(p.relative_to(base).as_posix(), p.stat().st_size) for e in entries(root).values()
              for p in sorted(e.path.rglob("*")) if p.is_file()]
     return sum(s for _, s in files), files
