@@ -238,3 +238,43 @@ def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
                 expected = "not converged" if (old.verdict == "doesn't" and converged == "no") else old.verdict
                 assert row.verdict == expected, (row.claim, row.verdict)
     assert (table.converged != "–").sum() == 12
+
+
+def test_zoo_build_trains_what_the_zoo_lacks_in_parallel(tmp_path, capsys):
+    """``icmix zoo build`` over a registered figure's runs: 2 at once, then nothing to do."""
+    from dataclasses import dataclass
+
+    from icmix.experiments import Figure, register_figure
+    from icmix.experiments import figure as registry
+
+    @dataclass(frozen=True)
+    class TinyConfig:
+        seeds: tuple[int, ...] = (0, 1)
+
+        def runs(self):
+            return {s: TrainConfig.from_dict({**TINY, "seed": s, "steps": 10}) for s in self.seeds}
+
+    class Tiny(Figure):
+        name, Config, presets = "tiny-zoo-fig", TinyConfig, {p: TinyConfig() for p in ("quick", "cpu", "paper")}
+
+        def runs(self, cfg):
+            return cfg.runs()
+
+        def compute(self, cfg, out, progress=True):
+            raise AssertionError("zoo build trains runs, it computes no figure")
+
+        def draw(self, result, cfg):
+            raise AssertionError
+
+    register_figure(Tiny())
+    try:
+        args = ["zoo", "build", "--preset", "cpu", "--only", "tiny-zoo-fig", "--root", str(tmp_path / "root"),
+                "--work", str(tmp_path / "work"), "--jobs", "2", "--no-progress"]
+        assert main(args) == 0 and "2 new entries" in capsys.readouterr().out
+        found = zoo.entries(tmp_path / "root")
+        assert len(found) == 2 and all(e.problems() == [] for e in found.values())
+        assert {e.provenance["figures"][0] for e in found.values()} == {"tiny-zoo-fig"}
+        assert all(e.provenance["command"].startswith("icmix ") for e in found.values())
+        assert main(args) == 0 and "0 new entries" in capsys.readouterr().out
+    finally:
+        registry._FIGURES.pop("tiny-zoo-fig")

@@ -296,10 +296,10 @@ def _sweep(args) -> int:
 def _zoo_build(args) -> int:
     from icmix import zoo
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads < 1 or args.jobs < 1:
+        raise ValueError(f"--threads and --jobs must be >= 1, got {args.threads} and {args.jobs}")
     new = zoo.build(args.preset, Path(args.work), Path(args.root) if args.root else None, args.only, args.runs,
-                    args.threads, progress=not args.no_progress)
+                    args.threads, progress=not args.no_progress, jobs=args.jobs)
     print(f"zoo {args.preset}: {len(new)} new entr{'y' if len(new) == 1 else 'ies'}")
     return 0
 
@@ -461,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--work", default="zoo-work", help="where the full run directories (checkpoints) are trained")
     z.add_argument("--root", help="zoo folder (default: the package's)")
     z.add_argument("--threads", type=int, default=1, help="torch threads per run (recorded; verify uses the same)")
+    z.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     z.add_argument("--no-progress", action="store_true")
     z.set_defaults(func=_zoo_build)
     z = zsub.add_parser("list", help="the zoo's runs: figures, final metrics, convergence, provenance")

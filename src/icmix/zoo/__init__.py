@@ -16,8 +16,9 @@ a run from scratch (with the recorded number of threads) and compares the weight
 bits where the CPU and torch build match, otherwise the largest weight difference and the
 eval-metric difference against stated tolerances.
 
-Build the zoo with ``icmix zoo build --preset cpu`` (one run per process and core; a finished
-entry is skipped, so an interrupted build loses at most the runs in flight).
+Build the zoo with ``icmix zoo build --preset cpu --jobs 2`` (``jobs`` runs at once, each in
+its own process with ``--threads`` threads; a finished entry is skipped and an unfinished run
+resumes from its checkpoint, so an interrupted build loses at most the steps since the last one).
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threa
 
 
 def build(preset: str, work: Path, root: Path | None = None, only: list[str] | None = None,
-          names: list[str] | None = None, threads: int = 1, progress: bool = True) -> list[Path]:
+          names: list[str] | None = None, threads: int = 1, progress: bool = True, jobs: int = 1) -> list[Path]:
     """Train and export every run of ``preset`` (of the figures ``only``, or the runs ``names``)
-    that the zoo lacks, one after another; the new entries."""
+    that the zoo lacks, ``jobs`` at a time in worker processes; the new entries."""
     from tqdm.auto import tqdm
 
     runs = preset_runs(preset, only)
@@ -152,9 +153,25 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
             raise ValueError(f"not a run of the {preset} preset: {', '.join(unknown)}")
         runs = {n: runs[n] for n in names}
     todo = {n: v for n, v in runs.items() if not (zoo_dir(preset, root) / n / PROVENANCE).exists()}
+    command = shlex.join(["icmix", *sys.argv[1:]])
+    args = [(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads, command)
+            for name, (tc, figures) in todo.items()]
+    bar = tqdm(total=len(args), desc=f"zoo {preset}", disable=not progress)
     done = []
-    for name, (tc, figures) in tqdm(todo.items(), desc=f"zoo {preset}", disable=not progress):
-        done.append(train_entry(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads))
+    if jobs <= 1 or len(args) <= 1:
+        for a in args:
+            done.append(train_entry(*a))
+            bar.update()
+    else:
+        from concurrent.futures import as_completed
+
+        from icmix._pool import worker_pool
+
+        with worker_pool(min(jobs, len(args))) as pool:
+            for future in as_completed([pool.submit(train_entry, *a) for a in args]):
+                done.append(future.result())
+                bar.update()
+    bar.close()
     return done
 
 
