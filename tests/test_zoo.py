@@ -278,3 +278,16 @@ def test_zoo_build_trains_what_the_zoo_lacks_in_parallel(tmp_path, capsys):
         assert main(args) == 0 and "0 new entries" in capsys.readouterr().out
     finally:
         registry._FIGURES.pop("tiny-zoo-fig")
+
+
+def test_the_demo_preset_trains_exactly_the_cpu_runs():
+    """``make demo`` takes the cpu preset's runs from the zoo: its preset changes evaluation
+    sizes only, never a training run."""
+    from icmix.experiments import figure_names, get_figure
+
+    for name in figure_names():
+        fig = get_figure(name)
+        demo, cpu = fig.runs(fig.preset("demo")), fig.runs(fig.preset("cpu"))
+        assert {run_name(tc) for tc in demo.values()} == {run_name(tc) for tc in cpu.values()}, name
+    assert configs_for("demo")["mtd-fig4"].ablation_steps == 0 and configs_for("cpu")["mtd-fig4"].ablation_steps > 0
+    assert set(zoo.preset_runs("demo")) == set(zoo.preset_runs("cpu"))

@@ -388,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="reproduce a paper figure (PNG + CSV + JSON)")
     p.add_argument("figure", choices=["all", *figure_names()],
                    help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
-    p.add_argument("--preset", choices=("quick", "cpu", "paper"), default="quick",
-                   help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure; paper: GPU")
+    p.add_argument("--preset", choices=("quick", "cpu", "paper", "demo"), default="quick",
+                   help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure (its runs ship "
+                        "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")

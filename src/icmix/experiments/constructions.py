@@ -81,6 +81,7 @@ class MTDConstruction(Figure):
     Config = MTDConfig
     presets = {"quick": MTDConfig(), "cpu": MTDConfig(length=256, n_sequences=256),
                "paper": MTDConfig(length=256, n_sequences=1000, seeds=(0, 1, 2))}
+    demo = dict(length=128, n_sequences=64)  # the quick preset's
 
     def compute(self, cfg: MTDConfig, out: Path | None = None, progress: bool = True) -> Result:
         rows = []
@@ -116,6 +117,7 @@ class MLRConstruction(Figure):
     Config = MLRConfig
     presets = {"quick": MLRConfig(), "cpu": MLRConfig(n_prompts=1024),
                "paper": MLRConfig(dim=20, n_points=41, n_prompts=1024, seeds=(0, 1, 2))}
+    demo = dict(n_prompts=256)  # the quick preset's
 
     def compute(self, cfg: MLRConfig, out: Path | None = None, progress: bool = True) -> Result:
         rows, knobs = [], []

@@ -4,6 +4,8 @@ A figure is a ``Figure`` subclass instance:
 
 - ``name``: what ``icmix reproduce NAME`` calls it (``mtd-fig3``);
 - ``Config``: its frozen config dataclass; ``presets``: ``{"quick", "cpu", "paper"}`` -> ``Config``;
+- ``demo``: the fields (evaluation sizes only) that the ``demo`` preset changes in the ``cpu``
+  preset: the same training runs (taken from the model zoo by ``make demo``), evaluated smaller;
 - ``runs(cfg) -> {key: TrainConfig}``: the training runs it needs (none by default), trained
   (or reused) under ``OUT/runs`` before it computes;
 - ``compute(cfg, out, progress) -> Result``: every number (the main table, extra tables, and
@@ -21,6 +23,7 @@ with ``register_figure(MyFigure())`` or ``register_figure("my-fig", "mypackage.f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from abc import ABC, abstractmethod
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PRESET_NAMES = ("quick", "cpu", "paper")
+DEMO = "demo"  # the cpu preset's training runs, evaluated at smaller sizes (``Figure.demo``)
 
 
 @dataclass
@@ -50,6 +54,16 @@ class Figure(ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     presets: ClassVar[dict[str, Any]]
+    demo: ClassVar[dict[str, Any]] = {}
+
+    def preset(self, name: str):
+        """The config of preset ``name``: one of ``presets``, or ``demo`` (the ``cpu`` preset with
+        the fields of ``demo`` replaced; a test checks that it trains the ``cpu`` preset's runs)."""
+        if name == DEMO:
+            return dataclasses.replace(self.presets["cpu"], **self.demo)
+        if name not in self.presets:
+            raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {name!r}")
+        return self.presets[name]
 
     def runs(self, cfg) -> dict:
         """``{key: TrainConfig}``: the training runs this figure needs (none by default)."""

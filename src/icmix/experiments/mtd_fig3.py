@@ -181,6 +181,8 @@ def report(table: pd.DataFrame) -> str:
 
 class Fig3(Figure):
     name, Config, presets = NAME, Config, PRESETS
+    demo = dict(lengths=(8, 16, 32, 64, 128), n_sequences=300, n_tune=150, gibbs_samples=200, gibbs_burn_in=50,
+                seeds=(0, 1))  # the quick preset's sizes
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         return Result(compute(cfg, progress=progress))

@@ -298,6 +298,7 @@ def report(kl: pd.DataFrame, agree: pd.DataFrame, cfg: Config) -> str:
 
 class Fig4(TrainedFigure):
     name, Config, presets = NAME, Config, PRESETS
+    demo = dict(n_sequences=300, n_tune=150, ablation_steps=0)  # the ablation fine-tunes: not in the demo
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         kl, agree = compute(cfg, out, progress)

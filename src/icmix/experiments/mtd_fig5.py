@@ -297,6 +297,7 @@ def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
 
 class Fig5(TrainedFigure):
     name, Config, presets = NAME, Config, PRESETS
+    demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         tables = compute(cfg, out, progress)

@@ -214,6 +214,7 @@ class Fig6(TrainedFigure):
     """KL against length at each order."""
 
     name, Config, presets = "mtd-fig6", Config, PRESETS
+    demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         return Result(compute_kl(cfg, out, progress))
@@ -229,6 +230,7 @@ class Fig8(TrainedFigure):
     """Attention maps and their agreement with the construction at each order."""
 
     name, Config, presets = "mtd-fig8", Config, PRESETS
+    demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         agree, maps = compute_attention(cfg, out, progress)

@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from icmix.experiments.figure import PRESET_NAMES, figure_names, get_figure
+from icmix.experiments.figure import DEMO, PRESET_NAMES, figure_names, get_figure
 from icmix.io import atomic_write, output_folder, staged
 
 REPORT_MODULES = ("experiments/report.py", "experiments/claims.py", "cli.py")
@@ -43,13 +43,13 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     ``FIGURE.key=value`` to that figure only."""
     from icmix.experiments.common import apply_overrides
 
-    if preset not in PRESET_NAMES:
-        raise ValueError(f"preset must be one of {PRESET_NAMES}, got {preset!r}")
+    if preset not in (*PRESET_NAMES, DEMO):
+        raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {preset!r}")
     names = list(figures or figure_names())
     unknown = [n for n in names if n not in figure_names()]
     if unknown:
         raise ValueError(f"unknown figures {unknown}; known: {', '.join(figure_names())}")
-    configs = {name: get_figure(name).presets[preset] for name in names}
+    configs = {name: get_figure(name).preset(preset) for name in names}
     if seeds is not None:
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}")

@@ -59,7 +59,7 @@ def preset_runs(preset: str, only: list[str] | None = None) -> dict[str, tuple]:
     runs: dict[str, tuple] = {}
     for name in only or figure_names():
         fig = get_figure(name)
-        for tc in fig.runs(fig.presets[preset]).values():
+        for tc in fig.runs(fig.preset(preset)).values():
             runs.setdefault(run_name(tc), (tc, []))[1].append(name)
     return runs
 
