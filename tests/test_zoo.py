@@ -14,8 +14,8 @@
 """
 
 import json
+import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +93,8 @@ def test_verify_reports_a_tampered_weight_file(tiny_zoo, tmp_path):
     save_file(tensors, weights)
     assert any("SHA-256 mismatch" in p for p in entry.problems())
     record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
-    assert record["status"] == "fail" and not record["identical"]
-    assert abs(record["max_weight_difference"] - 1e-3) < 1e-6
+    assert record["status"] == "fail" and "SHA-256 mismatch" in record["reason"]
+    assert record["retrain_seconds"] == 0.0 and not (tmp_path / "work").exists()  # refused at once
     # The SHA-256 forged to match: retraining still finds the altered weights.
     prov = entry.provenance
     prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
@@ -102,6 +102,7 @@ def test_verify_reports_a_tampered_weight_file(tiny_zoo, tmp_path):
     assert zoo.lookup(entry.name, root).problems() == []
     record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
     assert record["status"] == "fail" and "weights differ" in record["reason"]
+    assert abs(record["max_weight_difference"] - 1e-3) < 1e-6
     assert main(["zoo", "verify", entry.name[:25], "--root", str(root), "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 1
     saved = json.loads((tmp_path / "out" / "zoo-verify" / f"{entry.name}.json").read_text())
@@ -136,13 +137,14 @@ def test_place_fills_missing_runs_and_never_uses_a_stale_entry(tiny_zoo, tmp_pat
 
 
 def test_the_shipped_zoo_is_sound_and_within_its_caps():
-    found = zoo.entries()
+    found = zoo.entries(zoo.ZOO_ROOT)
+    assert found  # the zoo ships runs (a missing package-data rule would empty it)
     cpu_runs = zoo.preset_runs("cpu")
     for name, entry in found.items():
         assert entry.preset == "cpu" and name in cpu_runs, name
         assert entry.problems() == [], (name, entry.problems())
         assert entry.provenance["steps"] == cpu_runs[name][0].steps
-    total, files = zoo.sizes()
+    total, files = zoo.sizes(zoo.ZOO_ROOT)
     assert total <= zoo.SIZE_CAP and all(size <= zoo.FILE_CAP for _, size in files)
 
 
@@ -181,6 +183,11 @@ def test_convergence_is_the_tail_improvement_of_the_excess(tmp_path):
     assert not Convergence("m", 1.0, 80, 100, 1.10, 1.094).converged  # 6 %
     assert Convergence("m", 1.0, 80, 100, 1.10, 1.2).converged  # got worse: not improving
     assert (TAIL, TOLERANCE) == (0.2, 0.05)
+    write_metrics(tmp_path / "cut", tc, [3.0, 2.0])  # steps 20, 40 ... relabelled below as an interrupted run
+    rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "cut" / "metrics.jsonl").write_text(rows[0].replace('"step": 20', '"step": 10') + "\n")
+    with pytest.raises(ValueError, match="has not finished: its last eval_kl is at step 10 of 40"):
+        run_convergence(tmp_path / "cut")
 
 
 def test_the_optimum_is_below_every_predictor_on_the_eval_batch():
@@ -276,6 +283,12 @@ def test_zoo_build_trains_what_the_zoo_lacks_in_parallel(tmp_path, capsys):
         assert {e.provenance["figures"][0] for e in found.values()} == {"tiny-zoo-fig"}
         assert all(e.provenance["command"].startswith("icmix ") for e in found.values())
         assert main(args) == 0 and "0 new entries" in capsys.readouterr().out
+        damaged = next(iter(found.values()))
+        (damaged.path / "model" / "model.safetensors").write_bytes(b"garbage")
+        assert main(args) == 0  # the CLI prints warnings as one line each
+        printed = capsys.readouterr()
+        assert re.search(r"icmix: warning: zoo run \S+ is stale .*SHA-256 mismatch.*training it again", printed.err)
+        assert "1 new entry" in printed.out and zoo.lookup(damaged.name, tmp_path / "root").problems() == []
     finally:
         registry._FIGURES.pop("tiny-zoo-fig")
 
@@ -291,3 +304,52 @@ def test_the_demo_preset_trains_exactly_the_cpu_runs():
         assert {run_name(tc) for tc in demo.values()} == {run_name(tc) for tc in cpu.values()}, name
     assert configs_for("demo")["mtd-fig4"].ablation_steps == 0 and configs_for("cpu")["mtd-fig4"].ablation_steps > 0
     assert set(zoo.preset_runs("demo")) == set(zoo.preset_runs("cpu"))
+
+
+def test_a_damaged_entry_is_stale_and_the_others_still_work(tiny_zoo, tmp_path):
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    broken = root / "cpu" / "broken-run"
+    broken.mkdir()
+    (broken / zoo.PROVENANCE).write_text("{not json")
+    (root / "cpu" / f".{entry.name}.tmp-x").mkdir()  # an entry being written: not an entry
+    (root / "cpu" / f".{entry.name}.tmp-x" / zoo.PROVENANCE).write_text("{}")
+    found = zoo.entries(root)
+    assert sorted(found) == sorted(["broken-run", entry.name])
+    assert "cannot be read" in found["broken-run"].problems()[0] and found[entry.name].problems() == []
+    record = zoo.verify("broken-run", tmp_path / "work", root, progress=False)
+    assert record["status"] == "fail" and record["retrain_seconds"] == 0.0  # refused without retraining
+    (entry.path / "config.yaml").write_text("task: [unclosed")
+    assert any("no longer a valid config" in p or "SHA-256" in p for p in zoo.lookup(entry.name, root).problems())
+
+
+def test_verify_elsewhere_passes_within_the_metric_tolerance(tiny_zoo, tmp_path, monkeypatch):
+    """On another CPU (simulated: the shipped weights nudged, the provenance naming another
+    CPU), bits may differ: verify reports the weight difference and judges the final metric."""
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    prov = entry.provenance
+    prov["cpu"] = "Another CPU"
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "pass" and record["identical"]  # identical bits pass anywhere
+    from safetensors.torch import load_file, save_file
+
+    weights = entry.path / "model" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors = {k: v + 1e-7 * torch.ones_like(v) for k, v in tensors.items()}
+    save_file(tensors, weights)
+    prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
+    assert record["status"] == "pass" and not record["identical"] and "another CPU" in record["reason"]
+    assert 0 < record["max_weight_difference"] < 1e-6
+    # The shipped metric off by 10 %: beyond the 2 % tolerance.
+    rows = (entry.path / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(rows[-1])
+    last["eval_kl"] *= 1.1
+    (entry.path / "metrics.jsonl").write_text("\n".join(rows[:-1] + [json.dumps(last)]) + "\n")
+    prov["sha256"]["metrics.jsonl"] = zoo.sha256(entry.path / "metrics.jsonl")
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    record = zoo.verify(entry.name, tmp_path / "work3", root, progress=False)
+    assert record["status"] == "fail" and "tolerance 2%" in record["reason"]
+    with pytest.raises(ValueError, match="exists"):
+        zoo.verify(entry.name, tmp_path / "work3", root, progress=False)  # never trains over a folder

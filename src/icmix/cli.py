@@ -338,23 +338,30 @@ def _zoo_verify(args) -> int:
     import json
 
     from icmix import zoo
-    from icmix.io import atomic_write, check_writable
+    from icmix.io import atomic_write, output_folder
 
     root = Path(args.root) if args.root else None
     entry = zoo.lookup(args.run, root)  # an unknown run is refused before any work
-    if args.out:
-        check_writable(args.out)
     work = Path(args.work) if args.work else None
+    if work is not None and (work / entry.name).exists():
+        raise ValueError(f"{work / entry.name} exists: verify retrains from scratch into a new folder")
+    import contextlib
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="icmix-zoo-verify-") as tmp:
+    with (output_folder(args.out) if args.out else contextlib.nullcontext()), \
+            tempfile.TemporaryDirectory(prefix="icmix-zoo-verify-") as tmp:
         record = zoo.verify(entry.name, work or Path(tmp), root, progress=not args.no_progress)
-    print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); retrained in {record['retrain_seconds']:.0f} s "
-          f"with {record['here']['threads']} thread(s); final {record['metric']} shipped {record['metric_shipped']:.6g}, "
-          f"retrained {record['metric_retrained']:.6g}; max weight difference {record['max_weight_difference']:.3g}")
+        if args.out:
+            path = Path(args.out) / "zoo-verify" / f"{record['run']}.json"
+            atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+    if record["integrity"]:
+        print(f"{record['run']}: FAIL, not retrained: {record['reason']}")
+    else:
+        print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); retrained in "
+              f"{record['retrain_seconds']:.0f} s with {record['here']['threads']} thread(s); final {record['metric']} "
+              f"shipped {record['metric_shipped']:.6g}, retrained {record['metric_retrained']:.6g}; "
+              f"max weight difference {record['max_weight_difference']:.3g}")
     if args.out:
-        path = Path(args.out) / "zoo-verify" / f"{record['run']}.json"
-        atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
         print(f"record: {path}")
     return 0 if record["status"] == "pass" else 1
 
@@ -390,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
     p.add_argument("--preset", choices=("quick", "cpu", "paper", "demo"), default="quick",
                    help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure (its runs ship "
-                        "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo)")
+                        "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo-zoo)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")

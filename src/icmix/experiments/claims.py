@@ -401,6 +401,7 @@ def evaluate(out: Path, configs: dict, available: set[str]) -> list[Claim]:
             c = Claim(paper, text, test, figures)
         if missing:
             c.note = "figure not available: " + ", ".join(sorted(set(missing)))
+            c.converged = "?" if fn.trained else "–"
             claims.append(c)
             continue
         try:

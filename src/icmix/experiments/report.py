@@ -339,6 +339,9 @@ def verifications(out: Path) -> list[dict]:
 def _verification_lines(out: Path) -> list[str]:
     lines = []
     for r in verifications(out):
+        if r.get("integrity"):
+            lines.append(f"**FAIL** `{r['run']}` not retrained: {r['reason']}.")
+            continue
         lines.append(f"**{r['status'].upper()}** `{r['run']}` retrained from scratch in {r['retrain_seconds']:.0f} s "
                      f"({r['here']['cpu']}, {r['here']['threads']} thread(s), torch {r['here']['torch']}): {r['reason']}. "
                      f"Final {r['metric']}: shipped {r['metric_shipped']:.6g}, retrained {r['metric_retrained']:.6g}; "

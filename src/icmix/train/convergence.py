@@ -78,8 +78,9 @@ def _optimum(cfg) -> float:
 def run_convergence(run: str | Path, tail: float = TAIL, tolerance: float = TOLERANCE) -> Convergence:
     """The ``Convergence`` of the finished run directory ``run``.
 
-    Raises ``ValueError`` if the run has no config, no metrics, or no evaluation at or before
-    ``(1 - tail)`` of its steps."""
+    Raises ``ValueError`` if the run has no config, no metrics, has not finished (its last
+    evaluation is not at its last step: an interrupted run is not judged), or has no evaluation
+    at or before ``(1 - tail)`` of its steps."""
     from icmix.train import TrainConfig
 
     run = Path(run)
@@ -89,9 +90,12 @@ def run_convergence(run: str | Path, tail: float = TAIL, tolerance: float = TOLE
     metric = progress_metric(cfg)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if metric in r]
+    if not rows or rows[-1]["step"] != cfg.steps:
+        done = rows[-1]["step"] if rows else 0
+        raise ValueError(f"{run} has not finished: its last {metric} is at step {done} of {cfg.steps}")
     cut = (1 - tail) * cfg.steps
     before = [r for r in rows if r["step"] <= cut]
-    if not before or not rows:
+    if not before:
         raise ValueError(f"{run}: no {metric} at or before step {cut:.0f}")
     start, final = before[-1], rows[-1]
     return Convergence(metric, _optimum(cfg), int(start["step"]), int(final["step"]), float(start[metric]),

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,9 @@ def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threa
 
     torch.set_num_threads(threads)
     run = Path(work) / name
+    resumed = (run / "config.yaml").exists()
     start = time.time()
-    train(tc, run, resume=(run / "config.yaml").exists(), progress=False)
+    train(tc, run, resume=resumed, progress=False)
     wall = time.time() - start
     prov = {
         "run": name, "figures": figures, "steps": tc.steps,
@@ -134,8 +136,8 @@ def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threa
         "git_commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "wall_seconds": round(wall, 1),
         "trained": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        # wall time of this process only; a resumed run's earlier part is in its progress.jsonl
-        "resumed": (run / "history.jsonl").exists(),
+        # wall time of this call only: a resumed run's earlier part is in its progress.jsonl
+        "resumed": resumed,
     }
     return export(run, dest, prov)
 
@@ -152,7 +154,14 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
         if unknown:
             raise ValueError(f"not a run of the {preset} preset: {', '.join(unknown)}")
         runs = {n: runs[n] for n in names}
-    todo = {n: v for n, v in runs.items() if not (zoo_dir(preset, root) / n / PROVENANCE).exists()}
+    found = entries(root)
+    todo = {}
+    for n, v in runs.items():
+        if n in found and found[n].problems():
+            warnings.warn(f"zoo run {n} is stale ({'; '.join(found[n].problems())}): training it again")
+        elif n in found:
+            continue
+        todo[n] = v
     command = shlex.join(["icmix", *sys.argv[1:]])
     args = [(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads, command)
             for name, (tc, figures) in todo.items()]
@@ -196,6 +205,8 @@ class Entry:
         from icmix.experiments.common import run_name
         from icmix.train import TrainConfig
 
+        if "unreadable" in self.provenance:
+            return [self.provenance["unreadable"]]
         out = []
         recorded = self.provenance.get("sha256", {})
         for rel in FILES:
@@ -209,7 +220,7 @@ class Entry:
         if (self.path / "config.yaml").exists():
             try:
                 now = run_name(TrainConfig.from_yaml(self.path / "config.yaml"))
-            except (ValueError, TypeError) as err:
+            except (ValueError, TypeError, KeyError) as err:
                 out.append(f"its config.yaml is no longer a valid config: {err}")
             else:
                 if now != self.name:
@@ -222,7 +233,13 @@ def entries(root: Path | None = None) -> dict[str, Entry]:
     found = {}
     for prov in sorted(Path(root or default_root()).glob(f"*/*/{PROVENANCE}")):
         entry = prov.parent
-        found[entry.name] = Entry(entry.name, entry, entry.parent.name, json.loads(prov.read_text()))
+        if entry.name.startswith("."):  # an entry being written (staged_directory)
+            continue
+        try:
+            record = json.loads(prov.read_text())
+        except (ValueError, OSError) as err:  # reported by problems(), never fatal to the others
+            record = {"unreadable": f"{prov} cannot be read: {err}"}
+        found[entry.name] = Entry(entry.name, entry, entry.parent.name, record)
     return found
 
 
@@ -296,11 +313,11 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     """Retrain the zoo run ``name`` from scratch under ``work`` (with its recorded number of
     threads) and compare it with the shipped entry.
 
-    ``status`` is ``pass`` when the weights are bit-identical, or, where the CPU, torch build
-    or threads differ from the provenance (so bits may not match), when the final eval metric
-    is within ``METRIC_TOLERANCE`` (relative); ``fail`` otherwise, and always when a shipped
-    file fails its SHA-256 or the config is now named differently.  The record also holds the
-    largest weight difference and both metrics."""
+    ``status`` is ``pass`` when the weights are bit-identical, or, where the CPU or torch build
+    differ from the provenance (so bits may not match), when the final eval metric is within
+    ``METRIC_TOLERANCE`` (relative); ``fail`` otherwise, and at once (no retraining) when a
+    shipped file fails its SHA-256 or the config is now named differently.  The record also
+    holds the largest weight difference and both metrics.  ``work/NAME`` must not exist."""
     import torch
     from safetensors.torch import load_file
 
@@ -309,10 +326,17 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     entry = lookup(name, root)
     prov = entry.provenance
     integrity = entry.problems()
+    if integrity:  # no retraining can make a damaged or stale entry sound
+        return {"run": entry.name, "status": "fail", "reason": "; ".join(integrity), "identical": False,
+                "max_weight_difference": float("nan"), "metric": "", "metric_shipped": float("nan"),
+                "metric_retrained": float("nan"), "metric_relative_difference": float("nan"),
+                "integrity": integrity, "retrain_seconds": 0.0, "steps": prov.get("steps"),
+                "here": {"cpu": cpu_model(), "torch": torch.__version__, "threads": prov.get("threads")},
+                "shipped": {k: prov.get(k) for k in ("cpu", "torch", "threads", "git_commit", "wall_seconds")}}
     cfg = TrainConfig.from_yaml(entry.path / "config.yaml")
     run = Path(work) / entry.name
     if run.exists():
-        shutil.rmtree(run)
+        raise ValueError(f"{run} exists: verify retrains from scratch into a new folder (choose another --work)")
     threads = int(prov.get("threads", 1))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -334,10 +358,8 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     metric_shipped = _final_metric(entry.path, metric[0])
     rel = abs(metric[1] - metric_shipped[1]) / max(abs(metric_shipped[1]), 1e-12)
     here = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads}
-    same_env = all(prov.get(k) == v for k, v in here.items())
-    if integrity:
-        status, why = "fail", "; ".join(integrity)
-    elif identical:
+    same_env = prov.get("cpu") == here["cpu"] and prov.get("torch") == here["torch"]
+    if identical:
         status, why = "pass", "bit-identical weights"
     elif same_env:
         status, why = "fail", ("same CPU, torch build and threads, but the weights differ: the training code now "
