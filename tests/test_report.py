@@ -260,7 +260,11 @@ def test_runs_come_from_the_zoo_and_the_report_says_so(report_dir, tmp_path, mon
     manifest = json.loads((report_dir / "manifest.json").read_text())
     assert manifest["zoo"] == {"used": True, "stale": {}}
     assert set(manifest["figures"]["mlr-fig2"]["runs"].values()) == {"trained"}
-    runs = [report_dir / p for p in manifest["training_runs"]]
+    from icmix.experiments.common import run_name
+
+    fig2 = configs_for("quick", TINY, 2, FIGURES)["mlr-fig2"]  # (other tests re-run report_dir with other runs)
+    runs = [report_dir / "runs" / run_name(tc) for tc in get_figure("mlr-fig2").runs(fig2).values()]
+    assert len(runs) == 2 and all((r / "model" / "model.safetensors").exists() for r in runs)
     for run in runs:
         zoo.export(run, tmp_path / "zoo" / "quick" / run.name, {"run": run.name, "steps": 20, "threads": 1})
     monkeypatch.setenv("ICMIX_ZOO", str(tmp_path / "zoo"))
@@ -272,21 +276,21 @@ def test_runs_come_from_the_zoo_and_the_report_says_so(report_dir, tmp_path, mon
         assert not (out / "runs" / run.name / "checkpoints").exists()  # not trained here
         assert (out / "runs" / run.name / "model" / "model.safetensors").read_bytes() == (
             run / "model" / "model.safetensors").read_bytes()
-    assert pd.read_csv(out / "claims.csv").equals(pd.read_csv(report_dir / "claims.csv"))
+    assert pd.read_csv(out / "mlr-fig2.csv").equals(pd.read_csv(report_dir / "mlr-fig2.csv"))  # same models, same table
     md = (out / "report.md").read_text()
     assert "training runs: 2 from the model zoo, 0 trained here" in md
     assert f"{len(runs)} training runs: {len(runs)} taken from the model zoo" in md and "## Training runs" in md
     assert "improved by less than 5%" in md
-    fig2 = [o for o in TINY if o.startswith(("mlr-fig2.", "dim="))]
+    only_fig2 = [o for o in TINY if o.startswith(("mlr-fig2.", "dim="))]
     trained = tmp_path / "no-zoo"
-    reproduce_all("quick", trained, fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False, zoo=False)
+    reproduce_all("quick", trained, only_fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False, zoo=False)
     assert set(json.loads((trained / "manifest.json").read_text())["figures"]["mlr-fig2"]["runs"].values()) == {"trained"}
     # A stale entry (an altered weight file) is reported and trained instead, never used.
     weights = tmp_path / "zoo" / "quick" / runs[0].name / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     stale_out = tmp_path / "stale"
     with pytest.warns(UserWarning, match="stale and was not used"):
-        reproduce_all("quick", stale_out, fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False)
+        reproduce_all("quick", stale_out, only_fig2, seeds=2, jobs=1, figures=["mlr-fig2"], progress=False)
     m = json.loads((stale_out / "manifest.json").read_text())
     assert m["figures"]["mlr-fig2"]["runs"][runs[0].name] == "trained" and runs[0].name in m["zoo"]["stale"]
     assert "Stale zoo entry not used" in (stale_out / "report.md").read_text()
