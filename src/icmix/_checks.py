@@ -48,6 +48,29 @@ def as_transition(transition, dtype: torch.dtype | None = None) -> Tensor:
     return pi
 
 
+def as_transitions(transition, order: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate the transition matrices of an MTD model: one shared ``(Q, Q)`` matrix (MTD), or
+    one per lag, ``(M, Q, Q)`` with lag g in ``transition[g - 1]`` (MTDg, SPEC §3).
+
+    Each matrix is checked as ``as_transition`` checks one; a stack whose first axis is not
+    the order M raises ``ValueError``.
+    """
+    pi = transition if isinstance(transition, Tensor) else torch.as_tensor(np.asarray(transition))
+    if pi.ndim != 3:
+        return as_transition(pi, dtype)
+    if pi.shape[0] != order:
+        raise ValueError(
+            f"one transition matrix per lag needs {order} matrices for order {order}, got {pi.shape[0]} "
+            f"(shape {tuple(pi.shape)}); give (Q, Q) for one matrix shared by every lag")
+    out = []
+    for g in range(order):
+        try:
+            out.append(as_transition(pi[g], dtype))
+        except ValueError as err:
+            raise ValueError(f"transition[{g}] (lag {g + 1}): {err}") from None
+    return torch.stack(out)
+
+
 def check_order(order: int, length: int | None = None) -> int:
     """Validate the MTD order ``m`` (number of lags), and ``m < length`` if a length is given."""
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)):

@@ -42,7 +42,7 @@ def _load_array(path: str, what: str) -> np.ndarray:
 def _estimate(args) -> int:
     import pandas as pd
 
-    from icmix._checks import as_tokens, as_transition, check_nonnegative, check_positive, check_positive_int
+    from icmix._checks import as_tokens, as_transitions, check_nonnegative, check_positive, check_positive_int
     from icmix.estimators import mtd as est
     from icmix.estimators.mtd.bayes import MAX_STATES, MAX_WORK
     from icmix.families.mtd import LAG_ESTIMATORS, LagOptions
@@ -53,8 +53,9 @@ def _estimate(args) -> int:
         tokens = tokens[None, :]
     pi = _load_array(args.transition, "transition")
     # Every argument is checked before any estimator runs, so a refusal costs no work.
-    pi = as_transition(pi)
-    tokens_t = as_tokens(tokens, pi.shape[0], args.order)
+    check_positive_int("--order", args.order)
+    pi = as_transitions(pi, args.order)
+    tokens_t = as_tokens(tokens, pi.shape[-1], args.order)
     n_transitions = tokens_t.shape[-1] - args.order
     if args.eta is not None and args.beta is not None:
         raise ValueError("give --eta or --beta, not both")
@@ -375,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="estimate MTD lag weights of your own token sequences")
     p.add_argument("tokens", help="token file: .npy (B, T) or (T,), or .csv with one sequence per row")
-    p.add_argument("--transition", required=True, help="transition matrix (Q, Q): .npy or .csv")
+    p.add_argument("--transition", required=True,
+                   help="transition matrix (Q, Q) shared by every lag (.npy or .csv), or one per lag, "
+                        "(M, Q, Q) in an .npy (MTDg; lag g is transition[g-1])")
     p.add_argument("--order", type=int, required=True, help="number of lags M")
     p.add_argument("--estimator", nargs="+", choices=list(LAG_ESTIMATORS), default=list(LAG_ESTIMATORS),
                    help="; ".join(f"{name}: {what}" for name, (what, _) in LAG_ESTIMATORS.items()) + " (default: all)")

@@ -1,4 +1,5 @@
-"""The MTD task family (SPEC §1): mixture-of-transition-distributions sequences.
+"""The MTD task families: mixture-of-transition-distributions sequences with one transition
+matrix shared by every lag (``mtd``, SPEC §1) or one per lag (``mtdg``, SPEC §3).
 
 It owns the ``task:`` spec (``MTDSpec``), the next-token training objective, the standard
 predictors of the lag weights (Figure 3's line-up) and the lag estimators ``icmix estimate``
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ MD1, MD_SHARED = md_key(1), md_key(1, "shared")
 class MTDSpec:
     """An MTD task (SPEC §1) and the sequence length trained on."""
 
+    KIND: ClassVar[str] = "mtd"
     kind: str = "mtd"
     vocab_size: int = 10
     order: int = 3
@@ -49,8 +51,8 @@ class MTDSpec:
     length: int = 64
 
     def __post_init__(self):
-        if self.kind != "mtd":
-            raise ValueError(f"task.kind must be 'mtd' here, got {self.kind!r}")
+        if self.kind != self.KIND:
+            raise ValueError(f"task.kind must be {self.KIND!r} here, got {self.kind!r}")
         check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
         check_positive_int("task.length", self.length)
         check_order(self.order, self.length)
@@ -59,6 +61,14 @@ class MTDSpec:
     def model_fields(self) -> dict:
         """The model config fields the task sets."""
         return {"vocab_size": self.vocab_size, "max_length": self.length}
+
+
+@dataclass(frozen=True)
+class MTDgSpec(MTDSpec):
+    """An MTDg task (SPEC §3): one transition matrix per lag, each drawn from the seed."""
+
+    KIND: ClassVar[str] = "mtdg"
+    kind: str = "mtdg"
 
 
 class MTDObjective(NextTokenObjective):
@@ -235,4 +245,19 @@ class MTDFamily(SequenceFamily):
         return preds
 
 
+class MTDgFamily(MTDFamily):
+    """MTDg (SPEC §3): like ``mtd`` but lag g has its own matrix ``pi_g``.  Every lag estimator
+    takes the ``(M, Q, Q)`` stack, so the predictors are MTD's."""
+
+    kind = "mtdg"
+    spec = MTDgSpec
+
+    def build(self, spec: MTDgSpec) -> MTDTask:
+        return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, per_lag=True)
+
+    def run_name(self, cfg: TrainConfig) -> str:
+        return f"mtdg-m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
+
+
 register_family(MTDFamily())
+register_family(MTDgFamily())

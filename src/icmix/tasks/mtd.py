@@ -5,16 +5,21 @@ knowledge).  Each sequence draws its own lag weights ``lam ~ Dirichlet(alpha 1_M
 (in-context knowledge).  The first ``M`` tokens are uniform; afterwards
 ``Z_t ~ Categorical(lam)`` and ``y_t ~ pi[y_{t - Z_t}, :]``.
 
+MTDg (SPEC §3, Raftery's general form) gives each lag its own matrix: ``transition (M, Q, Q)``
+and ``y_t ~ pi_{Z_t}[y_{t - Z_t}, :]`` with ``pi_g = transition[g - 1]``.
+
 Shapes: B batch, T length, Q vocabulary, M lags (order).  Lag ``g = 1..M`` is column
 ``g - 1`` of every ``lam``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from icmix._checks import as_transition, check_memory, check_order, check_positive, check_positive_int
+from icmix._checks import as_transitions, check_memory, check_order, check_positive, check_positive_int
 from icmix.random import categorical, dirichlet, make_generator
 
 
@@ -26,7 +31,9 @@ class MTDTask:
         order: M, the number of lags.
         alpha: Dirichlet concentration of the lag-weight prior (``alpha = 1``: uniform).
         seed: seeds the transition matrix (rows ~ Dirichlet(1)) when none is given.
-        transition: optional user matrix ``(Q, Q)``; validated (row-stochastic, non-negative).
+        transition: optional user matrix ``(Q, Q)``, or ``(M, Q, Q)`` with one per lag;
+            validated (row-stochastic, non-negative).
+        per_lag: draw one matrix per lag from the seed (MTDg) instead of one shared matrix.
 
     Example:
         >>> task = MTDTask(vocab_size=10, order=3, seed=0)
@@ -35,24 +42,33 @@ class MTDTask:
         (torch.Size([4, 64]), torch.Size([4, 3]))
     """
 
-    def __init__(self, vocab_size: int, order: int, alpha: float = 1.0, seed: int = 0, transition=None):
+    def __init__(self, vocab_size: int, order: int, alpha: float = 1.0, seed: int = 0, transition=None,
+                 per_lag: bool = False):
         self.vocab_size = check_positive_int("vocab_size", vocab_size, minimum=2)
         self.order = check_order(order)
         self.alpha = check_positive("alpha", alpha)
         self.seed = int(seed)
         if transition is None:
-            check_memory(f"an MTD task with vocab_size {vocab_size:,}", 3 * 8 * vocab_size**2,
-                         "its transition matrix is vocab_size x vocab_size float64")
-            g = make_generator(seed)
-            ones = torch.ones(vocab_size, vocab_size, dtype=torch.float64)
-            transition = dirichlet(ones, g)
-        pi = as_transition(transition, dtype=torch.float64)
-        if pi.shape[0] != self.vocab_size:
+            shape = (self.order, vocab_size, vocab_size) if per_lag else (vocab_size, vocab_size)
+            check_memory(f"an MTD task with vocab_size {vocab_size:,}", 3 * 8 * math.prod(shape),
+                         f"its transition {'matrices are' if per_lag else 'matrix is'} {shape} float64")
+            transition = dirichlet(torch.ones(shape, dtype=torch.float64), make_generator(seed))
+        pi = as_transitions(transition, self.order, dtype=torch.float64)
+        if pi.shape[-1] != self.vocab_size:
             raise ValueError(f"transition matrix is {tuple(pi.shape)} but vocab_size is {vocab_size}")
-        self.transition = pi  # (Q, Q)
+        if per_lag and pi.ndim != 3:
+            raise ValueError(f"per_lag needs one transition matrix per lag, shape ({self.order}, Q, Q); "
+                             f"got {tuple(pi.shape)}")
+        self.transition = pi  # (Q, Q), or (M, Q, Q) with one matrix per lag
+
+    @property
+    def per_lag(self) -> bool:
+        """True for MTDg: one transition matrix per lag."""
+        return self.transition.ndim == 3
 
     def __repr__(self) -> str:
-        return f"MTDTask(vocab_size={self.vocab_size}, order={self.order}, alpha={self.alpha}, seed={self.seed})"
+        kind = ", per_lag=True" if self.per_lag else ""
+        return f"MTDTask(vocab_size={self.vocab_size}, order={self.order}, alpha={self.alpha}, seed={self.seed}{kind})"
 
     def sample_lambda(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """Lag weights ``(B, M)`` from the Dirichlet(alpha) prior."""
@@ -95,7 +111,7 @@ class MTDTask:
         rows = torch.arange(batch_size, device=dev)
         for t in range(m, length):
             source = tokens[rows, t - z[:, t - m]]  # (B,)
-            tokens[:, t] = categorical(pi[source], g)
+            tokens[:, t] = categorical(pi[z[:, t - m] - 1, source] if pi.ndim == 3 else pi[source], g)
         return tokens, lam
 
     def loss_mask(self, length: int, positions: str) -> Tensor:

@@ -126,7 +126,7 @@ def bayes_exact(
     """Exact posterior mean of the lag weights under a Dirichlet(alpha) prior.
 
     Args:
-        tokens: int ``(B, T)``; transition ``(Q, Q)``; order M.
+        tokens: int ``(B, T)``; transition ``(Q, Q)`` or ``(M, Q, Q)`` (one per lag); order M.
         alpha: Dirichlet concentration (> 0).
         lengths: ``None`` -> ``(B, M)`` from the full sequence; a list or ``"all"`` ->
             ``(B, P, M)``, one per prefix.  One DP pass serves every prefix.

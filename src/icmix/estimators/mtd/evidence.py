@@ -1,7 +1,9 @@
-"""The per-transition lag evidence ``c[b, t, g-1] = pi[y_{t-g}, y_t]`` shared by every MTD estimator.
+"""The per-transition lag evidence ``c[b, t, g-1] = pi_g[y_{t-g}, y_t]`` shared by every MTD estimator.
 
 All MTD estimators of the lag weights see a sequence only through ``c`` (SPEC §1): the
-log-likelihood is ``l(lam) = sum_t log(sum_g lam_g c_tg)``.  ``LagEvidence`` holds ``c``
+log-likelihood is ``l(lam) = sum_t log(sum_g lam_g c_tg)``.  With one transition matrix
+shared by every lag (MTD) ``pi_g = pi``; with one per lag (MTDg, SPEC §3) ``pi_g =
+transition[g - 1]``.  Only ``c`` changes between the two, so every estimator serves both.  ``LagEvidence`` holds ``c``
 for a batch together with the prefix lengths to estimate at, so that every estimator is
 vectorised over the batch *and* over prefixes with one code path.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from icmix._checks import as_lengths, as_tokens, as_transition
+from icmix._checks import as_lengths, as_tokens, as_transitions
 
 # Elements per temporary (B, P, N) block when prefixes are expanded; bounds memory.
 _CHUNK_ELEMENTS = 1 << 24
@@ -105,18 +107,21 @@ def lag_evidence(tokens, transition, order: int, lengths: Sequence[int] | str | 
 
     Args:
         tokens: int ``(B, T)``.
-        transition: ``(Q, Q)`` row-stochastic.
+        transition: ``(Q, Q)`` row-stochastic, shared by every lag, or ``(M, Q, Q)``, one per lag.
         order: M.
         lengths: ``None`` (the full sequence), ``"all"`` (prefixes ``M+1 .. T``) or a list.
     """
-    pi = as_transition(transition)
-    tokens = as_tokens(tokens, pi.shape[0], order)
+    pi = as_transitions(transition, order)
+    q = pi.shape[-1]
+    tokens = as_tokens(tokens, q, order)
     lens = as_lengths(lengths, tokens.shape[1], order)
     t_max = max(lens)
-    scaled = tokens[:, :t_max] * pi.shape[0]
-    flat = torch.stack([scaled[:, order - g : t_max - g] for g in range(1, order + 1)], dim=-1)  # (B, N, M)
-    flat += tokens[:, order:t_max, None]
-    c = torch.take(pi, flat)  # pi[y_{t-g}, y_t]; a flat gather is much faster than pi[i, j]
+    scaled = tokens[:, :t_max] * q
+    # Flat index of pi_g[y_{t-g}, y_t]: lag g's matrix starts at (g - 1) Q^2 in a stack.
+    first = [(g - 1) * q * q if pi.ndim == 3 else 0 for g in range(1, order + 1)]
+    flat = torch.stack([scaled[:, order - g : t_max - g] + first[g - 1] for g in range(1, order + 1)], dim=-1)
+    flat += tokens[:, order:t_max, None]  # (B, N, M)
+    c = torch.take(pi, flat)  # a flat gather is much faster than pi[i, j]
     impossible = c.sum(-1) == 0
     if impossible.any():
         c[impossible] = 1.0

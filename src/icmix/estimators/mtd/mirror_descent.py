@@ -84,7 +84,7 @@ def mirror_descent(
 
     Args:
         tokens: int ``(B, T)``.
-        transition: ``(Q, Q)`` row-stochastic ``pi``.
+        transition: ``(Q, Q)`` row-stochastic ``pi``, or ``(M, Q, Q)``, one per lag (MTDg).
         order: M.
         eta: step size, a scalar or one per prefix length.
         steps: number of MD steps (>= 1).

@@ -7,24 +7,26 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from icmix._checks import as_lengths, as_tokens, as_transition
+from icmix._checks import as_lengths, as_tokens, as_transitions
 
 
 def predictive(tokens, transition, lam, lengths: Sequence[int] | str | None = None) -> Tensor:
-    """``p(y_{L+1} = j) = sum_g lam_g pi[y_{L+1-g}, j]`` after the prefix ``tokens[:, :L]``.
+    """``p(y_{L+1} = j) = sum_g lam_g pi_g[y_{L+1-g}, j]`` after the prefix ``tokens[:, :L]``.
 
     Args:
-        tokens: int ``(B, T)``; transition ``(Q, Q)``.
+        tokens: int ``(B, T)``; transition ``(Q, Q)`` shared by every lag (``pi_g = pi``), or
+            ``(M, Q, Q)``, one per lag (``pi_g = transition[g - 1]``, MTDg).
         lam: ``(B, M)`` for the full sequence (``lengths=None``), or ``(B, P, M)`` with one
             row per prefix length in ``lengths``.
 
     Returns:
         ``(B, Q)`` or ``(B, P, Q)`` next-token distributions.
     """
-    pi = as_transition(transition)
-    lam = torch.as_tensor(lam, dtype=pi.dtype)
+    lam = torch.as_tensor(lam)
     m = lam.shape[-1]
-    tokens = as_tokens(tokens, pi.shape[0], m, predict_only=True)
+    pi = as_transitions(transition, m)
+    lam = lam.to(pi.dtype)
+    tokens = as_tokens(tokens, pi.shape[-1], m, predict_only=True)
     lens = as_lengths(lengths, tokens.shape[1], m, predict_only=True)
     lam3 = lam[:, None] if lengths is None else lam
     if lam3.ndim != 3 or lam3.shape[:2] != (tokens.shape[0], len(lens)):
@@ -33,5 +35,6 @@ def predictive(tokens, transition, lam, lengths: Sequence[int] | str | None = No
     lags = torch.arange(1, m + 1)
     idx = torch.tensor(lens)[:, None] - lags[None, :]  # (P, M) positions y_{L+1-g} (0-based L-g)
     src = tokens[:, idx]  # (B, P, M)
-    probs = torch.einsum("bpm,bpmq->bpq", lam3, pi[src])
+    rows = pi[lags - 1, src] if pi.ndim == 3 else pi[src]  # (B, P, M, Q): pi_g[y_{L+1-g}, :]
+    probs = torch.einsum("bpm,bpmq->bpq", lam3, rows)
     return probs[:, 0] if lengths is None else probs
