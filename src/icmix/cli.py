@@ -127,15 +127,20 @@ def _construct_mtd(args) -> int:
 
     from icmix import MTDTask
     from icmix._checks import check_memory, check_positive_int
-    from icmix.construct import mirror_descent_transformer
+    from icmix.construct import md_transformer
     from icmix.construct.check import mtd_differential_check
     from icmix.figures.attention import draw_attention_maps
     from icmix.io import atomic_write, check_writable
 
     if args.transition:
-        task = MTDTask(args.vocab_size, args.order, transition=_load_array(args.transition, "transition"))
+        task = MTDTask(args.vocab_size, args.order, transition=_load_array(args.transition, "transition"),
+                       per_lag=args.per_lag)
     else:
-        task = MTDTask(args.vocab_size, args.order, seed=args.seed)
+        task = MTDTask(args.vocab_size, args.order, seed=args.seed, per_lag=args.per_lag)
+    if task.per_lag and args.save:
+        raise ValueError("--save keeps the 3-layer disentangled model; the MTDg construction (--per-lag or an "
+                         "(M, Q, Q) --transition) is rebuilt from its matrices in no time: "
+                         "icmix.construct.per_lag_mirror_descent_transformer")
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     check_positive_int("--n-sequences", args.n_sequences)
     if args.check:  # attention scores, weights and outputs of 3 layers over (B, T, T), in float64
@@ -143,10 +148,12 @@ def _construct_mtd(args) -> int:
                      9 * 8 * args.n_sequences * args.max_length**2, "use fewer --n-sequences or a smaller --max-length")
     if args.check or args.save:
         check_writable(args.out)
-    model = mirror_descent_transformer(task.transition, args.order, args.beta, args.max_length, dtype=dtype)
+    model = md_transformer(task.transition, args.order, args.beta, args.max_length, dtype=dtype)
     widths = [layout.width for layout in model.layouts]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"3-layer disentangled transformer: stream widths {widths}, {n_params:,} parameters, {args.dtype}")
+    what = ("MTDg construction (ReLU MLP, 3 attention layers, gating ReLU MLP)" if task.per_lag
+            else "3-layer disentangled transformer")
+    print(f"{what}: stream widths {widths}, {n_params:,} parameters, {args.dtype}")
     out = Path(args.out)
     if args.check:
         report = mtd_differential_check(model, task, args.beta, args.n_sequences, args.max_length,
@@ -419,7 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--order", type=int, required=True)
     c.add_argument("--beta", type=float, required=True, help="layer-3 inverse temperature (eta = beta / (m N))")
     c.add_argument("--max-length", type=int, default=256)
-    c.add_argument("--transition", help="use this (Q, Q) matrix (.npy/.csv) instead of a seeded random one")
+    c.add_argument("--transition", help="use this (Q, Q) matrix (.npy/.csv), or (M, Q, Q) one per lag (.npy), "
+                   "instead of a seeded random one")
+    c.add_argument("--per-lag", action="store_true",
+                   help="MTDg: one transition matrix per lag (SPEC §3), and its construction (ReLU MLPs around "
+                        "the 3 attention layers)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     c.add_argument("--check", action="store_true", help="differential check on fresh sequences + attention figure")

@@ -179,7 +179,8 @@ class TunedMirrorDescent(TunedBeta):
 
 @dataclass
 class ConstructedMirrorDescent(TunedBeta):
-    """The hand-built 3-layer transformer (``icmix.construct``), with ``beta`` tuned per length.
+    """The hand-built one-step-MD transformer (``icmix.construct.md_transformer``: the paper's
+    3 layers, or with ReLU MLPs for an MTDg task), with ``beta`` tuned per length.
 
     One model is built per distinct ``beta``; its output at position ``L - 1`` is the
     prediction after the prefix of length ``L``.  Runs in batches of ``batch_size``.
@@ -192,14 +193,14 @@ class ConstructedMirrorDescent(TunedBeta):
     key = Key("construction", steps=1, tuning="tuned")
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
-        from icmix.construct import mirror_descent_transformer
+        from icmix.construct import md_transformer
 
         t = max(lengths)
         pos = torch.tensor(lengths) - 1
         out = torch.empty(tokens.shape[0], len(lengths), task.vocab_size, dtype=torch.float64)
         for b in torch.unique(beta).tolist():
             cols = (beta == b).nonzero().squeeze(1)
-            model = mirror_descent_transformer(task.transition, task.order, b, max_length=t)
+            model = md_transformer(task.transition, task.order, b, max_length=t)
             with torch.no_grad():
                 for start in range(0, tokens.shape[0], self.batch_size):
                     rows = slice(start, start + self.batch_size)

@@ -194,6 +194,7 @@ class MTDFamily(SequenceFamily):
     kind = "mtd"
     spec = MTDSpec
     models = ("disentangled", "gpt")
+    construction_label = ConstructedMirrorDescent.name  # the construction's line in figures
 
     def build(self, spec: MTDSpec) -> MTDTask:
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed)
@@ -241,7 +242,7 @@ class MTDFamily(SequenceFamily):
         preds += [TunedMirrorDescent(steps=k, betas=betas) for k in md_steps]
         preds += [em_steps_predictor(k) for k in md_steps]
         if include_construction:
-            preds.append(ConstructedMirrorDescent(betas=betas))
+            preds.append(ConstructedMirrorDescent(betas=betas, name=self.construction_label))
         return preds
 
 
@@ -251,6 +252,7 @@ class MTDgFamily(MTDFamily):
 
     kind = "mtdg"
     spec = MTDgSpec
+    construction_label = "Construction (3 layers + ReLU MLPs, tuned β)"
 
     def build(self, spec: MTDgSpec) -> MTDTask:
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, per_lag=True)
