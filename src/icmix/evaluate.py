@@ -237,7 +237,7 @@ def evaluate_mtd(
                                truth=lambda tokens, lam, L: true_predictive(tokens, lam, task, L))
     table.insert(table.columns.get_loc("n") + 1, "beta", table.pop("beta"))
     table.insert(table.columns.get_loc("beta") + 1, "eta", table["beta"] / (task.order * (table["length"] - task.order)))
-    table["family"] = "mtd"
+    table["family"] = "mtdg" if task.per_lag else "mtd"
     return table
 
 

@@ -112,6 +112,8 @@ STYLES = {
     ("md", None, "theorem-1"): dict(color="tab:purple", ls=":"),
 }
 STEP_SHADES = {"md": ("Blues", "-"), "em": ("Reds", "-.")}
+TRAINED_STYLES = {"disentangled": dict(color="tab:green", ls="--", marker="s", ms=4),
+                  "gpt": dict(color="tab:brown", ls="--", marker="^", ms=4)}
 
 
 def style(row) -> dict:
@@ -125,6 +127,8 @@ def style(row) -> dict:
         return dict(color=plt.get_cmap(cmap)(min(0.95, 0.35 + 0.15 * int(row["steps"]))), ls=ls, lw=1.5)
     if row["predictor"] == "em":  # the MLE: EM to convergence
         return dict(color="tab:red", lw=2)
+    if row["predictor"] == "trained" and row.get("model_kind") in TRAINED_STYLES:
+        return TRAINED_STYLES[row["model_kind"]]
     return {}
 
 

@@ -62,11 +62,12 @@ def gpt(cfg) -> dict:
     return {"kind": "gpt", "n_layers": cfg.gpt_layers, "d_model": cfg.gpt_width, "n_heads": cfg.gpt_heads}
 
 
-def train_config(cfg, seed: int, model: dict, order: int, length: int, loss: str, steps: int | None = None
-                 ) -> TrainConfig:
+def train_config(cfg, seed: int, model: dict, order: int, length: int, loss: str, steps: int | None = None,
+                 kind: str = "mtd") -> TrainConfig:
+    """One run of the recipe ``cfg``; ``kind``: the task family (``mtd``, or ``mtdg`` with one matrix per lag)."""
     steps = steps or cfg.steps
     return TrainConfig.from_dict({
-        "task": {"kind": "mtd", "vocab_size": cfg.vocab_size, "order": order, "seed": seed, "length": length},
+        "task": {"kind": kind, "vocab_size": cfg.vocab_size, "order": order, "seed": seed, "length": length},
         "model": model,
         "optim": {"lr": cfg.lr, "schedule": "cosine", "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
         "steps": steps, "batch_size": cfg.batch_size, "loss": loss, "loss_positions": cfg.loss_positions,
