@@ -31,6 +31,10 @@ length 256 one sequence takes about 20 ms on one CPU core.
 **Gibbs** (``bayes_gibbs``): alternate ``Z_t | lam ~ Categorical(r_t)`` and
 ``lam | Z ~ Dirichlet(alpha + counts(Z))``, vectorised over sequences and prefixes, and
 average the Rao-Blackwellised ``E[lam | Z] = (alpha + counts) / (N + M alpha)``.
+
+Both take a symmetric prior (a scalar ``alpha``, the papers') or one concentration per lag
+(``alpha_g``: an empirical prior, ``icmix.estimators.mtd.fit.fit_dirichlet_prior``); then
+``M alpha`` above reads ``sum_g alpha_g`` and ``n_g + alpha`` reads ``n_g + alpha_g``.
 """
 
 from __future__ import annotations
@@ -62,12 +66,28 @@ def exact_cost(order: int, n_rows: int) -> tuple[int, int]:
     return states, work
 
 
-def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Run the count DP on ``c (B, N, M)`` and read the posterior mean after ``record`` rows.
+def _as_alpha(alpha, order: int) -> tuple[tuple[float, ...], float]:
+    """The Dirichlet concentration per lag and its total: a scalar (the symmetric prior of the
+    papers) or one value per lag (an empirical prior, ``fit_dirichlet_prior``)."""
+    if isinstance(alpha, (int, float)) or (isinstance(alpha, Tensor) and alpha.ndim == 0):
+        a = check_positive("alpha", float(alpha))
+        return (a,) * order, order * a
+    vec = tuple(float(v) for v in (alpha.tolist() if isinstance(alpha, Tensor) else alpha))
+    if len(vec) != order:
+        raise ValueError(f"alpha needs one concentration per lag ({order}), got {len(vec)}")
+    for v in vec:
+        check_positive("alpha", v)
+    return vec, float(sum(vec))
+
+
+def _count_posterior_dp(c: Tensor, alpha, record: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Run the count DP on ``c (B, N, M)`` and read the posterior mean after ``record`` rows;
+    ``alpha``: a scalar or one concentration per lag.
 
     Returns ``(mean (B, P, M), log_evidence (B, P))``.
     """
     b, n_max, m = c.shape
+    alphas, a_total = _as_alpha(alpha, m)
     k = m - 1
     dtype, device = c.dtype, c.device
     want = {n: i for i, n in enumerate(record)}
@@ -92,23 +112,23 @@ def _count_posterior_dp(c: Tensor, alpha: float, record: Sequence[int]) -> tuple
     scale = torch.ones(b, dtype=dtype, device=device)
     for t in range(1, n_max + 1):
         inner = (slice(0, t + 1),) * k
-        last = (t - 1 + alpha - count_sum[(slice(None),) + inner]).clamp_min_(0)
+        last = (t - 1 + alphas[-1] - count_sum[(slice(None),) + inner]).clamp_min_(0)
         ct = c[:, t - 1] * scale[:, None]  # (B, M), over z_{t-1}
         new = F.pad(grid, (0, 1) * k)  # z_{t-1} = M: the counts stay
         new.mul_(last).mul_(ct[:, m - 1].view(bshape))
         for a in range(k):  # z_{t-1} = a: count a grows by one
-            fac = along(ar[:t] + alpha, a) * ct[:, a].view(bshape)
+            fac = along(ar[:t] + alphas[a], a) * ct[:, a].view(bshape)
             shifted = tuple(slice(1, t + 1) if axis == a else slice(0, t) for axis in range(k))
             new[(slice(None),) + shifted].addcmul_(grid, fac)
         z = new.sum(dim=tuple(range(1, k + 1)))
         scale = z.reciprocal()
-        log_z += z.log() - math.log(t - 1 + m * alpha)
+        log_z += z.log() - math.log(t - 1 + a_total)
         grid = new
         if t in want:
             i = want[t]
             counts = [(new * along(ar[: t + 1], a)).sum(dim=tuple(range(1, k + 1))) * scale for a in range(k)]
             counts.append(t - sum(counts, torch.zeros(b, dtype=dtype, device=device)))
-            mean[:, i] = (torch.stack(counts, -1) + alpha) / (t + m * alpha)
+            mean[:, i] = (torch.stack(counts, -1) + torch.tensor(alphas, dtype=dtype, device=device)) / (t + a_total)
             log_ev[:, i] = log_z
     return mean, log_ev
 
@@ -127,7 +147,7 @@ def bayes_exact(
 
     Args:
         tokens: int ``(B, T)``; transition ``(Q, Q)`` or ``(M, Q, Q)`` (one per lag); order M.
-        alpha: Dirichlet concentration (> 0).
+        alpha: Dirichlet concentration (> 0): a scalar (symmetric), or one per lag ``(M,)``.
         lengths: ``None`` -> ``(B, M)`` from the full sequence; a list or ``"all"`` ->
             ``(B, P, M)``, one per prefix.  One DP pass serves every prefix.
         return_log_evidence: also return ``log P(y_{M+1..L} | y_{1..M})``, ``(B,)`` or ``(B, P)``.
@@ -136,8 +156,8 @@ def bayes_exact(
     Raises:
         ValueError: bad inputs, or a problem too large for the exact DP.
     """
-    alpha = check_positive("alpha", alpha)
     ev = lag_evidence(tokens, transition, order, lengths)
+    _as_alpha(alpha, ev.order)  # validate before any work
     b, n_max, m = ev.c.shape
     record = [L - m for L in ev.lengths]
     if m == 1:
@@ -186,7 +206,7 @@ class GibbsSampler:
 
     Args:
         evidence: the lag evidence (batch and prefixes).
-        alpha: Dirichlet prior concentration.
+        alpha: Dirichlet prior concentration: a scalar, or one per lag ``(M,)``.
         num_samples, burn_in: kept draws and discarded draws.
         generator: the only source of randomness.
         n_batches: contiguous batches for the batch-means standard error.
@@ -194,13 +214,14 @@ class GibbsSampler:
 
     def __init__(self, evidence: LagEvidence, alpha: float, num_samples: int, burn_in: int, generator, n_batches: int = 20):
         self.evidence = evidence
-        self.alpha = check_positive("alpha", alpha)
+        alphas, total = _as_alpha(alpha, evidence.order)
+        self.alpha = torch.tensor(alphas, dtype=evidence.c.dtype, device=evidence.c.device)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.burn_in = check_positive_int("burn_in", burn_in, minimum=0)
         self.n_batches = max(1, min(n_batches, self.num_samples))
         self.generator = make_generator(generator)
         self._mask = evidence.mask.bool()  # (P, N)
-        self._denom = (evidence.n_rows.to(evidence.c.dtype) + evidence.order * self.alpha)[None, :, None]
+        self._denom = (evidence.n_rows.to(evidence.c.dtype) + total)[None, :, None]
 
     def init(self) -> GibbsState:
         b, _, m = self.evidence.c.shape
