@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # The built-in families, imported (and so registered) the first time the registry is asked,
 # then the modules installed packages name in this entry-point group.
-BUILTIN = ("icmix.families.mtd", "icmix.families.mixlinreg")
+BUILTIN = ("icmix.families.mtd", "icmix.families.mixlinreg", "icmix.families.text")
 ENTRY_POINTS = "icmix.families"
 
 _FAMILIES: dict[str, TaskFamily] = {}

@@ -12,6 +12,7 @@ for, the same maths is computed explicitly (a test checks both paths agree).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -137,6 +138,7 @@ class GPTBackbone(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        self.window: int | None = None  # an intervention: attend only to offsets < window (``attention_window``)
 
     def forward(self, x: Tensor, need_weights: bool = False,
                 outputs: slice | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -154,6 +156,12 @@ class GPTBackbone(nn.Module):
         else:
             ar = torch.arange(t, device=x.device)
             bias = self.rel[:, (ar[:, None] - ar[None, :]).clamp_min(0)]  # (H, T, T)
+        if self.window is not None:
+            ar = torch.arange(t, device=x.device)
+            far = (ar[:, None] - ar[None, :]) >= self.window
+            if bias is None:
+                bias = torch.zeros(self.cfg.n_heads, t, t, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill(far, float("-inf"))
         x = self.drop(x)
         patterns = []
         last = len(self.blocks) - 1
@@ -190,6 +198,19 @@ class GPTTransformer(Pretrained):
         self.backbone = GPTBackbone(config)
         self.readout = nn.Linear(config.d_model, config.vocab_size)
         self.apply(init_gpt_weights)
+
+    @contextlib.contextmanager
+    def attention_window(self, window: int):
+        """Within the block, every layer attends only to the last ``window`` positions (offsets
+        ``0..window-1``, itself included): the context the model may use shrinks to
+        ``n_layers (window - 1) + 1`` tokens.  An intervention for measuring how much of its
+        prediction comes from far context."""
+        check_positive_int("window", window)
+        before, self.backbone.window = self.backbone.window, window
+        try:
+            yield self
+        finally:
+            self.backbone.window = before
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
         tokens = check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)

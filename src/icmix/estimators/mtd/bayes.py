@@ -237,13 +237,18 @@ class GibbsSampler:
             kept=0,
         )
 
-    def step(self, state: GibbsState) -> GibbsState:
+    def draw(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """One sweep from ``lam (B, P, M)``: the lag counts ``(B, P, M)`` of a draw of Z given
+        ``lam``, and the next ``lam`` given those counts."""
         c, m = self.evidence.c, self.evidence.order
-        r = state.lam[:, :, None, :] * c[:, None, :, :]  # (B, P, N, M), unnormalised
+        r = lam[:, :, None, :] * c[:, None, :, :]  # (B, P, N, M), unnormalised
         z = categorical(r, self.generator)  # (B, P, N)
         onehot = torch.nn.functional.one_hot(z, m).to(c.dtype) * self._mask[None, :, :, None]
         counts = onehot.sum(2)  # (B, P, M)
-        lam = dirichlet(self.alpha + counts, self.generator)
+        return counts, dirichlet(self.alpha + counts, self.generator)
+
+    def step(self, state: GibbsState) -> GibbsState:
+        counts, lam = self.draw(state.lam)
         if state.step < self.burn_in:
             return GibbsState(lam, state.step + 1, state.rb_sum, state.rb_sq, state.batch_sums, state.kept)
         rb = (counts + self.alpha) / self._denom

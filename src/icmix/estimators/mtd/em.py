@@ -46,6 +46,22 @@ class EM:
     def readout(self, state: EMState) -> Tensor:
         return state.lam
 
+    def run(self, max_iter: int = 1000, tol: float = 1e-10) -> EMState:
+        """Iterate from ``init`` until no weight moves by more than ``tol`` in one iteration, or
+        ``max_iter`` iterations (with a warning)."""
+        max_iter = check_positive_int("max_iter", max_iter)
+        tol = check_positive("tol", tol)
+        state = self.init()
+        for _ in range(max_iter):
+            new = self.step(state)
+            delta = (new.lam - state.lam).abs().max().item()
+            state = new
+            if delta <= tol:
+                break
+        else:
+            warnings.warn(f"EM did not reach tol={tol:g} in {max_iter} iterations (last move {delta:.2e})", stacklevel=3)
+        return state
+
     def log_likelihood(self, state: EMState) -> Tensor:
         """``(B, P)`` log-likelihood of the current iterate."""
         return self.evidence.log_likelihood(state.lam)
@@ -68,13 +84,4 @@ def em(
     max_iter = check_positive_int("max_iter", max_iter)
     tol = check_positive("tol", tol)
     algo = EM(lag_evidence(tokens, transition, order, lengths))
-    state = algo.init()
-    for _ in range(max_iter):
-        new = algo.step(state)
-        delta = (new.lam - state.lam).abs().max().item()
-        state = new
-        if delta <= tol:
-            break
-    else:
-        warnings.warn(f"EM did not reach tol={tol:g} in {max_iter} iterations (last move {delta:.2e})", stacklevel=2)
-    return squeeze_prefixes(algo.readout(state), lengths)
+    return squeeze_prefixes(algo.readout(algo.run(max_iter, tol)), lengths)

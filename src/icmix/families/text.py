@@ -1,0 +1,151 @@
+"""Real text as task families (SPEC §3).
+
+- ``text``: next-character prediction on windows of a corpus's training split
+  (``icmix.tasks.text``).  There is no true next-token distribution, so training is judged by
+  the cross-entropy of held-out characters (``eval_loss``, nats/char).
+- ``mtdg-text``: synthetic MTDg sequences whose per-lag matrices are the skip-bigrams fitted to a
+  corpus's training split (``icmix.estimators.mtd.fit.skip_bigrams``); a model trained on it
+  and evaluated on the real text is "synthetic to real".
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from icmix._checks import check_positive, check_positive_int
+from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.families.mtd import MTDgFamily, MTDgSpec
+from icmix.tasks.mtd import MTDTask
+from icmix.tasks.text import PYDOC, TextCorpus
+
+if TYPE_CHECKING:
+    from icmix.train.config import TrainConfig
+
+
+@functools.lru_cache(maxsize=8)
+def load_corpus(corpus: str, vocab_size: int, test_fraction: float, split_seed: int) -> TextCorpus:
+    """``TextCorpus.load``, once per process for each setting."""
+    return TextCorpus.load(corpus, vocab_size, test_fraction, split_seed)
+
+
+@functools.lru_cache(maxsize=8)
+def fitted_transitions(corpus: str, vocab_size: int, order: int, kappa: float, test_fraction: float,
+                       split_seed: int) -> Tensor:
+    """``(M, Q, Q)``: the smoothed lag-g skip-bigrams of the corpus's training split."""
+    from icmix.estimators.mtd.fit import skip_bigrams
+
+    return skip_bigrams(load_corpus(corpus, vocab_size, test_fraction, split_seed).train, vocab_size, order, kappa)
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Windows of ``length`` characters of a corpus (``pydoc`` or a path), ``vocab_size`` symbols."""
+
+    kind: str = "text"
+    corpus: str = PYDOC
+    vocab_size: int = 32
+    length: int = 256
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self):
+        if self.kind != "text":
+            raise ValueError(f"task.kind must be 'text' here, got {self.kind!r}")
+        check_positive_int("task.vocab_size", self.vocab_size, minimum=2)
+        check_positive_int("task.length", self.length, minimum=2)
+        check_positive("task.test_fraction", self.test_fraction)
+
+    def model_fields(self) -> dict:
+        return {"vocab_size": self.vocab_size, "max_length": self.length}
+
+    def corpus_data(self) -> TextCorpus:
+        return load_corpus(self.corpus, self.vocab_size, self.test_fraction, self.split_seed)
+
+
+class TextObjective(Objective):
+    """Cross-entropy (or the Brier score, ``loss: mse``) of the next character at every position
+    of training-split windows; evaluation: the same on a fixed batch of training-split windows
+    (the test split is left to the figures)."""
+
+    progress_metric = "eval_loss"
+
+    def __init__(self, corpus: TextCorpus, cfg: TrainConfig):
+        self.corpus, self.cfg = corpus, cfg
+        self.mask = torch.ones(cfg.task.length, dtype=torch.bool)
+
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        w = self.corpus.windows("train", size, self.cfg.task.length + 1, generator)
+        return {"inputs": w[:, :-1], "targets": w[:, 1:]}
+
+    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        return self.batch(self.cfg.steps, size, generator)
+
+    def loss(self, model, batch: dict, device: torch.device) -> Tensor:
+        from icmix.train.objectives import loss_fn
+
+        return loss_fn(model(batch["inputs"].to(device)).float(), batch["targets"].to(device), self.mask.to(device),
+                       self.cfg.loss)
+
+    def evaluate(self, model, batch: dict, device: torch.device) -> dict[str, float]:
+        from icmix.train.objectives import to_distribution
+
+        with torch.no_grad():
+            out = model(batch["inputs"].to(device)).cpu()
+        p = to_distribution(out, self.cfg.loss)
+        ce = -p.gather(-1, batch["targets"][..., None]).clamp_min(1e-300).log().mean().item()
+        return {"eval_loss": ce}
+
+
+class TextFamily(TaskFamily):
+    kind = "text"
+    spec = TextSpec
+    models = ("gpt", "disentangled")
+
+    def build(self, spec: TextSpec) -> TextCorpus:
+        return spec.corpus_data()
+
+    def objective(self, task: TextCorpus, cfg: TrainConfig) -> TextObjective:
+        return TextObjective(task, cfg)
+
+    def run_name(self, cfg: TrainConfig) -> str:
+        corpus = cfg.task.corpus if cfg.task.corpus == PYDOC else "corpus"
+        return f"text-{corpus}-q{cfg.task.vocab_size}-T{cfg.task.length}-{cfg.loss}"
+
+    def same_task(self, a: TextCorpus, b: TextCorpus) -> bool:
+        return a.alphabet == b.alphabet and len(a.train) == len(b.train)
+
+
+@dataclass(frozen=True)
+class FittedMTDgSpec(MTDgSpec):
+    """MTDg whose per-lag matrices are fitted to a corpus's training split (add-``kappa``
+    skip-bigrams at ``vocab_size`` symbols); the lag weights still come from Dirichlet(alpha)."""
+
+    KIND: ClassVar[str] = "mtdg-text"
+    kind: str = "mtdg-text"
+    corpus: str = PYDOC
+    kappa: float = 0.5
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+class FittedMTDgFamily(MTDgFamily):
+    kind = "mtdg-text"
+    spec = FittedMTDgSpec
+
+    def build(self, spec: FittedMTDgSpec) -> MTDTask:
+        pis = fitted_transitions(spec.corpus, spec.vocab_size, spec.order, spec.kappa, spec.test_fraction,
+                                 spec.split_seed)
+        return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, transition=pis, per_lag=True)
+
+    def run_name(self, cfg: TrainConfig) -> str:
+        return f"mtdg-{cfg.task.corpus if cfg.task.corpus == PYDOC else 'corpus'}-m{cfg.task.order}-" \
+               f"T{cfg.task.length}-{cfg.loss}"
+
+
+register_family(TextFamily())
+register_family(FittedMTDgFamily())
