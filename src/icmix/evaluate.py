@@ -137,8 +137,21 @@ class TunedBeta:
         for beta in self.betas:
             p_hat = self.predict_beta(tokens, task, lengths, torch.full((len(lengths),), float(beta), dtype=torch.float64))
             scores.append(kl_divergence(p_true, p_hat).mean(0))  # (P,)
-        scores = torch.stack(scores)  # (betas, P)
-        if getattr(self, "shared", False):  # one beta for every length: the best mean KL over lengths
+        self._choose(torch.stack(scores), lengths)
+
+    def tune_observed(self, tokens: Tensor, targets: Tensor, task, lengths: Sequence[int]) -> None:
+        """Tune on data with no known truth (real text): the ``beta`` with the lowest mean
+        cross-entropy of the observed next tokens ``targets (B, P)`` after each prefix."""
+        lengths = list(lengths)
+        scores = []
+        for beta in self.betas:
+            p_hat = self.predict_beta(tokens, task, lengths, torch.full((len(lengths),), float(beta), dtype=torch.float64))
+            scores.append(-p_hat.gather(-1, targets[..., None]).squeeze(-1).clamp_min(1e-300).log().mean(0))
+        self._choose(torch.stack(scores), lengths)
+
+    def _choose(self, scores: Tensor, lengths: list[int]) -> None:
+        """``scores (betas, P)``, lower is better: the best ``beta`` per length (or one for all)."""
+        if getattr(self, "shared", False):  # one beta for every length: the best mean score over lengths
             best = scores.mean(1).argmin().expand(len(lengths))
         else:
             best = scores.argmin(0)

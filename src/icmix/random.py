@@ -28,6 +28,8 @@ class Stream:
     CONSTRUCTION_TUNE = 70_000  # mtd-fig6/8's construction tuning batch
     EM_TRAINING = 80_000  # mlr-fig4's batch-EM training prompts
     MLR_EVALUATION = 90_000  # the regression figures' evaluation prompts
+    TEXT_TUNE = 100_000  # the text figure's tuning windows (training split)
+    TEXT_PRIOR = 110_000  # the text figure's windows for the empirical prior (training split)
     TRAINING_EVALUATION = 1_000_003  # a training run's fixed evaluation batch
     TRAINING_SET = 2_000_003  # a fixed-training-set run's prompts (mlr-fig3)
 

@@ -135,6 +135,7 @@ _FIGURES: dict[str, str | Figure] = {
     "mtd-fig7": "icmix.experiments.mtd_fig7:FIGURE",
     "mtd-fig8": "icmix.experiments.mtd_orders:fig8",
     "mtdg": "icmix.experiments.mtdg:FIGURE",
+    "text": "icmix.experiments.text:FIGURE",
     "mlr-construction": "icmix.experiments.constructions:mlr_construction",
     "mlr-fig2": "icmix.experiments.mlr_fig2:FIGURE",
     "mlr-fig3": "icmix.experiments.mlr_fig3:FIGURE",
