@@ -333,9 +333,10 @@ def test_family_predictors_serve_mtdg():
     assert "ReLU MLPs" in table.loc[table["key"] == CONSTRUCTION.id, "estimator"].iloc[0]
 
 
-def test_reproduce_mtdg_tiny(tmp_path):
+@pytest.mark.parametrize("q", [10, 64])
+def test_reproduce_mtdg_tiny(tmp_path, q):
     """The figure end to end at toy sizes: both trained models, the construction equal to
-    one-step MD, the check table, and its claims read off the CSVs."""
+    one-step MD, the check table, and its claims read off the CSVs; also at q = 64."""
     import dataclasses
 
     import pandas as pd
@@ -347,7 +348,7 @@ def test_reproduce_mtdg_tiny(tmp_path):
     assert main(["reproduce", "mtdg", "--preset", "quick", "--out", str(out), "--seeds", "1", "--no-progress",
                  "--set", "steps=25", "--set", "batch_size=16", "--set", "gpt_steps=5", "--set", "gpt_width=8",
                  "--set", "length=12", "--set", "eval_lengths=(6,12)", "--set", "n_sequences=20",
-                 "--set", "n_tune=10", "--set", "n_check=4"]) == 0
+                 "--set", "n_tune=10", "--set", "n_check=4", "--set", f"vocab_size={q}"]) == 0
     kl = pd.read_csv(out / "mtdg.csv")
     assert set(kl.family) == {"mtdg"} and set(kl.model_kind.dropna()) == {"disentangled", "gpt"}
     cons, md = (kl[kl.key == k].kl_mean.to_numpy() for k in ("construction/steps=1/tuning=tuned", "md/steps=1/tuning=tuned"))
