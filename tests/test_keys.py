@@ -62,14 +62,18 @@ def test_figures_draw_from_key_columns_with_any_labels(tmp_path):
     rename_labels(DATA, tmp_path)
     read = lambda name: pd.read_csv(tmp_path / f"{name}.csv")  # noqa: E731
     cfgs = configs_for("quick")
-    from icmix.experiments import mlr_fig2, mlr_fig3, mlr_fig4, mlr_shifts, mtd_fig3, mtd_fig5, mtd_orders
+    from icmix.experiments import (mlr_fig2, mlr_fig3, mlr_fig4, mlr_shifts, mtd_fig3, mtd_fig5, mtd_orders, mtdg,
+                                   text)
+    from icmix.experiments.figure import Result
 
     figs = [mtd_fig3.draw(read("mtd-fig3")), mtd_orders.draw_fig6(read("mtd-fig6"), cfgs["mtd-fig6"]),
             mtd_fig5.draw({"kl": read("mtd-fig5"), **{k: read(f"mtd-fig5-{k}") for k in
                                                       ("tracking", "readout", "betas", "losses")}}, cfgs["mtd-fig5"]),
             mlr_fig2.draw(read("mlr-fig2"), cfgs["mlr-fig2"]), mlr_fig4.draw(read("mlr-fig4"), cfgs["mlr-fig4"]),
             mlr_fig3.draw(read("mlr-fig3"), read("mlr-fig3-estimates"), cfgs["mlr-fig3"]),
-            mlr_shifts.draw(read("mlr-fig6"), cfgs["mlr-fig6"], "mlr-fig6", *mlr_shifts.FIGURES["mlr-fig6"])]
+            mlr_shifts.draw(read("mlr-fig6"), cfgs["mlr-fig6"], "mlr-fig6", *mlr_shifts.FIGURES["mlr-fig6"]),
+            mtdg.draw(Result(read("mtdg"), {"check": read("mtdg-check")}), cfgs["mtdg"]),
+            text.draw(Result(read("text"), {k: read(f"text-{k}") for k in ("lambda", "fit")}), cfgs["text"])]
     legends = [t.get_text() for f in figs for ax in f.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("renamed #") for t in legends)
     assert not any("tuned η" in t or t == "transformer" for t in legends)  # labels come from the tables

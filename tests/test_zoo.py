@@ -224,7 +224,7 @@ def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
     shutil.copytree(DATA, tmp_path / "improving")
     shutil.copytree(DATA, tmp_path / "flat")
     trained = [(fn, extra) for fn, _, extra in claims.CLAIMS if fn.trained]
-    assert len(trained) == 12  # every trained-model claim names its runs
+    assert len(trained) == 15  # every trained-model claim names its runs
     for fn, extra in trained:
         names = claims.claim_runs(fn.trained, configs, extra)
         assert names, fn.__name__
@@ -244,7 +244,7 @@ def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
                 assert row.converged == converged
                 expected = "not converged" if (old.verdict == "doesn't" and converged == "no") else old.verdict
                 assert row.verdict == expected, (row.claim, row.verdict)
-    assert (table.converged != "–").sum() == 12
+    assert (table.converged != "–").sum() == 15
 
 
 def test_zoo_build_trains_what_the_zoo_lacks_in_parallel(tmp_path, capsys):
