@@ -42,7 +42,8 @@ def _load_array(path: str, what: str) -> np.ndarray:
 def _estimate(args) -> int:
     import pandas as pd
 
-    from icmix._checks import as_tokens, as_transitions, check_nonnegative, check_positive, check_positive_int
+    from icmix._checks import (as_tokens, as_transitions, check_nonnegative, check_order, check_positive,
+                               check_positive_int)
     from icmix.estimators import mtd as est
     from icmix.estimators.mtd.bayes import MAX_STATES, MAX_WORK
     from icmix.families.mtd import LAG_ESTIMATORS, LagOptions
@@ -53,8 +54,7 @@ def _estimate(args) -> int:
         tokens = tokens[None, :]
     pi = _load_array(args.transition, "transition")
     # Every argument is checked before any estimator runs, so a refusal costs no work.
-    check_positive_int("--order", args.order)
-    pi = as_transitions(pi, args.order)
+    pi = as_transitions(pi, check_order(args.order))
     tokens_t = as_tokens(tokens, pi.shape[-1], args.order)
     n_transitions = tokens_t.shape[-1] - args.order
     if args.eta is not None and args.beta is not None:
