@@ -185,8 +185,10 @@ def test_wrong_number_of_matrices_is_a_clear_error(mtdg):
     tokens, _ = sample(mtdg, 2, 10, 0)
     with pytest.raises(ValueError, match="needs 3 matrices for order 3, got 2"):
         mirror_descent(tokens, mtdg.transition[:2], 3, 0.1)
-    with pytest.raises(ValueError, match="needs 3 matrices"):
+    with pytest.raises(ValueError, match="lam has 3 lag weights per row but transition holds 2 matrices"):
         predictive(tokens, mtdg.transition[:2], torch.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"\(Q, Q\), one matrix shared by every lag, or \(M, Q, Q\)"):
+        mirror_descent(tokens, mtdg.transition[None], 3, 0.1)
     bad = mtdg.transition.clone()
     bad[1, 2, 0] += 0.5
     with pytest.raises(ValueError, match=r"transition\[1\] \(lag 2\).*row 2"):
@@ -360,3 +362,4 @@ def test_reproduce_mtdg_tiny(tmp_path, q):
     cfg = dataclasses.replace(get_figure("mtdg").presets["quick"], length=12, eval_lengths=(6, 12), seeds=(0,))
     rows = {c.claim: c for c in claims.evaluate(out, {"mtdg": cfg}, {"mtdg"}) if c.paper == "MTDg (beyond)"}
     assert len(rows) == 3 and all(c.verdict in ("holds", "doesn't", "not converged") for c in rows.values())
+    assert next(c for c in rows.values() if "exactly" in c.claim).verdict == "holds"

@@ -162,8 +162,12 @@ def test_reproduce_text_tiny(tmp_path):
     assert {"unigram", "bigram", "global-lambda", "em", "trained"} <= set(t.predictor)
     assert set(t[t.predictor == "bayes"].variant) == {"exact/uniform-prior", "exact/empirical-prior"}
     assert (t.ce_mean > 0).all() and set(t.length) == {8, 32}
-    # The bigram is MTD with all weight on lag 1; the unigram ignores the context: its CE at both
-    # lengths is the same number only if the windows' next characters were; they differ here.
+    ce = t.set_index(["key", "length"]).ce_mean
+    assert (ce["bigram"] < ce["unigram"]).all()  # the previous character is worth something on text
+    gain = pd.read_csv(out / "text-gain.csv")
+    for (m, matrices, length), row in gain.set_index(["order", "matrices", "length"]).iterrows():
+        at = t[(t.order == m) & (t.matrices == matrices) & (t.length == length)].set_index("key").ce_mean
+        assert abs(row.gain_mean - (at["global-lambda"] - at[row.bayes])) < 1e-12  # paired mean = difference of means
     lam = pd.read_csv(out / "text-lambda.csv")
     assert np.allclose(lam.groupby(["order", "matrices", "window"]).lam.sum(), 1.0)
     assert set(pd.read_csv(out / "text-fit.csv").matrices) == {"shared", "per-lag"}

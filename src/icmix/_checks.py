@@ -56,7 +56,10 @@ def as_transitions(transition, order: int, dtype: torch.dtype | None = None) -> 
     the order M raises ``ValueError``.
     """
     pi = transition if isinstance(transition, Tensor) else torch.as_tensor(np.asarray(transition))
-    if pi.ndim != 3:
+    if pi.ndim not in (2, 3):
+        raise ValueError(f"transition must be (Q, Q), one matrix shared by every lag, or (M, Q, Q), one per lag; "
+                         f"got shape {tuple(pi.shape)}")
+    if pi.ndim == 2:
         return as_transition(pi, dtype)
     if pi.shape[0] != order:
         raise ValueError(

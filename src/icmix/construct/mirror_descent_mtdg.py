@@ -28,7 +28,7 @@ compute the MD step, however many layers follow.
 4. **Lag gating** (``mlp_out``).  The readout needs ``sum_g lam_g pi_g[y_{i+1-g}, :]``, which
    pairs each weight with its own lag's matrix: the lag of the key with phase s is
    ``g = ((r_i - s) mod M) + 1``, which depends on the *query's* phase.  Hidden units
-   ``relu(o_i[(a, s)] + 1[r_i = r] - 1)`` equal ``o_i[(a, s)]`` when ``r = r_i`` and 0
+   ``relu(o_i[(a, s)] - 1[r_i != r])`` equal ``o_i[(a, s)]`` exactly when ``r = r_i`` and 0
    otherwise (``0 <= o <= 1``); the output layer maps unit ``(r, a, s)`` to
    ``pi_g[a, :]``.  A linear readout cannot do this: the product of the query's phase and
    the attended block is needed.
@@ -165,13 +165,13 @@ def per_lag_mirror_descent_transformer(transition, order: int, beta: float, max_
         for o in range(m):
             layer3.R_A[0, o, s2["token"]] = 0.0
             layer3.R_A[0, o, avg.start + o + 1] = beta
-        # 4. Lag gating: unit (r, a, s) = relu(o[(a, s)] + 1[phase = r] - 1) -> pi_g[a, :], g = ((r - s) mod M) + 1.
+        # 4. Lag gating: unit (r, a, s) = relu(o[(a, s)] - 1[phase != r]) -> pi_g[a, :], g = ((r - s) mod M) + 1
+        #    (o - 0 when the phase matches: no rounding of o, however small).
         s3 = model.layouts[3]
         o, pos = s3["attn3.0/token_phase"], s3["position"]
         r3, a3, s3_ = torch.meshgrid(*(torch.arange(n) for n in (m, q, m)), indexing="ij")
         unit = ((r3 * q + a3) * m + s3_).flatten()
         model.gate.weight[unit, o.start + tp(a3, s3_).flatten()] = 1.0
-        model.gate.weight[unit, pos] = (phase[None, :] == r3.flatten()[:, None]).double()
-        model.gate.bias[:] = -1.0
+        model.gate.weight[unit, pos] = -(phase[None, :] != r3.flatten()[:, None]).double()
         model.readout.weight[:, unit] = pis[((r3 - s3_) % m).flatten(), a3.flatten()].T
     return model.to(dtype)

@@ -290,17 +290,17 @@ def _text_curve(t: pd.DataFrame, key: str, order: int, matrices: str) -> pd.Seri
 
 
 @claim("Text (beyond)", "On real text, in-context lag weights beat one global λ from some window length on",
-       "CE(global λ) − CE(in-context Bayes λ, empirical prior) with per-lag π_g at m = {cfg.model_order}; the "
-       "shortest length from which it stays > 0 (value: that length, and the gain at the longest); holds if "
-       "there is one", ("text",))
+       "CE(global λ) − CE(in-context Bayes λ, empirical prior), paired over the same held-out windows, per-lag π_g, "
+       "m = {cfg.model_order}; the shortest length from which its 95% interval stays above 0 (value: that length, "
+       "and the gain at the longest); holds if there is one", ("text",))
 def text_in_context(c: Claim, out: Path, cfg) -> Claim:
-    from icmix.experiments.text import BAYES_EMPIRICAL, GLOBAL, bayes_key
-
-    t, m = _read(out, "text"), cfg.model_order
-    gain = (_text_curve(t, GLOBAL.id, m, "per-lag") - _text_curve(t, bayes_key(t, m, BAYES_EMPIRICAL), m, "per-lag"))
-    ahead = [L for L in gain.index if (gain.loc[L:] > 0).all()]
-    c.mean = float(gain.iloc[-1])
-    c.value = (f"from T = {ahead[0]} on" if ahead else "never") + f"; gain at T={gain.index[-1]}: {c.mean:+.4f} nats/char"
+    g = _select(_read(out, "text-gain"), "text-gain", order=cfg.model_order, matrices="per-lag").set_index("length")
+    above = g.gain_mean - g.gain_ci > 0
+    ahead = [L for L in g.index if above.loc[L:].all()]
+    last = g.iloc[-1]
+    c.mean, c.ci = float(last.gain_mean), float(last.gain_ci)
+    c.value = (f"from T = {ahead[0]} on" if ahead else "never") + \
+        f"; gain at T={g.index[-1]}: {c.mean:+.4f} ± {c.ci:.4f} nats/char ({int(last.n)} windows)"
     c.verdict = _verdict(bool(ahead))
     return c
 

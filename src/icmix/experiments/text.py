@@ -18,8 +18,9 @@ over windows), after prefixes of every length T, for:
   (``GPTTransformer.attention_window``).
 
 Extra tables: ``text-lambda.csv`` (the in-context Bayes ``lam`` of every test window at the
-longest length, with the global ``lam``) and ``text-fit.csv`` (the fitted global ``lam`` and
-prior per order and matrices).
+longest length, with the global ``lam``), ``text-fit.csv`` (the fitted global ``lam`` and
+prior per order and matrices) and ``text-gain.csv`` (CE(global ``lam``) − CE(in-context Bayes,
+empirical prior), paired over the same windows, with its 95% interval).
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class Config:
             raise ValueError("orders, lengths and seeds must be non-empty")
         for m in (*self.orders, self.model_order):  # an order m is scored at the lengths above m
             check_order(m, max(self.lengths))
+        if self.model_order not in self.orders:
+            raise ValueError(f"model_order {self.model_order} must be one of orders {self.orders} "
+                             "(the claims compare the trained models with the MTD predictors of that order)")
+        check_order(max(self.orders), self.prior_length)
         self.runs()
 
     @property
@@ -199,14 +204,15 @@ def cross_entropy(p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -p.gather(-1, targets[..., None]).squeeze(-1).clamp_min(1e-300).log()
 
 
-def score(pred, tokens, targets, task, lengths) -> list[dict]:
+def score(pred, tokens, targets, task, lengths) -> tuple[list[dict], torch.Tensor]:
+    """The table rows of one predictor, and its per-window cross-entropies ``(B, P)``."""
     ce = cross_entropy(pred.predict(tokens, task, lengths), targets)  # (B, P)
     rows = []
     for j, L in enumerate(lengths):
         mean, sem, ci = mean_ci(ce[:, j].numpy())
         rows.append(dict(estimator=pred.name, length=L, ce_mean=mean, ce_sem=sem, ce_ci=ci, n=ce.shape[0],
                          beta=getattr(pred, "chosen_beta", {}).get(L, np.nan), **pred.key.columns()))
-    return rows
+    return rows, ce
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
@@ -218,15 +224,16 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
     tune = corpus.windows("train", cfg.n_tune, cfg.length + 1, stream(cfg.split_seed, Stream.TEXT_TUNE))
     prior_windows = corpus.windows("train", cfg.prior_windows, cfg.prior_length, stream(cfg.split_seed, Stream.TEXT_PRIOR))
     tokens, targets = windows[:, :cfg.length], windows[:, lengths]
-    rows, fits, lam_rows = [], [], []
+    rows, fits, lam_rows, gains = [], [], [], []
 
     def add(pred, task, order, matrices, tuned=False):
         lens = [L for L in lengths if L > order]  # a prefix of m tokens or fewer has no lag-complete transition
         cols = [lengths.index(L) for L in lens]
         if tuned:
             pred.tune_observed(tune[:, :cfg.length], tune[:, lens], task, lens)
-        rows.extend(dict(order=order, matrices=matrices, **r)
-                    for r in score(pred, tokens, targets[:, cols], task, lens))
+        table_rows, ce = score(pred, tokens, targets[:, cols], task, lens)
+        rows.extend(dict(order=order, matrices=matrices, **r) for r in table_rows)
+        return lens, ce
 
     bigram_task = MTDTask(q, 1, transition=pis[0])
     add(FixedLambda(UNIGRAM, "unigram", probs=mtd_fit.unigram(corpus.train, q, cfg.kappa)), bigram_task, 0, "none")
@@ -252,8 +259,14 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
         preds.append(bayes_predictor(1.0, m, n_max, BAYES_UNIFORM, cfg, cfg.split_seed))
         empirical = bayes_predictor(alpha, m, n_max, BAYES_EMPIRICAL, cfg, cfg.split_seed)
         preds.append(empirical)
+        ce = {}
         for pred in preds:
-            add(pred, task, m, matrices, tuned=isinstance(pred, TunedMirrorDescent))
+            lens, ce[pred.key] = add(pred, task, m, matrices, tuned=isinstance(pred, TunedMirrorDescent))
+        # The in-context gain, paired over the same test windows: CE(global lam) - CE(Bayes, empirical prior).
+        for j, L in enumerate(lens):
+            mean, sem, ci = mean_ci((ce[GLOBAL] - ce[empirical.key])[:, j].numpy())
+            gains.append(dict(order=m, matrices=matrices, length=L, gain_mean=mean, gain_sem=sem, gain_ci=ci,
+                              n=ce[GLOBAL].shape[0], bayes=empirical.key.id))
         lam_hat = empirical.estimate(tokens, pi, m, [cfg.length])[:, 0]  # (B, M) at the longest length
         for g in range(m):
             lam_rows.append(pd.DataFrame(dict(order=m, matrices=matrices, lag=g + 1, window=np.arange(len(lam_hat)),
@@ -270,7 +283,8 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
                                        f"GPT trained on the text, attention to the last {m} tokens", trained, m),
                         bigram_task, m, f"seed{seed}")
     table = pd.DataFrame(rows)
-    return Result(table, extra={"lambda": pd.concat(lam_rows, ignore_index=True), "fit": pd.DataFrame(fits)},
+    return Result(table, extra={"lambda": pd.concat(lam_rows, ignore_index=True), "fit": pd.DataFrame(fits),
+                                "gain": pd.DataFrame(gains)},
                   data={"corpus": corpus.describe()})
 
 
@@ -319,17 +333,17 @@ def draw(result: Result, cfg: Config):
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, which="both")
     # In-context gain: CE(global lam) - CE(Bayes, empirical prior), per order and matrices.
-    ax = axes[1]
+    ax, gains = axes[1], result.extra["gain"]
     for order in cfg.orders:
         for matrices, ls in zip(MATRICES, ("--", "-")):
-            gain = _rows(t, GLOBAL.id, order, matrices).ce_mean - _rows(t, bayes_key(t, order, BAYES_EMPIRICAL), order,
-                                                                          matrices).ce_mean
-            ax.plot(gain.index, gain, ls=ls, marker="o", ms=3, label=f"m={order}, {matrices} π")
+            g = gains[(gains.order == order) & (gains.matrices == matrices)]
+            ax.errorbar(g.length, g.gain_mean, yerr=g.gain_ci, ls=ls, marker="o", ms=3, capsize=2,
+                        label=f"m={order}, {matrices} π")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("window length T")
     ax.set_ylabel("CE(global λ) − CE(in-context Bayes λ)  [nats]")
-    ax.set_title("in-context lag weights vs one global λ (> 0: in-context wins)", fontsize=9)
+    ax.set_title("in-context lag weights vs one global λ (> 0: in-context wins; paired 95% CI)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     # Spread of the in-context lam across windows.
@@ -365,9 +379,10 @@ def report(result: Result, cfg: Config) -> str:
 
 
 def context_share(t: pd.DataFrame, cfg: Config) -> str:
-    """How much of the text-trained GPT's advantage over the best MTD predictor of order m comes
-    from context beyond the last m tokens: its advantage with every layer's attention cut to the
-    last m tokens, against its advantage with full attention, at the longest length."""
+    """The text-trained GPT's advantage over the best MTD predictor of order m, with full attention
+    and with every layer's attention cut to the last m tokens, at the longest length.  The cut is
+    an intervention on a model that never trained with it, so a loss under the cut mixes the
+    context it removes with the damage of the intervention itself."""
     longest = t.length.max()
     at = t[t.length == longest]
     full = at[(at.predictor == "trained") & (at.variant == TEXT)].ce_mean.mean()
@@ -379,15 +394,16 @@ def context_share(t: pd.DataFrame, cfg: Config) -> str:
         best = mtd.loc[mtd.ce_mean.idxmin()]
         window = at[(at.predictor == "trained") & (at.variant == f"{TEXT}-window{m}")].ce_mean.mean()
         adv_full, adv_window = best.ce_mean - full, best.ce_mean - window
-        if adv_full <= 0:
-            share = "no advantage to explain"
-        elif adv_window <= 0:
-            share = "all of it (cut, the GPT falls behind MTD: it never trained with so short a context)"
-        else:
-            share = f"{1 - adv_window / adv_full:.0%} of it"
         lines.append(f"- m = {m}: best MTD predictor {best.estimator} [{best.matrices} π] {best.ce_mean:.4f}; "
-                     f"GPT with attention to the last {m} tokens {window:.4f}; advantage over MTD {adv_full:+.4f} "
-                     f"(full) vs {adv_window:+.4f} (cut): {share} from context beyond the last m tokens")
+                     f"GPT with attention cut to the last {m} tokens {window:.4f}; advantage over MTD "
+                     f"{adv_full:+.4f} (full attention) vs {adv_window:+.4f} (cut)")
+    short = t[t.length == t.length.min()]
+    full_short = short[(short.predictor == "trained") & (short.variant == TEXT)].ce_mean.mean()
+    lines.append(f"Control: at T = {t.length.min()} the cut removes little context, yet the GPT's CE moves from "
+                 f"{full_short:.4f} (full) to " + ", ".join(
+                     f"{short[(short.predictor == 'trained') & (short.variant == f'{TEXT}-window{m}')].ce_mean.mean():.4f}"
+                     f" (m = {m})" for m in cfg.orders if m < t.length.min()) + ": the difference is the intervention's "
+                 "own damage, an upper bound on what the far context is worth.")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -117,7 +118,9 @@ class TextFamily(TaskFamily):
         return f"text-{corpus}-q{cfg.task.vocab_size}-T{cfg.task.length}-{cfg.loss}"
 
     def same_task(self, a: TextCorpus, b: TextCorpus) -> bool:
-        return a.alphabet == b.alphabet and len(a.train) == len(b.train)
+        """Same alphabet and the same training documents (another split could hold this one's test text)."""
+        same = lambda x, y: len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y))  # noqa: E731
+        return a.alphabet == b.alphabet and same(a.train, b.train) and same(a.test, b.test)
 
 
 @dataclass(frozen=True)

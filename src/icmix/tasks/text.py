@@ -75,10 +75,12 @@ class Alphabet:
 
     def encode(self, text: str) -> np.ndarray:
         """int64 codes of ``text`` (lower-cased)."""
-        table = np.full(0x110000 if any(ord(c) > 0xFFFF for c in text) else 0x10000, self.size - 1, dtype=np.int64)
+        codes = np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)
+        top = max([0xFFFF, *map(ord, self.symbols), int(codes.max()) if codes.size else 0])
+        table = np.full(top + 1, self.size - 1, dtype=np.int64)
         for i, ch in enumerate(self.symbols):
             table[ord(ch)] = i
-        return table[np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32)]
+        return table[codes]
 
     def decode(self, codes) -> str:
         return "".join(self.symbols[c] if c < len(self.symbols) else OTHER for c in np.asarray(codes).tolist())

@@ -43,6 +43,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -69,12 +70,13 @@ def exact_cost(order: int, n_rows: int) -> tuple[int, int]:
 def _as_alpha(alpha, order: int) -> tuple[tuple[float, ...], float]:
     """The Dirichlet concentration per lag and its total: a scalar (the symmetric prior of the
     papers) or one value per lag (an empirical prior, ``fit_dirichlet_prior``)."""
-    if isinstance(alpha, (int, float)) or (isinstance(alpha, Tensor) and alpha.ndim == 0):
+    if np.ndim(alpha) == 0:
         a = check_positive("alpha", float(alpha))
         return (a,) * order, order * a
-    vec = tuple(float(v) for v in (alpha.tolist() if isinstance(alpha, Tensor) else alpha))
-    if len(vec) != order:
-        raise ValueError(f"alpha needs one concentration per lag ({order}), got {len(vec)}")
+    arr = np.asarray(alpha.tolist() if isinstance(alpha, Tensor) else alpha, dtype=np.float64)
+    if arr.shape != (order,):
+        raise ValueError(f"alpha needs one concentration per lag, shape ({order},), got shape {arr.shape}")
+    vec = tuple(float(v) for v in arr)
     for v in vec:
         check_positive("alpha", v)
     return vec, float(sum(vec))

@@ -23,7 +23,10 @@ def predictive(tokens, transition, lam, lengths: Sequence[int] | str | None = No
         ``(B, Q)`` or ``(B, P, Q)`` next-token distributions.
     """
     lam = torch.as_tensor(lam)
-    m = lam.shape[-1]
+    m = lam.shape[-1]  # the order, read off lam's last axis
+    if torch.as_tensor(transition).ndim == 3 and torch.as_tensor(transition).shape[0] != m:
+        raise ValueError(f"lam has {m} lag weights per row but transition holds {torch.as_tensor(transition).shape[0]} "
+                         "matrices (one per lag): they must agree")
     pi = as_transitions(transition, m)
     lam = lam.to(pi.dtype)
     tokens = as_tokens(tokens, pi.shape[-1], m, predict_only=True)
