@@ -73,7 +73,7 @@ def test_figures_draw_from_key_columns_with_any_labels(tmp_path):
             mlr_fig3.draw(read("mlr-fig3"), read("mlr-fig3-estimates"), cfgs["mlr-fig3"]),
             mlr_shifts.draw(read("mlr-fig6"), cfgs["mlr-fig6"], "mlr-fig6", *mlr_shifts.FIGURES["mlr-fig6"]),
             mtdg.draw(Result(read("mtdg"), {"check": read("mtdg-check")}), cfgs["mtdg"]),
-            text.draw(Result(read("text"), {k: read(f"text-{k}") for k in ("lambda", "fit")}), cfgs["text"])]
+            text.draw(Result(read("text"), {k: read(f"text-{k}") for k in ("lambda", "fit", "gain")}), cfgs["text"])]
     legends = [t.get_text() for f in figs for ax in f.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("renamed #") for t in legends)
     assert not any("tuned η" in t or t == "transformer" for t in legends)  # labels come from the tables
