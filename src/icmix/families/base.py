@@ -15,9 +15,10 @@ A *task family* is the unit of extension: one registered object that knows
 ``train``, ``evaluate``, run naming and the CLI look families up here; none of them branches
 on a kind.  Register your own with ``register_family(MyFamily())`` (see the README's
 "Extending icmix"); the built-in families (``mtd``, ``mtdg``, ``mixlinreg``, ``text``,
-``mtdg-text``) register on first lookup, and so do the families an installed package names in the ``icmix.families`` entry-point group
-(``[project.entry-points."icmix.families"] markov = "mypackage.markov"``), so a run of a
-plugin family loads in any process (``icmix train``, ``load_run``).
+``mtdg-text``) register on first lookup, and so do the families an installed package names in
+the ``icmix.families`` entry-point group (``[project.entry-points."icmix.families"] markov =
+"mypackage.markov"``), so a run of a plugin family loads in any process (``icmix train``,
+``load_run``).
 """
 
 from __future__ import annotations
