@@ -9,7 +9,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from scipy.special import gammaln
 
 from icmix import MTDTask
 from icmix.estimators.mtd import (GibbsSampler, bayes_exact, bayes_gibbs, em, lag_evidence, mirror_descent,
@@ -17,6 +16,7 @@ from icmix.estimators.mtd import (GibbsSampler, bayes_exact, bayes_gibbs, em, la
 from icmix.families.mtd import em_steps
 
 from conftest import sample
+from test_mtd_bayes import enumerate_posterior_vector_prior
 
 
 @pytest.fixture
@@ -54,19 +54,6 @@ def em_loop(c: np.ndarray, iters: int, tol: float = 0.0) -> np.ndarray:
         if done:
             break
     return lam
-
-
-def enumerate_posterior_mean(c: np.ndarray, alpha: float) -> np.ndarray:
-    """Brute force over every lag path (M^N of them) under the Dirichlet(alpha) prior."""
-    n, m = c.shape
-    num, den = np.zeros(m), 0.0
-    for path in itertools.product(range(m), repeat=n):
-        counts = np.bincount(path, minlength=m)
-        log_prior = gammaln(m * alpha) - gammaln(n + m * alpha) + (gammaln(counts + alpha) - gammaln(alpha)).sum()
-        w = np.exp(log_prior + np.log(c[np.arange(n), path]).sum())
-        num += w * (counts + alpha) / (n + m * alpha)
-        den += w
-    return num / den
 
 
 def test_task_draws_one_matrix_per_lag_from_the_seed(mtdg):
@@ -141,7 +128,7 @@ def test_exact_bayes_matches_path_enumeration(mtdg, alpha):
     c = evidence_loop(tokens.numpy(), mtdg.transition.numpy())
     mean = bayes_exact(tokens, mtdg.transition, 3, alpha).numpy()
     for b in range(3):
-        np.testing.assert_allclose(mean[b], enumerate_posterior_mean(c[b], alpha), rtol=0, atol=1e-8)
+        np.testing.assert_allclose(mean[b], enumerate_posterior_vector_prior(c[b], np.full(3, alpha))[0], rtol=0, atol=1e-8)
 
 
 def test_gibbs_agrees_with_exact_within_its_mc_error():
