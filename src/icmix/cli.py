@@ -96,27 +96,78 @@ def _estimate(args) -> int:
     return 0
 
 
+def _launcher(args, jobs: int | None):
+    """The ``Launcher`` of ``--launcher/--slurm/--no-wait`` (``None``: the local pool), checked
+    before any work."""
+    if args.launcher == "local" and not args.slurm and not args.no_wait:
+        return None
+    from icmix.train.launch import Launcher
+
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    return Launcher(args.launcher, Path(args.out) / "logs", args.slurm or [], wait=not args.no_wait,
+                    max_parallel=jobs or 1)
+
+
+def _tracking(args) -> tuple[str, ...]:
+    from icmix.train.config import typed
+    from icmix.train.tracking import check_tracking, require
+
+    if not args.tracking:
+        return ()
+    return require(check_tracking(typed("--tracking", args.tracking, tuple[str, ...])))
+
+
+def _launched(call) -> int:
+    """Run ``call``; with ``--no-wait``, say what was submitted and exit 0."""
+    from icmix.train.launch import Submitted
+
+    try:
+        call()
+    except Submitted as sent:
+        print(f"submitted: {sent}")
+    return 0
+
+
 def _reproduce(args) -> int:
     from icmix.experiments import get_figure
     from icmix.experiments.report import configs_for, reproduce_all
     from icmix.io import output_folder
 
+    tracking = _tracking(args)
     if args.figure == "all":
-        path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
-                             progress=not args.no_progress, zoo=not args.no_zoo)
-        print(f"report: {path}")
-        return 0
+        launcher = _launcher(args, args.jobs or min(os.cpu_count() or 1, 8))
+        return _launched(lambda: print(f"report: " + str(reproduce_all(
+            args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
+            progress=not args.no_progress, zoo=not args.no_zoo, launcher=launcher, tracking=tracking))))
     if args.only or args.force or args.jobs:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
-    with output_folder(args.out):
-        if not args.no_zoo:
-            from icmix.experiments.common import run_name
-            from icmix.experiments.report import take_from_zoo
+    launcher = _launcher(args, getattr(cfg, "jobs", 1))
+    figure = get_figure(args.figure)
+    paths = {}
 
-            take_from_zoo([(tc, Path(args.out) / "runs" / run_name(tc))
-                           for tc in get_figure(args.figure).runs(cfg).values()], not args.no_progress)
-        paths = get_figure(args.figure).run(cfg, Path(args.out), progress=not args.no_progress)
+    def reproduce():
+        from icmix.experiments.common import run_name
+
+        runs = [(tc, Path(args.out) / "runs" / run_name(tc)) for tc in figure.runs(cfg).values()]
+        with output_folder(args.out):
+            if not args.no_zoo:
+                from icmix.experiments.report import take_from_zoo
+
+                take_from_zoo(runs, not args.no_progress)
+            if launcher is not None or tracking:  # train through the launcher, tracked; the figure reuses them
+                import dataclasses
+
+                from icmix.train import train_many
+
+                unique = {path: tc for tc, path in runs}
+                train_many([(dataclasses.replace(tc, tracking=tracking) if tracking else tc, path)
+                            for path, tc in unique.items()], getattr(cfg, "jobs", 1), not args.no_progress,
+                           launcher=launcher, groups=dict.fromkeys(unique, args.figure))
+            paths.update(figure.run(cfg, Path(args.out), progress=not args.no_progress))
+
+    _launched(reproduce)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -290,9 +341,17 @@ def _sweep(args) -> int:
     configs = [TrainConfig.from_yaml(args.config, list(args.set or []) + list(combo)) for combo in combos]
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    with output_folder(args.out):
-        print(f"sweep: {len(configs)} runs under {Path(args.out) / 'runs'} ({args.jobs} at a time; finished runs are skipped)")
-        paths = train_runs(Path(args.out), configs, args.jobs, progress=not args.no_progress)
+    launcher = _launcher(args, args.jobs)
+    paths = []
+
+    def sweep():
+        with output_folder(args.out):
+            print(f"sweep: {len(configs)} runs under {Path(args.out) / 'runs'} ({args.jobs} at a time; "
+                  "finished runs are skipped)")
+            paths.extend(train_runs(Path(args.out), configs, args.jobs, progress=not args.no_progress,
+                                    launcher=launcher, group=Path(args.out).resolve().name))
+
+    _launched(sweep)
     for combo, path in zip(combos, paths):
         rows = (path / "metrics.jsonl").read_text().splitlines()
         last = json.loads(rows[-1]) if rows else {}
@@ -374,6 +433,19 @@ def _zoo_verify(args) -> int:
     return 0 if record["status"] == "pass" else 1
 
 
+def _launch_arguments(p) -> None:
+    from icmix.train.launch import LAUNCHERS, SLURM_OPTIONS
+
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="where the training runs execute: this machine's process pool (local), submitit's local "
+                        "executor, or one SLURM job array (pip install 'icmix[slurm]')")
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help=f"a SLURM option of --launcher slurm: {', '.join(SLURM_OPTIONS)} "
+                        "(time=4h or D-HH:MM, gpus and cpus per task, mem=32G)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once the runs are submitted; the same command again picks up the finished runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from icmix.experiments import figure_names
     from icmix.families.mtd import LAG_ESTIMATORS
@@ -417,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="all: re-run figures even if cached")
     p.add_argument("--no-zoo", action="store_true",
                    help="train every run OUT/runs lacks instead of taking it from the shipped model zoo")
+    p.add_argument("--tracking", metavar="T1,T2",
+                   help="send the training runs' metrics to these trackers too: tensorboard, wandb")
+    _launch_arguments(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("construct", help="build a hand-set transformer and check it against its algorithm")
@@ -472,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="runs go to OUT/runs/<name>-<config hash>")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--no-progress", action="store_true")
+    _launch_arguments(p)
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")

@@ -105,21 +105,25 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
 def run_name(tc) -> str:
     """A run directory name: what usually differs between runs, then a hash of the whole config
     (``disentangled5-m3-T32-mse-seed0-<hash>``, ``gpt-regression4-d8-m5-noise0.0-seed0-<hash>``,
-    ``...-noise1.0-n4000-seed0-<hash>`` for a fixed training set)."""
+    ``...-noise1.0-n4000-seed0-<hash>`` for a fixed training set).  Trackers are not part of
+    it (``TrainConfig.identity``): a run tracked in W&B is the same run untracked."""
     depth = getattr(tc.model_config(), "n_layers", "")
-    digest = hashlib.sha1(tc.to_yaml().encode()).hexdigest()[:8]
+    digest = hashlib.sha1(tc.identity().to_yaml().encode()).hexdigest()[:8]
     return f"{tc.model.kind}{depth}-{tc.family.run_name(tc)}-seed{tc.seed}-{digest}"
 
 
-def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True) -> list[Path]:
+def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True, launcher=None,
+               group: str | None = None) -> list[Path]:
     """Train (or resume, or reuse) each ``TrainConfig`` under ``OUT/runs/<run_name>``, ``jobs`` at a
-    time; the run directories, in order.  Figures written to the same ``OUT`` share the runs
-    they have in common."""
+    time (through ``launcher``, ``icmix.train.launch``, if given); the run directories, in order.
+    Figures written to the same ``OUT`` share the runs they have in common.  ``group``: the
+    runs' group in their trackers."""
     from icmix.train import train_many
 
     paths = [Path(out) / "runs" / run_name(tc) for tc in configs]
     unique = dict(zip(paths, configs))
-    train_many([(tc, p) for p, tc in unique.items()], jobs, progress)
+    train_many([(tc, p) for p, tc in unique.items()], jobs, progress, launcher=launcher,
+               groups=dict.fromkeys(unique, group) if group else None)
     return paths
 
 

@@ -140,11 +140,15 @@ def _git() -> tuple[str | None, bool | None]:
 
 def reproduce_all(preset: str = "quick", out: str | Path = "results/report", overrides: list[str] | None = None,
                   seeds: int | None = None, jobs: int | None = None, figures: list[str] | None = None,
-                  force: bool = False, progress: bool = True, zoo: bool = True) -> Path:
+                  force: bool = False, progress: bool = True, zoo: bool = True, launcher=None,
+                  tracking: tuple[str, ...] = ()) -> Path:
     """Run every figure (cached ones skipped), then write the report; returns ``report.html``.
 
     With ``zoo`` (the default), a training run that ``OUT/runs`` lacks is taken from the model
-    zoo (``icmix.zoo``) where it holds a sound run of the same name; the others are trained.
+    zoo (``icmix.zoo``) where it holds a sound run of the same name; the others are trained,
+    through ``launcher`` (``icmix.train.launch``) if given, reporting to ``tracking`` (grouped by
+    the first figure that needs them).  A launcher that does not wait raises ``Submitted``
+    before any figure is drawn; the same call again draws them once the runs are finished.
 
     Every argument is checked and ``out`` proven writable before any work; ``out`` is held by
     this process alone meanwhile (``icmix.io.exclusive``)."""
@@ -155,7 +159,7 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     with output_folder(out):
-        return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start, zoo)
+        return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start, zoo, launcher, tracking)
 
 
 def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
@@ -172,7 +176,7 @@ def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
 
 
 def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs: dict, jobs: int, force: bool,
-                   progress: bool, start: float, zoo: bool = True) -> Path:
+                   progress: bool, start: float, zoo: bool = True, launcher=None, tracking: tuple[str, ...] = ()) -> Path:
     from icmix.experiments.common import run_name
     from icmix.train import train_many
 
@@ -198,7 +202,10 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
     if progress:
         print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
               f"{len(runs)} training runs, {len(runs) - len(pending)} already finished, {jobs} at a time")
-    failed_runs = train_many([(runs[p][0], p) for p in pending], jobs, progress, errors="collect") if pending else {}
+    tracked = {p: dataclasses.replace(runs[p][0], tracking=tuple(tracking)) if tracking else runs[p][0] for p in pending}
+    groups = {p: next(name for name in configs if name in runs[p][1]) for p in pending}
+    failed_runs = train_many([(tracked[p], p) for p in pending], jobs, progress, errors="collect", launcher=launcher,
+                             groups=groups) if pending else {}
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
     entries = {}

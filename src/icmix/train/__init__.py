@@ -1,9 +1,10 @@
 """Training: one loop for every task and model (config -> run directory -> predictor)."""
 
 from icmix.train.config import ModelSpec, OptimConfig, TaskSpec, TrainConfig
+from icmix.train.launch import Launcher
 from icmix.train.loop import (TrainState, build_model, build_objective, build_task, evaluate, fine_tune, load_run,
                               restore, train, train_many, train_step, write_checkpoint)
 
-__all__ = ["ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig", "TrainState", "build_model", "build_objective",
+__all__ = ["Launcher", "ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig", "TrainState", "build_model", "build_objective",
            "build_task", "evaluate", "fine_tune", "load_run", "restore", "train", "train_many", "train_step",
            "write_checkpoint"]

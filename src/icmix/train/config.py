@@ -12,6 +12,7 @@
     seed: 0
     device: auto         # auto | cpu | cuda[:N];  precision: fp32 | bf16 | fp16 (autocast on CUDA)
     data_device: cpu     # cpu | device: sample training batches on the training device
+    tracking: [wandb]    # trackers besides metrics.jsonl: tensorboard, wandb (never part of the run's name)
 
 Overrides use dotted keys: ``--set optim.lr=3e-4 --set model.n_layers=5``.
 """
@@ -30,6 +31,7 @@ from icmix._checks import check_positive, check_positive_int
 from icmix.families.base import TaskFamily, get_family
 from icmix.families.mixlinreg import MixLinRegSpec
 from icmix.families.mtd import MTDSpec
+from icmix.train.tracking import check_tracking
 
 LOSSES = ("mse", "ce")
 LOSS_POSITIONS = ("last", "all")
@@ -87,14 +89,19 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "auto"
     precision: str = "fp32"
-    tensorboard: bool = False
+    tensorboard: bool = False  # the older spelling of tracking: [tensorboard]
     # Where training batches are sampled: "cpu", or "device" (on the training device, with a
     # generator there, so a GPU is not starved by CPU sampling; a different random stream).
     data_device: str = "cpu"
+    # Experiment trackers that receive each evaluation row (``icmix.train.tracking``): they
+    # change no number, and the run's name does not depend on them (``identity``).
+    tracking: tuple[str, ...] = ()
 
     # Fields added after runs were named by a hash of the config: written out only when they
     # differ from their default, so the names (and the saved configs) of older runs hold.
-    _LATER_FIELDS = {"data_device": "cpu"}
+    _LATER_FIELDS = {"data_device": "cpu", "tracking": ()}
+    # Fields that say where a run reports, not what it computes: reset by ``identity``.
+    NEUTRAL_FIELDS = {"tracking": (), "tensorboard": False}
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
@@ -114,11 +121,17 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.data_device not in DATA_DEVICES:
             raise ValueError(f"data_device must be one of {DATA_DEVICES}, got {self.data_device!r}")
+        check_tracking(self.tracking)
         if not isinstance(self.task, self.family.spec):
             raise ValueError(f"a {self.task.kind!r} task needs a {self.family.spec.__name__} spec, "
                              f"got {type(self.task).__name__}")
         self.family.check(self)
         self.model_config()  # unknown or bad model keys fail here, before any training
+
+    def identity(self) -> TrainConfig:
+        """This config without the fields that only say where the run reports (``NEUTRAL_FIELDS``):
+        what names a run and what a resumed run must match."""
+        return dataclasses.replace(self, **self.NEUTRAL_FIELDS)
 
     @property
     def family(self) -> TaskFamily:
@@ -154,6 +167,8 @@ class TrainConfig:
         for name, default in self._LATER_FIELDS.items():
             if d[name] == default:
                 del d[name]
+        if "tracking" in d:
+            d["tracking"] = list(d["tracking"])
         return d
 
     @classmethod
@@ -244,6 +259,8 @@ def typed(name: str, value, hint):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
+    if origin is tuple and args and args[0] is str and isinstance(value, str):  # --set tracking=wandb,tensorboard
+        value = [v.strip() for v in value.split(",") if v.strip()]
     if origin is tuple and isinstance(value, (list, tuple)):
         inner = args[0] if args else float
         return tuple(typed(name, v, inner) for v in value)

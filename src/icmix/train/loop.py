@@ -37,6 +37,7 @@ from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, Con
                                     save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
+from icmix.train.tracking import Trackers
 
 
 
@@ -92,7 +93,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          compile: bool = False, extend_to: int | None = None) -> Path:
+          compile: bool = False, extend_to: int | None = None, group: str | None = None) -> Path:
     """Train (or resume) a run; returns the run directory.
 
     Under ``torchrun`` the run is data-parallel (see ``icmix.train.distributed``).  ``compile``
@@ -112,6 +113,10 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     unaffected), so an extended run is not the run a config with ``steps: extend_to`` trains
     from scratch, and the history says so.
 
+    ``group`` is the run's group in the trackers of ``cfg.tracking`` (the figure or sweep).  A
+    resumed run reports to the trackers of the config given, if one is (they are not part of
+    its identity), else to those of its ``config.yaml``.
+
     Raises ``ValueError`` if ``run_dir`` already holds a different run (or, without
     ``resume``, any run), if its config.yaml was edited, if no checkpoint is valid, if the
     model would not fit in memory, if another process is training the same run, or if the
@@ -126,10 +131,11 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         if not saved.exists():
             raise ValueError(f"nothing to resume in {run}: no config.yaml")
         on_disk = TrainConfig.from_yaml(saved)
-        if cfg is not None and cfg != on_disk:
+        if cfg is not None and cfg.identity() != on_disk.identity():
             raise ValueError(f"{run} was started with a different config ("
-                             + describe_differences(cfg, on_disk, "given", "config.yaml") + "); resume it without a new config")
-        cfg = on_disk
+                             + describe_differences(cfg.identity(), on_disk.identity(), "given", "config.yaml")
+                             + "); resume it without a new config")
+        cfg = on_disk if cfg is None else dataclasses.replace(on_disk, **{k: getattr(cfg, k) for k in cfg.NEUTRAL_FIELDS})
         if extend_to is None and (run / "model" / "model.safetensors").exists():  # finished: its record must hold
             try:
                 _newest_valid_checkpoint(run, cfg)
@@ -170,13 +176,13 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(cfg.seed)  # initialisation and dropout; the caller's RNG is untouched
-            return _train(cfg, run, resume, progress, device, world, compile)
+            return _train(cfg, run, resume, progress, device, world, compile, group)
 
 
 # Fields of a run's config that may change on resume without changing what it learns (a
 # change is written into ``history.jsonl``).  ``device`` moves a run between CPU and GPU: it
 # continues exactly, but its later steps are rounded as that device rounds.
-RESUMABLE_CHANGES = ("device", "tensorboard", "keep_checkpoints", "checkpoint_every")
+RESUMABLE_CHANGES = ("device", "tensorboard", "tracking", "keep_checkpoints", "checkpoint_every")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -459,7 +465,7 @@ def write_checkpoint(state: TrainState, cfg: TrainConfig, run: Path, world: Worl
 
 
 def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: torch.device, world: World,
-           compile: bool) -> Path:
+           compile: bool, group: str | None = None) -> Path:
     task = build_task(cfg)
     objective = build_objective(task, cfg)
     raw = model = build_model(cfg).to(device)  # ``raw``: the module itself (saved, evaluated)
@@ -479,7 +485,21 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         restore(state, cfg, run, world, device)
     if world.is_main:
         _truncate_metrics(run / "metrics.jsonl", state.step)
-    writer = _tensorboard(run, cfg) if world.is_main else None
+    trackers = Trackers(run, cfg, group) if world.is_main else None
+    try:
+        _loop(state, model, objective, eval_batch, cfg, run, progress, device, world, trackers)
+    finally:
+        if trackers is not None:
+            trackers.close()
+    if world.is_main:
+        raw.save_pretrained(run / "model")
+    world.barrier()  # nobody returns before the run is complete on disk
+    return run
+
+
+def _loop(state: TrainState, model: nn.Module, objective: Objective, eval_batch: dict, cfg: TrainConfig, run: Path,
+          progress: bool, device: torch.device, world: World, trackers: Trackers | None) -> None:
+    """Train from ``state.step`` to ``cfg.steps``, evaluating and checkpointing on schedule."""
     bar = range(state.step, cfg.steps)
     progress = progress and world.is_main
     if progress:
@@ -492,32 +512,25 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             row = evaluate(state, objective, eval_batch, world, device)
             if world.is_main:
-                _log(run, row, state.step, time.perf_counter() - t0, writer)
+                _log(run, row, state.step, time.perf_counter() - t0, trackers)
                 if progress:
                     bar.set_postfix({k.removeprefix("eval_"): f"{v:.4f}" for k, v in row.items()
                                      if k in ("train_loss", "eval_kl", "eval_nmse_last")})
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             write_checkpoint(state, cfg, run, world, device)
-    if writer is not None:
-        writer.close()
-    if world.is_main:
-        raw.save_pretrained(run / "model")
-    world.barrier()  # nobody returns before the run is complete on disk
-    return run
 
 
-def _log(run: Path, row: dict, step: int, seconds: float, writer) -> None:
-    """Append an evaluation row to ``metrics.jsonl`` (and TensorBoard) and the timing to ``progress.jsonl``.
-    (A line cut short by a full disk is dropped on resume: ``_truncate_metrics``.)"""
+def _log(run: Path, row: dict, step: int, seconds: float, trackers: Trackers | None) -> None:
+    """Append an evaluation row to ``metrics.jsonl`` and the timing to ``progress.jsonl``, then
+    hand the row to the trackers.  (A line cut short by a full disk is dropped on resume:
+    ``_truncate_metrics``.)"""
     with reporting_full_disk(run):
         with open(run / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         with open(run / "progress.jsonl", "a") as fh:
             fh.write(json.dumps({"step": step, "seconds": round(seconds, 3)}) + "\n")
-    if writer is not None:
-        for k, v in row.items():
-            if k != "step":
-                writer.add_scalar(k, v, step)
+    if trackers is not None:
+        trackers.log(row)
 
 
 class _CompiledOrEager(nn.Module):
@@ -576,19 +589,26 @@ def fine_tune(model: nn.Module, task, cfg: TrainConfig, steps: int, lr: float, s
 
 
 def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True,
-               errors: str = "raise") -> dict[Path, str]:
+               errors: str = "raise", launcher=None, groups: dict | None = None) -> dict[Path, str]:
     """Train each ``(config, run_dir)``, ``n_parallel`` at a time in separate processes.
 
     An existing run is resumed (or reused if finished) only if it has exactly its config;
     otherwise ``train`` refuses, rather than mixing runs of different settings.  With
     ``errors="collect"`` a failing run does not stop the others: the result maps each failed
     run directory to its error (``{}`` when all succeed).
+
+    ``launcher`` (``icmix.train.launch.Launcher``) sends the runs elsewhere: submitit's local
+    executor or a SLURM job array; ``None`` or a ``local`` one is this process pool.  ``groups``
+    maps a run directory to its trackers' group (the figure or sweep).
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     for cfg, path in jobs:  # a run too large for memory is refused before any run starts
         if not (Path(path) / "model" / "model.safetensors").exists():
             check_training_memory(cfg)
+    groups = {Path(p): g for p, g in (groups or {}).items()}
+    if launcher is not None and launcher.name != "local":
+        return launcher.train([(cfg, Path(p), groups.get(Path(p))) for cfg, p in jobs], progress, errors)
     failed: dict[Path, str] = {}
 
     def settle(path: Path, call) -> None:
@@ -601,7 +621,8 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
 
     if n_parallel == 1:
         for cfg, path in jobs:
-            settle(path, lambda: train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress))
+            settle(path, lambda: train(cfg, path, resume=(path / "config.yaml").exists(), progress=progress,
+                                       group=groups.get(Path(path))))
         return failed
     from concurrent.futures import as_completed
 
@@ -612,7 +633,8 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     if not jobs:
         return failed
     with worker_pool(min(n_parallel, len(jobs))) as pool:
-        futures = {pool.submit(train, cfg, path, (path / "config.yaml").exists(), False): path for cfg, path in jobs}
+        futures = {pool.submit(train, cfg, path, (path / "config.yaml").exists(), False, group=groups.get(Path(path))): path
+                   for cfg, path in jobs}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"training runs ({n_parallel} at a time)",
                            disable=not progress):
             settle(futures[future], future.result)
@@ -634,16 +656,6 @@ def _step_of(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _tensorboard(run: Path, cfg: TrainConfig):
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise ValueError("tensorboard: true needs the tensorboard package (pip install 'icmix[tensorboard]')") from err
-    return SummaryWriter(run / "tensorboard")
 
 
 def load_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:

@@ -275,7 +275,7 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
         if entry is None or path.exists() or run_name(tc) != path.name:
             continue
         problems = entry.problems()
-        if not problems and (entry.path / "config.yaml").read_text() != tc.to_yaml():
+        if not problems and (entry.path / "config.yaml").read_text() != tc.identity().to_yaml():
             problems = ["its config differs from the one asked for (same name, different config)"]
         if problems:
             stale[path] = "; ".join(problems)

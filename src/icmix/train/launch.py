@@ -1,0 +1,336 @@
+"""Where training runs execute: this machine's process pool, submitit's local executor, or SLURM.
+
+``icmix sweep`` and ``icmix reproduce [all]`` take ``--launcher``:
+
+    local           the process pool of ``train_many`` (the default)
+    submitit-local  submitit's local executor: each run a job of its own, as on a cluster
+    slurm           one SLURM job array through submitit (``pip install 'icmix[slurm]'``),
+                    options with ``--slurm KEY=VALUE`` (``SLURM_OPTIONS``)
+
+A job trains one run directory with ``train(..., resume=True)`` semantics, so whatever stops
+it (preemption, the time limit, a crash, ``scancel``) costs at most the steps since its last
+checkpoint: submitit's checkpointing hook (``TrainJob`` is ``Checkpointable``) requeues a
+preempted or timed-out job, which resumes from the run's newest checkpoint, and the run's
+exact resume makes the result bit-identical to an uninterrupted run.  Set ``checkpoint_every``
+so that a checkpoint falls well within a job's time.
+
+``OUT/logs/<run>.log`` records each run's submissions and starts; submitit's own logs (the
+job's stdout and stderr) are under ``OUT/logs/submitit``.  ``OUT/logs/jobs.json`` maps each run
+to its last job, so that a second call (``--no-wait``, or after this process was stopped)
+waits for jobs still queued or running, resubmits only runs whose job is gone, and skips
+finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAUNCHERS = ("local", "submitit-local", "slurm")
+INSTALL = "pip install 'icmix[slurm]'"
+
+
+def _minutes(text: str) -> int:
+    """A SLURM time limit in minutes: ``90``, ``90m``, ``4h``, ``2d``, ``MM:SS``, ``HH:MM:SS``,
+    ``D-HH``, ``D-HH:MM`` or ``D-HH:MM:SS`` (seconds round up)."""
+    text = str(text).strip()
+    unit = re.fullmatch(r"(\d+)\s*([mhd])", text)
+    if unit:
+        return int(unit.group(1)) * {"m": 1, "h": 60, "d": 1440}[unit.group(2)]
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not match:
+        raise ValueError(f"--slurm time={text!r} is not a time: use minutes (90, 90m), hours (4h), days (2d), "
+                         "HH:MM:SS or D-HH:MM")
+    days, a, b, c = match.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif b is None:  # plain minutes
+        seconds = int(a) * 60
+    elif c is None:  # MM:SS
+        seconds = int(a) * 60 + int(b)
+    else:  # HH:MM:SS
+        seconds = int(a) * 3600 + int(b) * 60 + int(c)
+    if seconds <= 0:
+        raise ValueError(f"--slurm time={text!r} must be positive")
+    return -(-seconds // 60)
+
+
+def _memory(text: str) -> str:
+    """A SLURM memory request (``16G``, ``64000M``, ``16GB``; a plain number is MB)."""
+    text = str(text).strip().upper()
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"--slurm mem={text!r} is not a memory size: use 16G, 64000M, ...")
+    return match.group(1) + (match.group(2) or "M")
+
+
+def _positive(text: str) -> int:
+    if not str(text).strip().isdigit() or int(text) < 1:
+        raise ValueError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+# ``--slurm KEY=VALUE`` -> (submitit SlurmExecutor parameter, parser).  One task per job; GPUs and
+# CPUs are per task.
+SLURM_OPTIONS = {
+    "partition": ("partition", str),
+    "time": ("time", _minutes),
+    "gpus": ("gpus_per_node", _positive),
+    "cpus": ("cpus_per_task", _positive),
+    "mem": ("mem", _memory),
+    "array_parallelism": ("array_parallelism", _positive),
+    "account": ("account", str),
+    "qos": ("qos", str),
+    "constraint": ("constraint", str),
+}
+
+
+def slurm_parameters(options: list[str] | dict | None) -> dict:
+    """submitit ``SlurmExecutor`` parameters of ``--slurm KEY=VALUE`` options; ``ValueError``
+    naming the known keys for an unknown one, and the key for a bad value."""
+    items = list(options.items()) if isinstance(options, dict) else []
+    for item in options if not isinstance(options, dict) else []:
+        if "=" not in item:
+            raise ValueError(f"--slurm {item!r} is not of the form KEY=VALUE")
+        key, value = item.split("=", 1)
+        items.append((key.strip(), value.strip()))
+    parameters = {}
+    for key, value in items:
+        if key not in SLURM_OPTIONS:
+            raise ValueError(f"unknown --slurm option {key!r}; known: {', '.join(SLURM_OPTIONS)}")
+        name, parse = SLURM_OPTIONS[key]
+        try:
+            parameters[name] = parse(value)
+        except ValueError as err:
+            raise ValueError(f"--slurm {key}: {err}") from None
+    return parameters
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError(f"this launcher needs submitit: {INSTALL}") from None
+    return submitit
+
+
+class Submitted(Exception):
+    """Raised by ``Launcher.train`` with ``wait=False`` once the runs are submitted: its text
+    says which, and how to pick them up."""
+
+
+def _note(log: Path, text: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+
+def _checkpointable():
+    try:
+        from submitit.helpers import Checkpointable
+    except ImportError:
+        return object
+    return Checkpointable
+
+
+class TrainJob(_checkpointable()):
+    """One training run as a submitit job.  Preempted or timed out, submitit calls
+    ``checkpoint`` (inherited: the same call again) and requeues it; the new start resumes
+    from the run directory's newest checkpoint."""
+
+    def __call__(self, config_yaml: str, run_dir: str, log: str, group: str | None = None,
+                 threads: int | None = None) -> str:
+        import torch
+        import yaml
+
+        from icmix.train.config import TrainConfig
+        from icmix.train.loop import train
+
+        if threads:
+            torch.set_num_threads(threads)
+        run, log = Path(run_dir), Path(log)
+        cfg = TrainConfig.from_dict(yaml.safe_load(config_yaml))
+        resume = (run / "config.yaml").exists()
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "?")
+        _note(log, f"job {job}: {'resuming' if resume else 'starting'} {run.name}")
+        train(cfg, run, resume=resume, progress=False, group=group)
+        _note(log, f"job {job}: finished {run.name}")
+        return str(run)
+
+
+def _finished(run: Path) -> bool:
+    return (Path(run) / "model" / "model.safetensors").exists()
+
+
+@dataclass
+class Launcher:
+    """How ``train_many`` runs its jobs (see the module docstring).
+
+    ``logs``: the folder of per-run logs and submitit's files (``OUT/logs``); ``options``:
+    ``--slurm KEY=VALUE`` items; ``wait``: wait for the jobs (else raise ``Submitted`` once they
+    are queued); ``max_parallel``: runs at once under ``submitit-local`` (SLURM: the array's
+    ``array_parallelism``); ``threads``: torch threads in each job (default: SLURM's CPUs)."""
+
+    name: str = "local"
+    logs: Path | None = None
+    options: list[str] | dict = field(default_factory=list)
+    wait: bool = True
+    max_parallel: int = 1
+    poll_seconds: float | None = None
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.name not in LAUNCHERS:
+            raise ValueError(f"--launcher must be one of {LAUNCHERS}, got {self.name!r}")
+        if self.options and self.name != "slurm":
+            raise ValueError("--slurm options need --launcher slurm")
+        if not self.wait and self.name == "local":
+            raise ValueError("--no-wait needs --launcher submitit-local or slurm (the local pool runs in this process)")
+        self.parameters = slurm_parameters(self.options) if self.name == "slurm" else {}
+        if self.name != "local":
+            _submitit()
+            if self.name == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+                raise ValueError("--launcher slurm needs SLURM's sbatch and srun on PATH: run it on the cluster "
+                                 "(a login node), or try --launcher submitit-local here")
+            if self.logs is None:
+                raise ValueError("a submitit launcher needs a logs folder")
+            self.logs = Path(self.logs).resolve()
+        if self.poll_seconds is None:
+            self.poll_seconds = 30.0 if self.name == "slurm" else 0.5
+
+    # ---- submitit ------------------------------------------------------------------------
+    def executor(self):
+        """The submitit executor of this launcher (nothing is submitted)."""
+        submitit = _submitit()
+        folder = self.logs / "submitit" / "%j"
+        if self.name == "slurm":
+            executor = submitit.SlurmExecutor(folder=folder)
+            executor.update_parameters(**{"job_name": "icmix", "time": 60, **self.parameters})
+        else:
+            executor = submitit.LocalExecutor(folder=folder)
+            executor.update_parameters(timeout_min=7 * 24 * 60)
+        return executor
+
+    def _threads(self) -> int | None:
+        if self.name == "submitit-local":  # the cores shared by the runs at once
+            return self.threads or max(1, (os.cpu_count() or 1) // self.max_parallel)
+        return self.threads or self.parameters.get("cpus_per_task")
+
+    def _active(self, job_id: str) -> bool:
+        """Whether an earlier call's job is still queued or running."""
+        if self.name == "slurm":
+            state = _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).state.upper()
+            return state.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
+                                        "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED")
+        try:  # submitit-local: the controller process (a zombie is a finished process)
+            stat = Path(f"/proc/{int(job_id)}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, ValueError, IndexError):
+            try:
+                os.kill(int(job_id), 0)
+            except (OSError, ValueError):
+                return False
+            return not Path("/proc").is_dir()  # no /proc to tell a zombie: alive
+
+    def _records(self) -> dict:
+        path = self.logs / "jobs.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            return {}
+
+    def _record(self, entries: dict) -> None:
+        from icmix.io import atomic_write
+
+        records = {**self._records(), **entries}
+        atomic_write(self.logs / "jobs.json", lambda p: Path(p).write_text(json.dumps(records, indent=1)))
+
+    def _submit(self, executor, jobs: list[tuple]) -> list:
+        """Submit ``(cfg, run, group)`` jobs (as one array under SLURM); their submitit jobs."""
+        calls = [(cfg.to_yaml(), str(run), str(self.logs / f"{run.name}.log"), group, self._threads())
+                 for cfg, run, group in jobs]
+        if self.name == "slurm":
+            with executor.batch():
+                handles = [executor.submit(TrainJob(), *call) for call in calls]
+        else:
+            handles = [executor.submit(TrainJob(), *call) for call in calls]
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._record({run.name: {"launcher": self.name, "job_id": str(h.job_id), "submitted": now}
+                      for (_, run, _), h in zip(jobs, handles)})
+        for (_, run, _), h in zip(jobs, handles):
+            _note(self.logs / f"{run.name}.log", f"submitted as {self.name} job {h.job_id} "
+                  f"(submitit logs: {self.logs / 'submitit' / str(h.job_id)})")
+        return handles
+
+    def train(self, jobs: list[tuple], progress: bool = True, errors: str = "raise") -> dict[Path, str]:
+        """Train ``(cfg, run directory, group)`` jobs: skip finished runs, wait for an earlier
+        call's jobs still queued or running, submit the rest; then wait for all (or raise
+        ``Submitted``).  ``{run directory: error}`` of runs that failed (``errors="collect"``)."""
+        pending = [(cfg, Path(run), group) for cfg, run, group in jobs if not _finished(run)]
+        if not pending:
+            return {}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        records = self._records()
+        attached, to_submit = {}, []
+        for job in pending:
+            record = records.get(job[1].name, {})
+            if record.get("launcher") == self.name and self._active(record["job_id"]):
+                attached[job[1]] = record["job_id"]
+            else:
+                to_submit.append(job)
+        executor = self.executor()
+        waves = [to_submit] if self.name == "slurm" or not self.wait else \
+            [to_submit[i:i + self.max_parallel] for i in range(0, len(to_submit), self.max_parallel)]
+        if progress:
+            print(f"{self.name}: {len(jobs) - len(pending)} runs finished, {len(attached)} still queued or running "
+                  f"from an earlier call, {len(to_submit)} to submit (logs: {self.logs})")
+        handles = {}
+        try:
+            for i, wave in enumerate(waves):
+                if i and self.wait:  # submitit-local: at most max_parallel at once
+                    self._wait(list(handles.values())[-len(waves[i - 1]):], {}, progress=False)
+                handles.update(zip([run for _, run, _ in wave], self._submit(executor, wave)))
+            if not self.wait:
+                ids = sorted({str(h.job_id).split("_")[0] for h in handles.values()} | set(attached.values()))
+                raise Submitted(f"{len(handles)} runs submitted and {len(attached)} already queued or running "
+                                f"({self.name} jobs {', '.join(ids)}; logs in {self.logs}); run the same command "
+                                "again to pick up the finished runs")
+            self._wait(list(handles.values()), attached, progress)
+        except KeyboardInterrupt:
+            where = "scancel them to stop them" if self.name == "slurm" else "they keep running"
+            raise KeyboardInterrupt(f"stopped waiting; the submitted jobs were not cancelled ({where}); rerun the "
+                                    "same command to wait for them again") from None
+        failed = {}
+        for _, run, _ in pending:
+            if _finished(run):
+                continue
+            handle = handles.get(run)
+            error = None
+            if handle is not None:
+                try:
+                    handle.result()
+                except Exception as err:  # noqa: BLE001 - reported per run
+                    error = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            failed[run] = (f"{error or 'the job ended without finishing the run'} "
+                           f"(see {self.logs / (run.name + '.log')} and {self.logs / 'submitit'})")
+        if failed and errors == "raise":
+            run, why = next(iter(failed.items()))
+            raise ValueError(f"training run {run} failed: {why}")
+        return failed
+
+    def _wait(self, handles: list, attached: dict, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        total = len(handles) + len(attached)
+        with tqdm(total=total, desc=f"{self.name} jobs", unit="run", disable=not progress) as bar:
+            while True:
+                done = sum(h.done() for h in handles) + sum(not self._active(j) for j in attached.values())
+                bar.update(done - bar.n)
+                if done == total:
+                    return
+                time.sleep(self.poll_seconds)

@@ -1,0 +1,116 @@
+"""Experiment trackers: where a run's evaluation rows go besides ``metrics.jsonl``.
+
+``TrainConfig.tracking`` lists them (``tensorboard``, ``wandb``).  ``metrics.jsonl`` stays the
+deterministic record: a tracker receives a copy of each row after it is written, draws no
+random number and changes no number, and the run's name (its config hash) does not depend on
+it (``TrainConfig.identity``).
+
+Weights & Biases (``pip install 'icmix[wandb]'``) gets the full config, the run name, a group
+(the figure or sweep the run belongs to; ``WANDB_RUN_GROUP`` overrides it) and every row.  Its
+project is ``WANDB_PROJECT`` or ``icmix``; the W&B run id is derived from the run directory, so
+a resumed or requeued run continues the same W&B run.  ``WANDB_MODE=offline`` writes it under
+``RUN/wandb`` with no network (``wandb sync`` uploads it later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def check_tracking(tracking: tuple[str, ...]) -> tuple[str, ...]:
+    """``tracking`` if every entry is a known tracker, named once; ``ValueError`` otherwise."""
+    unknown = [t for t in tracking if t not in TRACKERS]
+    if unknown:
+        raise ValueError(f"tracking must list trackers among {TRACKERS}, got {unknown}")
+    if len(set(tracking)) != len(tracking):
+        raise ValueError(f"tracking names a tracker twice: {list(tracking)}")
+    return tracking
+
+
+_PACKAGES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
+    """``tracking`` if each tracker's package is installed; ``ValueError`` saying how to install it."""
+    import importlib
+
+    for name in tracking:
+        module, extra = _PACKAGES[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ValueError(f"tracking {name} needs the {extra} package (pip install 'icmix[{extra}]')") from None
+    return tracking
+
+
+def wandb_id(run: Path) -> str:
+    """The W&B run id of a run directory: the same for every (re)start of that run."""
+    return hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:16]
+
+
+class _TensorBoard:
+    def __init__(self, run: Path, cfg, group: str | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ValueError("tracking tensorboard needs the tensorboard package "
+                             "(pip install 'icmix[tensorboard]')") from err
+        self.writer = SummaryWriter(run / "tensorboard")
+
+    def log(self, row: dict) -> None:
+        for key, value in row.items():
+            if key != "step":
+                self.writer.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, run: Path, cfg, group: str | None):
+        try:
+            import wandb
+        except ImportError as err:
+            raise ValueError("tracking wandb needs the wandb package (pip install 'icmix[wandb]')") from err
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "icmix"), name=run.name, id=wandb_id(run),
+                              group=os.environ.get("WANDB_RUN_GROUP", group), config=cfg.to_dict(), dir=str(run),
+                              resume="allow", reinit="create_new")
+
+    def log(self, row: dict) -> None:
+        # A resumed run logs again the rows after its checkpoint; W&B keeps the first copy of a
+        # step (the same numbers: training is deterministic).
+        if row["step"] >= self.run.step:
+            self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+_BACKENDS = {"tensorboard": _TensorBoard, "wandb": _WandB}
+
+
+class Trackers:
+    """The trackers of a run (none when ``cfg.tracking`` is empty): ``log(row)``, then ``close()``."""
+
+    def __init__(self, run: Path, cfg, group: str | None = None):
+        names = list(cfg.tracking) + (["tensorboard"] if cfg.tensorboard and "tensorboard" not in cfg.tracking else [])
+        self.backends = []
+        try:
+            for name in names:
+                self.backends.append(_BACKENDS[name](Path(run), cfg, group))
+        except BaseException:
+            self.close()
+            raise
+
+    def log(self, row: dict) -> None:
+        for backend in self.backends:
+            backend.log(row)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
