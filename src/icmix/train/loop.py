@@ -38,6 +38,7 @@ from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, Con
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.tracking import Trackers
+from icmix.train.tracking import require as require_trackers
 
 
 
@@ -155,6 +156,7 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
     check_training_memory(cfg)
+    require_trackers(cfg.tracking + (("tensorboard",) if cfg.tensorboard else ()))
     world.barrier()  # every rank has looked before rank 0 writes
     with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
         if locked is not None:  # (output_folder cleaned the run folder itself)
