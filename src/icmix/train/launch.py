@@ -284,23 +284,18 @@ class Launcher:
             else:
                 to_submit.append(job)
         executor = self.executor()
-        waves = [to_submit] if self.name == "slurm" or not self.wait else \
-            [to_submit[i:i + self.max_parallel] for i in range(0, len(to_submit), self.max_parallel)]
         if progress:
             print(f"{self.name}: {len(jobs) - len(pending)} runs finished, {len(attached)} still queued or running "
                   f"from an earlier call, {len(to_submit)} to submit (logs: {self.logs})")
         handles = {}
         try:
-            for i, wave in enumerate(waves):
-                if i and self.wait:  # submitit-local: at most max_parallel at once
-                    self._wait(list(handles.values())[-len(waves[i - 1]):], {}, progress=False)
-                handles.update(zip([run for _, run, _ in wave], self._submit(executor, wave)))
             if not self.wait:
+                handles.update(zip([run for _, run, _ in to_submit], self._submit(executor, to_submit)))
                 ids = sorted({str(h.job_id).split("_")[0] for h in handles.values()} | set(attached.values()))
                 raise Submitted(f"{len(handles)} runs submitted and {len(attached)} already queued or running "
                                 f"({self.name} jobs {', '.join(ids)}; logs in {self.logs}); run the same command "
                                 "again to pick up the finished runs")
-            self._wait(list(handles.values()), attached, progress)
+            self._run(executor, to_submit, attached, handles, progress)
         except KeyboardInterrupt:
             where = "scancel them to stop them" if self.name == "slurm" else "they keep running"
             raise KeyboardInterrupt(f"stopped waiting; the submitted jobs were not cancelled ({where}); rerun the "
@@ -323,14 +318,23 @@ class Launcher:
             raise ValueError(f"training run {run} failed: {why}")
         return failed
 
-    def _wait(self, handles: list, attached: dict, progress: bool) -> None:
+    def _run(self, executor, to_submit: list, attached: dict, handles: dict, progress: bool) -> None:
+        """Submit ``to_submit`` (SLURM: all at once, as one array; submitit-local: a new job as soon
+        as fewer than ``max_parallel`` run) into ``handles`` and wait until every job and every
+        ``attached`` earlier job is done, with one progress bar over all of them."""
         from tqdm.auto import tqdm
 
-        total = len(handles) + len(attached)
-        with tqdm(total=total, desc=f"{self.name} jobs", unit="run", disable=not progress) as bar:
+        queue = list(to_submit)
+        slots = len(queue) if self.name == "slurm" else self.max_parallel
+        with tqdm(total=len(queue) + len(attached), desc=f"{self.name} jobs", unit="run", disable=not progress) as bar:
             while True:
-                done = sum(h.done() for h in handles) + sum(not self._active(j) for j in attached.values())
+                running = sum(not h.done() for h in handles.values())
+                if queue and running < slots:
+                    batch, queue = queue[:slots - running], queue[slots - running:]
+                    handles.update(zip([run for _, run, _ in batch], self._submit(executor, batch)))
+                    continue
+                done = sum(h.done() for h in handles.values()) + sum(not self._active(j) for j in attached.values())
                 bar.update(done - bar.n)
-                if done == total:
+                if not queue and done == bar.total:
                     return
                 time.sleep(self.poll_seconds)
