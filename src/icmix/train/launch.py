@@ -227,9 +227,10 @@ class Launcher:
             state = _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).state.upper()
             return state.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
                                         "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED")
-        try:  # submitit-local: the controller process (a zombie is a finished process)
-            stat = Path(f"/proc/{int(job_id)}/stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        try:  # submitit-local: the controller process (a zombie is a finished one; a reused pid another's)
+            proc = Path(f"/proc/{int(job_id)}")
+            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            return alive and b"submitit" in (proc / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             try:
                 os.kill(int(job_id), 0)
