@@ -291,7 +291,8 @@ class Launcher:
         handles = {}
         try:
             if not self.wait:
-                handles.update(zip([run for _, run, _ in to_submit], self._submit(executor, to_submit)))
+                if to_submit:
+                    handles.update(zip([run for _, run, _ in to_submit], self._submit(executor, to_submit)))
                 ids = sorted({str(h.job_id).split("_")[0] for h in handles.values()} | set(attached.values()))
                 raise Submitted(f"{len(handles)} runs submitted and {len(attached)} already queued or running "
                                 f"({self.name} jobs {', '.join(ids)}; logs in {self.logs}); run the same command "
