@@ -353,3 +353,40 @@ def test_verify_elsewhere_passes_within_the_metric_tolerance(tiny_zoo, tmp_path,
     assert record["status"] == "fail" and "tolerance 2%" in record["reason"]
     with pytest.raises(ValueError, match="exists"):
         zoo.verify(entry.name, tmp_path / "work3", root, progress=False)  # never trains over a folder
+
+
+def _nudged(entry) -> None:
+    """Shift the shipped weights by 1e-7 (what another CPU's rounding does), SHA-256 updated."""
+    from safetensors.torch import load_file, save_file
+
+    weights = entry.path / "model" / "model.safetensors"
+    save_file({k: v + 1e-7 * torch.ones_like(v) for k, v in load_file(weights).items()}, weights)
+    prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
+    prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+
+
+@pytest.mark.parametrize("features", [None, "AVX512 flags:0123abcd"])
+def test_same_cpu_name_other_instruction_sets_is_another_cpu(tiny_zoo, tmp_path, features):
+    """CPU model names can hide the instruction sets that pick torch's kernels (a cloud's
+    "AMD EPYC" is several generations): an entry whose recorded features differ from this
+    machine's, or are not recorded (entries from before they were), is judged by the metric
+    tolerance, not failed as if the training code had changed."""
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    assert entry.provenance["cpu_features"] == zoo.cpu_features()
+    prov = entry.provenance
+    if features is None:
+        del prov["cpu_features"]
+    else:
+        prov["cpu_features"] = features
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    _nudged(entry)
+    record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "pass" and not record["identical"], record["reason"]
+    assert "another CPU" in record["reason"] and record["here"]["cpu_features"] == zoo.cpu_features()
+    # With this machine's features recorded, differing bits mean the numbers changed.
+    prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
+    prov["cpu_features"] = zoo.cpu_features()
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
+    assert record["status"] == "fail" and "same CPU" in record["reason"]

@@ -76,6 +76,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> str:
+    """What decides the CPU kernels torch runs, beyond the model name (a cloud's "AMD EPYC" is
+    several generations): torch's CPU capability and a hash of the instruction-set flags
+    (``/proc/cpuinfo``), e.g. ``AVX512 flags:1a2b3c4d``.  Bit-identical retraining is expected
+    only where this and the torch build match."""
+    import hashlib
+
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        return capability
+    return f"{capability} flags:{hashlib.sha1(' '.join(sorted(flags)).encode()).hexdigest()[:8]}"
+
+
 def git_commit(path: Path = ZOO_ROOT) -> str:
     """The git commit of the source tree holding ``path`` (``unknown`` outside a checkout);
     ``+dirty`` when tracked files under ``src/`` differ from it."""
@@ -134,7 +152,8 @@ def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threa
         "run": name, "figures": figures, "steps": tc.steps,
         "command": command or shlex.join(["icmix", *sys.argv[1:]]),
         "git_commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
-        "cpu": cpu_model(), "threads": torch.get_num_threads(), "wall_seconds": round(wall, 1),
+        "cpu": cpu_model(), "cpu_features": cpu_features(), "threads": torch.get_num_threads(),
+        "wall_seconds": round(wall, 1),
         "trained": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # wall time of this call only: a resumed run's earlier part is in its progress.jsonl
         "resumed": resumed,
@@ -331,8 +350,9 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
                 "max_weight_difference": float("nan"), "metric": "", "metric_shipped": float("nan"),
                 "metric_retrained": float("nan"), "metric_relative_difference": float("nan"),
                 "integrity": integrity, "retrain_seconds": 0.0, "steps": prov.get("steps"),
-                "here": {"cpu": cpu_model(), "torch": torch.__version__, "threads": prov.get("threads")},
-                "shipped": {k: prov.get(k) for k in ("cpu", "torch", "threads", "git_commit", "wall_seconds")}}
+                "here": {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__,
+                         "threads": prov.get("threads")},
+                "shipped": {k: prov.get(k) for k in SHOWN}}
     cfg = TrainConfig.from_yaml(entry.path / "config.yaml")
     run = Path(work) / entry.name
     if run.exists():
@@ -357,15 +377,17 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     metric = _final_metric(run, progress_metric(cfg))
     metric_shipped = _final_metric(entry.path, metric[0])
     rel = abs(metric[1] - metric_shipped[1]) / max(abs(metric_shipped[1]), 1e-12)
-    here = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads}
-    same_env = prov.get("cpu") == here["cpu"] and prov.get("torch") == here["torch"]
+    here = {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__, "threads": threads}
+    # Entries trained before cpu_features was recorded cannot claim the same CPU.
+    same_env = all(prov.get(k) == here[k] for k in ("cpu", "cpu_features", "torch"))
     if identical:
         status, why = "pass", "bit-identical weights"
     elif same_env:
         status, why = "fail", ("same CPU, torch build and threads, but the weights differ: the training code now "
                                "gives other numbers, or the shipped weights were altered")
     elif rel <= METRIC_TOLERANCE:
-        status, why = "pass", (f"another CPU or torch build: weights differ by up to {max_diff:.2g}, final "
+        status, why = "pass", (f"another CPU or torch build ({_environment_difference(prov, here)}): weights "
+                               f"differ by up to {max_diff:.2g}, final "
                                f"{metric[0]} within {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})")
     else:
         status, why = "fail", f"final {metric[0]} differs by {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})"
@@ -373,7 +395,15 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
             "max_weight_difference": max_diff, "metric": metric[0], "metric_shipped": metric_shipped[1],
             "metric_retrained": metric[1], "metric_relative_difference": rel, "integrity": integrity,
             "retrain_seconds": round(wall, 1), "steps": cfg.steps, "here": here,
-            "shipped": {k: prov.get(k) for k in ("cpu", "torch", "threads", "git_commit", "wall_seconds")}}
+            "shipped": {k: prov.get(k) for k in SHOWN}}
+
+
+SHOWN = ("cpu", "cpu_features", "torch", "threads", "git_commit", "wall_seconds")  # of a provenance, in a record
+
+
+def _environment_difference(prov: dict, here: dict) -> str:
+    return "; ".join(f"{k}: {prov[k]!r} shipped, {here[k]!r} here" if k in prov else f"{k} not recorded"
+                     for k in ("cpu", "cpu_features", "torch") if prov.get(k) != here[k])
 
 
 def _final_metric(run: Path, metric: str) -> tuple[str, float]:
