@@ -137,7 +137,8 @@ def test_reproduce_mlr_fig2_tiny(tmp_path):
     out = tmp_path / "m2"
     assert main(["reproduce", "mlr-fig2", "--preset", "cpu", "--out", str(out), "--seeds", "1", "--no-progress", "--set", "steps=20",
                  "--set", "n_eval=40", "--set", "components=(3,)", "--set", "dim=4", "--set", "n_points=9",
-                 "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16"]) == 0
+                 "--set", "dims_start=2", "--set", "points_start=5", "--set", "d_model=16",
+                 "--set", "noises=(0.0,1.0)"]) == 0  # the cpu preset is sigma = 1 only; the noiseless panel too
     table = pd.read_csv(out / "mlr-fig2.csv")
     assert set(table.noise) == {0.0, 1.0} and set(table.k) == set(range(9))
     assert {"transformer", "posterior mean (oracle)", "argmin (oracle)", "OLS", "ridge (Bayesian OLS)",
