@@ -104,7 +104,7 @@ def _submit_one(tmp_path: Path, cfg: TrainConfig) -> tuple[Launcher, Path, str]:
 
 
 def test_preempted_job_is_requeued_and_resumes_bit_identically(tmp_path):
-    cfg = tiny(steps=300, every=25)
+    cfg = tiny(steps=1000, every=25)  # signalled right after its first checkpoint: 97 % of the run still to go
     launcher, run, job = _submit_one(tmp_path, cfg)
     wait_for(lambda: any((run / "checkpoints").glob("step_*")), "the job's first checkpoint")
     os.kill(task_process(int(job)), signal.SIGUSR2)  # what SLURM sends before preempting or timing out a job
@@ -117,7 +117,7 @@ def test_preempted_job_is_requeued_and_resumes_bit_identically(tmp_path):
 
 
 def test_killed_job_is_resubmitted_and_resumes_bit_identically(tmp_path):
-    cfg = tiny(steps=300, every=25)
+    cfg = tiny(steps=1000, every=25)
     launcher, run, job = _submit_one(tmp_path, cfg)
     wait_for(lambda: any((run / "checkpoints").glob("step_*")), "the job's first checkpoint")
     task = task_process(int(job))
@@ -138,8 +138,8 @@ def test_figure_through_submitit_local_no_wait_then_again(tmp_path, capsys):
             "--set", "steps=6", "--set", "gpt_steps=6", "--set", "length=10", "--set", "eval_lengths=(5,10)",
             "--set", "n_sequences=20", "--set", "n_tune=10", "--set", "gpt_width=8", "--set", "gpt_heads=2",
             "--set", "gpt_layers=2", "--launcher", "submitit-local"]
-    assert main(args + ["--no-wait"]) == 0
-    assert "submitted: 2 runs submitted" in capsys.readouterr().out
+    assert main(args + ["--no-wait"]) == 0  # the figure's jobs=1: one run at a time
+    assert "submitted: 1 runs submitted and 0 already queued or running, 1 waiting for a free slot" in capsys.readouterr().out
     assert not (out / "mtd-fig4.png").exists()  # nothing drawn before the runs are finished
     assert main(args) == 0  # waits for the same jobs (no resubmission), then draws
     jobs = json.loads((out / "logs" / "jobs.json").read_text())
@@ -186,6 +186,31 @@ def test_slurm_array_script_through_a_fake_sbatch(tmp_path, fake_slurm, capsys):
     jobs = json.loads((out / "logs" / "jobs.json").read_text())
     assert sorted(j["job_id"] for j in jobs.values()) == ["4242_0", "4242_1", "4242_2"]
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())  # nothing ran here
+
+
+def test_a_refused_slurm_submission_is_a_clear_error(tmp_path, fake_slurm, capsys):
+    (fake_slurm.parent / "bin" / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\n"
+                                                     "exit 1\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(CONFIG), *TINY, "--out", str(out), "--no-progress", "--launcher", "slurm",
+                 "--slurm", "partition=nope", "--no-wait"]) == 2
+    err = capsys.readouterr().err
+    assert "icmix: error: the slurm submission was refused" in err and "invalid partition specified" in err
+
+
+def test_slurm_job_states_an_earlier_call_waits_for(tmp_path, fake_slurm):
+    """A job is gone only on a definite end state: one that sacct cannot report yet (UNKNOWN)
+    or that is being requeued (PREEMPTED) is waited for, never submitted a second time."""
+    states = {"5000_0": "RUNNING", "5001_0": "PENDING", "5002_0": "PREEMPTED", "5003_0": "REQUEUED",
+              "5004_0": "COMPLETED", "5005_0": "FAILED", "5006_0": "CANCELLED by 1000", "5007_0": "TIMEOUT",
+              "5008_0": "NODE_FAIL"}
+    table = "\n".join(f"{job}|{state}|node1" for job, state in states.items())
+    (fake_slurm.parent / "bin" / "sacct").write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\necho '{table}'\n")
+    (fake_slurm.parent / "bin" / "sacct").chmod(0o755)
+    launcher = Launcher("slurm", tmp_path / "logs")
+    active = {job: launcher._active(job) for job in [*states, "5009_0"]}  # 5009_0: not in sacct (yet)
+    assert active == {"5000_0": True, "5001_0": True, "5002_0": True, "5003_0": True, "5004_0": False,
+                      "5005_0": False, "5006_0": False, "5007_0": False, "5008_0": False, "5009_0": True}
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("90m", 90), ("4h", 240), ("2d", 2880), ("30:00", 30),

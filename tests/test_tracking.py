@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from icmix.cli import main
 from icmix.experiments.common import run_name
 from icmix.train import TrainConfig, train
+from icmix.train.loop import history
 from icmix.train.tracking import wandb_id
 
 CONFIG = Path(__file__).parents[1] / "configs" / "mtd_disentangled.yaml"
@@ -88,6 +90,24 @@ def test_wandb_offline_run_equals_the_runs_own_files(tmp_path, offline):
     assert run_name(tracked) == run_name(untracked)
 
 
+def test_an_interrupted_run_resumed_with_wandb_logs_the_rest_and_ends_identical(tmp_path, offline):
+    cfg = TrainConfig.from_yaml(CONFIG, TINY)
+    plain = train(cfg, tmp_path / "plain", progress=False)
+    run = train(cfg, tmp_path / "run", progress=False)
+    # killed after step 60 was logged but before its checkpoint: the newest checkpoint is step 40
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "checkpoints" / "step_0000060")
+    tracked = dataclasses.replace(cfg, tracking=("wandb",))
+    assert train(tracked, run, resume=True, progress=False) == run  # tracking is no change of the run
+    assert (run / "model" / "model.safetensors").read_bytes() == (plain / "model" / "model.safetensors").read_bytes()
+    assert (run / "metrics.jsonl").read_text() == (plain / "metrics.jsonl").read_text()
+    _, rows = offline_run(run)
+    assert [r["_step"] for r in rows] == [60]  # the rows trained after the resume
+    assert any(e["field"] == "tracking" and e["to"] == ["wandb"] for e in history(run))
+    # Its W&B id is kept in the run; a new run elsewhere draws another.
+    assert (run / "wandb-id").read_text().strip() == wandb_id(run) != wandb_id(plain)
+
+
 def test_wandb_group_and_resume_without_tracking(tmp_path, offline, monkeypatch):
     cfg = dataclasses.replace(TrainConfig.from_yaml(CONFIG, TINY), tracking=("wandb",))
     run = train(cfg, tmp_path / "run", progress=False, group="mtd-fig4")
@@ -107,7 +127,8 @@ def test_tracking_is_not_part_of_the_name_or_the_saved_config():
     assert "tracking" not in cfg.to_yaml()  # configs written before tracking existed read the same
     for tracking in (("wandb",), ("tensorboard", "wandb")):
         assert run_name(dataclasses.replace(cfg, tracking=tracking)) == run_name(cfg)
-    assert run_name(dataclasses.replace(cfg, tensorboard=True)) == run_name(cfg)
+    # The older `tensorboard: true` stays part of the name, so runs named with it keep their names.
+    assert run_name(dataclasses.replace(cfg, tensorboard=True)) != run_name(cfg)
     assert TrainConfig.from_yaml(CONFIG, TINY + ["tracking=tensorboard,wandb"]).tracking == ("tensorboard", "wandb")
 
 

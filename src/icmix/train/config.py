@@ -100,8 +100,9 @@ class TrainConfig:
     # Fields added after runs were named by a hash of the config: written out only when they
     # differ from their default, so the names (and the saved configs) of older runs hold.
     _LATER_FIELDS = {"data_device": "cpu", "tracking": ()}
-    # Fields that say where a run reports, not what it computes: reset by ``identity``.
-    NEUTRAL_FIELDS = {"tracking": (), "tensorboard": False}
+    # Fields that say where a run reports, not what it computes: reset by ``identity``.  (The
+    # older ``tensorboard`` flag stays in the identity, so runs named with it keep their names.)
+    NEUTRAL_FIELDS = {"tracking": ()}
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)

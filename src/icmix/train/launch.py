@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
+MAX_TIMEOUTS = 50  # a SLURM job that hits its time limit is requeued this many times at most
 INSTALL = "pip install 'icmix[slurm]'"
 
 
@@ -209,7 +210,8 @@ class Launcher:
         submitit = _submitit()
         folder = self.logs / "submitit" / "%j"
         if self.name == "slurm":
-            executor = submitit.SlurmExecutor(folder=folder)
+            # requeued after up to MAX_TIMEOUTS time-outs (preemptions do not count)
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
             executor.update_parameters(**{"job_name": "icmix", "time": 60, **self.parameters})
         else:
             executor = submitit.LocalExecutor(folder=folder)
@@ -223,10 +225,9 @@ class Launcher:
 
     def _active(self, job_id: str) -> bool:
         """Whether an earlier call's job is still queued or running."""
-        if self.name == "slurm":
-            state = _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).state.upper()
-            return state.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
-                                        "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED")
+        if self.name == "slurm":  # gone only on a definite end state (or its result written): a job that
+            # sacct cannot report yet (UNKNOWN) or that is being requeued (PREEMPTED) is still alive
+            return not _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).done()
         try:  # submitit-local: the controller process (a zombie is a finished one; a reused pid another's)
             proc = Path(f"/proc/{int(job_id)}")
             alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -255,11 +256,16 @@ class Launcher:
         """Submit ``(cfg, run, group)`` jobs (as one array under SLURM); their submitit jobs."""
         calls = [(cfg.to_yaml(), str(run), str(self.logs / f"{run.name}.log"), group, self._threads())
                  for cfg, run, group in jobs]
-        if self.name == "slurm":
-            with executor.batch():
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        try:
+            if self.name == "slurm":
+                with executor.batch():
+                    handles = [executor.submit(TrainJob(), *call) for call in calls]
+            else:
                 handles = [executor.submit(TrainJob(), *call) for call in calls]
-        else:
-            handles = [executor.submit(TrainJob(), *call) for call in calls]
+        except (FailedJobError, FailedSubmissionError) as err:
+            raise ValueError(f"the {self.name} submission was refused: {str(err).strip()}") from None
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._record({run.name: {"launcher": self.name, "job_id": str(h.job_id), "submitted": now}
                       for (_, run, _), h in zip(jobs, handles)})
@@ -291,17 +297,22 @@ class Launcher:
         handles = {}
         try:
             if not self.wait:
+                # submitit-local: at most max_parallel jobs at once, counting an earlier call's
+                later = to_submit[max(0, self.max_parallel - len(attached)):] if self.name == "submitit-local" else []
+                to_submit = to_submit[:len(to_submit) - len(later)]
                 if to_submit:
                     handles.update(zip([run for _, run, _ in to_submit], self._submit(executor, to_submit)))
                 ids = sorted({str(h.job_id).split("_")[0] for h in handles.values()} | set(attached.values()))
-                raise Submitted(f"{len(handles)} runs submitted and {len(attached)} already queued or running "
-                                f"({self.name} jobs {', '.join(ids)}; logs in {self.logs}); run the same command "
-                                "again to pick up the finished runs")
+                waiting = f", {len(later)} waiting for a free slot" if later else ""
+                raise Submitted(f"{len(handles)} runs submitted and {len(attached)} already queued or running"
+                                f"{waiting} ({self.name} jobs {', '.join(ids) or 'none'}; logs in {self.logs}); run "
+                                "the same command again to pick up the finished runs")
             self._run(executor, to_submit, attached, handles, progress)
         except KeyboardInterrupt:
-            where = "scancel them to stop them" if self.name == "slurm" else "they keep running"
-            raise KeyboardInterrupt(f"stopped waiting; the submitted jobs were not cancelled ({where}); rerun the "
-                                    "same command to wait for them again") from None
+            where = ("they keep running: scancel them to stop them" if self.name == "slurm" else
+                     "jobs started from this terminal stop with it")
+            raise KeyboardInterrupt(f"stopped waiting ({where}); rerun the same command to resume the runs from "
+                                    "their checkpoints") from None
         failed = {}
         for _, run, _ in pending:
             if _finished(run):
@@ -330,7 +341,7 @@ class Launcher:
         slots = len(queue) if self.name == "slurm" else self.max_parallel
         with tqdm(total=len(queue) + len(attached), desc=f"{self.name} jobs", unit="run", disable=not progress) as bar:
             while True:
-                running = sum(not h.done() for h in handles.values())
+                running = sum(not h.done() for h in handles.values()) + sum(self._active(j) for j in attached.values())
                 if queue and running < slots:
                     batch, queue = queue[:slots - running], queue[slots - running:]
                     handles.update(zip([run for _, run, _ in batch], self._submit(executor, batch)))

@@ -490,9 +490,12 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     trackers = Trackers(run, cfg, group) if world.is_main else None
     try:
         _loop(state, model, objective, eval_batch, cfg, run, progress, device, world, trackers)
-    finally:
+    except BaseException:
         if trackers is not None:
-            trackers.close()
+            trackers.close(failed=True)
+        raise
+    if trackers is not None:
+        trackers.close()
     if world.is_main:
         raw.save_pretrained(run / "model")
     world.barrier()  # nobody returns before the run is complete on disk

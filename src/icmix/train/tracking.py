@@ -8,13 +8,12 @@ it (``TrainConfig.identity``).
 Weights & Biases (``pip install 'icmix[wandb]'``) gets the full config, the run name, a group
 (the figure or sweep the run belongs to; ``WANDB_RUN_GROUP`` overrides it) and every row.  Its
 project is ``WANDB_PROJECT`` or ``icmix``; the W&B run id is derived from the run directory, so
-a resumed or requeued run continues the same W&B run.  ``WANDB_MODE=offline`` writes it under
+a resumed or requeued run continues the same W&B run (``RUN/wandb-id``).  ``WANDB_MODE=offline`` writes it under
 ``RUN/wandb`` with no network (``wandb sync`` uploads it later).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -47,9 +46,21 @@ def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
     return tracking
 
 
+WANDB_ID = "wandb-id"
+
+
 def wandb_id(run: Path) -> str:
-    """The W&B run id of a run directory: the same for every (re)start of that run."""
-    return hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:16]
+    """The W&B run id of a run directory: drawn at its first start and kept in ``RUN/wandb-id``,
+    so every resumed or requeued start continues the same W&B run, and a new run trained in the
+    same folder (or the same path on another cluster) starts a new one."""
+    import uuid
+
+    from icmix.io import atomic_write
+
+    path = Path(run) / WANDB_ID
+    if not path.exists():
+        atomic_write(path, lambda p: Path(p).write_text(uuid.uuid4().hex[:16] + "\n"))
+    return path.read_text().strip()
 
 
 class _TensorBoard:
@@ -66,7 +77,7 @@ class _TensorBoard:
             if key != "step":
                 self.writer.add_scalar(key, value, row["step"])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -86,8 +97,8 @@ class _WandB:
         if row["step"] >= self.run.step:
             self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)  # a crashed run shows as failed in W&B
 
 
 _BACKENDS = {"tensorboard": _TensorBoard, "wandb": _WandB}
@@ -103,14 +114,14 @@ class Trackers:
             for name in names:
                 self.backends.append(_BACKENDS[name](Path(run), cfg, group))
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
 
     def log(self, row: dict) -> None:
         for backend in self.backends:
             backend.log(row)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         for backend in self.backends:
-            backend.close()
+            backend.close(failed)
         self.backends = []

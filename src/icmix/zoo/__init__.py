@@ -76,12 +76,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction-set extensions that choose math kernels (x86 and Arm ``/proc/cpuinfo`` names).
+ISA_FLAGS = (r"(avx|amx|sse|ssse|fma|f16c|bmi|adx|aes|vaes|pclmul|vpclmul|gfni|sha|popcnt|movbe|abm|"
+             r"asimd|sve|fp|fphp|i8mm|bf16)")
+
+
 def cpu_features() -> str:
     """What decides the CPU kernels torch runs, beyond the model name (a cloud's "AMD EPYC" is
-    several generations): torch's CPU capability and a hash of the instruction-set flags
-    (``/proc/cpuinfo``), e.g. ``AVX512 flags:1a2b3c4d``.  Bit-identical retraining is expected
-    only where this and the torch build match."""
+    several generations): torch's CPU capability and a hash of the instruction-set extensions
+    among the CPU flags (``/proc/cpuinfo``; not the flags a kernel, hypervisor or microcode
+    update changes), e.g. ``AVX512 flags:1a2b3c4d``.  Bit-identical retraining is expected only
+    where this and the torch build match."""
     import hashlib
+    import re
 
     import torch
 
@@ -91,6 +98,7 @@ def cpu_features() -> str:
                      if line.startswith(("flags", "Features")))
     except (OSError, StopIteration):
         return capability
+    flags = [f for f in flags if re.match(ISA_FLAGS, f)]
     return f"{capability} flags:{hashlib.sha1(' '.join(sorted(flags)).encode()).hexdigest()[:8]}"
 
 
