@@ -137,9 +137,14 @@ def _reproduce(args) -> int:
     tracking = _tracking(args)
     if args.figure == "all":
         launcher = _launcher(args, args.jobs or min(os.cpu_count() or 1, 8))
-        return _launched(lambda: print(f"report: " + str(reproduce_all(
-            args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
-            progress=not args.no_progress, zoo=not args.no_zoo, launcher=launcher, tracking=tracking))))
+
+        def reproduce_every_figure():
+            path = reproduce_all(args.preset, args.out, args.set, args.seeds, args.jobs, args.only, args.force,
+                                 progress=not args.no_progress, zoo=not args.no_zoo, launcher=launcher,
+                                 tracking=tracking)
+            print(f"report: {path}")
+
+        return _launched(reproduce_every_figure)
     if args.only or args.force or args.jobs:
         raise ValueError("--only, --force and --jobs are options of 'icmix reproduce all'")
     cfg = configs_for(args.preset, args.set, args.seeds, [args.figure])[args.figure]
@@ -148,23 +153,17 @@ def _reproduce(args) -> int:
     paths = {}
 
     def reproduce():
-        from icmix.experiments.common import run_name
+        from icmix.experiments.common import run_name, train_runs
 
-        runs = [(tc, Path(args.out) / "runs" / run_name(tc)) for tc in figure.runs(cfg).values()]
+        configs = list(figure.runs(cfg).values())
         with output_folder(args.out):
             if not args.no_zoo:
                 from icmix.experiments.report import take_from_zoo
 
-                take_from_zoo(runs, not args.no_progress)
+                take_from_zoo([(tc, Path(args.out) / "runs" / run_name(tc)) for tc in configs], not args.no_progress)
             if launcher is not None or tracking:  # train through the launcher, tracked; the figure reuses them
-                import dataclasses
-
-                from icmix.train import train_many
-
-                unique = {path: tc for tc, path in runs}
-                train_many([(dataclasses.replace(tc, tracking=tracking) if tracking else tc, path)
-                            for path, tc in unique.items()], getattr(cfg, "jobs", 1), not args.no_progress,
-                           launcher=launcher, groups=dict.fromkeys(unique, args.figure))
+                train_runs(Path(args.out), configs, getattr(cfg, "jobs", 1), not args.no_progress, launcher=launcher,
+                           group=args.figure, tracking=tracking)
             paths.update(figure.run(cfg, Path(args.out), progress=not args.no_progress))
 
     _launched(reproduce)

@@ -113,17 +113,17 @@ def run_name(tc) -> str:
 
 
 def train_runs(out: Path, configs: list, jobs: int = 1, progress: bool = True, launcher=None,
-               group: str | None = None) -> list[Path]:
+               group: str | None = None, tracking: tuple[str, ...] = ()) -> list[Path]:
     """Train (or resume, or reuse) each ``TrainConfig`` under ``OUT/runs/<run_name>``, ``jobs`` at a
     time (through ``launcher``, ``icmix.train.launch``, if given); the run directories, in order.
-    Figures written to the same ``OUT`` share the runs they have in common.  ``group``: the
-    runs' group in their trackers."""
+    Figures written to the same ``OUT`` share the runs they have in common.  ``tracking`` and
+    ``group``: trackers for the runs, and their group there."""
     from icmix.train import train_many
 
     paths = [Path(out) / "runs" / run_name(tc) for tc in configs]
     unique = dict(zip(paths, configs))
     train_many([(tc, p) for p, tc in unique.items()], jobs, progress, launcher=launcher,
-               groups=dict.fromkeys(unique, group) if group else None)
+               groups=dict.fromkeys(unique, group) if group else None, tracking=tracking)
     return paths
 
 

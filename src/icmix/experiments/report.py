@@ -202,10 +202,9 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
     if progress:
         print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
               f"{len(runs)} training runs, {len(runs) - len(pending)} already finished, {jobs} at a time")
-    tracked = {p: dataclasses.replace(runs[p][0], tracking=tuple(tracking)) if tracking else runs[p][0] for p in pending}
     groups = {p: next(name for name in configs if name in runs[p][1]) for p in pending}
-    failed_runs = train_many([(tracked[p], p) for p in pending], jobs, progress, errors="collect", launcher=launcher,
-                             groups=groups) if pending else {}
+    failed_runs = train_many([(runs[p][0], p) for p in pending], jobs, progress, errors="collect", launcher=launcher,
+                             groups=groups, tracking=tracking) if pending else {}
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
     entries = {}

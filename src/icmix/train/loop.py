@@ -37,8 +37,7 @@ from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, Con
                                     save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
-from icmix.train.tracking import Trackers
-from icmix.train.tracking import require as require_trackers
+from icmix.train.tracking import Trackers, require, trackers_of
 
 
 
@@ -156,7 +155,7 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
     check_training_memory(cfg)
-    require_trackers(cfg.tracking + (("tensorboard",) if cfg.tensorboard else ()))
+    require(trackers_of(cfg))
     world.barrier()  # every rank has looked before rank 0 writes
     with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
         if locked is not None:  # (output_folder cleaned the run folder itself)
@@ -594,7 +593,8 @@ def fine_tune(model: nn.Module, task, cfg: TrainConfig, steps: int, lr: float, s
 
 
 def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progress: bool = True,
-               errors: str = "raise", launcher=None, groups: dict | None = None) -> dict[Path, str]:
+               errors: str = "raise", launcher=None, groups: dict | None = None,
+               tracking: tuple[str, ...] = ()) -> dict[Path, str]:
     """Train each ``(config, run_dir)``, ``n_parallel`` at a time in separate processes.
 
     An existing run is resumed (or reused if finished) only if it has exactly its config;
@@ -603,14 +603,17 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     run directory to its error (``{}`` when all succeed).
 
     ``launcher`` (``icmix.train.launch.Launcher``) sends the runs elsewhere: submitit's local
-    executor or a SLURM job array; ``None`` or a ``local`` one is this process pool.  ``groups``
-    maps a run directory to its trackers' group (the figure or sweep).
+    executor or a SLURM job array; ``None`` or a ``local`` one is this process pool.  ``tracking``
+    adds trackers to every run (not part of a run's identity); ``groups`` maps a run directory
+    to its trackers' group (the figure or sweep).
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     for cfg, path in jobs:  # a run too large for memory is refused before any run starts
         if not (Path(path) / "model" / "model.safetensors").exists():
             check_training_memory(cfg)
+    if tracking:
+        jobs = [(dataclasses.replace(cfg, tracking=tuple(tracking)), path) for cfg, path in jobs]
     groups = {Path(p): g for p, g in (groups or {}).items()}
     if launcher is not None and launcher.name != "local":
         return launcher.train([(cfg, Path(p), groups.get(Path(p))) for cfg, p in jobs], progress, errors)

@@ -33,6 +33,11 @@ def check_tracking(tracking: tuple[str, ...]) -> tuple[str, ...]:
 _PACKAGES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 
 
+def trackers_of(cfg) -> tuple[str, ...]:
+    """The trackers a config asks for: ``tracking``, and ``tensorboard`` for the older flag."""
+    return tuple(cfg.tracking) + (("tensorboard",) if cfg.tensorboard and "tensorboard" not in cfg.tracking else ())
+
+
 def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
     """``tracking`` if each tracker's package is installed; ``ValueError`` saying how to install it."""
     import importlib
@@ -108,10 +113,9 @@ class Trackers:
     """The trackers of a run (none when ``cfg.tracking`` is empty): ``log(row)``, then ``close()``."""
 
     def __init__(self, run: Path, cfg, group: str | None = None):
-        names = list(cfg.tracking) + (["tensorboard"] if cfg.tensorboard and "tensorboard" not in cfg.tracking else [])
         self.backends = []
         try:
-            for name in names:
+            for name in trackers_of(cfg):
                 self.backends.append(_BACKENDS[name](Path(run), cfg, group))
         except BaseException:
             self.close(failed=True)
