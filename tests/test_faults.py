@@ -189,7 +189,7 @@ def test_extending_steps_is_the_documented_change_and_is_recorded(tmp_path, caps
         mp.setattr(loop, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train(None, older, resume=True, progress=False, extend_to=80)
-    os.truncate(older / "checkpoints" / "step_0000040" / "trainer.pt", 0)
+    os.truncate(older / "checkpoints" / "step_0000040" / "trainer.safetensors", 0)
     with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
         train(None, older, resume=True, progress=False)
     entries = [json.loads(line) for line in (older / "history.jsonl").read_text().splitlines()]
@@ -204,7 +204,7 @@ def test_extending_steps_is_the_documented_change_and_is_recorded(tmp_path, caps
 def test_damaged_latest_checkpoint_falls_back_to_the_earlier_one(reference, tmp_path, damage):
     run = interrupted_copy(reference, tmp_path)
     latest = run / "checkpoints" / "step_0000040"
-    weights, trainer = latest / "model.safetensors", latest / "trainer.pt"
+    weights, trainer = latest / "model.safetensors", latest / "trainer.safetensors"
     if damage == "truncate weights":
         os.truncate(weights, weights.stat().st_size // 2)
     elif damage == "truncate trainer":
@@ -312,7 +312,7 @@ def test_missing_latest_pointer_uses_the_newest_valid_checkpoint(reference, tmp_
     real = Path.write_text
 
     def spy(self, text, *a, **k):  # the metrics are truncated to the checkpoint's step, never to 0
-        if self.name.startswith(".metrics.jsonl"):
+        if self.name.startswith(".icmix-tmp-") and self.name.endswith("-metrics.jsonl"):
             metrics_seen.append(text.count("\n"))
         return real(self, text, *a, **k)
 
@@ -580,8 +580,10 @@ def test_training_on_a_real_full_disk(reference, tmpfs, capsys, tmp_path):
 
 def test_stale_temporaries_of_a_killed_writer_are_removed_under_the_lock(tmp_path, capsys):
     out = tmp_path / "out"
-    (out / ".icmix-stage-abc").mkdir(parents=True)
-    (out / ".mtd-fig3.csv.0123456789ab.tmp.csv").write_text("half")
+    dead = subprocess.Popen(["true"])  # a writer that has gone (its pid named in its temporaries)
+    dead.wait()
+    (out / f".icmix-tmp-{dead.pid}-0123456789ab-stage").mkdir(parents=True)
+    (out / f".icmix-tmp-{dead.pid}-0123456789ab-mtd-fig3.csv").write_text("half")
     (out / "mine.txt").write_text("kept")
     assert cli(["reproduce", "mtd-fig3", "--out", out, *FIG3], capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "mtd-fig3.csv", "mtd-fig3.json", "mtd-fig3.md",

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from icmix.cli import main
 from icmix.train import TrainConfig, load_run, train
+from icmix.train.checkpoint import read_trainer
 from icmix.train.objectives import loss_fn, to_distribution
 
 TINY = {
@@ -46,8 +47,7 @@ def test_same_seed_bit_identical(tmp_path):
         assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
         for sub in ("model", "checkpoints/step_0000020", "checkpoints/step_0000030"):
             assert (a / sub / "model.safetensors").read_bytes() == (b / sub / "model.safetensors").read_bytes()
-        sa, sb = torch.load(a / "checkpoints/step_0000030/trainer.pt", weights_only=False), torch.load(
-            b / "checkpoints/step_0000030/trainer.pt", weights_only=False)
+        sa, sb = read_trainer(a / "checkpoints/step_0000030"), read_trainer(b / "checkpoints/step_0000030")
         assert torch.equal(sa["data_rng"], sb["data_rng"])
         for pa, pb in zip(sa["optimiser"]["state"].values(), sb["optimiser"]["state"].values()):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)

@@ -95,12 +95,18 @@ def test_verify_reports_a_tampered_weight_file(tiny_zoo, tmp_path):
     record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
     assert record["status"] == "fail" and "SHA-256 mismatch" in record["reason"]
     assert record["retrain_seconds"] == 0.0 and not (tmp_path / "work").exists()  # refused at once
-    # The SHA-256 forged to match: retraining still finds the altered weights.
+    # The SHA-256 forged to match, its digest left: the provenance is seen as edited.
     prov = entry.provenance
     prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
     (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    assert zoo.lookup(entry.name, root).problems() == ["provenance.json was edited: its fields no longer match its digest"]
+    # ... and the digest forged too: a nudge this small still gives the recorded metrics (the
+    # evaluation check passes), and retraining finds the altered weights.
+    prov["digest"] = zoo.digest(prov)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
     assert zoo.lookup(entry.name, root).problems() == []
     record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
+    assert record["step"] == "retraining" and record["evaluation"]["measured"]
     assert record["status"] == "fail" and "weights differ" in record["reason"]
     assert abs(record["max_weight_difference"] - 1e-3) < 1e-6
     assert main(["zoo", "verify", entry.name[:25], "--root", str(root), "--out", str(tmp_path / "out"),
@@ -126,6 +132,7 @@ def test_place_fills_missing_runs_and_never_uses_a_stale_entry(tiny_zoo, tmp_pat
     cfg_file.write_text(cfg_file.read_text().replace("lr: 0.01", "lr: 0.02"))
     prov = entry.provenance
     prov["sha256"]["config.yaml"] = zoo.sha256(cfg_file)
+    prov["digest"] = zoo.digest(prov)
     (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
     messages = []
     placed, stale = zoo.place([(tc, out / "runs2" / entry.name)], root, warn=messages.append)
@@ -322,48 +329,49 @@ def test_a_damaged_entry_is_stale_and_the_others_still_work(tiny_zoo, tmp_path):
     assert any("no longer a valid config" in p or "SHA-256" in p for p in zoo.lookup(entry.name, root).problems())
 
 
+def write_provenance(entry, prov: dict) -> None:
+    """Write an entry's provenance as its own machine would have (SHA-256s and digest consistent)."""
+    for rel in zoo.FILES:
+        prov["sha256"][rel] = zoo.sha256(entry.path / rel)
+    prov["digest"] = zoo.digest(prov)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+
+
 def test_verify_elsewhere_passes_within_the_metric_tolerance(tiny_zoo, tmp_path, monkeypatch):
     """On another CPU (simulated: the shipped weights nudged, the provenance naming another
     CPU), bits may differ: verify reports the weight difference and judges the final metric."""
     root, entry = copy_zoo(tiny_zoo, tmp_path)
     prov = entry.provenance
     prov["cpu"] = "Another CPU"
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    write_provenance(entry, prov)
     record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
     assert record["status"] == "pass" and record["identical"]  # identical bits pass anywhere
-    from safetensors.torch import load_file, save_file
-
-    weights = entry.path / "model" / "model.safetensors"
-    tensors = load_file(weights)
-    tensors = {k: v + 1e-7 * torch.ones_like(v) for k, v in tensors.items()}
-    save_file(tensors, weights)
-    prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    _nudged(entry, 1e-7)
     record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
     assert record["status"] == "pass" and not record["identical"] and "another CPU" in record["reason"]
     assert 0 < record["max_weight_difference"] < 1e-6
-    # The shipped metric off by 10 %: beyond the 2 % tolerance.
+    # Another model altogether, recorded with its own metrics (so the evaluation check passes):
+    # its final eval_kl is beyond the 2 % tolerance of the retrained run's.
+    _nudged(entry, 0.2)
+    measured = zoo.check_evaluation(entry)["measured"]
     rows = (entry.path / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(rows[-1])
-    last["eval_kl"] *= 1.1
-    (entry.path / "metrics.jsonl").write_text("\n".join(rows[:-1] + [json.dumps(last)]) + "\n")
-    prov["sha256"]["metrics.jsonl"] = zoo.sha256(entry.path / "metrics.jsonl")
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    (entry.path / "metrics.jsonl").write_text("\n".join(rows[:-1] + [json.dumps({**json.loads(rows[-1]), **measured})])
+                                              + "\n")
+    write_provenance(entry, json.loads((entry.path / zoo.PROVENANCE).read_text()))
+    assert zoo.check_evaluation(entry)["ok"]
     record = zoo.verify(entry.name, tmp_path / "work3", root, progress=False)
-    assert record["status"] == "fail" and "tolerance 2%" in record["reason"]
+    assert record["status"] == "fail" and record["step"] == "retraining" and "tolerance 2%" in record["reason"]
     with pytest.raises(ValueError, match="exists"):
         zoo.verify(entry.name, tmp_path / "work3", root, progress=False)  # never trains over a folder
 
 
-def _nudged(entry) -> None:
-    """Shift the shipped weights by 1e-7 (what another CPU's rounding does), SHA-256 updated."""
+def _nudged(entry, by: float = 1e-7) -> None:
+    """Shift the shipped weights by ``by`` (1e-7: what another CPU's rounding does), provenance updated."""
     from safetensors.torch import load_file, save_file
 
     weights = entry.path / "model" / "model.safetensors"
-    save_file({k: v + 1e-7 * torch.ones_like(v) for k, v in load_file(weights).items()}, weights)
-    prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
-    prov["sha256"]["model/model.safetensors"] = zoo.sha256(weights)
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    save_file({k: v + by * torch.ones_like(v) for k, v in load_file(weights).items()}, weights)
+    write_provenance(entry, json.loads((entry.path / zoo.PROVENANCE).read_text()))
 
 
 @pytest.mark.parametrize("features", [None, "AVX512 flags:0123abcd"])
@@ -379,7 +387,7 @@ def test_same_cpu_name_other_instruction_sets_is_another_cpu(tiny_zoo, tmp_path,
         del prov["cpu_features"]
     else:
         prov["cpu_features"] = features
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    write_provenance(entry, prov)
     _nudged(entry)
     record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
     assert record["status"] == "pass" and not record["identical"], record["reason"]
@@ -387,6 +395,6 @@ def test_same_cpu_name_other_instruction_sets_is_another_cpu(tiny_zoo, tmp_path,
     # With this machine's features recorded, differing bits mean the numbers changed.
     prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
     prov["cpu_features"] = zoo.cpu_features()
-    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    write_provenance(entry, prov)
     record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
     assert record["status"] == "fail" and "same CPU" in record["reason"]

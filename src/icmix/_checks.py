@@ -154,12 +154,13 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
 
 def check_model_tokens(tokens, vocab_size: int, max_length: int | None = None):
     """Validate a model input: an integer tensor ``(B, T)`` with values in ``[0, vocab_size)``
-    and ``T <= max_length``."""
+    and ``T <= max_length`` (values are not checked on the ``meta`` device)."""
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
         raise ValueError(f"tokens must be an integer tensor of shape (B, T), got {getattr(tokens, 'shape', type(tokens))}")
     if max_length is not None and tokens.shape[1] > max_length:
         raise ValueError(f"input length {tokens.shape[1]} exceeds the model's max_length {max_length}")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    # (values are unknown on the meta device, where memory estimates run the model)
+    if tokens.numel() and not tokens.is_meta and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ValueError(f"tokens must lie in [0, {vocab_size}), found [{int(tokens.min())}, {int(tokens.max())}]")
     return tokens
 
@@ -235,10 +236,11 @@ def format_bytes(n: float) -> str:
     return f"{n / 1000:.1f} PB"
 
 
-def check_memory(what: str, nbytes: float, hint: str = "") -> None:
-    """Refuse, before allocating, a size that comes from the user and does not fit in memory:
-    ``ValueError`` with the estimate (``would need 44.1 GB``) and what is available."""
-    avail = available_memory()
+def check_memory(what: str, nbytes: float, hint: str = "", available: int | None = None) -> None:
+    """Refuse, before allocating, a size that comes from the user and does not fit in memory
+    (``available`` bytes, default ``available_memory()``): ``ValueError`` with the estimate
+    (``would need 44.1 GB``) and what is available."""
+    avail = available_memory() if available is None else available
     if nbytes > avail:
         raise ValueError(f"{what} would need {format_bytes(nbytes)} of memory, more than the "
                          f"{format_bytes(avail)} available{'; ' + hint if hint else ''}")

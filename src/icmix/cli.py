@@ -420,9 +420,12 @@ def _zoo_verify(args) -> int:
         if args.out:
             path = Path(args.out) / "zoo-verify" / f"{record['run']}.json"
             atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
-    if record["integrity"]:
-        print(f"{record['run']}: FAIL, not retrained: {record['reason']}")
+    if record["step"] != "retraining":
+        print(f"{record['run']}: FAIL at the {record['step']} check, not retrained: {record['reason']}")
     else:
+        shown = "; ".join(f"{k} {record['evaluation']['recorded'][k]:.6g} recorded, {v:.6g} measured"
+                          for k, v in record["evaluation"]["measured"].items())
+        print(f"{record['run']}: evaluation check passed: the shipped weights give the recorded final metrics ({shown})")
         print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); retrained in "
               f"{record['retrain_seconds']:.0f} s with {record['here']['threads']} thread(s); final {record['metric']} "
               f"shipped {record['metric_shipped']:.6g}, retrained {record['metric_retrained']:.6g}; "
@@ -430,6 +433,27 @@ def _zoo_verify(args) -> int:
     if args.out:
         print(f"record: {path}")
     return 0 if record["status"] == "pass" else 1
+
+
+def _zoo_manifest(args) -> int:
+    from icmix import zoo
+    from icmix.zoo.shipped import SHIPPED
+
+    now = zoo.manifest()
+    if args.write:
+        print(f"wrote {zoo.write_manifest()} ({len(now)} entries)")
+        return 0
+    added, removed = sorted(set(now) - set(SHIPPED)), sorted(set(SHIPPED) - set(now))
+    changed = sorted(k for k in set(now) & set(SHIPPED) if now[k] != SHIPPED[k])
+    for what, keys in (("not in the manifest", added), ("in the manifest, not in the zoo", removed),
+                       ("changed since the manifest was written", changed)):
+        for key in keys:
+            print(f"{what}: {key}")
+    if added or removed or changed:
+        print("the shipped zoo and its manifest differ (icmix zoo manifest --write seals the zoo as it is)")
+        return 1
+    print(f"the shipped zoo matches its manifest ({len(now)} entries)")
+    return 0
 
 
 def _launch_arguments(p) -> None:
@@ -565,13 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--sizes", action="store_true", help="every file's size and the total, against the caps")
     z.add_argument("--root", help="zoo folder (default: the package's)")
     z.set_defaults(func=_zoo_list)
-    z = zsub.add_parser("verify", help="retrain a zoo run from scratch and compare it with the shipped weights")
+    z = zsub.add_parser("verify", help="check a zoo run: its files, its weights' own metrics (seconds), then a "
+                                       "retraining from scratch compared with the shipped weights")
     z.add_argument("run", help="the run's name (or a unique prefix of it)")
     z.add_argument("--out", help="also write the record to OUT/zoo-verify/RUN.json (the report shows it)")
     z.add_argument("--work", help="train here (default: a temporary folder, removed afterwards)")
     z.add_argument("--root", help="zoo folder (default: the package's)")
     z.add_argument("--no-progress", action="store_true")
     z.set_defaults(func=_zoo_verify)
+    z = zsub.add_parser("manifest", help="compare the shipped zoo with the package's manifest of it (or rewrite it)")
+    z.add_argument("--write", action="store_true",
+                   help="rewrite icmix/zoo/shipped.py from the shipped zoo as it is (after icmix zoo build)")
+    z.set_defaults(func=_zoo_manifest)
     return parser
 
 
@@ -585,12 +614,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"icmix: warning: {message}", file=file or sys.stderr)
 
 
+def _quiet_after_broken_pipe() -> int:
+    """The reader of our output has gone (``icmix ... | head``): end as a shell pipeline's
+    writer does, with no error line and status 141 (128 + SIGPIPE).  Python's own flush of
+    stdout at exit would fail again, so stdout is pointed at /dev/null first."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (a test's capture)
+        pass
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         warnings.showwarning = _show_warning  # one line each, without Python's source excerpt
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that has gone is noticed here, not in Python's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_after_broken_pipe()
     except (ValueError, TypeError, OSError) as err:
         print(f"icmix: error: {_error_text(err)}", file=sys.stderr)
         return 2

@@ -8,7 +8,9 @@
   holder; a lock left by a dead process is free again, since the kernel drops it).
 
 Files get the mode the user's umask gives (not the 0600 of ``tempfile``), and a full disk is
-reported as ``no space left on PATH`` with the temporary files removed.
+reported as ``no space left on PATH`` with the temporary files removed.  Every temporary is
+named by ``temporary_name`` (``.icmix-tmp-<pid>-...``), and ``remove_stale_files`` deletes
+nothing else: a user's own files in an output folder are never touched, whatever their names.
 """
 
 from __future__ import annotations
@@ -20,27 +22,12 @@ import platform
 import re
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".icmix.lock"
-
-
-def umask() -> int:
-    """The process umask, read without changing it where the platform allows."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def is_full_disk(err: BaseException) -> bool:
@@ -58,27 +45,56 @@ def reporting_full_disk(where: str | Path):
         raise
 
 
+TEMPORARY_PREFIX = ".icmix-tmp-"
+_TEMPORARY = re.compile(r"^\.icmix-tmp-(\d+)-[0-9a-f]{12}(-.*)?$")
+
+
+def temporary_name(label: str = "") -> str:
+    """The name of a temporary file or folder icmix creates: its own prefix, this process's id,
+    a random part and a label (``.icmix-tmp-<pid>-<12 hex>-<label>``), so that
+    ``remove_stale_files`` can prove a leftover is icmix's and that its writer has gone."""
+    return f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}" + (f"-{label[:100]}" if label else "")
+
+
+def temporary_dir(parent: Path, label: str = "") -> Path:
+    """Create a folder named by ``temporary_name`` in ``parent`` (the umask's mode)."""
+    path = Path(parent) / temporary_name(label)
+    path.mkdir()
+    return path
+
+
 def _temporary_sibling(path: Path) -> Path:
-    # Not created in advance: whatever writes it creates it, with the umask's mode.
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    # Not created in advance: whatever writes it creates it, with the umask's mode.  The name
+    # ends with the file's own name, so writers that read the format off the suffix still can.
+    return path.parent / temporary_name(path.name)
 
 
-# The temporaries of atomic_write, staged, staged_directory, check_writable, a checkpoint
-# being written (``.tmp_step_N``, ``.LATEST.tmp``) and a model being replaced by --steps.
-_TEMPORARY = re.compile(r"^\.(.+\.[0-9a-f]{12}\.tmp.*|icmix-stage-.+|.+\.tmp-.+|icmix-probe-[0-9a-f]{12}|model\.extended"
-                        r"|tmp_step_\d+|LATEST\.tmp)$")
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no such pid at all)
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
-def remove_stale_files(directory: str | Path) -> list[Path]:
+def remove_stale_files(directory: str | Path, legacy: re.Pattern | None = None) -> list[Path]:
     """Delete the temporaries a killed icmix process left in ``directory`` (never published,
-    so never part of a result).  Call it only while holding the folder's lock."""
+    so never part of a result): only names ``temporary_name`` makes, and only where the process
+    named in them is no longer running on this machine.  Nothing else is touched, whatever
+    its name.  ``legacy`` adds the names an older icmix gave its temporaries in a folder only
+    icmix writes (a run's ``checkpoints/``).  Call it only while holding the folder's lock."""
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
     for path in directory.iterdir():
-        if _TEMPORARY.match(path.name):
-            if path.is_dir():
+        m = _TEMPORARY.match(path.name)
+        if (m and not _process_alive(int(m.group(1)))) or (legacy is not None and legacy.match(path.name)):
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -123,7 +139,7 @@ def staged(directory: str | Path):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=directory, prefix=".icmix-stage-"))
+    stage = temporary_dir(directory, "stage")
     try:
         with reporting_full_disk(directory):
             yield stage
@@ -147,12 +163,11 @@ def staged_directory(path: str | Path, replaces: tuple[str, ...] = ()):
             raise ValueError(f"{path} exists and holds other files ({', '.join(other[:5])}); "
                              "save into an empty or new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    old = path.parent / f".{path.name}.tmp-old-{uuid.uuid4().hex[:12]}"
+    stage = temporary_dir(path.parent, path.name)
+    old = path.parent / temporary_name(f"old-{path.name}")
     try:
         with reporting_full_disk(path.parent):
             yield stage
-            os.chmod(stage, 0o777 & ~umask())  # mkdtemp's 0700 -> the umask's mode
             if path.exists():
                 os.rename(path, old)
             os.rename(stage, path)
@@ -173,7 +188,7 @@ def check_writable(directory: str | Path, flag: str = "--out") -> Path:
         if directory.exists() and not directory.is_dir():
             raise OSError(errno.ENOTDIR, f"{flag} {directory} is a file, not a folder")
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".icmix-probe-{uuid.uuid4().hex[:12]}"
+        probe = directory / temporary_name("probe")
         try:
             write_bytes_durably(probe, b"icmix")
         finally:

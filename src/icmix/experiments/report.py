@@ -315,7 +315,7 @@ def runs_table(out: Path, configs: dict):
 
     from icmix.experiments.common import run_name
     from icmix.train.convergence import run_convergence
-    from icmix.zoo import source
+    from icmix.zoo import source, unlisted
 
     figures_of: dict[str, list[str]] = {}
     for name, cfg in configs.items():
@@ -326,7 +326,7 @@ def runs_table(out: Path, configs: dict):
         run = Path(out) / "runs" / name
         if not (run / "model" / "model.safetensors").exists():
             continue
-        row = {"run": name, "figures": ", ".join(figs), "source": source(run)}
+        row = {"run": name, "figures": ", ".join(figs), "source": source(run), "unlisted": unlisted(run)}
         try:
             c = run_convergence(run)
             row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=f"{c.final - c.optimum:.3g}",
@@ -345,10 +345,12 @@ def verifications(out: Path) -> list[dict]:
 def _verification_lines(out: Path) -> list[str]:
     lines = []
     for r in verifications(out):
-        if r.get("integrity"):
-            lines.append(f"**FAIL** `{r['run']}` not retrained: {r['reason']}.")
+        if r.get("integrity") or r.get("step", "retraining") != "retraining":
+            lines.append(f"**FAIL** `{r['run']}` at the {r.get('step', 'integrity')} check, not retrained: {r['reason']}.")
             continue
-        lines.append(f"**{r['status'].upper()}** `{r['run']}` retrained from scratch in {r['retrain_seconds']:.0f} s "
+        evaluated = "; ".join(f"{k} {v:.6g}" for k, v in (r.get("evaluation") or {}).get("measured", {}).items())
+        lines.append(f"**{r['status'].upper()}** `{r['run']}`: the shipped weights give their recorded final metrics "
+                     f"({evaluated or 'not checked'}); retrained from scratch in {r['retrain_seconds']:.0f} s "
                      f"({r['here']['cpu']}, {r['here']['threads']} thread(s), torch {r['here']['torch']}): {r['reason']}. "
                      f"Final {r['metric']}: shipped {r['metric_shipped']:.6g}, retrained {r['metric_retrained']:.6g}; "
                      f"largest weight difference {r['max_weight_difference']:.3g}. Shipped by {r['shipped'].get('cpu')} "
@@ -366,7 +368,14 @@ def _runs_lines(manifest: dict, runs) -> list[str]:
     lines = [f"{len(runs)} training runs: {n_zoo} taken from the model zoo (`icmix zoo list`), "
              f"{len(runs) - n_zoo} trained here. Convergence: {DEFINITION}."]
     lines += [f"Stale zoo entry not used (trained instead): `{name}`: {why}" for name, why in stale.items()]
+    lines += [f"Unlisted zoo entry (not in the package's zoo manifest; its weights were checked against its recorded "
+              f"metrics only): `{name}`" for name in runs.run[runs.unlisted]]
     return lines
+
+
+def _shown_runs(runs):
+    """The runs table as shown: the ``unlisted`` column only where a run is."""
+    return runs if runs.unlisted.any() else runs.drop(columns="unlisted")
 
 
 def _summary(out: Path, name: str) -> str:
@@ -408,7 +417,7 @@ def _markdown(out: Path, manifest: dict, claims, runs) -> str:
     if checks:
         parts += ["## Model zoo verification", "", *(f"- {line}" for line in checks), ""]
     if not runs.empty:
-        parts += ["## Training runs", "", *_runs_lines(manifest, runs), "", runs.to_markdown(index=False), ""]
+        parts += ["## Training runs", "", *_runs_lines(manifest, runs), "", _shown_runs(runs).to_markdown(index=False), ""]
     for name, entry in manifest["figures"].items():
         parts += [f"## {name}", "", f"*{_status(entry)}*", ""]
         if entry["status"] == "failed":
@@ -465,7 +474,7 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
         body.append("<h2 id='zoo-verify'>Model zoo verification</h2>" + md("\n".join(f"- {line}" for line in checks)))
     if not runs.empty:
         body.append("<h2 id='runs'>Training runs</h2>" + md("\n\n".join(_runs_lines(manifest, runs)))
-                    + md(runs.to_markdown(index=False)))
+                    + md(_shown_runs(runs).to_markdown(index=False)))
     for name, entry in manifest["figures"].items():
         body.append(f"<h2 id='{name}'>{name}</h2><p><i>{html.escape(_status(entry))}</i></p>")
         if entry["status"] == "failed":

@@ -3,13 +3,20 @@
 ``checkpoints/step_NNNNNNN/`` holds
 
     model.safetensors   the model's weights
-    trainer.pt          optimiser, schedule, RNG states, step, running loss
+    trainer.safetensors the trainer's tensors: optimiser moments, RNG states
+    trainer.json        the rest of the trainer state (step, schedule, optimiser settings,
+                        running loss), each tensor named by its key in trainer.safetensors
     config.yaml         the config the run was trained with up to this step (its identity)
-    checksums.json      SHA-256 and size of the three files above
+    checksums.json      SHA-256 and size of the four files above
+
+Nothing in a checkpoint can run code when it is read: tensors are safetensors, the rest
+JSON (no pickle).  A checkpoint of an older icmix holds ``trainer.pt`` instead of the two
+trainer files; it is read with ``torch.load(weights_only=True)``, which accepts tensors and
+plain containers only, so a crafted one is skipped as damaged.
 
 and ``checkpoints/LATEST`` names the newest.  A checkpoint is written under a temporary
-name (``.tmp_step_*``, removed if the write fails, or by ``icmix.io.remove_stale_files`` if
-the writer was killed) and published by rename, so a kill at any
+name (``icmix.io.temporary_name``, removed if the write fails, or by
+``icmix.io.remove_stale_files`` if the writer was killed) and published by rename, so a kill at any
 moment leaves the earlier checkpoints intact.
 
 On resume, ``resumable_checkpoint`` takes the newest checkpoint that *validates* (every
@@ -37,11 +44,15 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from icmix.io import reporting_full_disk, write_bytes_durably
+from icmix.io import TEMPORARY_PREFIX, reporting_full_disk, temporary_name, write_bytes_durably
 
 LATEST = "LATEST"
-WEIGHTS, TRAINER, CONFIG, CHECKSUMS = "model.safetensors", "trainer.pt", "config.yaml", "checksums.json"
+WEIGHTS, CONFIG, CHECKSUMS = "model.safetensors", "config.yaml", "checksums.json"
+TRAINER_TENSORS, TRAINER_STATE = "trainer.safetensors", "trainer.json"
+LEGACY_TRAINER = "trainer.pt"  # written by icmix before trainer.safetensors + trainer.json
 STEP_DIR = re.compile(r"^step_(\d+)$")
+# The temporaries an older icmix gave a checkpoint being written (removed on resume)
+LEGACY_TEMPORARIES = re.compile(r"^\.(tmp_step_\d+|LATEST\.tmp)$")
 
 
 class CheckpointWarning(UserWarning):
@@ -65,11 +76,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    tmp = root / f".tmp_{name}"
+    tmp = root / temporary_name(name)
     files = {WEIGHTS: save_safetensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})}
-    buffer = io.BytesIO()
-    torch.save(trainer_state, buffer)
-    files[TRAINER] = buffer.getvalue()
+    files[TRAINER_TENSORS], files[TRAINER_STATE] = encode_trainer(trainer_state)
     if config_yaml is not None:
         files[CONFIG] = config_yaml.encode()
     sums = {f: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for f, data in files.items()}
@@ -85,16 +94,119 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            pointer = root / f".{LATEST}.tmp"
+            pointer = root / temporary_name(LATEST)
             pointer.write_text(name)
             os.replace(pointer, root / LATEST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        (root / f".{LATEST}.tmp").unlink(missing_ok=True)
+        for leftover in root.glob(f"{TEMPORARY_PREFIX}{os.getpid()}-*-{LATEST}"):
+            leftover.unlink(missing_ok=True)
         raise
     for old in [p for p in step_dirs(root) if p != final][keep - 1:]:  # the newest `keep`, this one first
         shutil.rmtree(old)
     return final
+
+
+# --- the trainer state without pickle -------------------------------------------------------------
+#
+# A trainer state is a tree of dicts, lists, tuples, strings, numbers, booleans, None and
+# tensors (``TrainState.to_checkpoint``; the optimiser's ``state_dict`` has integer keys).
+# JSON holds the tree; each tensor is replaced by ``{"__tensor__": KEY}`` and stored under
+# KEY in the safetensors file; a tuple is ``{"__tuple__": [...]}`` and a dict whose keys are
+# not all strings (or could be taken for a marker) is ``{"__items__": [[key, value], ...]}``,
+# so the tree reads back with the types it was written with (a resumed run is bit-identical).
+
+_MARKERS = ("__tensor__", "__tuple__", "__items__")
+
+
+def encode_trainer(state: dict) -> tuple[bytes, bytes]:
+    """``(trainer.safetensors bytes, trainer.json bytes)`` of a trainer state (see above);
+    ``TypeError`` for a value that is none of the types listed."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(value):
+        if isinstance(value, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = value.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) and k not in _MARKERS for k in value):
+                return {k: encode(v) for k, v in value.items()}
+            return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"a trainer state holds tensors, numbers, strings and containers of them, not "
+                        f"{type(value).__name__}")
+
+    tree = encode(state)
+    return save_safetensors(tensors), json.dumps(tree, indent=1).encode()
+
+
+def decode_trainer(tensor_bytes: bytes, state_bytes: bytes) -> dict:
+    """The trainer state ``encode_trainer`` wrote; ``ValueError`` saying what is wrong if the
+    files are not such a pair (a damaged or foreign file: nothing in them is executed)."""
+    try:
+        tensors = load_safetensors(tensor_bytes)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for bad bytes
+        raise ValueError(f"{TRAINER_TENSORS} cannot be read ({type(err).__name__}: {err})") from None
+    try:
+        tree = json.loads(state_bytes)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{TRAINER_STATE} is not JSON ({err})") from None
+    used = set()
+
+    def decode(value):
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1 and next(iter(value)) in _MARKERS:
+            (marker, body), = value.items()
+            if marker == "__tensor__":
+                if not isinstance(body, str) or body not in tensors:
+                    raise ValueError(f"{TRAINER_STATE} names a tensor {body!r} that {TRAINER_TENSORS} lacks")
+                used.add(body)
+                return tensors[body]
+            if not isinstance(body, list):
+                raise ValueError(f"{TRAINER_STATE}: {marker} must hold a list")
+            if marker == "__tuple__":
+                return tuple(decode(v) for v in body)
+            if not all(isinstance(pair, list) and len(pair) == 2 for pair in body):
+                raise ValueError(f"{TRAINER_STATE}: __items__ must hold [key, value] pairs")
+            try:
+                return {decode(k): decode(v) for k, v in body}
+            except TypeError as err:  # an unhashable key
+                raise ValueError(f"{TRAINER_STATE}: a key that is not a plain value ({err})") from None
+        return {k: decode(v) for k, v in value.items()}
+
+    state = decode(tree)
+    if set(tensors) - used:
+        raise ValueError(f"{TRAINER_TENSORS} holds tensors {TRAINER_STATE} does not name: "
+                         f"{', '.join(sorted(set(tensors) - used)[:5])}")
+    return state
+
+
+def _legacy_trainer(data: bytes) -> dict:
+    """The ``trainer.pt`` of an older icmix, read with ``weights_only=True``: tensors and plain
+    containers only (a pickle that would build anything else, or run code, is refused)."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - the restricted unpickler's and zip's errors of a bad file
+        raise ValueError(f"{LEGACY_TRAINER} (a checkpoint of an older icmix) holds something other than "
+                         f"tensors and plain values, or is damaged; it was not loaded "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def read_trainer(path: Path) -> dict:
+    """The trainer state of the checkpoint folder ``path`` (no checksum check: see ``read_checkpoint``)."""
+    path = Path(path)
+    if (path / TRAINER_STATE).exists() or not (path / LEGACY_TRAINER).exists():
+        return decode_trainer((path / TRAINER_TENSORS).read_bytes(), (path / TRAINER_STATE).read_bytes())
+    return _legacy_trainer((path / LEGACY_TRAINER).read_bytes())
 
 
 def step_dirs(root: Path) -> list[Path]:
@@ -138,12 +250,14 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
     m = STEP_DIR.match(path.name)
     if m is None:
         raise ValueError("not a step_NNNNNNN folder")
+    legacy = not (path / TRAINER_STATE).exists() and (path / LEGACY_TRAINER).exists()
+    trainer_files = (LEGACY_TRAINER,) if legacy else (TRAINER_TENSORS, TRAINER_STATE)
     data = {}
-    for f in (WEIGHTS, TRAINER, CONFIG, CHECKSUMS):
+    for f in (WEIGHTS, *trainer_files, CONFIG, CHECKSUMS):
         try:
             data[f] = (path / f).read_bytes()
         except FileNotFoundError:
-            if f in (WEIGHTS, TRAINER):
+            if f in (WEIGHTS, *trainer_files):
                 raise ValueError(f"{f} is missing") from None
         except OSError as err:
             raise Unreadable(f"{f} cannot be read ({err.strerror or err})") from None
@@ -168,13 +282,13 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
     expected = model.state_dict()
     if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
         raise ValueError(f"{WEIGHTS} does not match the model the run's config describes")
-    try:
-        trainer = torch.load(io.BytesIO(data[TRAINER]), weights_only=False, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - pickle and zip errors of a damaged file
-        raise ValueError(f"{TRAINER} cannot be read ({type(err).__name__}: {err})") from None
+    if legacy:
+        trainer = _legacy_trainer(data[LEGACY_TRAINER])
+    else:
+        trainer = decode_trainer(data[TRAINER_TENSORS], data[TRAINER_STATE])
     step = int(m.group(1))
     if not isinstance(trainer, dict) or trainer.get("step") != step:
-        raise ValueError(f"{TRAINER} is not the trainer state of step {step}")
+        raise ValueError(f"{trainer_files[-1]} is not the trainer state of step {step}")
     config = data.get(CONFIG)
     return Checkpoint(path, step, weights, trainer, config.decode() if config is not None else None)
 
@@ -218,4 +332,4 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 __all__ = ["CheckpointWarning", "ConfigChanged", "Checkpoint", "save_checkpoint", "resumable_checkpoint", "read_checkpoint",
-           "latest_checkpoint", "step_dirs", "set_aside"]
+           "read_trainer", "encode_trainer", "decode_trainer", "latest_checkpoint", "step_dirs", "set_aside"]

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from icmix.families.base import Objective
-from icmix.io import atomic_write, output_folder, remove_stale_files, reporting_full_disk
+from icmix.io import atomic_write, output_folder, remove_stale_files, reporting_full_disk, temporary_name
 from icmix.models import MODELS
 from icmix.random import Stream, stream
-from icmix.train.checkpoint import (STEP_DIR, Checkpoint, CheckpointWarning, ConfigChanged, resumable_checkpoint,
-                                    save_checkpoint, set_aside)
+from icmix.train.checkpoint import (LEGACY_TEMPORARIES, STEP_DIR, Checkpoint, CheckpointWarning, ConfigChanged,
+                                    resumable_checkpoint, save_checkpoint, set_aside)
 from icmix.train.config import TrainConfig
 from icmix.train.distributed import World, current_world
 from icmix.train.tracking import Trackers, require, trackers_of
@@ -152,14 +152,18 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         if any((run / "checkpoints").glob("step_*")):
             raise ValueError(f"{run} holds checkpoints of an earlier run but no config.yaml: restore its config.yaml "
                              "and resume it, or choose another directory")
+    # Everything that can refuse the run is checked before anything is written.
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
-    check_training_memory(cfg)
+    device = resolve_device(cfg.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    check_training_memory(cfg, device, world.size)
     require(trackers_of(cfg))
     world.barrier()  # every rank has looked before rank 0 writes
     with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
         if locked is not None:  # (output_folder cleaned the run folder itself)
-            remove_stale_files(run / "checkpoints")
+            remove_stale_files(run / "checkpoints", legacy=LEGACY_TEMPORARIES)
         if world.is_main and not resume:
             atomic_write(saved, lambda p: Path(p).write_text(cfg.to_yaml()))
         if extend_to is not None:
@@ -170,9 +174,7 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         if (run / "model" / "model.safetensors").exists():
             return run  # finished
 
-        device = resolve_device(cfg.device)
         if world.distributed and device.type == "cuda":
-            device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(device)
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
@@ -316,8 +318,7 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     if steps <= ckpt.step:
         raise ValueError(f"--steps {steps} must exceed the step of the newest checkpoint ({ckpt.step}, {ckpt.path})")
     if (run / "model").exists():
-        aside = run / ".model.extended"
-        shutil.rmtree(aside, ignore_errors=True)
+        aside = run / temporary_name("model.extended")
         os.rename(run / "model", aside)
         shutil.rmtree(aside)
     if steps == cfg.steps:
@@ -330,16 +331,64 @@ def _extend_steps(run: Path, cfg: TrainConfig, steps: int) -> TrainConfig:
     return new
 
 
-def check_training_memory(cfg: TrainConfig) -> None:
-    """Refuse, before allocating anything, a model whose weights, gradients and Adam moments
-    (four fp32 copies of the parameters) alone exceed the memory available."""
-    from icmix._checks import check_memory
+def check_training_memory(cfg: TrainConfig, device: torch.device | None = None, processes: int = 1,
+                          activations: bool = True) -> None:
+    """Refuse, before anything is written or allocated, a run whose training step does not fit in
+    the memory of ``device`` (the host's for the CPU, the GPU's free memory for CUDA): the
+    weights, gradients and Adam moments (four fp32 copies of the parameters) plus the
+    activations a step keeps for its backward pass, ``activation_bytes(cfg)`` per sequence
+    times the batch of one of ``processes`` (``activations=False``: the parameters only).
+    ``ValueError`` with the estimate."""
+    from icmix._checks import check_memory, format_bytes
     from icmix.models.base import model_bytes
 
     _, model_class = MODELS[cfg.model.kind]
     config = cfg.model_config()
-    check_memory(f"training a {cfg.model.kind} model of this config", 4 * model_bytes(lambda: model_class(config)),
-                 "reduce the vocabulary, length or width")
+    available = None
+    if device is not None and device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    weights = 4 * model_bytes(lambda: model_class(config))
+    what = f"training a {cfg.model.kind} model of this config"
+    check_memory(what, weights, "reduce the vocabulary, length or width", available)  # before building anything else
+    per_sequence = activation_bytes(cfg) if activations else None
+    if per_sequence is None:
+        return
+    batch = -(-cfg.batch_size // processes)
+    check_memory(f"{what} (batch_size {cfg.batch_size:,}{f' over {processes} processes' if processes > 1 else ''}: "
+                 f"{format_bytes(weights)} of weights, gradients and Adam moments, {format_bytes(per_sequence)} of "
+                 f"activations per sequence)", weights + batch * per_sequence,
+                 "reduce batch_size, the sequence length or the width", available)
+
+
+def activation_bytes(cfg: TrainConfig) -> int | None:
+    """Bytes of the tensors a training step keeps for its backward pass, per sequence of the
+    batch, in fp32 (an upper bound under bf16/fp16): the loss of batches of 1 and 2 sequences of
+    the last curriculum stage (the largest) is run on the ``meta`` device, where nothing is
+    allocated or computed, and the tensors autograd saves are counted.  ``None`` where the
+    model or objective cannot run on the meta device (a plugin's data-dependent op)."""
+    import torch.fx.experimental._config as fx_config
+
+    task = build_task(cfg)
+    objective = build_objective(task, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)  # a private generator: no training stream is drawn from
+    with torch.device("meta"):
+        model = build_model(cfg)
+    saved = []
+
+    def count(tensor):
+        saved[-1] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    try:
+        with torch.random.fork_rng(devices=[]), fx_config.patch(meta_nonzero_assume_all_nonzero=True), \
+                torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            for size in (1, 2):
+                batch = objective.batch(max(cfg.steps - 1, 0), size, generator)
+                saved.append(0)
+                objective.loss(model, batch, torch.device("meta"))
+    except (NotImplementedError, RuntimeError):  # a mask by value (nonzero) is counted as all-true
+        return None
+    return max(saved[1] - saved[0], 0)  # what does not grow with the batch (weights saved for backward) cancels
 
 
 @dataclass
@@ -347,7 +396,7 @@ class TrainState:
     """Everything a run needs to continue exactly: the model (``raw``, the module itself), its
     optimiser, schedule and gradient scaler, the data generator, the step, and the running sum
     of the training loss since the last evaluation (float64, on the device: no host sync per
-    step).  ``to_checkpoint``/``load_checkpoint`` convert it to and from ``trainer.pt``; the
+    step).  ``to_checkpoint``/``load_checkpoint`` convert it to and from the checkpoint's trainer files; the
     global RNG (dropout) is saved with it, per rank under DDP."""
 
     raw: nn.Module
@@ -370,7 +419,8 @@ class TrainState:
         return cls(raw, optimiser, schedule, scaler, data_gen, torch.zeros((), dtype=torch.float64, device=device))
 
     def to_checkpoint(self, world: World, device: torch.device) -> dict:
-        """The ``trainer.pt`` dictionary (a collective under DDP: every rank calls it)."""
+        """The trainer state a checkpoint keeps (``checkpoint.encode_trainer``; a collective under
+        DDP: every rank calls it)."""
         state = {"step": self.step, "optimiser": self.optimiser.state_dict(), "schedule": self.schedule.state_dict(),
                  "scaler": self.scaler.state_dict(), "data_rng": self.data_gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "loss_sum": self.loss_sum.item(), "loss_count": self.loss_count,
@@ -609,9 +659,11 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    for cfg, path in jobs:  # a run too large for memory is refused before any run starts
+    here = launcher is None or launcher.name == "local"
+    for cfg, path in jobs:  # a run that cannot start is refused before any run starts
         if not (Path(path) / "model" / "model.safetensors").exists():
-            check_training_memory(cfg)
+            # (a job sent elsewhere checks its device and activations where it runs)
+            check_training_memory(cfg, resolve_device(cfg.device) if here else None, activations=here)
     if tracking:
         jobs = [(dataclasses.replace(cfg, tracking=tuple(tracking)), path) for cfg, path in jobs]
     groups = {Path(p): g for p, g in (groups or {}).items()}
@@ -679,3 +731,40 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
     if model.config != cfg.model_config():
         raise ValueError(f"the model saved in {run} does not match the run's config")
     return cfg, model
+
+
+# Re-evaluating a final model against its own record: float32 kernels of another CPU or thread
+# count move an evaluation metric by ~1e-6 relative; weights that predict differently move it
+# by orders of magnitude more.
+REEVALUATION_RTOL, REEVALUATION_ATOL = 1e-3, 1e-7
+
+
+def reevaluate(run_dir: str | Path) -> tuple[dict[str, float], dict[str, float]]:
+    """``(recorded, measured)``: the evaluation metrics of a finished run's last row of
+    ``metrics.jsonl``, and the same metrics of its final model evaluated now on the run's own
+    evaluation batch (drawn again from its seed, on the CPU, as training drew it).  Seconds,
+    not a retraining: how a model from elsewhere is checked before it is used.  ``ValueError``
+    if the run has not finished or has no evaluation row at its last step."""
+    run = Path(run_dir)
+    cfg, model = load_run(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+        if (run / "metrics.jsonl").exists() else []
+    if not rows or rows[-1].get("step") != cfg.steps:
+        raise ValueError(f"{run}/metrics.jsonl has no evaluation at the run's last step ({cfg.steps})")
+    recorded = {k: float(v) for k, v in rows[-1].items() if k.startswith("eval_")}
+    objective = build_objective(build_task(cfg), cfg)
+    batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
+    with torch.random.fork_rng(devices=[]):
+        measured = _evaluate(objective, model, batch, torch.device("cpu"))
+    return recorded, {k: float(measured[k]) for k in recorded if k in measured}
+
+
+def reevaluation_mismatches(recorded: dict[str, float], measured: dict[str, float]) -> list[str]:
+    """The metrics whose re-evaluated value is not the recorded one (``REEVALUATION_RTOL``
+    relative, ``REEVALUATION_ATOL`` absolute), each as ``name recorded R, measured M``."""
+    out = []
+    for key, want in recorded.items():
+        got = measured.get(key, float("nan"))
+        if not abs(got - want) <= REEVALUATION_RTOL * max(abs(want), abs(got)) + REEVALUATION_ATOL:
+            out.append(f"{key} recorded {want:.6g}, measured {got:.6g}")
+    return out

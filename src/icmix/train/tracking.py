@@ -39,7 +39,9 @@ def trackers_of(cfg) -> tuple[str, ...]:
 
 
 def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
-    """``tracking`` if each tracker's package is installed; ``ValueError`` saying how to install it."""
+    """``tracking`` if each tracker's package is installed and, for W&B, it can log (an API key,
+    or offline mode); ``ValueError`` saying how to get there otherwise.  Called before a run
+    writes anything, so a refused run leaves its folder as it was."""
     import importlib
 
     for name in tracking:
@@ -48,7 +50,28 @@ def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
             importlib.import_module(module)
         except ImportError:
             raise ValueError(f"tracking {name} needs the {extra} package (pip install 'icmix[{extra}]')") from None
+    if "wandb" in tracking:
+        _require_wandb_credentials()
     return tracking
+
+
+def _require_wandb_credentials() -> None:
+    """W&B logs offline (``WANDB_MODE=offline`` or ``wandb offline``) or disabled, or has an API
+    key (``WANDB_API_KEY``, ``~/.netrc``, W&B's settings; never a prompt, nothing sent)."""
+    import wandb
+
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        settings = wandb.setup().settings
+    except Exception as err:  # noqa: BLE001 - pydantic's validation error of a bad WANDB_MODE, and W&B's own
+        raise ValueError(f"tracking wandb: W&B's settings are not valid here ({str(err).splitlines()[0]})") from None
+    if settings.mode in ("offline", "dryrun", "disabled"):
+        return
+    if not wandb.login(prompt=False, verify=False):
+        raise ValueError("tracking wandb: W&B has no API key here (none in WANDB_API_KEY, ~/.netrc or W&B's settings), "
+                         "so the run was not started. Run `wandb login` or set WANDB_API_KEY to log online, or set "
+                         "WANDB_MODE=offline to log into RUN/wandb and upload later with `wandb sync`")
 
 
 WANDB_ID = "wandb-id"

@@ -8,13 +8,23 @@ a finished run directory needs to be a predictor, and nothing to resume from:
 - ``config.yaml``, ``metrics.jsonl`` (the deterministic record) and ``model/`` (safetensors +
   the model's config); no optimiser state, no checkpoints;
 - ``provenance.json``: the command, git commit, torch and Python versions, CPU model, threads,
-  wall time, the figures that use the run, and the SHA-256 of every file above.
+  wall time, the figures that use the run, the SHA-256 of every file above, and a ``digest``
+  of all these fields.
 
-An entry is *stale* (reported, never used) when the current code no longer gives its config
-the same run name, or when a file's SHA-256 differs from its provenance.  ``verify`` retrains
-a run from scratch (with the recorded number of threads) and compares the weights: identical
-bits where the CPU and torch build match, otherwise the largest weight difference and the
-eval-metric difference against stated tolerances.
+A zoo may come from anyone (``ICMIX_ZOO=DIR``), so nothing in it is trusted unchecked:
+
+- an entry is *stale* (reported, never used) when a file's SHA-256 differs from its
+  provenance, the provenance's digest does not match its fields, the current code no longer
+  gives its config the same run name, or, in the zoo shipped with the package, its
+  ``provenance.json`` is not the one the package's manifest (``icmix.zoo.shipped``) records;
+- an entry outside the shipped zoo that the manifest does not list is *unlisted*: used, and
+  labelled as such in ``zoo list`` and in a report;
+- ``check_evaluation`` evaluates an entry's weights on its run's evaluation batch (seconds) and
+  compares them with its recorded final metrics: ``place`` does it before it uses an entry,
+  and ``verify`` before it retrains one;
+- ``verify`` then retrains the run from scratch (with the recorded number of threads) and
+  compares the weights: identical bits where the CPU and torch build match, otherwise the
+  final eval metric against a stated tolerance.
 
 Build the zoo with ``icmix zoo build --preset cpu --jobs 2`` (``jobs`` runs at once, each in
 its own process with ``--threads`` threads; a finished entry is skipped and an unfinished run
@@ -124,9 +134,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def digest(provenance: dict) -> str:
+    """The SHA-256 of every field of a provenance record but ``digest`` itself (canonical JSON):
+    an edited field no longer matches it."""
+    fields = {k: v for k, v in provenance.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def export(run: Path, dest: Path, provenance: dict) -> Path:
     """Copy a finished run's ``FILES`` into the zoo entry ``dest`` with ``provenance.json``
-    (plus the files' SHA-256); the entry appears whole or not at all."""
+    (plus the files' SHA-256 and the record's digest); the entry appears whole or not at all."""
     from icmix.io import staged_directory
 
     run, dest = Path(run), Path(dest)
@@ -138,6 +155,7 @@ def export(run: Path, dest: Path, provenance: dict) -> Path:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run / rel, stage / rel)
         record = {**provenance, "sha256": {rel: sha256(stage / rel) for rel in FILES}}
+        record["digest"] = digest(record)
         (stage / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
     return dest
 
@@ -184,8 +202,8 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
     found = entries(root)
     todo = {}
     for n, v in runs.items():
-        if n in found and found[n].problems():
-            warnings.warn(f"zoo run {n} is stale ({'; '.join(found[n].problems())}): training it again")
+        if n in found and found[n].problems(manifest=False):
+            warnings.warn(f"zoo run {n} is stale ({'; '.join(found[n].problems(manifest=False))}): training it again")
         elif n in found:
             continue
         todo[n] = v
@@ -225,16 +243,42 @@ class Entry:
     preset: str
     provenance: dict = field(default_factory=dict)
 
-    def problems(self) -> list[str]:
+    @property
+    def key(self) -> str:
+        """``preset/run name``: the entry's key in the package's manifest."""
+        return f"{self.preset}/{self.name}"
+
+    def shipped_here(self) -> bool:
+        """Whether the entry lies in the zoo shipped with the package."""
+        return self.path.resolve().is_relative_to(ZOO_ROOT)
+
+    def listed(self) -> bool:
+        """Whether the package's manifest lists this very entry (its ``provenance.json``, and so
+        every file it hashes, is the one shipped)."""
+        from icmix.zoo.shipped import SHIPPED
+
+        prov = self.path / PROVENANCE
+        return self.key in SHIPPED and prov.is_file() and sha256(prov) == SHIPPED[self.key]
+
+    def problems(self, manifest: bool = True) -> list[str]:
         """Why the entry must not be used (empty when it is sound): a missing or altered file
-        (SHA-256 against its provenance), or a config the current code names differently (the
-        run-name scheme or a config default changed since it was trained)."""
+        (SHA-256 against its provenance), a provenance whose fields no longer match its digest,
+        an entry of the shipped zoo that is not the one the package's manifest records, or a
+        config the current code names differently (the run-name scheme or a config default
+        changed since it was trained).  ``manifest=False`` leaves the manifest out (``build``,
+        adding entries to the shipped zoo before the manifest is written again)."""
         from icmix.experiments.common import run_name
         from icmix.train import TrainConfig
+        from icmix.zoo.shipped import SHIPPED
 
         if "unreadable" in self.provenance:
             return [self.provenance["unreadable"]]
         out = []
+        if manifest and self.shipped_here() and not self.listed():
+            out.append(f"{PROVENANCE} is not the one the package's zoo manifest records (edited after shipping)"
+                       if self.key in SHIPPED else "it is not in the package's zoo manifest (added after shipping)")
+        if "digest" in self.provenance and self.provenance["digest"] != digest(self.provenance):
+            out.append(f"{PROVENANCE} was edited: its fields no longer match its digest")
         recorded = self.provenance.get("sha256", {})
         for rel in FILES:
             f = self.path / rel
@@ -286,6 +330,23 @@ def lookup(name: str, root: Path | None = None) -> Entry:
 MARKER = "zoo.json"  # in a run directory taken from the zoo: the entry's provenance
 
 
+def check_evaluation(entry: Entry) -> dict:
+    """Evaluate the entry's weights on its run's evaluation batch and compare them with its
+    recorded final metrics (``icmix.train.loop.reevaluate``; about a second on 2 cores):
+    ``{"ok", "recorded", "measured", "reason"}``.  Weights altered in any way that matters
+    (zeroed, another run's, retrained elsewhere) do not give the recorded numbers."""
+    from icmix.train.loop import REEVALUATION_RTOL, reevaluate, reevaluation_mismatches
+
+    try:
+        recorded, measured = reevaluate(entry.path)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        return {"ok": False, "recorded": {}, "measured": {}, "reason": f"its weights cannot be evaluated: {err}"}
+    wrong = reevaluation_mismatches(recorded, measured)
+    reason = ("its weights do not give its recorded final metrics: " + "; ".join(wrong)
+              + f" (tolerance {REEVALUATION_RTOL:g} relative)") if wrong else ""
+    return {"ok": not wrong, "recorded": recorded, "measured": measured, "reason": reason}
+
+
 def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[Path], dict[Path, str]]:
     """Put the zoo's copy of each ``(TrainConfig, run directory)`` whose directory does not
     exist yet (a run started or finished in ``OUT`` is never replaced).  Returns the run
@@ -304,6 +365,9 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
         problems = entry.problems()
         if not problems and (entry.path / "config.yaml").read_text() != tc.identity().to_yaml():
             problems = ["its config differs from the one asked for (same name, different config)"]
+        if not problems:  # sound on paper: its weights must also give its numbers
+            evaluation = check_evaluation(entry)
+            problems = [] if evaluation["ok"] else [evaluation["reason"]]
         if problems:
             stale[path] = "; ".join(problems)
             if warn:
@@ -313,7 +377,8 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
             for rel in FILES:
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(entry.path / rel, stage / rel)
-            (stage / MARKER).write_text(json.dumps({**entry.provenance, "preset": entry.preset}, indent=2) + "\n")
+            (stage / MARKER).write_text(json.dumps({**entry.provenance, "preset": entry.preset, "listed": entry.listed(),
+                                                    "zoo": str(entry.path)}, indent=2) + "\n")
         placed.append(path)
     return placed, stale
 
@@ -321,6 +386,18 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
 def source(run: Path) -> str:
     """``zoo`` if the run directory was taken from the zoo, ``trained`` otherwise."""
     return "zoo" if (Path(run) / MARKER).exists() else "trained"
+
+
+def unlisted(run: Path) -> bool:
+    """Whether a run directory was taken from a zoo entry the package's manifest does not list
+    (a zoo of ``ICMIX_ZOO``: checked by evaluation only)."""
+    marker = Path(run) / MARKER
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("listed") is not True
+    except (ValueError, OSError, AttributeError):
+        return True
 
 
 def sizes(root: Path | None = None) -> tuple[int, list[tuple[str, int]]]:
@@ -331,20 +408,57 @@ def sizes(root: Path | None = None) -> tuple[int, list[tuple[str, int]]]:
     return sum(s for _, s in files), files
 
 
+# --- the package's manifest ------------------------------------------------------------------------
+
+MANIFEST_MODULE = Path(__file__).resolve().parent / "shipped.py"
+
+
+def manifest(root: Path | None = None) -> dict[str, str]:
+    """``{preset/run name: SHA-256 of its provenance.json}`` of every entry under ``root`` (default
+    the shipped zoo): what ``icmix.zoo.shipped.SHIPPED`` must hold for the shipped zoo."""
+    return {e.key: sha256(e.path / PROVENANCE) for e in entries(root or ZOO_ROOT).values()}
+
+
+def write_manifest() -> Path:
+    """Write ``icmix/zoo/shipped.py`` from the shipped zoo as it is now (``icmix zoo manifest
+    --write``, after ``icmix zoo build`` changed it).  Refused while an entry is damaged (its
+    files against its provenance, its digest, its run name): only sound entries are sealed."""
+    from icmix.io import atomic_write
+
+    damaged = {n: p for n, e in entries(ZOO_ROOT).items() if (p := e.problems(manifest=False))}
+    if damaged:
+        raise ValueError("the shipped zoo has damaged entries, not sealed: "
+                         + "; ".join(f"{n}: {', '.join(p)}" for n, p in damaged.items()))
+    lines = "".join(f'    "{key}": "{digest_}",\n' for key, digest_ in sorted(manifest().items()))
+    text = ('"""The manifest of the zoo shipped with the package: the SHA-256 of each entry\'s provenance.json,\n'
+            "which itself holds the SHA-256 of the entry's other files and a digest of its own fields.  An entry\n"
+            "of the shipped zoo that is not the one recorded here is stale (never used).  Written by\n"
+            "``icmix zoo manifest --write``; ``tests/test_zoo.py`` checks it against the zoo.\n"
+            '"""\n\nSHIPPED: dict[str, str] = {\n' + lines + "}\n")
+    atomic_write(MANIFEST_MODULE, lambda p: Path(p).write_text(text))
+    return MANIFEST_MODULE
+
+
 # --- verification --------------------------------------------------------------------------------
 
 METRIC_TOLERANCE = 0.02  # relative difference of the final eval metric, where bits cannot match
 
 
 def verify(name: str, work: Path, root: Path | None = None, progress: bool = True) -> dict:
-    """Retrain the zoo run ``name`` from scratch under ``work`` (with its recorded number of
-    threads) and compare it with the shipped entry.
+    """Check the zoo run ``name`` in three steps, each failing at once:
 
-    ``status`` is ``pass`` when the weights are bit-identical, or, where the CPU or torch build
-    differ from the provenance (so bits may not match), when the final eval metric is within
-    ``METRIC_TOLERANCE`` (relative); ``fail`` otherwise, and at once (no retraining) when a
-    shipped file fails its SHA-256 or the config is now named differently.  The record also
-    holds the largest weight difference and both metrics.  ``work/NAME`` must not exist."""
+    1. integrity: every file's SHA-256, the provenance's digest, the package's manifest and
+       the run name (``Entry.problems``);
+    2. evaluation: the shipped weights, evaluated on the run's evaluation batch, give the
+       recorded final metrics (``check_evaluation``; seconds);
+    3. retraining from scratch under ``work`` (with the recorded number of threads): the
+       weights are bit-identical, or, where the CPU or torch build differ from the provenance
+       (so bits may not match), the retrained final eval metric is within
+       ``METRIC_TOLERANCE`` (relative) of the shipped one.
+
+    ``status`` is ``pass`` or ``fail``; ``step`` says which step decided it; the record also
+    holds both evaluations, the largest weight difference and both metrics.  ``work/NAME``
+    must not exist."""
     import torch
     from safetensors.torch import load_file
 
@@ -352,15 +466,20 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
 
     entry = lookup(name, root)
     prov = entry.provenance
-    integrity = entry.problems()
-    if integrity:  # no retraining can make a damaged or stale entry sound
-        return {"run": entry.name, "status": "fail", "reason": "; ".join(integrity), "identical": False,
-                "max_weight_difference": float("nan"), "metric": "", "metric_shipped": float("nan"),
-                "metric_retrained": float("nan"), "metric_relative_difference": float("nan"),
-                "integrity": integrity, "retrain_seconds": 0.0, "steps": prov.get("steps"),
-                "here": {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__,
-                         "threads": prov.get("threads")},
-                "shipped": {k: prov.get(k) for k in SHOWN}}
+    record = {"run": entry.name, "status": "fail", "step": "integrity", "reason": "", "identical": False,
+              "max_weight_difference": float("nan"), "metric": "", "metric_shipped": float("nan"),
+              "metric_retrained": float("nan"), "metric_relative_difference": float("nan"),
+              "integrity": entry.problems(), "evaluation": {}, "listed": entry.listed(), "retrain_seconds": 0.0,
+              "steps": prov.get("steps"),
+              "here": {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__,
+                       "threads": prov.get("threads")},
+              "shipped": {k: prov.get(k) for k in SHOWN}}
+    if record["integrity"]:  # no retraining can make a damaged or stale entry sound
+        return {**record, "reason": "; ".join(record["integrity"])}
+    evaluation = check_evaluation(entry)
+    record["evaluation"] = {"recorded": evaluation["recorded"], "measured": evaluation["measured"]}
+    if not evaluation["ok"]:  # weights that do not give their own numbers: no retraining needed to say so
+        return {**record, "step": "evaluation", "reason": evaluation["reason"]}
     cfg = TrainConfig.from_yaml(entry.path / "config.yaml")
     run = Path(work) / entry.name
     if run.exists():
@@ -383,7 +502,7 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     from icmix.train.convergence import progress_metric
 
     metric = _final_metric(run, progress_metric(cfg))
-    metric_shipped = _final_metric(entry.path, metric[0])
+    metric_shipped = _final_metric(entry.path, metric[0])  # recorded, and reproduced by the shipped weights (step 2)
     rel = abs(metric[1] - metric_shipped[1]) / max(abs(metric_shipped[1]), 1e-12)
     here = {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__, "threads": threads}
     # Entries trained before cpu_features was recorded cannot claim the same CPU.
@@ -399,11 +518,10 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
                                f"{metric[0]} within {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})")
     else:
         status, why = "fail", f"final {metric[0]} differs by {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})"
-    return {"run": entry.name, "status": status, "reason": why, "identical": identical,
+    return {**record, "status": status, "step": "retraining", "reason": why, "identical": identical,
             "max_weight_difference": max_diff, "metric": metric[0], "metric_shipped": metric_shipped[1],
-            "metric_retrained": metric[1], "metric_relative_difference": rel, "integrity": integrity,
-            "retrain_seconds": round(wall, 1), "steps": cfg.steps, "here": here,
-            "shipped": {k: prov.get(k) for k in SHOWN}}
+            "metric_retrained": metric[1], "metric_relative_difference": rel, "retrain_seconds": round(wall, 1),
+            "steps": cfg.steps, "here": here}
 
 
 SHOWN = ("cpu", "cpu_features", "torch", "threads", "git_commit", "wall_seconds")  # of a provenance, in a record
@@ -421,7 +539,8 @@ def _final_metric(run: Path, metric: str) -> tuple[str, float]:
 
 def table(root: Path | None = None):
     """One row per zoo run: figures, steps, final progress metric and its excess over the
-    optimum, convergence, and provenance (commit, CPU, threads, wall time)."""
+    optimum, convergence, status (``ok``; ``ok, unlisted`` for a sound entry the package's
+    manifest does not list; ``stale: why``) and provenance (commit, CPU, threads, wall time)."""
     import pandas as pd
 
     from icmix.train.convergence import run_convergence
@@ -437,7 +556,7 @@ def table(root: Path | None = None):
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
         problems = e.problems()
-        row.update(status="stale: " + "; ".join(problems) if problems else "ok",
+        row.update(status="stale: " + "; ".join(problems) if problems else "ok" if e.listed() else "ok, unlisted",
                    commit=str(p.get("git_commit", "?"))[:10], cpu=p.get("cpu"), threads=p.get("threads"),
                    wall_min=round(p.get("wall_seconds", float("nan")) / 60, 1), torch=p.get("torch"))
         rows.append(row)
