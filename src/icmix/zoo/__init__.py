@@ -260,13 +260,15 @@ class Entry:
         prov = self.path / PROVENANCE
         return self.key in SHIPPED and prov.is_file() and sha256(prov) == SHIPPED[self.key]
 
-    def problems(self, manifest: bool = True) -> list[str]:
+    def problems(self, manifest: bool = True, evaluate: bool = False) -> list[str]:
         """Why the entry must not be used (empty when it is sound): a missing or altered file
         (SHA-256 against its provenance), a provenance whose fields no longer match its digest,
         an entry of the shipped zoo that is not the one the package's manifest records, or a
         config the current code names differently (the run-name scheme or a config default
         changed since it was trained).  ``manifest=False`` leaves the manifest out (``build``,
-        adding entries to the shipped zoo before the manifest is written again)."""
+        adding entries to the shipped zoo before the manifest is written again).  ``evaluate``
+        adds, for an entry sound on paper, ``check_evaluation``: weights that do not give the
+        run's recorded final metrics (about a second)."""
         from icmix.experiments.common import run_name
         from icmix.train import TrainConfig
         from icmix.zoo.shipped import SHIPPED
@@ -296,6 +298,10 @@ class Entry:
             else:
                 if now != self.name:
                     out.append(f"its config is now named {now} (the config or naming changed since it was trained)")
+        if evaluate and not out:
+            evaluation = check_evaluation(self)
+            if not evaluation["ok"]:
+                out.append(evaluation["reason"])
         return out
 
 
@@ -349,9 +355,10 @@ def check_evaluation(entry: Entry) -> dict:
 
 def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[Path], dict[Path, str]]:
     """Put the zoo's copy of each ``(TrainConfig, run directory)`` whose directory does not
-    exist yet (a run started or finished in ``OUT`` is never replaced).  Returns the run
-    directories filled from the zoo and ``{run directory: reason}`` for zoo entries of the same
-    name that are stale and were not used (each also passed to ``warn``)."""
+    exist yet (a run started or finished in ``OUT`` is never replaced), once the entry is sound
+    and its weights give its recorded final metrics (``Entry.problems(evaluate=True)``).  Returns
+    the run directories filled from the zoo and ``{run directory: reason}`` for zoo entries of
+    the same name that are stale and were not used (each also passed to ``warn``)."""
     from icmix.experiments.common import run_name
     from icmix.io import staged_directory
 
@@ -362,12 +369,9 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
         entry = found.get(path.name)
         if entry is None or path.exists() or run_name(tc) != path.name:
             continue
-        problems = entry.problems()
+        problems = entry.problems(evaluate=True)  # its weights must also give its numbers
         if not problems and (entry.path / "config.yaml").read_text() != tc.identity().to_yaml():
             problems = ["its config differs from the one asked for (same name, different config)"]
-        if not problems:  # sound on paper: its weights must also give its numbers
-            evaluation = check_evaluation(entry)
-            problems = [] if evaluation["ok"] else [evaluation["reason"]]
         if problems:
             stale[path] = "; ".join(problems)
             if warn:
@@ -422,10 +426,11 @@ def manifest(root: Path | None = None) -> dict[str, str]:
 def write_manifest() -> Path:
     """Write ``icmix/zoo/shipped.py`` from the shipped zoo as it is now (``icmix zoo manifest
     --write``, after ``icmix zoo build`` changed it).  Refused while an entry is damaged (its
-    files against its provenance, its digest, its run name): only sound entries are sealed."""
+    files against its provenance, its digest, its run name, its weights against its recorded
+    metrics): only sound entries are sealed, so a listed entry needs no evaluation to be listed."""
     from icmix.io import atomic_write
 
-    damaged = {n: p for n, e in entries(ZOO_ROOT).items() if (p := e.problems(manifest=False))}
+    damaged = {n: p for n, e in entries(ZOO_ROOT).items() if (p := e.problems(manifest=False, evaluate=True))}
     if damaged:
         raise ValueError("the shipped zoo has damaged entries, not sealed: "
                          + "; ".join(f"{n}: {', '.join(p)}" for n, p in damaged.items()))
@@ -555,7 +560,7 @@ def table(root: Path | None = None):
                        tail_improvement=f"{c.improvement:.1%}", converged="yes" if c.converged else "no")
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
-        problems = e.problems()
+        problems = e.problems(evaluate=not e.listed())  # a listed entry was evaluated when it was sealed
         row.update(status="stale: " + "; ".join(problems) if problems else "ok" if e.listed() else "ok, unlisted",
                    commit=str(p.get("git_commit", "?"))[:10], cpu=p.get("cpu"), threads=p.get("threads"),
                    wall_min=round(p.get("wall_seconds", float("nan")) / 60, 1), torch=p.get("torch"))

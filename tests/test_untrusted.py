@@ -1,0 +1,346 @@
+"""Untrusted inputs: what a user loads from disk (a colleague's run, checkpoint or zoo) cannot
+run code or pass as verified, icmix deletes nothing of the user's, and a command that is
+refused leaves its folder as it was.
+
+One test per probe of issue 30 (each failed on 226dff0):
+
+1. a crafted ``trainer.pt`` (its unpickling runs code; checksums recomputed) on resume;
+2. a zoo run with zeroed weights, its SHA-256 (and digest) updated: ``zoo verify``, ``place``;
+3. provenance fields no hash covered (``cpu``, ``git_commit``, ``figures``) edited;
+4. an ``--out`` folder holding the user's own ``*.tmp-*`` files;
+5. ``--set device=cuda`` on a machine without CUDA;
+6. ``--set batch_size=100000000``;
+7. ``--set tracking=wandb`` with no W&B API key;
+8. ``icmix estimate ... | head -1``.
+
+Plus the trainer-state codec (no pickle) against a round trip of every type a trainer state
+holds, and a scan of src/ and tests/ for the ways pickle gets in.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from icmix import zoo
+from icmix.cli import main
+from icmix.experiments.common import run_name
+from icmix.train import TrainConfig, train
+from icmix.train.checkpoint import CheckpointWarning
+
+ROOT = Path(__file__).resolve().parents[1]
+ICMIX = [sys.executable, "-m", "icmix"]
+TINY = {
+    "task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": 3, "length": 8},
+    "model": {"kind": "disentangled", "n_layers": 2, "n_heads": 1},
+    "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 3},
+    "steps": 40, "batch_size": 16, "eval_every": 5, "eval_size": 32, "checkpoint_every": 10, "seed": 7,
+    "keep_checkpoints": 3, "device": "cpu",
+}
+FIG3 = ["--set", "lengths=(8,16)", "--set", "n_sequences=20", "--set", "n_tune=10", "--set", "gibbs_samples=20",
+        "--set", "gibbs_burn_in=5", "--set", "em_max_iter=50", "--set", "seeds=(0,)", "--no-progress"]
+
+
+def tiny() -> TrainConfig:
+    return TrainConfig.from_dict(json.loads(json.dumps(TINY)))
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def tiny_config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished tiny run (checkpoints at steps 20, 30, 40)."""
+    return train(tiny(), tmp_path_factory.mktemp("finished") / "run", progress=False)
+
+
+# --- 1. a crafted trainer state ---------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this runs code: it writes the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('the checkpoint ran code')",)
+
+
+def craft_trainer(checkpoint: Path, marker: Path) -> None:
+    """Replace a checkpoint's trainer state by a ``trainer.pt`` whose unpickling runs code (as
+    an attacker would: the right step, the checksums recomputed so the files look intact)."""
+    step = int(checkpoint.name.split("_")[1])
+    for name in ("trainer.pt", "trainer.safetensors", "trainer.json"):
+        (checkpoint / name).unlink(missing_ok=True)
+    torch.save({"step": step, "optimiser": _Payload(marker)}, checkpoint / "trainer.pt")
+    sums = {f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "bytes": f.stat().st_size}
+            for f in sorted(checkpoint.iterdir()) if f.name != "checksums.json"}
+    (checkpoint / "checksums.json").write_text(json.dumps(sums))
+
+
+def test_a_crafted_trainer_state_runs_nothing_on_a_finished_run(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    marker = tmp_path / "pwned"
+    craft_trainer(run / "checkpoints" / "step_0000040", marker)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: nothing to do
+    assert not marker.exists()
+    assert "skipping damaged checkpoint" in capsys.readouterr().err
+
+
+def test_a_crafted_trainer_state_runs_nothing_and_is_skipped_as_damaged(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "model")  # unfinished: killed after its last checkpoint
+    marker = tmp_path / "pwned"
+    craft_trainer(run / "checkpoints" / "step_0000040", marker)
+    with pytest.warns(CheckpointWarning, match="skipping damaged checkpoint .*step_0000040.*trainer.pt"):
+        train(None, run, resume=True, progress=False)
+    assert not marker.exists()
+    assert (run / "checkpoints" / "damaged_step_0000040").is_dir()  # set aside, kept for inspection
+    # resumed from step 30, it ends where the uninterrupted run ended
+    assert (run / "model" / "model.safetensors").read_bytes() == (finished / "model" / "model.safetensors").read_bytes()
+    assert (run / "metrics.jsonl").read_bytes() == (finished / "metrics.jsonl").read_bytes()
+
+
+def test_an_older_checkpoint_of_plain_tensors_still_loads(finished, tmp_path):
+    """A ``trainer.pt`` of an older icmix (tensors and plain containers) is read, with
+    ``weights_only=True``, into the same state the new files hold."""
+    from icmix.train.checkpoint import decode_trainer, read_checkpoint
+
+    ckpt = tmp_path / "step_0000040"
+    shutil.copytree(finished / "checkpoints" / "step_0000040", ckpt)
+    state = decode_trainer((ckpt / "trainer.safetensors").read_bytes(), (ckpt / "trainer.json").read_bytes())
+    (ckpt / "trainer.safetensors").unlink()
+    (ckpt / "trainer.json").unlink()
+    torch.save(state, ckpt / "trainer.pt")
+    sums = {f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "bytes": f.stat().st_size}
+            for f in sorted(ckpt.iterdir()) if f.name != "checksums.json"}
+    (ckpt / "checksums.json").write_text(json.dumps(sums))
+    with torch.device("meta"):
+        from icmix.train.loop import build_model
+
+        shapes = build_model(tiny())
+    loaded = read_checkpoint(ckpt, shapes).trainer
+    assert loaded["step"] == 40 and torch.equal(loaded["data_rng"], state["data_rng"])
+    assert loaded["optimiser"]["param_groups"] == state["optimiser"]["param_groups"]
+
+
+def test_the_trainer_codec_keeps_every_type():
+    from icmix.train.checkpoint import decode_trainer, encode_trainer
+
+    state = {"step": 7, "loss_sum": 0.1 + 0.2, "nan": float("inf"), "none": None, "flag": True,
+             "betas": (0.9, 0.999), "optimiser": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)},
+                                                             1: {"exp_avg": torch.zeros(4, dtype=torch.float64)}},
+                                                   "param_groups": [{"params": [0, 1], "lr": 1e-3, "betas": (0.9, 0.99)}]},
+             "rng": torch.get_rng_state(), "__tensor__": "a key that looks like a marker", "ranks": [1.5, 2.5]}
+    back = decode_trainer(*encode_trainer(state))
+    assert list(back["optimiser"]["state"]) == [0, 1] and back["betas"] == (0.9, 0.999)  # int keys, tuples
+    assert back["loss_sum"] == 0.1 + 0.2 and back["nan"] == float("inf") and back["__tensor__"] == state["__tensor__"]
+    assert torch.equal(back["rng"], state["rng"]) and back["rng"].dtype == torch.uint8
+    assert back["optimiser"]["state"][0]["step"].shape == () and back["optimiser"]["state"][1]["exp_avg"].dtype == torch.float64
+    with pytest.raises(TypeError, match="not object"):
+        encode_trainer({"x": object()})
+    tensors, text = encode_trainer(state)
+    with pytest.raises(ValueError, match="names a tensor 't99'"):
+        decode_trainer(tensors, text.replace(b'"t0"', b'"t99"'))
+    with pytest.raises(ValueError, match="cannot be read"):
+        decode_trainer(pickle.dumps(_Payload(Path("/nonexistent"))), text)
+    with pytest.raises(ValueError, match="not JSON"):
+        decode_trainer(tensors, b"\x80\x04K\x01.")  # a pickle where JSON belongs
+
+
+def test_nothing_in_src_or_tests_unpickles():
+    needles = ("weights_only=" + "False", "pickle." + "load", "allow_pickle=" + "True")
+    found = [f"{p.relative_to(ROOT)}: {n}" for d in ("src", "tests") for p in (ROOT / d).rglob("*.py")
+             for n in needles if n in p.read_text()]
+    assert found == []
+
+
+# --- 2. zeroed weights, hashes forged ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("zoo")
+    tc = tiny()
+    name = run_name(tc)
+    zoo.train_entry(name, tc, ["tiny-fig"], base / "work", base / "root" / "cpu" / name, threads=1, command="pytest")
+    return base / "root", name, tc
+
+
+def forge(entry, **fields) -> None:
+    """Rewrite an entry's provenance as a careful attacker would: every SHA-256 and the digest
+    made to match the files and fields as they now are."""
+    prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
+    prov.update(fields)
+    prov["sha256"] = {rel: zoo.sha256(entry.path / rel) for rel in zoo.FILES}
+    prov["digest"] = zoo.digest(prov)  # (ignored by 226dff0, which had no digest)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov, indent=2))
+
+
+def test_zeroed_weights_with_forged_hashes_fail_verify_at_once_and_are_not_placed(tiny_zoo, tmp_path, capsys):
+    root, name, tc = tiny_zoo
+    shutil.copytree(root, tmp_path / "root")
+    root = tmp_path / "root"
+    entry = zoo.lookup(name, root)
+    weights = entry.path / "model" / "model.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+    forge(entry, cpu="Another CPU")  # trained elsewhere, as every shipped run is for most users
+    assert zoo.lookup(name, root).problems() == []  # sound on paper ...
+    start = time.time()
+    code = main(["zoo", "verify", name, "--root", str(root), "--no-progress", "--work", str(tmp_path / "work")])
+    out = capsys.readouterr().out
+    assert code == 1 and time.time() - start < 60
+    assert "FAIL at the evaluation check, not retrained" in out and "eval_kl recorded" in out  # both numbers
+    assert not (tmp_path / "work").exists()
+    record = zoo.verify(name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "fail" and record["step"] == "evaluation" and record["retrain_seconds"] == 0.0
+    recorded, measured = record["evaluation"]["recorded"]["eval_kl"], record["evaluation"]["measured"]["eval_kl"]
+    assert measured > 2 * recorded  # zero weights predict uniformly: far worse than the trained model
+    # ... and reproduce does not place it
+    warned = []
+    placed, stale = zoo.place([(tc, tmp_path / "out" / "runs" / name)], root, warn=warned.append)
+    assert placed == [] and "do not give its recorded final metrics" in stale[tmp_path / "out" / "runs" / name]
+    assert warned and not (tmp_path / "out" / "runs" / name).exists()
+    assert "stale: its weights do not give" in zoo.table(root).status.iloc[0]  # zoo list too
+
+
+# --- 3. provenance fields no hash covered --------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("cpu", "Another CPU"), ("git_commit", "0" * 40), ("figures", ["mtd-fig3"])])
+def test_an_edited_provenance_field_makes_an_entry_stale(tiny_zoo, tmp_path, field, value, capsys):
+    root, name, _ = tiny_zoo
+    shutil.copytree(root, tmp_path / "root")
+    root = tmp_path / "root"
+    path = root / "cpu" / name / zoo.PROVENANCE
+    prov = json.loads(path.read_text())
+    prov[field] = value
+    path.write_text(json.dumps(prov, indent=2))
+    assert zoo.lookup(name, root).problems() == ["provenance.json was edited: its fields no longer match its digest"]
+    assert main(["zoo", "list", "--root", str(root)]) == 0
+    assert "stale: provenance.json was edited" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value", [("cpu", "Another CPU"), ("git_commit", "0" * 40), ("figures", ["mtd-fig3"])])
+def test_the_shipped_zoo_catches_an_edit_by_its_manifest(tmp_path, monkeypatch, field, value):
+    """An entry of the package's own zoo edited in place, digest forged too: the manifest in
+    the package's code still knows the provenance it shipped."""
+    shipped = next(iter(zoo.entries(zoo.ZOO_ROOT).values()))
+    copy = tmp_path / "zoo"
+    shutil.copytree(shipped.path, copy / shipped.preset / shipped.name)
+    monkeypatch.setattr(zoo, "ZOO_ROOT", copy.resolve())  # the copy is the package's zoo now
+    entry = zoo.lookup(shipped.name, copy)
+    assert entry.problems() == []
+    forge(entry, **{field: value})
+    entry = zoo.lookup(shipped.name, copy)
+    assert entry.problems() == ["provenance.json is not the one the package's zoo manifest records (edited after shipping)"]
+    assert not entry.listed()
+
+
+def test_an_unlisted_zoo_is_used_and_labelled(tiny_zoo, tmp_path):
+    """A zoo of one's own (ICMIX_ZOO): sound entries are used after the evaluation check, and
+    labelled as not in the package's manifest."""
+    root, name, tc = tiny_zoo
+    entry = zoo.lookup(name, root)
+    assert not entry.listed() and entry.problems(evaluate=True) == []
+    assert zoo.table(root).status.iloc[0] == "ok, unlisted"
+    run = tmp_path / "out" / "runs" / name
+    assert zoo.place([(tc, run)], root) == ([run], {})
+    assert zoo.source(run) == "zoo" and zoo.unlisted(run)
+
+
+# --- 4. nothing of the user's is deleted --------------------------------------------------------
+
+def test_the_users_files_in_out_are_never_deleted(tmp_path, capsys):
+    out = tmp_path / "out"
+    mine = [".cache.tmp-dir/notes.txt", ".draft.0123456789ab.tmp.csv", ".icmix-stage-mine/a.txt", ".tmp_step_0000050/x",
+            ".model.extended/y", f".icmix-tmp-{os.getpid()}-0123456789ab-live-writer"]
+    for rel in mine:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("mine")
+    assert main(["reproduce", "mtd-fig3", "--out", str(out), *FIG3]) == 0
+    for rel in mine:
+        assert (out / rel).read_text() == "mine", rel
+    # The same for a run directory
+    run = tmp_path / "run"
+    (run / ".cache.tmp-dir").mkdir(parents=True)
+    (run / ".cache.tmp-dir" / "notes.txt").write_text("mine")
+    assert main(["train", str(tiny_config_file(tmp_path)), "--out", str(run), "--no-progress"]) == 0
+    assert (run / ".cache.tmp-dir" / "notes.txt").read_text() == "mine"
+
+
+# --- 5-7. refused before anything is written ------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there_is_refused_before_anything_is_written(tmp_path, capsys):
+    config, run = tiny_config_file(tmp_path), tmp_path / "run"
+    for _ in range(2):  # and the same command again gives the same answer
+        assert main(["train", str(config), "--set", "device=cuda", "--out", str(run), "--no-progress"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not run.exists()
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_its_estimate(tmp_path, capsys):
+    config, run = tiny_config_file(tmp_path), tmp_path / "run"
+    run.mkdir()  # an existing folder is left as it was
+    code = main(["train", str(config), "--set", "batch_size=100000000", "--out", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size 100,000,000" in err and "activations per sequence" in err and "would need" in err
+    assert files_under(run) == []
+
+
+def test_activation_bytes_grow_with_length_and_batch():
+    """The per-sequence activation estimate is what autograd keeps: a second sequence adds
+    the same again, and doubling the length at least doubles it."""
+    from icmix.train.loop import activation_bytes
+
+    short = activation_bytes(tiny())
+    longer = activation_bytes(TrainConfig.from_dict({**TINY, "task": {**TINY["task"], "length": 16}}))
+    assert 0 < short and longer >= 2 * short
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                    reason="needs wandb")
+def test_wandb_without_an_api_key_is_refused_before_anything_is_written(tmp_path):
+    config, run = tiny_config_file(tmp_path), tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), NETRC=str(tmp_path / "netrc"))
+    done = subprocess.run([*ICMIX, "train", str(config), "--set", "tracking=wandb", "--out", str(run), "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "icmix: error: tracking wandb: W&B has no API key here" in done.stderr and "WANDB_MODE=offline" in done.stderr
+    assert "Traceback" not in done.stderr and not run.exists()
+
+
+# --- 8. a reader that goes away ------------------------------------------------------------------
+
+def test_a_broken_pipe_ends_quietly(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "pi.npy", rng.dirichlet(np.ones(4), size=4))
+    np.save(tmp_path / "tokens.npy", rng.integers(0, 4, size=(5000, 20)))
+    proc = subprocess.Popen([*ICMIX, "estimate", str(tmp_path / "tokens.npy"), "--transition", str(tmp_path / "pi.npy"),
+                             "--order", "2", "--estimator", "md"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) in (0, 141) and b"estimator" in first
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err
