@@ -344,3 +344,49 @@ def test_a_broken_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) in (0, 141) and b"estimator" in first
     assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+# --- also found: a saved model folder from a stranger ---------------------------------------------
+
+def _saved_model(tmp_path: Path) -> Path:
+    from icmix.models import DisentangledConfig, DisentangledTransformer
+
+    return DisentangledTransformer(DisentangledConfig(vocab_size=4, max_length=8)).save_pretrained(tmp_path / "model")
+
+
+def test_a_saved_models_dtype_is_not_looked_up_by_name(tmp_path):
+    """``config.json``'s dtype named any attribute of ``torch`` (``load``, ``save``, ...)."""
+    from icmix.models import DisentangledTransformer
+
+    path = _saved_model(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["dtype"] = "load"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="dtype 'load' is not one of"):
+        DisentangledTransformer.from_pretrained(path)
+
+
+def test_a_saved_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path):
+    from icmix.models import DisentangledTransformer
+
+    path = _saved_model(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["vocab_size"] = 10**6  # its embedding and readout: terabytes
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="would need .* of memory"):
+        DisentangledTransformer.from_pretrained(path)
+
+
+def test_a_zoo_entry_of_links_is_stale(tiny_zoo, tmp_path):
+    """A link in an entry would copy whatever it points at (a file of the user's) into OUT."""
+    root, name, tc = tiny_zoo
+    shutil.copytree(root, tmp_path / "root")
+    entry = zoo.lookup(name, tmp_path / "root")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a file of the user's")
+    (entry.path / "metrics.jsonl").unlink()
+    (entry.path / "metrics.jsonl").symlink_to(secret)
+    forge(entry)
+    assert zoo.lookup(name, tmp_path / "root").problems() == ["metrics.jsonl is a link, not a file"]
+    placed, stale = zoo.place([(tc, tmp_path / "out" / "runs" / name)], tmp_path / "root")
+    assert placed == [] and not (tmp_path / "out" / "runs" / name).exists()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Maintainers: train zoo runs one at a time and commit each entry as it is finished, so an
 # interrupted build (a session's end, a crash) loses at most the run in flight; its checkpoints
-# stay under WORK and the next call resumes it.  Run one worker per core, on disjoint runs:
+# stay under WORK and the next call resumes it.  Each commit also rewrites the package's manifest of
+# the shipped zoo (`icmix zoo manifest --write`).  Run one worker per core, on disjoint runs:
 #
 #   tools/zoo_worker.sh RUN_LIST [WORK]     # RUN_LIST: run names, one a line
 #
@@ -24,7 +25,9 @@ while read -r name; do
     fi
     committed=0
     for _ in $(seq 1 30); do  # another worker may hold git's index lock for a moment
-        if git add -- "$entry" && git commit -q -m "zoo (cpu): $name" -- "$entry"; then
+        # the package's manifest of the shipped zoo (icmix/zoo/shipped.py) seals the new entry too
+        if $ICMIX zoo manifest --write >/dev/null && git add -- "$entry" src/icmix/zoo/shipped.py \
+                && git commit -q -m "zoo (cpu): $name" -- "$entry" src/icmix/zoo/shipped.py; then
             committed=1; echo "$(date +%T) committed $name"; break
         fi
         sleep 5

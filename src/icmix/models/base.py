@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from icmix._checks import check_memory
 from icmix.io import staged_directory, write_bytes_durably
 
 CONFIG_FILE = "config.json"
@@ -26,6 +27,9 @@ def config_from_dict(config_class, d: dict):
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} keys: {unknown}")
     return config_class(**d)
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Pretrained(nn.Module):
@@ -53,11 +57,23 @@ class Pretrained(nn.Module):
         path = Path(path)
         if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
             raise ValueError(f"{path} is not a saved model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = json.loads((path / CONFIG_FILE).read_text())
+        try:
+            meta = json.loads((path / CONFIG_FILE).read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path / CONFIG_FILE} is not JSON ({err})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{path / CONFIG_FILE} does not hold a model's config")
         if meta.get("model_type") != cls.model_type:
             raise ValueError(f"{path} holds a {meta.get('model_type')!r} model, not {cls.model_type!r}")
+        dtype = meta.get("dtype", "float32")
+        if dtype not in DTYPES:  # a name from a file: looked up in a table, never in torch's namespace
+            raise ValueError(f"{path / CONFIG_FILE}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         config = cls.config_class.from_dict(meta["config"])
-        model = cls(config).to(getattr(torch, meta.get("dtype", "float32")))
+        # A config from a file may ask for any size: refused before anything is allocated.
+        # (built in fp32, converted, and the weights read: about three copies)
+        check_memory(f"the model saved in {path}", model_bytes(lambda: cls(config)) * (1 + DTYPES[dtype].itemsize / 2),
+                     "its config.json asks for a model larger than this machine can hold")
+        model = cls(config).to(DTYPES[dtype])
         state = load_file(path / WEIGHTS_FILE, device=str(map_location))
         expected = model.state_dict()
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

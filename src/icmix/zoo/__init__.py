@@ -26,9 +26,10 @@ A zoo may come from anyone (``ICMIX_ZOO=DIR``), so nothing in it is trusted unch
   compares the weights: identical bits where the CPU and torch build match, otherwise the
   final eval metric against a stated tolerance.
 
-Build the zoo with ``icmix zoo build --preset cpu --jobs 2`` (``jobs`` runs at once, each in
-its own process with ``--threads`` threads; a finished entry is skipped and an unfinished run
-resumes from its checkpoint, so an interrupted build loses at most the steps since the last one).
+Build the zoo with ``icmix zoo build --preset cpu --jobs 2`` (``jobs`` runs at once, each in its
+own process with ``--threads`` threads; a finished entry is skipped and an unfinished run
+resumes from its checkpoint, so an interrupted build loses at most the steps since the last
+one), then seal the shipped zoo with ``icmix zoo manifest --write``.
 """
 
 from __future__ import annotations
@@ -282,8 +283,12 @@ class Entry:
         if "digest" in self.provenance and self.provenance["digest"] != digest(self.provenance):
             out.append(f"{PROVENANCE} was edited: its fields no longer match its digest")
         recorded = self.provenance.get("sha256", {})
+        links = [rel for rel in ("model", PROVENANCE, *FILES) if (self.path / rel).is_symlink()]
+        out += [f"{rel} is a link, not a file" for rel in links]  # a link would copy what it points at
         for rel in FILES:
             f = self.path / rel
+            if rel in links or "model" in links and rel.startswith("model/"):
+                continue
             if not f.exists():
                 out.append(f"{rel} is missing")
             elif rel not in recorded:
