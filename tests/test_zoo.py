@@ -13,6 +13,7 @@
   still improving reads ``not converged``.
 """
 
+import ast
 import json
 import re
 import shutil
@@ -153,6 +154,36 @@ def test_the_shipped_zoo_is_sound_and_within_its_caps():
         assert entry.provenance["steps"] == cpu_runs[name][0].steps
     total, files = zoo.sizes(zoo.ZOO_ROOT)
     assert total <= zoo.SIZE_CAP and all(size <= zoo.FILE_CAP for _, size in files)
+
+
+def test_the_packages_manifest_is_the_shipped_zoo(capsys):
+    """``icmix/zoo/shipped.py`` lists every shipped entry and its provenance exactly; every
+    shipped entry's weights give its recorded final metrics (what sealing it required)."""
+    from icmix.zoo.shipped import SHIPPED
+
+    found = zoo.entries(zoo.ZOO_ROOT)
+    assert zoo.manifest() == SHIPPED and len(SHIPPED) == len(found)
+    assert all(e.listed() and e.provenance["digest"] == zoo.digest(e.provenance) for e in found.values())
+    assert main(["zoo", "manifest"]) == 0 and f"matches its manifest ({len(found)} entries)" in capsys.readouterr().out
+    bad = {n: r for n, e in found.items() if not (r := zoo.check_evaluation(e))["ok"]}
+    assert bad == {}
+
+
+def test_sealing_a_zoo_refuses_a_damaged_entry(tiny_zoo, tmp_path, monkeypatch):
+    root, name, _ = tiny_zoo
+    shutil.copytree(root, tmp_path / "zoo")
+    monkeypatch.setattr(zoo, "ZOO_ROOT", (tmp_path / "zoo").resolve())
+    monkeypatch.setattr(zoo, "MANIFEST_MODULE", tmp_path / "shipped.py")
+    zoo.write_manifest()
+    written = ast.literal_eval((tmp_path / "shipped.py").read_text().split("SHIPPED: dict[str, str] = ", 1)[1])
+    assert written == {f"cpu/{name}": zoo.sha256(tmp_path / "zoo" / "cpu" / name / zoo.PROVENANCE)}
+    entry = zoo.lookup(name, tmp_path / "zoo")
+    rows = (entry.path / "metrics.jsonl").read_text().splitlines()  # a recorded metric that its weights do not give
+    (entry.path / "metrics.jsonl").write_text("\n".join(rows[:-1] + [rows[-1].replace('"eval_kl": ', '"eval_kl": 1')])
+                                              + "\n")
+    write_provenance(entry, entry.provenance)
+    with pytest.raises(ValueError, match="damaged entries, not sealed: .*do not give its recorded final metrics"):
+        zoo.write_manifest()
 
 
 def test_zoo_list_prints_runs_and_sizes(tiny_zoo, capsys):
