@@ -196,9 +196,14 @@ def _legacy_trainer(data: bytes) -> dict:
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - the restricted unpickler's and zip's errors of a bad file
+        # torch's own text explains how to load the file anyway: only what it refused is shown
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        why = (f"it would call or build {refused.group(1)}" if refused
+               else next((line for line in text.splitlines() if line.strip()), ""))
         raise ValueError(f"{LEGACY_TRAINER} (a checkpoint of an older icmix) holds something other than "
                          f"tensors and plain values, or is damaged; it was not loaded "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                         f"({type(err).__name__}: {why})") from None
 
 
 def read_trainer(path: Path) -> dict:
