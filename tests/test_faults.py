@@ -584,6 +584,8 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_under_the_lock(tmp_pat
     dead.wait()
     (out / f".icmix-tmp-{dead.pid}-0123456789ab-stage").mkdir(parents=True)
     (out / f".icmix-tmp-{dead.pid}-0123456789ab-mtd-fig3.csv").write_text("half")
+    # in a container every run may be process 1, alive: under the lock, its leftovers are stale all the same
+    (out / ".icmix-tmp-1-0123456789ab-mtd-fig3.png").write_text("half")
     (out / "mine.txt").write_text("kept")
     assert cli(["reproduce", "mtd-fig3", "--out", out, *FIG3], capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "mtd-fig3.csv", "mtd-fig3.json", "mtd-fig3.md",

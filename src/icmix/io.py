@@ -46,14 +46,17 @@ def reporting_full_disk(where: str | Path):
 
 
 TEMPORARY_PREFIX = ".icmix-tmp-"
-_TEMPORARY = re.compile(r"^\.icmix-tmp-(\d+)-[0-9a-f]{12}(-.*)?$")
+_TEMPORARY = re.compile(r"^\.icmix-tmp-\d+-[0-9a-f]{12}(-.*)?$")
+_CREATED: set[str] = set()  # the temporary names this process made (it may still be writing them)
 
 
 def temporary_name(label: str = "") -> str:
     """The name of a temporary file or folder icmix creates: its own prefix, this process's id,
-    a random part and a label (``.icmix-tmp-<pid>-<12 hex>-<label>``), so that
-    ``remove_stale_files`` can prove a leftover is icmix's and that its writer has gone."""
-    return f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}" + (f"-{label[:100]}" if label else "")
+    a random part and a label (``.icmix-tmp-<pid>-<12 hex>-<label>``, the label's end kept, so
+    a file's suffix survives), so that ``remove_stale_files`` can tell it from anything else."""
+    name = f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}" + (f"-{label[-100:]}" if label else "")
+    _CREATED.add(name)
+    return name
 
 
 def temporary_dir(parent: Path, label: str = "") -> Path:
@@ -69,31 +72,21 @@ def _temporary_sibling(path: Path) -> Path:
     return path.parent / temporary_name(path.name)
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process (or no such pid at all)
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_files(directory: str | Path, legacy: re.Pattern | None = None) -> list[Path]:
     """Delete the temporaries a killed icmix process left in ``directory`` (never published,
-    so never part of a result): only names ``temporary_name`` makes, and only where the process
-    named in them is no longer running on this machine.  Nothing else is touched, whatever
-    its name.  ``legacy`` adds the names an older icmix gave its temporaries in a folder only
-    icmix writes (a run's ``checkpoints/``).  Call it only while holding the folder's lock."""
+    so never part of a result): only names ``temporary_name`` makes, and none this process
+    made.  Nothing else is touched, whatever its name.  ``legacy`` adds the names an older
+    icmix gave its temporaries in a folder only icmix writes (a run's ``checkpoints/``).
+
+    Call it only while holding the folder's lock (``exclusive``): no other process then writes
+    temporaries into the folder, so every other one is a dead writer's.  (A process id in the
+    name cannot say that: in a container every run may be process 1.)"""
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
     for path in directory.iterdir():
-        m = _TEMPORARY.match(path.name)
-        if (m and not _process_alive(int(m.group(1)))) or (legacy is not None and legacy.match(path.name)):
+        if (_TEMPORARY.match(path.name) and path.name not in _CREATED) or (legacy is not None and legacy.match(path.name)):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:

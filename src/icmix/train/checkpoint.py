@@ -155,8 +155,8 @@ def decode_trainer(tensor_bytes: bytes, state_bytes: bytes) -> dict:
         raise ValueError(f"{TRAINER_TENSORS} cannot be read ({type(err).__name__}: {err})") from None
     try:
         tree = json.loads(state_bytes)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{TRAINER_STATE} is not JSON ({err})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{TRAINER_STATE} is not JSON ({type(err).__name__}: {err})") from None
     used = set()
 
     def decode(value):
@@ -183,11 +183,50 @@ def decode_trainer(tensor_bytes: bytes, state_bytes: bytes) -> dict:
                 raise ValueError(f"{TRAINER_STATE}: a key that is not a plain value ({err})") from None
         return {k: decode(v) for k, v in value.items()}
 
-    state = decode(tree)
+    try:
+        state = decode(tree)
+    except RecursionError:
+        raise ValueError(f"{TRAINER_STATE} is nested too deeply to be a trainer state") from None
     if set(tensors) - used:
         raise ValueError(f"{TRAINER_TENSORS} holds tensors {TRAINER_STATE} does not name: "
                          f"{', '.join(sorted(set(tensors) - used)[:5])}")
     return state
+
+
+def check_trainer_state(state, model: torch.nn.Module) -> None:
+    """``ValueError`` unless ``state`` has the layout ``TrainState.to_checkpoint`` writes, for the
+    parameters of ``model`` (its shapes are all that is used: a model on the ``meta`` device
+    will do): a well-formed file of another shape is damage, found before anything is loaded."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"the trainer state is not one of this run: {what}")
+
+    def rng(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 1
+
+    need(isinstance(state, dict), "not a mapping")
+    optimiser = state.get("optimiser")
+    need(isinstance(optimiser, dict) and isinstance(optimiser.get("state"), dict)
+         and isinstance(optimiser.get("param_groups"), list), "no optimiser state and parameter groups")
+    params = list(model.parameters())
+    for group in optimiser["param_groups"]:
+        need(isinstance(group, dict) and isinstance(group.get("params"), list)
+             and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(params) for i in group["params"]),
+             "a parameter group that does not name the model's parameters")
+    for index, moments in optimiser["state"].items():
+        need(isinstance(index, int) and 0 <= index < len(params) and isinstance(moments, dict),
+             f"optimiser state for a parameter {index!r} the model does not have")
+        for name, value in moments.items():
+            need(not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape == params[index].shape,
+                 f"optimiser state {name} of parameter {index} has shape {tuple(getattr(value, 'shape', ()))}, "
+                 f"the parameter {tuple(params[index].shape)}")
+    need(isinstance(state.get("schedule"), dict) and isinstance(state.get("scaler"), dict), "no schedule or scaler")
+    need(rng(state.get("data_rng")) and rng(state.get("torch_rng")), "no random-number generator states")
+    need(state.get("cuda_rng") is None or rng(state["cuda_rng"]), "a CUDA generator state that is not one")
+    need(all(rng(r) for r in state.get("torch_rng_ranks") or []), "per-process generator states that are not ones")
+    need(isinstance(state.get("loss_sum"), (int, float)) and isinstance(state.get("loss_count"), int)
+         and all(isinstance(v, (int, float)) for v in state.get("loss_sum_ranks") or []), "no running loss")
 
 
 def _legacy_trainer(data: bytes) -> dict:
@@ -294,6 +333,7 @@ def read_checkpoint(path: Path, model: torch.nn.Module, check_config=None) -> Ch
     step = int(m.group(1))
     if not isinstance(trainer, dict) or trainer.get("step") != step:
         raise ValueError(f"{trainer_files[-1]} is not the trainer state of step {step}")
+    check_trainer_state(trainer, model)
     config = data.get(CONFIG)
     return Checkpoint(path, step, weights, trainer, config.decode() if config is not None else None)
 

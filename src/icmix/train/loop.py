@@ -361,11 +361,12 @@ def check_training_memory(cfg: TrainConfig, device: torch.device | None = None, 
 
 
 def activation_bytes(cfg: TrainConfig) -> int | None:
-    """Bytes of the tensors a training step keeps for its backward pass, per sequence of the
-    batch, in fp32 (an upper bound under bf16/fp16): the loss of batches of 1 and 2 sequences of
-    the last curriculum stage (the largest) is run on the ``meta`` device, where nothing is
-    allocated or computed, and the tensors autograd saves are counted.  ``None`` where the
-    model or objective cannot run on the meta device (a plugin's data-dependent op)."""
+    """An estimate of the bytes of the tensors a training step keeps for its backward pass, per
+    sequence of the batch, in fp32 (less under bf16/fp16): the loss of batches of 1 and 2
+    sequences of the last curriculum stage (the largest) is run on the ``meta`` device, where
+    nothing is allocated or computed, and the storages autograd saves are counted, each once.
+    ``None`` where the model or objective cannot run on the meta device (a plugin's
+    data-dependent op) or this torch cannot say."""
     import torch.fx.experimental._config as fx_config
 
     task = build_task(cfg)
@@ -373,22 +374,28 @@ def activation_bytes(cfg: TrainConfig) -> int | None:
     generator = torch.Generator().manual_seed(cfg.seed)  # a private generator: no training stream is drawn from
     with torch.device("meta"):
         model = build_model(cfg)
-    saved = []
+    saved: list[dict] = []
 
     def count(tensor):
-        saved[-1] += tensor.numel() * tensor.element_size()
+        try:  # one storage saved by several ops (a layer's input and its norm's) is kept once
+            key = tensor.untyped_storage()._cdata
+        except (AttributeError, RuntimeError):
+            key = id(tensor)
+        saved[-1][key] = max(saved[-1].get(key, 0), tensor.untyped_storage().nbytes())
         return tensor
 
+    # A mask by value (``nonzero``) is taken as all-true on the meta device: an upper bound.
+    nonzero = (fx_config.patch(meta_nonzero_assume_all_nonzero=True)
+               if hasattr(fx_config, "meta_nonzero_assume_all_nonzero") else nullcontext())
     try:
-        with torch.random.fork_rng(devices=[]), fx_config.patch(meta_nonzero_assume_all_nonzero=True), \
-                torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        with torch.random.fork_rng(devices=[]), nonzero, torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
             for size in (1, 2):
                 batch = objective.batch(max(cfg.steps - 1, 0), size, generator)
-                saved.append(0)
+                saved.append({})
                 objective.loss(model, batch, torch.device("meta"))
-    except (NotImplementedError, RuntimeError):  # a mask by value (nonzero) is counted as all-true
+    except Exception:  # noqa: BLE001 - what the meta device cannot run leaves the estimate to the parameters
         return None
-    return max(saved[1] - saved[0], 0)  # what does not grow with the batch (weights saved for backward) cancels
+    return max(sum(saved[1].values()) - sum(saved[0].values()), 0)  # weights saved for backward cancel
 
 
 @dataclass
@@ -741,30 +748,34 @@ REEVALUATION_RTOL, REEVALUATION_ATOL = 1e-3, 1e-7
 
 def reevaluate(run_dir: str | Path) -> tuple[dict[str, float], dict[str, float]]:
     """``(recorded, measured)``: the evaluation metrics of a finished run's last row of
-    ``metrics.jsonl``, and the same metrics of its final model evaluated now on the run's own
-    evaluation batch (drawn again from its seed, on the CPU, as training drew it).  Seconds,
-    not a retraining: how a model from elsewhere is checked before it is used.  ``ValueError``
-    if the run has not finished or has no evaluation row at its last step."""
+    ``metrics.jsonl``, and every metric its objective evaluates, of its final model evaluated
+    now on the run's own evaluation batch (drawn again from its seed, on the CPU, as training
+    drew it).  Seconds, not a retraining: how a model from elsewhere is checked before it is
+    used.  The caller's random state is left as it was.  ``ValueError`` if the run has not
+    finished or has no evaluation row at its last step."""
     run = Path(run_dir)
-    cfg, model = load_run(run)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (run / "metrics.jsonl").exists() else []
-    if not rows or rows[-1].get("step") != cfg.steps:
-        raise ValueError(f"{run}/metrics.jsonl has no evaluation at the run's last step ({cfg.steps})")
-    recorded = {k: float(v) for k, v in rows[-1].items() if k.startswith("eval_")}
-    objective = build_objective(build_task(cfg), cfg)
-    batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # building the model before its weights are loaded draws from it
+        cfg, model = load_run(run)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (run / "metrics.jsonl").exists() else []
+        if not rows or not isinstance(rows[-1], dict) or rows[-1].get("step") != cfg.steps:
+            raise ValueError(f"{run}/metrics.jsonl has no evaluation at the run's last step ({cfg.steps})")
+        recorded = {k: float(v) for k, v in rows[-1].items() if k not in ("step", "train_loss", "lr")}
+        objective = build_objective(build_task(cfg), cfg)
+        batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
         measured = _evaluate(objective, model, batch, torch.device("cpu"))
-    return recorded, {k: float(measured[k]) for k in recorded if k in measured}
+    return recorded, {k: float(v) for k, v in measured.items()}
 
 
 def reevaluation_mismatches(recorded: dict[str, float], measured: dict[str, float]) -> list[str]:
-    """The metrics whose re-evaluated value is not the recorded one (``REEVALUATION_RTOL``
-    relative, ``REEVALUATION_ATOL`` absolute), each as ``name recorded R, measured M``."""
+    """Every metric the model was evaluated on now whose recorded value is missing or not the
+    measured one (``REEVALUATION_RTOL`` relative, ``REEVALUATION_ATOL`` absolute), each as
+    ``name recorded R, measured M``: a record without the metrics cannot vouch for a model."""
     out = []
-    for key, want in recorded.items():
-        got = measured.get(key, float("nan"))
-        if not abs(got - want) <= REEVALUATION_RTOL * max(abs(want), abs(got)) + REEVALUATION_ATOL:
+    for key, got in measured.items():
+        want = recorded.get(key)
+        if want is None:
+            out.append(f"{key} not recorded, measured {got:.6g}")
+        elif not abs(got - want) <= REEVALUATION_RTOL * max(abs(want), abs(got)) + REEVALUATION_ATOL:
             out.append(f"{key} recorded {want:.6g}, measured {got:.6g}")
-    return out
+    return out or ([] if measured else ["nothing was measured"])

@@ -350,8 +350,9 @@ def check_evaluation(entry: Entry) -> dict:
 
     try:
         recorded, measured = reevaluate(entry.path)
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        return {"ok": False, "recorded": {}, "measured": {}, "reason": f"its weights cannot be evaluated: {err}"}
+    except Exception as err:  # noqa: BLE001 - a stranger's files may fail in any way; each failure makes the entry unusable
+        return {"ok": False, "recorded": {}, "measured": {},
+                "reason": f"its weights cannot be evaluated ({type(err).__name__}: {str(err)[:300]})"}
     wrong = reevaluation_mismatches(recorded, measured)
     reason = ("its weights do not give its recorded final metrics: " + "; ".join(wrong)
               + f" (tolerance {REEVALUATION_RTOL:g} relative)") if wrong else ""
@@ -374,9 +375,12 @@ def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[
         entry = found.get(path.name)
         if entry is None or path.exists() or run_name(tc) != path.name:
             continue
-        problems = entry.problems(evaluate=True)  # its weights must also give its numbers
+        problems = entry.problems()
         if not problems and (entry.path / "config.yaml").read_text() != tc.identity().to_yaml():
             problems = ["its config differs from the one asked for (same name, different config)"]
+        if not problems:  # the config asked for, sound on paper: its weights must also give its numbers
+            evaluation = check_evaluation(entry)
+            problems = [] if evaluation["ok"] else [evaluation["reason"]]
         if problems:
             stale[path] = "; ".join(problems)
             if warn:
@@ -399,14 +403,16 @@ def source(run: Path) -> str:
 
 def unlisted(run: Path) -> bool:
     """Whether a run directory was taken from a zoo entry the package's manifest does not list
-    (a zoo of ``ICMIX_ZOO``: checked by evaluation only)."""
+    (a zoo of ``ICMIX_ZOO``: checked by evaluation only).  Runs placed by an icmix older than
+    the manifest say nothing either way, and are not labelled."""
     marker = Path(run) / MARKER
     if not marker.exists():
         return False
     try:
-        return json.loads(marker.read_text()).get("listed") is not True
-    except (ValueError, OSError, AttributeError):
+        record = json.loads(marker.read_text())
+    except (ValueError, OSError):
         return True
+    return not isinstance(record, dict) or record.get("listed", True) is not True
 
 
 def sizes(root: Path | None = None) -> tuple[int, list[tuple[str, int]]]:
