@@ -476,3 +476,50 @@ def test_a_zoo_entry_of_links_is_stale(tiny_zoo, tmp_path):
     assert zoo.lookup(name, tmp_path / "root").problems() == ["metrics.jsonl is a link, not a file"]
     placed, stale = zoo.place([(tc, tmp_path / "out" / "runs" / name)], tmp_path / "root")
     assert placed == [] and not (tmp_path / "out" / "runs" / name).exists()
+
+
+# --- also found: a report built from files ----------------------------------------------------------
+
+def test_a_report_shows_text_from_files_and_reads_nothing_outside_its_folder(tmp_path):
+    """A stale zoo entry's reason (text from the entry) and an edited ``manifest.json`` (an
+    output outside the folder) end up in report.html: the text is escaped, the file not read."""
+    from icmix.experiments.report import _sound_entries, write_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"a file of the user's")
+    manifest = {"preset": "quick", "figures": {"my-fig": {"status": "ok", "outputs": {"png": str(secret),
+                                                                                       "csv": "../secret.png"}}},
+                "zoo": {"stale": {"some-run": "unknown task kind '<img src=x onerror=alert(1)>'"}}}
+    assert _sound_entries(manifest["figures"], out) == {}  # not reused
+    (out / "zoo-verify").mkdir()
+    (out / "zoo-verify" / "r.json").write_text(json.dumps({"run": "r", "status": "fail", "step": "integrity", "integrity": ["x"],
+                                                           "reason": "<script>alert(1)</script>"}))
+    page = write_report(out, manifest, {}).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    import base64
+
+    assert base64.b64encode(secret.read_bytes()).decode() not in page and "../secret.png" not in page
+
+
+def test_a_broken_pipe_of_our_own_is_an_error(monkeypatch, capsys):
+    """Only a reader of our output that has gone ends quietly: a pipe of icmix's own (to a
+    worker, to a tracker's service) that breaks is an error like any other."""
+    import icmix.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_estimate", broken)
+    assert cli.main(["estimate", "x.npy", "--transition", "p.npy", "--order", "2"]) == 2
+    assert "icmix: error: Broken pipe" in capsys.readouterr().err
+
+
+def test_a_failed_jobs_error_is_read_from_its_stderr():
+    """The launcher reports a failed job from its stderr (text), not by unpickling its result."""
+    from icmix.train.launch import _last_error
+
+    stderr = "Traceback (most recent call last):\n  File \"x\", line 1\nValueError: batch_size 3 must be divisible\nsrun: error: task 0\n"
+    assert _last_error(stderr) == "ValueError: batch_size 3 must be divisible"
+    assert _last_error("killed by the OOM killer\n") == "killed by the OOM killer" and _last_error("") is None

@@ -614,6 +614,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"icmix: warning: {message}", file=file or sys.stderr)
 
 
+def _stdout_is_broken() -> bool:
+    """Whether our standard output is a pipe whose reader has gone (so a ``BrokenPipeError``
+    came from it, not from a pipe of our own, to a worker or a tracker's service)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture), or no poll
+        return False
+
+
 def _quiet_after_broken_pipe() -> int:
     """The reader of our output has gone (``icmix ... | head``): end as a shell pipeline's
     writer does, with no error line and status 141 (128 + SIGPIPE).  Python's own flush of
@@ -635,8 +648,11 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a reader that has gone is noticed here, not in Python's exit
         return code
-    except BrokenPipeError:
-        return _quiet_after_broken_pipe()
+    except BrokenPipeError as err:
+        if _stdout_is_broken():
+            return _quiet_after_broken_pipe()
+        print(f"icmix: error: {_error_text(err)}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError) as err:
         print(f"icmix: error: {_error_text(err)}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import html
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 import traceback
@@ -162,6 +163,29 @@ def reproduce_all(preset: str = "quick", out: str | Path = "results/report", ove
         return _reproduce_all(preset, out, overrides, configs, jobs, force, progress, start, zoo, launcher, tracking)
 
 
+FIGURE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def _contained(out: Path, path: str) -> bool:
+    """Whether ``path`` (relative, from a manifest) names a file inside ``out``."""
+    try:
+        return not Path(path).is_absolute() and (Path(out) / path).resolve().is_relative_to(Path(out).resolve())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _sound_entries(figures: dict, out: Path) -> dict:
+    """The figure entries of an earlier ``manifest.json`` that can be reused: a figure's name and
+    an entry whose outputs all lie inside ``out`` (a manifest is a file; it may have been
+    edited, and a report must not read, embed or link what lies outside its folder)."""
+    if not isinstance(figures, dict):
+        return {}
+    return {name: entry for name, entry in figures.items()
+            if isinstance(name, str) and FIGURE_NAME.match(name) and isinstance(entry, dict)
+            and isinstance(entry.get("outputs", {}), dict)
+            and all(isinstance(p, str) and _contained(out, p) for p in entry.get("outputs", {}).values())}
+
+
 def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
     """``icmix.zoo.place`` for ``(TrainConfig, run directory)`` pairs, a stale entry warned
     about (never used); ``{run name: reason}`` of the stale ones."""
@@ -182,7 +206,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
 
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    previous = {**manifest.get("other_figures", {}), **manifest.get("figures", {})}
+    previous = _sound_entries({**manifest.get("other_figures", {}), **manifest.get("figures", {})}, out)
     source = source_hash()
     keys = {name: figure_key(name, cfg, source) for name, cfg in configs.items()}
 
@@ -451,8 +475,11 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
 
     from icmix.train.convergence import DEFINITION
 
-    def md(text: str) -> str:
-        return markdown.markdown(text, extensions=["tables"])
+    def md(text: str) -> str:  # raw HTML in the text (a stale entry's reason, say) is shown, never run
+        converter = markdown.Markdown(extensions=["tables"])
+        converter.preprocessors.deregister("html_block")
+        converter.inlinePatterns.deregister("html")
+        return converter.convert(text)
 
     css_class = {claims_verdict: cls for claims_verdict, cls in (("holds", "holds"), ("doesn't", "doesnt"),
                                                                    ("not run", "notrun"), ("no data", "notrun"),
@@ -464,7 +491,7 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
         f"<td>{html.escape(r.note or '')}</td><td>{' '.join(f'<a href=#{f}>{f}</a>' for f in r.figures.split(', ') if f)}</td></tr>"
         for r in claims.itertuples())
     body = ["<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
-            "<nav>" + "".join(f"<a href='#{n}'>{n}</a>" for n in manifest["figures"]) + "</nav>",
+            "<nav>" + "".join(f"<a href='#{html.escape(n)}'>{html.escape(n)}</a>" for n in manifest["figures"]) + "</nav>",
             "<h2>Claims</h2>",
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
             f"<th>converged</th><th>note</th><th>figures</th></tr>{rows}</table>",
@@ -476,16 +503,17 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
         body.append("<h2 id='runs'>Training runs</h2>" + md("\n\n".join(_runs_lines(manifest, runs)))
                     + md(_shown_runs(runs).to_markdown(index=False)))
     for name, entry in manifest["figures"].items():
-        body.append(f"<h2 id='{name}'>{name}</h2><p><i>{html.escape(_status(entry))}</i></p>")
+        body.append(f"<h2 id='{html.escape(name)}'>{html.escape(name)}</h2><p><i>{html.escape(_status(entry))}</i></p>")
         if entry["status"] == "failed":
             body.append(f"<pre class='failed'>{html.escape(entry.get('error', ''))}</pre>")
             continue
         outputs = entry.get("outputs", {})
-        png = out / outputs["png"] if "png" in outputs else None
+        png = out / outputs["png"] if "png" in outputs and _contained(out, outputs["png"]) else None
         if png and png.exists():
             data = base64.b64encode(png.read_bytes()).decode()
             body.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
-        links = [f"<a href='{html.escape(p)}'>{html.escape(Path(p).name)}</a>" for k, p in outputs.items() if k != "png"]
+        links = [f"<a href='{html.escape(p)}'>{html.escape(Path(p).name)}</a>" for k, p in outputs.items()
+                 if k != "png" and _contained(out, p)]
         body.append(f"<p>files: {' · '.join(links)}</p>" + md(_summary(out, name)))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>icmix report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

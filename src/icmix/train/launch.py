@@ -168,6 +168,13 @@ def _finished(run: Path) -> bool:
     return (Path(run) / "model" / "model.safetensors").exists()
 
 
+def _last_error(stderr: str) -> str | None:
+    """The exception line a failed job's stderr ends with (its last line otherwise)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
+    return (errors or lines)[-1][:300] if lines else None
+
+
 @dataclass
 class Launcher:
     """How ``train_many`` runs its jobs (see the module docstring).
@@ -318,12 +325,9 @@ class Launcher:
             if _finished(run):
                 continue
             handle = handles.get(run)
-            error = None
-            if handle is not None:
-                try:
-                    handle.result()
-                except Exception as err:  # noqa: BLE001 - reported per run
-                    error = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            # What went wrong, from the job's stderr (text): never from its pickled result, which
+            # would be unpickled from the log folder
+            error = _last_error(handle.stderr() or "") if handle is not None else None
             failed[run] = (f"{error or 'the job ended without finishing the run'} "
                            f"(see {self.logs / (run.name + '.log')} and {self.logs / 'submitit'})")
         if failed and errors == "raise":

@@ -152,14 +152,23 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
         if any((run / "checkpoints").glob("step_*")):
             raise ValueError(f"{run} holds checkpoints of an earlier run but no config.yaml: restore its config.yaml "
                              "and resume it, or choose another directory")
-    # Everything that can refuse the run is checked before anything is written.
+    # Everything that can refuse the run is checked before anything is written, and a refusal
+    # on any process is every process's (none is left waiting for the others).
     if cfg.batch_size % world.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world.size} processes")
-    device = resolve_device(cfg.device)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    check_training_memory(cfg, device, world.size)
-    require(trackers_of(cfg))
+    refusal = None
+    try:
+        device = resolve_device(cfg.device)
+        if world.distributed and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        check_training_memory(cfg, device, world.size)
+        if world.is_main:  # only rank 0 reports to the trackers
+            require(trackers_of(cfg))
+    except ValueError as err:
+        refusal = str(err)
+    refusals = [r for r in world.gather(refusal) if r]
+    if refusals:
+        raise ValueError(refusal or refusals[0])
     world.barrier()  # every rank has looked before rank 0 writes
     with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
         if locked is not None:  # (output_folder cleaned the run folder itself)
@@ -669,8 +678,11 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     here = launcher is None or launcher.name == "local"
     for cfg, path in jobs:  # a run that cannot start is refused before any run starts
         if not (Path(path) / "model" / "model.safetensors").exists():
-            # (a job sent elsewhere checks its device and activations where it runs)
-            check_training_memory(cfg, resolve_device(cfg.device) if here else None, activations=here)
+            # A job sent elsewhere checks its device and activations where it runs, and so does a
+            # GPU run (its GPU's memory is asked for in the worker, not here: no CUDA context in this process).
+            device = resolve_device(cfg.device) if here else None
+            on_cpu = device is not None and device.type == "cpu"
+            check_training_memory(cfg, device if on_cpu else None, activations=on_cpu)
     if tracking:
         jobs = [(dataclasses.replace(cfg, tracking=tuple(tracking)), path) for cfg, path in jobs]
     groups = {Path(p): g for p, g in (groups or {}).items()}
