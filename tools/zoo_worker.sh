@@ -2,7 +2,9 @@
 # Maintainers: train zoo runs one at a time and commit each entry as it is finished, so an
 # interrupted build (a session's end, a crash) loses at most the run in flight; its checkpoints
 # stay under WORK and the next call resumes it.  Each commit also rewrites the package's manifest of
-# the shipped zoo (`icmix zoo manifest --write`).  Run one worker per core, on disjoint runs:
+# the shipped zoo (`icmix zoo manifest --write`; refused, and the entry left uncommitted, while any
+# entry is damaged; two workers may commit a manifest naming the other's entry a moment before
+# that entry's own commit).  Run one worker per core, on disjoint runs:
 #
 #   tools/zoo_worker.sh RUN_LIST [WORK]     # RUN_LIST: run names, one a line
 #

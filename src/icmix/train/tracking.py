@@ -57,7 +57,9 @@ def require(tracking: tuple[str, ...]) -> tuple[str, ...]:
 
 def _require_wandb_credentials() -> None:
     """W&B logs offline (``WANDB_MODE=offline`` or ``wandb offline``) or disabled, or has an API
-    key (``WANDB_API_KEY``, ``~/.netrc``, W&B's settings; never a prompt, nothing sent)."""
+    key (``WANDB_API_KEY``, ``~/.netrc``, W&B's settings; never a prompt, nothing sent).  Without
+    ``WANDB_API_KEY`` this sets W&B up in this process (its settings; W&B may start its
+    ``wandb-core`` service) and ``wandb.login`` may print where it found a key."""
     import wandb
 
     if os.environ.get("WANDB_API_KEY"):
