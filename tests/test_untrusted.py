@@ -244,13 +244,19 @@ def forge(entry, **fields) -> None:
     (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov, indent=2))
 
 
-def test_zeroed_weights_with_forged_hashes_fail_verify_at_once_and_are_not_placed(tiny_zoo, tmp_path, capsys):
-    root, name, tc = tiny_zoo
+def zeroed_copy(root: Path, name: str, tmp_path: Path):
+    """A copy of the zoo under ``tmp_path`` whose entry ``name`` has all its weights zeroed
+    (its provenance not yet updated): ``(root of the copy, the entry)``."""
     shutil.copytree(root, tmp_path / "root")
-    root = tmp_path / "root"
-    entry = zoo.lookup(name, root)
+    entry = zoo.lookup(name, tmp_path / "root")
     weights = entry.path / "model" / "model.safetensors"
     save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+    return tmp_path / "root", entry
+
+
+def test_zeroed_weights_with_forged_hashes_fail_verify_at_once_and_are_not_placed(tiny_zoo, tmp_path, capsys):
+    root, name, tc = tiny_zoo
+    root, entry = zeroed_copy(root, name, tmp_path)
     forge(entry, cpu="Another CPU")  # trained elsewhere, as every shipped run is for most users
     assert zoo.lookup(name, root).problems() == []  # sound on paper ...
     start = time.time()
@@ -275,11 +281,7 @@ def test_a_record_without_its_metrics_cannot_vouch_for_its_weights(tiny_zoo, tmp
     """Zeroed weights whose metrics row was stripped of the metrics (hashes forged, digest
     removed): nothing recorded to compare with is a failed check, not a passed one."""
     root, name, tc = tiny_zoo
-    shutil.copytree(root, tmp_path / "root")
-    root = tmp_path / "root"
-    entry = zoo.lookup(name, root)
-    weights = entry.path / "model" / "model.safetensors"
-    save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+    root, entry = zeroed_copy(root, name, tmp_path)
     rows = [json.loads(line) for line in (entry.path / "metrics.jsonl").read_text().splitlines()]
     rows[-1] = {"step": rows[-1]["step"]}
     (entry.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
