@@ -203,8 +203,9 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
     found = entries(root)
     todo = {}
     for n, v in runs.items():
-        if n in found and found[n].problems(manifest=False):
-            warnings.warn(f"zoo run {n} is stale ({'; '.join(found[n].problems(manifest=False))}): training it again")
+        problems = found[n].problems(manifest=False) if n in found else []
+        if problems:
+            warnings.warn(f"zoo run {n} is stale ({'; '.join(problems)}): training it again")
         elif n in found:
             continue
         todo[n] = v
@@ -361,8 +362,8 @@ def check_evaluation(entry: Entry) -> dict:
 
 def place(jobs: list[tuple], root: Path | None = None, warn=None) -> tuple[list[Path], dict[Path, str]]:
     """Put the zoo's copy of each ``(TrainConfig, run directory)`` whose directory does not
-    exist yet (a run started or finished in ``OUT`` is never replaced), once the entry is sound
-    and its weights give its recorded final metrics (``Entry.problems(evaluate=True)``).  Returns
+    exist yet (a run started or finished in ``OUT`` is never replaced), once the entry is sound,
+    is the config asked for, and its weights give its recorded final metrics (``check_evaluation``).  Returns
     the run directories filled from the zoo and ``{run directory: reason}`` for zoo entries of
     the same name that are stale and were not used (each also passed to ``warn``)."""
     from icmix.experiments.common import run_name
@@ -571,8 +572,9 @@ def table(root: Path | None = None):
                        tail_improvement=f"{c.improvement:.1%}", converged="yes" if c.converged else "no")
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
-        problems = e.problems(evaluate=not e.listed())  # a listed entry was evaluated when it was sealed
-        row.update(status="stale: " + "; ".join(problems) if problems else "ok" if e.listed() else "ok, unlisted",
+        listed = e.listed()
+        problems = e.problems(evaluate=not listed)  # a listed entry was evaluated when it was sealed
+        row.update(status="stale: " + "; ".join(problems) if problems else "ok" if listed else "ok, unlisted",
                    commit=str(p.get("git_commit", "?"))[:10], cpu=p.get("cpu"), threads=p.get("threads"),
                    wall_min=round(p.get("wall_seconds", float("nan")) / 60, 1), torch=p.get("torch"))
         rows.append(row)
