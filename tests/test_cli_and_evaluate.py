@@ -10,7 +10,8 @@ import torch
 from icmix import MTDTask
 from icmix.cli import main
 from icmix.estimators.mtd import bayes_exact, mirror_descent
-from icmix.evaluate import Key, LagPredictor, TunedMirrorDescent, evaluate_mtd, true_predictive
+from icmix.predictors import Key, LagPredictor, TunedMirrorDescent, true_predictive
+from icmix.evaluate import evaluate_mtd
 from icmix.experiments import mtd_fig3
 
 
@@ -86,7 +87,7 @@ def test_config_validation():
 
 
 def test_shared_beta_is_one_value_and_never_beats_per_length_tuning():
-    from icmix.evaluate import TunedMirrorDescent, true_predictive
+    from icmix.predictors import TunedMirrorDescent, true_predictive
     from icmix.metrics import kl_divergence
 
     task = MTDTask(6, 3, seed=1)

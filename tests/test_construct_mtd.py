@@ -11,7 +11,8 @@ from icmix import MTDTask
 from icmix.cli import main
 from icmix.construct import mirror_descent_transformer
 from icmix.construct.check import md_reference, mtd_differential_check
-from icmix.evaluate import ConstructedMirrorDescent, TunedMirrorDescent, evaluate_mtd
+from icmix.predictors import ConstructedMirrorDescent, TunedMirrorDescent
+from icmix.evaluate import evaluate_mtd
 from icmix.models import DisentangledConfig, DisentangledTransformer
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

@@ -8,7 +8,7 @@ import torch
 from icmix import MTDTask, agreement
 from icmix.cli import main
 from icmix.construct import mirror_descent_transformer
-from icmix.evaluate import TrainedPredictor
+from icmix.train import TrainedPredictor
 from icmix.models import DisentangledTransformer
 from icmix.train import TrainConfig
 

@@ -347,6 +347,6 @@ def test_reproduce_mtdg_tiny(tmp_path, q):
     assert sorted(p.name.split("-seed")[0] for p in (out / "runs").iterdir()) == ["disentangled3-mtdg-m3-T12-mse",
                                                                                "gpt3-mtdg-m3-T12-mse"]
     cfg = dataclasses.replace(get_figure("mtdg").presets["quick"], length=12, eval_lengths=(6, 12), seeds=(0,))
-    rows = {c.claim: c for c in claims.evaluate(out, {"mtdg": cfg}, {"mtdg"}) if c.paper == "MTDg (beyond)"}
+    rows = {c.claim: c for c in claims.evaluate(out, {"mtdg": cfg}, {"mtdg"}, [get_figure("mtdg")]) if c.paper == "MTDg (beyond)"}
     assert len(rows) == 3 and all(c.verdict in ("holds", "doesn't", "not converged") for c in rows.values())
     assert next(c for c in rows.values() if "exactly" in c.claim).verdict == "holds"

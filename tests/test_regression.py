@@ -231,7 +231,8 @@ def test_batch_em_refuses_bad_input(kwargs, match):
 def test_evaluate_regression_and_d2_against_hand_computation():
     from functools import partial
 
-    from icmix.evaluate import Key, RegressionPredictor, d2_distances, evaluate_regression
+    from icmix.predictors import Key, RegressionPredictor
+    from icmix.evaluate import d2_distances, evaluate_regression
 
     task = MixLinRegTask(4, 3, noise=0.5, seed=1)
     xs, ys = task.sample(300, 6, generator=torch.Generator().manual_seed(2))

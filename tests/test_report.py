@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from icmix.cli import main
-from icmix.experiments import claims, get_figure
+from icmix.experiments import claims, figure_names, get_figure
 from icmix.experiments.report import configs_for, reproduce_all
 
 FIGURES = ["mtd-construction", "mtd-fig3", "mlr-construction", "mlr-fig2"]
@@ -59,7 +59,7 @@ def test_report_files_and_manifest(report_dir):
 
 def test_claims_are_recomputed_from_the_figures_tables(report_dir):
     table = pd.read_csv(report_dir / "claims.csv")
-    assert len(table) == len(claims.CLAIMS)
+    assert len(table) == sum(len(get_figure(n).claims) for n in figure_names())  # every figure's, run or not
     by_test = {row.claim: row for row in table.itertuples()}
     # The construction rows: the worst error over the figure's table.
     mtd = pd.read_csv(report_dir / "mtd-construction.csv")
@@ -75,7 +75,7 @@ def test_claims_are_recomputed_from_the_figures_tables(report_dir):
     fig3 = pd.read_csv(report_dir / "mtd-fig3.csv")
     kl = fig3[fig3.length == 6].pivot_table(index="seed", columns="estimator", values="kl_mean")
     short = (kl["MD 1-step (tuned η)"] / kl["Bayes (exact)"]).mean()
-    assert re.search(rf"T=6: {short:.3g} ", by_test[claims.md_vs_bayes.claim[1]].measured)
+    assert re.search(rf"T=6: {short:.3g} ", by_test[get_figure("mtd-fig3").claims[0].text].measured)
     # Claims on figures that were not run say so; the m = 20 claim has no m = 20 run here.
     for c, r in by_test.items():
         if set(r.figures.split(", ")) - set(FIGURES):
@@ -129,7 +129,7 @@ def test_a_failing_figure_is_reported_and_the_others_run(tmp_path, monkeypatch):
     assert "boom in fig3" in (out / "logs" / "mtd-fig3.txt").read_text()
     assert "RuntimeError: boom in fig3" in html.read_text()
     table = pd.read_csv(out / "claims.csv")
-    assert table.set_index("claim").loc[claims.md_vs_bayes.claim[1], "verdict"] == "not run"
+    assert table.set_index("claim").loc[get_figure("mtd-fig3").claims[0].text, "verdict"] == "not run"
 
 
 def test_figures_in_worker_processes_write_what_one_process_writes(report_dir, tmp_path):
@@ -245,9 +245,11 @@ def test_d2_ranking_claim_on_a_table_by_hand(tmp_path):
             (20, 8, "posterior mean (SA)", "posterior-mean/variant=sa", -0.2, 0.1)]  # significantly closer at k = 8
     pd.DataFrame(rows, columns=["n_components", "k", "other", "other_key", "excess", "excess_ci"]).to_csv(
         tmp_path / "mlr-fig4.csv", index=False)
-    got = {c.claim: c for c in claims.evaluate(tmp_path, {"mlr-fig4": cfg}, {"mlr-fig4"})
+    fig = get_figure("mlr-fig4")
+    got = {c.claim: c for c in claims.evaluate(tmp_path, {"mlr-fig4": cfg}, {"mlr-fig4"}, [fig])
            if c.claim.startswith("The transformer is closest")}
-    m20, m5 = got[claims.d2_ranking.claim[1].format(m=20)], got[claims.d2_ranking.claim[1].format(m=5)]
+    text = fig.claims[0].text
+    m20, m5 = got[text.format(m=20)], got[text.format(m=5)]
     assert m20.verdict == "doesn't" and m20.mean == 0.5 and "posterior mean (SA) at k = [8]" in m20.note
     assert m5.verdict == "no data" and "no rows with n_components = 5" in m5.note
 
@@ -300,9 +302,10 @@ def test_runs_come_from_the_zoo_and_the_report_says_so(report_dir, tmp_path, mon
 def test_claims_table_has_the_converged_column(report_dir):
     table = pd.read_csv(report_dir / "claims.csv", keep_default_na=False)
     assert list(table.columns) == ["paper", "claim", "test", "measured", "verdict", "converged", "note", "figures"]
-    rows = {(fn, extra.get("m")): r for (fn, _, extra), r in zip(claims.CLAIMS, table.itertuples())}
-    assert rows[claims.construction_md, None].converged == "–"
-    assert rows[claims.transformer_vs_pm, 20].converged == "?"  # no m = 20 run here
-    row = rows[claims.transformer_vs_pm, 5]  # its mlr-fig2 runs are here: judged yes or no
+    specs = [s for n in figure_names() for s in get_figure(n).claims]
+    rows = {(s.fn.__name__, s.extra.get("m")): r for s, r in zip(specs, table.itertuples())}
+    assert rows["construction_md", None].converged == "–"
+    assert rows["transformer_vs_pm", 20].converged == "?"  # no m = 20 run here
+    row = rows["transformer_vs_pm", 5]  # its mlr-fig2 runs are here: judged yes or no
     assert row.converged in ("yes", "no")
     assert row.verdict in ("holds", "not converged" if row.converged == "no" else "doesn't")

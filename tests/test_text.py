@@ -112,7 +112,7 @@ def test_dirichlet_mle_recovers_a_known_concentration():
 
 def test_tune_observed_picks_the_lowest_cross_entropy():
     from icmix.estimators.mtd import mirror_descent, predictive
-    from icmix.evaluate import TunedMirrorDescent
+    from icmix.predictors import TunedMirrorDescent
 
     task = MTDTask(5, 2, seed=0)
     tokens, _ = sample(task, 40, 33, 1)

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from icmix.cli import main
 from icmix.train import TrainConfig, load_run, train
 from icmix.train.checkpoint import read_trainer
-from icmix.train.objectives import loss_fn, to_distribution
+from icmix.objectives import loss_fn, to_distribution
 
 TINY = {
     "task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": 3, "length": 8},

@@ -258,25 +258,29 @@ def test_the_optimum_is_below_every_predictor_on_the_eval_batch():
 
 
 def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
-    configs = configs_for("quick")
+    from icmix.experiments import figure_names, get_figure
+
+    figs = [get_figure(n) for n in figure_names() if get_figure(n).__module__.startswith("icmix.")]
+    configs = configs_for("quick", figures=[f.name for f in figs])
     shutil.copytree(DATA, tmp_path / "improving")
     shutil.copytree(DATA, tmp_path / "flat")
-    trained = [(fn, extra) for fn, _, extra in claims.CLAIMS if fn.trained]
+    specs = [(fig, spec) for fig in figs for spec in fig.claims]
+    trained = [(fig, spec) for fig, spec in specs if spec.trained]
     assert len(trained) == 15  # every trained-model claim names its runs
-    for fn, extra in trained:
-        names = claims.claim_runs(fn.trained, configs, extra)
-        assert names, fn.__name__
-        for name, (tc, _) in zoo.preset_runs("quick", [fn.trained[0]]).items():
+    for fig, spec in trained:
+        names = claims.claim_runs(spec, fig, configs[fig.name])
+        assert names, spec.fn.__name__
+        for name, (tc, _) in zoo.preset_runs("quick", [fig.name]).items():
             if name in names:
                 write_metrics(tmp_path / "improving" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 2.0])
                 write_metrics(tmp_path / "flat" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 3.0])
-    available = {f for fn, _, _ in claims.CLAIMS for f in fn.claim[3]}
+    available = {f for _, spec in specs for f in spec.figures}
     recorded = pd.read_csv(DATA / "claims.csv")
     for case, converged in (("improving", "no"), ("flat", "yes")):
-        table = claims.table(claims.evaluate(tmp_path / case, configs, available))
+        table = claims.table(claims.evaluate(tmp_path / case, configs, available, figs))
         assert list(table.measured) == list(recorded.measured)
-        for row, old, (fn, _, _) in zip(table.itertuples(), recorded.itertuples(), claims.CLAIMS):
-            if fn.trained is None:
+        for row, old, (_, spec) in zip(table.itertuples(), recorded.itertuples(), specs):
+            if spec.trained is None:
                 assert row.converged == "–" and row.verdict == old.verdict
             else:
                 assert row.converged == converged

@@ -172,7 +172,7 @@ def md_step_readout(attention: list[Tensor], tokens: Tensor, transition: Tensor,
     freely (``schedule_kl`` their fit): equal entries mean tied steps.
     """
     from icmix.estimators.mtd import lag_evidence
-    from icmix.evaluate import DEFAULT_BETAS
+    from icmix.predictors import DEFAULT_BETAS
 
     betas = DEFAULT_BETAS if betas is None else betas
     m = order

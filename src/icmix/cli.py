@@ -3,6 +3,7 @@
     icmix estimate TOKENS --transition PI --order M [--estimator ...] [--out CSV]
     icmix reproduce mtd-fig3 --preset quick|cpu|paper --out DIR [--seeds N] [--set key=value ...]
     icmix reproduce all --preset quick|cpu|paper --out DIR [--set [FIGURE.]key=value ...] [--jobs N] [--force]
+    icmix --plugin mypackage.figures reproduce my-figure --preset quick --out DIR   (a module not installed)
     icmix construct mtd --vocab-size Q --order M --beta B [--check] [--save]
     icmix construct mlr --dim D --components M --noise S [--mlp gelu|bilinear] [--check]
     icmix train CONFIG.yaml [--set key=value ...] [--out RUN_DIR] [--compile] | icmix train --resume RUN_DIR
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -154,8 +156,10 @@ def _reproduce(args) -> int:
 
     def reproduce():
         from icmix.experiments.common import run_name, train_runs
+        from icmix.experiments.report import write_figure_report
 
         configs = list(figure.runs(cfg).values())
+        start = time.time()
         with output_folder(args.out):
             if not args.no_zoo:
                 from icmix.experiments.report import take_from_zoo
@@ -165,6 +169,8 @@ def _reproduce(args) -> int:
                 train_runs(Path(args.out), configs, getattr(cfg, "jobs", 1), not args.no_progress, launcher=launcher,
                            group=args.figure, tracking=tracking)
             paths.update(figure.run(cfg, Path(args.out), progress=not args.no_progress))
+            paths["report"] = write_figure_report(Path(args.out), args.figure, cfg, dict(paths), args.preset, args.set,
+                                                  time.time() - start)
 
     _launched(reproduce)
     for kind, path in paths.items():
@@ -474,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     from icmix.families.mtd import LAG_ESTIMATORS
 
     parser = argparse.ArgumentParser(prog="icmix", description="In-context learning of latent mixture models.")
+    parser.add_argument("--plugin", action="append", metavar="PACKAGE.MODULE",
+                        help="load a module that registers task families, figures or claims, for this command only "
+                             "(from the current folder if it is not installed; like pytest -p)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("estimate", help="estimate MTD lag weights of your own token sequences")
@@ -498,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_estimate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper figure (PNG + CSV + JSON)")
-    p.add_argument("figure", choices=["all", *figure_names()],
-                   help="one figure, or all of them with a report (report.html, report.md, claims.csv)")
+    p.add_argument("figure", metavar="FIGURE",
+                   help="one figure, or all of them with a report (report.html, report.md, claims.csv); registered: "
+                        + ", ".join(["all", *figure_names()]))
     p.add_argument("--preset", choices=("quick", "cpu", "paper", "demo"), default="quick",
                    help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure (its runs ship "
                         "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo-zoo)")
@@ -640,8 +650,29 @@ def _quiet_after_broken_pipe() -> int:
     return 141
 
 
+def _load_plugins(argv: list[str]) -> list[str]:
+    """Load every ``--plugin MODULE`` of ``argv`` (wherever it stands) before the parser is
+    built, so the plugins' figures and families are known to it; ``argv`` without them."""
+    from icmix import plugins
+
+    rest, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugin" and i + 1 < len(argv):
+            plugins.load(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--plugin="):
+            plugins.load(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = _load_plugins(list(sys.argv[1:] if argv is None else argv))
         parser = build_parser()
         args = parser.parse_args(argv)
         warnings.showwarning = _show_warning  # one line each, without Python's source excerpt

@@ -3,7 +3,9 @@
 A figure is a ``Figure`` subclass instance:
 
 - ``name``: what ``icmix reproduce NAME`` calls it (``mtd-fig3``);
-- ``Config``: its frozen config dataclass; ``presets``: ``{"quick", "cpu", "paper"}`` -> ``Config``;
+- ``Config``: its frozen config dataclass; ``presets``: some of ``quick``, ``cpu``, ``paper`` ->
+  ``Config`` (a figure defines the presets it has; ``reproduce all`` skips a figure that lacks
+  the preset asked for);
 - ``demo``: the fields (evaluation sizes only) that the ``demo`` preset changes in the ``cpu``
   preset: the same training runs (taken from the model zoo by ``make demo``), evaluated smaller;
 - ``runs(cfg) -> {key: TrainConfig}``: the training runs it needs (none by default), trained
@@ -11,14 +13,17 @@ A figure is a ``Figure`` subclass instance:
 - ``compute(cfg, out, progress) -> Result``: every number (the main table, extra tables, and
   whatever else ``draw`` needs), the slow part;
 - ``draw(result, cfg) -> matplotlib figure`` and ``report(result, cfg) -> Markdown``;
-- ``claims``: the claims of ``icmix.experiments.claims`` that read its tables.
+- ``claims``: the claims it declares with its ``claim`` decorator (``icmix.experiments.claims``).
 
 ``run(cfg, out)`` is the same for every figure: compute, draw, then write ``NAME.csv``,
 ``NAME-<extra>.csv``, ``NAME.png``, ``NAME.json`` and ``NAME.md`` together.
 
 The registry maps names to ``"module:attribute"`` and imports a figure's module (and
 matplotlib) only when it is asked for, so ``import icmix.cli`` stays light.  Add your own
-with ``register_figure(MyFigure())`` or ``register_figure("my-fig", "mypackage.figs:FIGURE")``.
+from another package: name it in the ``icmix.figures`` entry-point group of its
+``pyproject.toml`` (``[project.entry-points."icmix.figures"] my-fig = "mypackage.figs:FIGURE"``),
+or call ``register_figure(MyFigure())`` in a module loaded with ``icmix --plugin mypackage.figs``.
+A figure declares its claims with its ``claim`` decorator.
 """
 
 from __future__ import annotations
@@ -58,12 +63,19 @@ class Figure(ABC):
 
     def preset(self, name: str):
         """The config of preset ``name``: one of ``presets``, or ``demo`` (the ``cpu`` preset with
-        the fields of ``demo`` replaced; a test checks that it trains the ``cpu`` preset's runs)."""
+        the fields of ``demo`` replaced; a test checks that it trains the ``cpu`` preset's runs).
+        ``ValueError`` for a preset the figure does not have."""
+        if name not in (*PRESET_NAMES, DEMO):
+            raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {name!r}")
+        if not self.has_preset(name):
+            raise ValueError(f"figure {self.name!r} has no {name!r} preset (it has: {', '.join(self.presets)})")
         if name == DEMO:
             return dataclasses.replace(self.presets["cpu"], **self.demo)
-        if name not in self.presets:
-            raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {name!r}")
         return self.presets[name]
+
+    def has_preset(self, name: str) -> bool:
+        """Whether the figure has preset ``name`` (``demo`` comes with ``cpu``)."""
+        return (name == DEMO and "cpu" in self.presets) or name in self.presets
 
     def runs(self, cfg) -> dict:
         """``{key: TrainConfig}``: the training runs this figure needs (none by default)."""
@@ -83,10 +95,23 @@ class Figure(ABC):
 
     @property
     def claims(self) -> list:
-        """The claims (``claims.CLAIMS`` entries) that read this figure's tables."""
-        from icmix.experiments.claims import CLAIMS
+        """The claims this figure declares (``claim``), in order: ``ClaimSpec`` entries."""
+        return self.__dict__.setdefault("_claims", [])
 
-        return [entry for entry in CLAIMS if self.name in entry[0].claim[3]]
+    def claim(self, paper: str, text: str, test: str, needs: tuple[str, ...] = (), trained=None, **extra):
+        """Declare a claim this figure measures: a decorator of ``fn(c, out, cfg, **extra) -> c``,
+        which fills in the ``icmix.experiments.claims.Claim`` ``c`` from the tables under ``out``
+        (``cfg``: this figure's config).  ``needs``: other figures whose tables it reads;
+        ``trained(tc, cfg, **extra)``: which of this figure's training runs it rests on;
+        ``extra``: keywords for ``fn`` and the statements (one function declared twice with
+        different ``extra`` gives two claims).  See ``icmix.experiments.claims``."""
+        from icmix.experiments.claims import ClaimSpec
+
+        def declare(fn):
+            self.claims.append(ClaimSpec(fn, paper, text, test, self.name, (self.name, *needs), trained, extra))
+            return fn
+
+        return declare
 
     def run(self, cfg, out: Path, progress: bool = True) -> dict[str, Path]:
         """Compute, draw and save; the written files by kind (``csv``, ``png``, ...)."""
@@ -144,17 +169,52 @@ _FIGURES: dict[str, str | Figure] = {
 }
 
 
+ENTRY_POINTS = "icmix.figures"  # installed packages' figures: NAME = "package.module:FIGURE"
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the figures installed packages name in the ``icmix.figures`` entry-point group
+    (lazily, as ``module:attribute``: nothing is imported until the figure is asked for) and
+    import the ``--plugin`` modules of this command (``icmix.plugins``)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    from icmix.plugins import load_from_environment
+
+    try:
+        for plugin in entry_points(group=ENTRY_POINTS):
+            if plugin.attr:
+                _FIGURES.setdefault(plugin.name, plugin.value)
+            else:  # a module that registers its figures when imported
+                plugin.load()
+        load_from_environment()
+    except BaseException:
+        _plugins_loaded = False  # the next lookup raises the same error
+        raise
+
+
 def figure_names() -> list[str]:
-    """Every registered figure's name, in report order (no figure module is imported)."""
+    """Every registered figure's name, in report order (the built-in figures, then plugins';
+    no figure module is imported)."""
+    _load_plugins()
     return list(_FIGURES)
 
 
 def get_figure(name: str) -> Figure:
-    """The registered figure ``name``; ``ValueError`` listing the registered ones otherwise."""
+    """The registered figure ``name``; ``ValueError`` listing the registered ones (and saying
+    how to register a figure) otherwise."""
+    _load_plugins()
     try:
         entry = _FIGURES[name]
-    except KeyError:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(_FIGURES)}") from None
+    except (KeyError, TypeError):
+        from icmix.plugins import how_to_register
+
+        raise ValueError(f"unknown figure {name!r}; registered: {', '.join(_FIGURES)}. "
+                         f"A figure from another package: {how_to_register('figures')}") from None
     if isinstance(entry, str):
         module, attr = entry.split(":")
         entry = _FIGURES[name] = _check(getattr(importlib.import_module(module), attr), name)
@@ -162,7 +222,9 @@ def get_figure(name: str) -> Figure:
 
 
 def register_figure(figure: Figure | str, target: str | None = None) -> None:
-    """Register a figure: an instance (under its ``name``) or a name and ``"module:attribute"``."""
+    """Register a figure: an instance (under its ``name``) or a name and ``"module:attribute"``
+    (imported when the figure is first asked for).  A plugin module calls it as it is imported;
+    an installed package can instead name the figure in its ``icmix.figures`` entry points."""
     if isinstance(figure, str):
         if target is None or ":" not in target:
             raise ValueError("register_figure(name, 'module:attribute') needs the figure's module and attribute")
@@ -176,7 +238,9 @@ def _check(figure, name: str) -> Figure:
         raise ValueError(f"figure {name!r} is not a Figure instance: {figure!r}")
     if figure.name != name:
         raise ValueError(f"figure registered as {name!r} calls itself {figure.name!r}")
-    missing = [p for p in PRESET_NAMES if p not in figure.presets]
-    if missing or not all(isinstance(c, figure.Config) for c in figure.presets.values()):
-        raise ValueError(f"figure {name!r} must have presets {PRESET_NAMES}, each a {figure.Config.__name__}")
+    presets = getattr(figure, "presets", None)
+    if (not isinstance(presets, dict) or not presets or not set(presets) <= set(PRESET_NAMES)
+            or not all(isinstance(c, figure.Config) for c in presets.values())):
+        raise ValueError(f"figure {name!r} must have one or more of the presets {PRESET_NAMES}, each a "
+                         f"{figure.Config.__name__}; it has {sorted(presets) if isinstance(presets, dict) else presets!r}")
     return figure

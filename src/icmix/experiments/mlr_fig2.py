@@ -29,7 +29,9 @@ import torch
 
 from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
-from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
+from icmix.predictors import RegressionPredictor
+from icmix.evaluate import evaluate_regression
+from icmix.train import TrainedRegressor
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import TableFigure
 from icmix.families import get_family
@@ -38,6 +40,7 @@ from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
 from icmix.random import Stream, stream
+from icmix.experiments.claims import Claim, by_key, read, seeds, select, trained_key, verdict
 
 NAME = "mlr-fig2"
 
@@ -216,3 +219,25 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
 
 
 FIGURE = TableFigure(NAME, Config, PRESETS, compute, draw, report)
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
+    k = 2 * cfg.dim
+    t = read(out, "mlr-fig2")
+    t = select(t, f"mlr-fig2 (m = {m}, σ = 1)", n_components=m, noise=1.0, k=min(k, t.k.max()))
+    trained = trained_key(t, "mlr-fig2")
+    at = by_key(t, "seed", "nmse", [trained, PM_ORACLE, OLS], "mlr-fig2")
+    c.mean, c.ci, _, c.value = seeds(at[trained] / at[PM_ORACLE.id])
+    c.note = f"OLS / posterior mean: {seeds(at[OLS.id] / at[PM_ORACLE.id])[3]}"
+    c.verdict = verdict(c.mean <= 1.2)
+    return c
+
+
+for m in (5, 20):
+    FIGURE.claim("MLR",
+                 "The trained transformer is as good as the posterior mean (m = {m}, σ = 1)",
+                 "NMSE(transformer) / NMSE(posterior mean, oracle weights) at k = 2d = {k}; holds if ≤ 1.2",
+                 trained=lambda tc, cfg, m: tc.task.n_components == m and tc.task.noise == 1.0,
+                 m=m)(transformer_vs_pm)

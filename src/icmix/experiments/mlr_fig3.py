@@ -31,7 +31,9 @@ import torch
 
 from icmix._checks import check_positive_int
 from icmix.estimators import regression as reg
-from icmix.evaluate import Key, RegressionPredictor, TrainedRegressor, evaluate_regression
+from icmix.predictors import Key, RegressionPredictor
+from icmix.evaluate import evaluate_regression
+from icmix.train import TrainedRegressor
 from icmix.experiments import mlr_fig2
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_EM, PM_ORACLE, PM_SA, training_set
@@ -39,6 +41,7 @@ from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.metrics import min_matching_error, oracle_prediction_error
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
+from icmix.experiments.claims import Claim, by_key, read, seeds, select, trained_key, verdict
 
 NAME = "mlr-fig3"
 ESTIMATORS = ("EM", "SA")
@@ -170,3 +173,27 @@ class Fig3(TrainedFigure):
 
 
 FIGURE = Fig3()
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+@FIGURE.claim("MLR",
+             "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
+             "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
+       "at k = 2d, smallest n = {n}; holds if ≤ 1.2",
+             trained=lambda tc, cfg: tc.task.n_train == min(cfg.n_trains))
+def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
+    k = 2 * cfg.dim
+    n = min(cfg.n_trains)
+    all_n = read(out, "mlr-fig3")
+    all_n = select(all_n, "mlr-fig3", k=min(k, all_n.k.max()))
+    trained = trained_key(all_n, "mlr-fig3")
+    t = select(all_n, f"mlr-fig3 (n = {n})", n_train=n)
+    at = by_key(t, "seed", "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
+    best = at[[PM_EM.id, PM_SA.id]].min(axis=1)
+    c.mean, c.ci, _, c.value = seeds(at[trained] / best)
+    by_n = by_key(all_n, ["n_train", "seed"], "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
+    ratio = (by_n[trained] / by_n[[PM_EM.id, PM_SA.id]].min(axis=1)).groupby("n_train").mean()
+    c.note = "by n: " + ", ".join(f"{n_}: {r:.2f}" for n_, r in ratio.items())
+    c.verdict = verdict(c.mean <= 1.2)
+    return c

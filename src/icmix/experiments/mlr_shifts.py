@@ -23,14 +23,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from icmix.estimators import regression as reg
-from icmix.evaluate import RegressionPredictor, TrainedRegressor, evaluate_regression
+from icmix.predictors import RegressionPredictor
+from icmix.evaluate import evaluate_regression
+from icmix.train import TrainedRegressor
 from icmix.experiments import mlr_fig2
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
+from icmix.experiments.claims import Claim, by_key, fmt, read, seeds, select, trained_key, verdict
 
 SHIFTS = {  # name -> (sample() keyword, label)
     "covariate scale": ("covariate_scale", "κ"),
@@ -135,3 +139,43 @@ class ShiftFigure(TrainedFigure):
 
 
 fig5, fig6, fig7, fig8, fig9 = (ShiftFigure(name) for name in FIGURES)
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+SMALL = {"covariate scale": (0.5, 2.0), "weight scale": (0.5, 2.0), "weight shift": (0.25,)}
+LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight shift": (1.0,)}
+
+
+@fig9.claim("MLR",
+           "The transformer is robust to small distribution shifts but not to large ones",
+           "NMSE(transformer) / NMSE(posterior mean, oracle, under the same shift) at k = 2d, m = 5, σ = 1, worst "
+       "of the small shifts (κ, α ∈ {{1/2, 2}}; ε = 1/4) and of the large (κ, α ∈ {{1/3, 3}}; ε = 1); "
+       "holds if small ≤ 1.5 < large",
+           needs=("mlr-fig5", "mlr-fig6", "mlr-fig7", "mlr-fig8"),
+           trained=lambda tc, cfg: tc.task.n_components == 5 and tc.task.noise == 1.0)
+def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
+    k = 2 * cfg.dim
+    t = pd.concat([read(out, f) for f in c.figures], ignore_index=True)
+    t = select(t, "mlr-fig5..9 (m = 5, σ = 1)", n_components=5, noise=1.0, k=min(k, t.k.max()))
+    trained = trained_key(t, "mlr-fig5..9")
+    at = by_key(t, ["seed", "shift", "value"], "nmse", [trained, PM_ORACLE], "mlr-fig5..9")
+    ratio = (at[trained] / at[PM_ORACLE.id]).reset_index(name="ratio")
+
+    def worst(kind):
+        sel = np.zeros(len(ratio), bool)
+        for shift, values in kind.items():
+            sel |= (ratio["shift"] == shift).to_numpy() & np.isclose(ratio["value"].to_numpy()[:, None],
+                                                                      np.array(values)[None]).any(1)
+        return ratio[sel]
+
+    small, large = worst(SMALL), worst(LARGE)
+    ms, cs, n, _ = seeds(small.groupby("seed")["ratio"].max())
+    ml, cl, _, _ = seeds(large.groupby("seed")["ratio"].max())
+    c.mean, c.ci = ms, cs
+    c.value = f"small: {fmt(ms, cs, n)}; large: {fmt(ml, cl, n)}"
+    by_shift = lambda r: r.groupby(["shift", "value"])["ratio"].mean()  # noqa: E731
+    c.note = ("worst small: {} {:.3g} ({:.3g}); worst large: {} {:.3g} ({:.3g})"
+              .format(*by_shift(small).idxmax(), by_shift(small).max(), *by_shift(large).idxmax(), by_shift(large).max()))
+    c.verdict = verdict(ms <= 1.5 < ml)
+    return c

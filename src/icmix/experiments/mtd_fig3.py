@@ -24,13 +24,15 @@ import numpy as np
 import pandas as pd
 
 from icmix._checks import check_order, check_positive, check_positive_int
-from icmix.evaluate import KEY_FIELDS, evaluate_mtd
+from icmix.predictors import KEY_FIELDS
+from icmix.evaluate import evaluate_mtd
 from icmix.experiments.figure import Figure, Result
 from icmix.families import get_family
-from icmix.families.mtd import BAYES
+from icmix.families.mtd import BAYES, MD1
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
 from icmix.random import Stream
+from icmix.experiments.claims import Claim, by_key, fmt, read, seeds, select, trained_key, verdict
 
 NAME = "mtd-fig3"
 
@@ -199,3 +201,31 @@ class Fig3(Figure):
 
 
 FIGURE = Fig3()
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+def kl_ratio_to_md(out: Path, figure: str, length: int, by=("seed",), **model) -> pd.Series:
+    """KL(trained model) / KL(one-step MD, tuned η) at ``length``, per ``by`` (seed, and order
+    where a figure has several); ``model``: the trained model's key fields (model_kind, depth, loss)."""
+    t = select(read(out, figure), figure, length=length)
+    trained = trained_key(t, figure, **model)
+    at = by_key(t, list(by), "kl_mean", [trained, MD1], figure)
+    return at[trained] / at[MD1.id]
+
+
+@FIGURE.claim("MTD",
+             "One-step MD is close to Bayes at short lengths and falls behind at long lengths",
+             "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
+       "at least 5% larger at the longest")
+def md_vs_bayes(c: Claim, out: Path, cfg) -> Claim:
+    t = read(out, "mtd-fig3")
+    kl = by_key(t, ["seed", "length"], "kl_mean", [MD1, BAYES], "mtd-fig3")
+    ratio = (kl[MD1.id] / kl[BAYES.id]).unstack("length")
+    short, long_ = ratio.iloc[:, 0], ratio.iloc[:, -1]
+    ms, cs, n, _ = seeds(short)
+    ml, cl, _, _ = seeds(long_)
+    c.mean, c.ci = ml, cl
+    c.value = (f"T={ratio.columns[0]}: {fmt(ms, cs, n)}; T={ratio.columns[-1]}: {fmt(ml, cl, n)}")
+    c.verdict = verdict(ms <= 1.1 and ml >= 1.05 * ms)
+    return c

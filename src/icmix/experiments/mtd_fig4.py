@@ -33,16 +33,19 @@ from icmix import agreement
 from icmix._checks import check_order, check_positive_int
 from icmix.construct import mirror_descent_transformer
 from icmix.estimators import mtd as est
-from icmix.evaluate import ConstructedMirrorDescent, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.predictors import ConstructedMirrorDescent, TunedMirrorDescent
+from icmix.evaluate import evaluate_mtd
+from icmix.train import TrainedPredictor
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
-from icmix.experiments.mtd_fig3 import kl_pivot, summarise
+from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families.mtd import MD1, bayes_exact_predictor, mle_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
-from icmix.train.objectives import to_distribution
+from icmix.objectives import to_distribution
 from icmix.random import Stream, stream
+from icmix.experiments.claims import Claim, read, seeds, select, verdict
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
@@ -315,3 +318,49 @@ class Fig4(TrainedFigure):
 
 
 FIGURE = Fig4()
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
+    """The trained disentangled model's rows of ``metric`` in Fig. 4's agreement table."""
+    return select(read(out, "mtd-fig4-agreement"), "mtd-fig4-agreement", model_kind="disentangled", metric=metric, **where)
+
+
+@FIGURE.claim("MTD",
+             "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
+             "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
+             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
+    ratio = kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled")
+    c.mean, c.ci, _, c.value = seeds(ratio)
+    c.verdict = verdict(c.mean <= 1.1)
+    kl = _fig4_agreement(out, "kl_construction")["value"]
+    c.note = f"KL(construction ‖ trained) = {seeds(kl)[3]}"
+    return c
+
+
+@FIGURE.claim("MTD",
+             "Its attention maps are the construction's, layer by layer",
+             "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
+       "sequences); holds if ≥ 0.9",
+             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
+    a = _fig4_agreement(out, "attention_cosine")
+    worst = a.groupby("seed")["value"].min()
+    c.mean, c.ci, _, c.value = seeds(worst)
+    per_layer = a.groupby("layer")["value"].mean()
+    c.note = "; ".join(f"layer-{int(k)} {v:.3f}" for k, v in per_layer.items())
+    c.verdict = verdict(c.mean >= 0.9)
+    return c
+
+
+@FIGURE.claim("MTD",
+             "Layer 1 attends to the m lagged tokens (the construction's support)",
+             "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9",
+             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+def layer1_lag_mass(c: Claim, out: Path, cfg) -> Claim:
+    v = _fig4_agreement(out, "lag_mass", layer=1)
+    c.mean, c.ci, _, c.value = seeds(v.groupby("seed")["value"].mean())
+    c.verdict = verdict(c.mean >= 0.9)
+    return c

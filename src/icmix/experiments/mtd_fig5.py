@@ -34,17 +34,20 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order, check_positive_int
 from icmix.estimators import mtd as est
-from icmix.evaluate import Key, TrainedPredictor, TunedMirrorDescent, evaluate_mtd
+from icmix.predictors import Key, TunedMirrorDescent
+from icmix.evaluate import evaluate_mtd
+from icmix.train import TrainedPredictor
 from icmix.experiments import mtd_training
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
-from icmix.experiments.mtd_fig3 import kl_pivot, summarise
+from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families.mtd import BAYES, MD_SHARED, bayes_exact_predictor, md_key
 from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
 from icmix.train.config import LOSSES
 from icmix.random import Stream, stream
+from icmix.experiments.claims import Claim, read, seeds, select, verdict
 
 NAME = "mtd-fig5"
 
@@ -311,3 +314,20 @@ class Fig5(TrainedFigure):
 
 
 FIGURE = Fig5()
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+@FIGURE.claim("MTD",
+             "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
+             "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
+       "closest to; holds if the ratio is below 1",
+             trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
+def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
+    ratio = kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
+    c.mean, c.ci, n, c.value = seeds(ratio)
+    track = select(read(out, "mtd-fig5-tracking"), "mtd-fig5-tracking", length=cfg.length)
+    track = track.groupby("k")["kl_md_to_model"].mean()
+    c.value += f"; closest to k = {int(track.idxmin())}"
+    c.verdict = verdict(c.mean < 1)
+    return c

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
@@ -33,6 +34,7 @@ from icmix.experiments.figure import Result, TrainedFigure
 from icmix.metrics import mean_ci
 from icmix.tasks import MTDTask
 from icmix.train import load_run
+from icmix.experiments.claims import Claim, fmt, read, seeds, verdict
 
 NAME = "mtd-fig7"
 
@@ -144,3 +146,29 @@ class Fig7(TrainedFigure):
 
 
 FIGURE = Fig7()
+
+
+# --- claims (``icmix.experiments.claims``) ------------------------------------------------
+
+@FIGURE.claim("MTD",
+             "Layer 1's token-token scores learn the transition matrix π, better with longer training sequences",
+             "mean row KL(π[a] ‖ softmax(A1ᵀ)[a]) at the longest training length, order 3; holds if below "
+       "KL(π ‖ uniform) / 4 and below its value at the shortest length",
+             trained=lambda tc, cfg: tc.task.order == min(cfg.orders))
+def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
+    from icmix.tasks import MTDTask
+
+    t = read(out, "mtd-fig7")
+    m = sorted(t.order.unique())[0]
+    t = t[t.order == m].pivot_table(index="seed", columns="length", values="row_kl")
+    uniform = []
+    for seed in t.index:
+        pi = MTDTask(cfg.vocab_size, m, seed=int(seed)).transition.double().numpy()
+        uniform.append(float((pi * np.log(pi * pi.shape[1])).sum(1).mean()))
+    long_, short = t.iloc[:, -1], t.iloc[:, 0]
+    c.mean, c.ci, n, _ = seeds(long_)
+    ms, cs, _, _ = seeds(short)
+    c.value = f"T={t.columns[-1]}: {fmt(c.mean, c.ci, n)}; T={t.columns[0]}: {fmt(ms, cs, n)}"
+    c.note = f"KL(π ‖ uniform) = {np.mean(uniform):.3f}"
+    c.verdict = verdict(c.mean < np.mean(uniform) / 4 and c.mean < ms)
+    return c

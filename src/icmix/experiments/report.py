@@ -47,9 +47,10 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     if preset not in (*PRESET_NAMES, DEMO):
         raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {preset!r}")
     names = list(figures or figure_names())
-    unknown = [n for n in names if n not in figure_names()]
-    if unknown:
-        raise ValueError(f"unknown figures {unknown}; known: {', '.join(figure_names())}")
+    for name in names:
+        get_figure(name)  # an unknown name: the registered ones, and how to register
+    if not figures:  # every figure: those that have this preset (a plugin's may have only some)
+        names = [n for n in names if get_figure(n).has_preset(preset)]
     configs = {name: get_figure(name).preset(preset) for name in names}
     if seeds is not None:
         if seeds < 1:
@@ -216,19 +217,28 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
                 and all((out / p).exists() for p in entry.get("outputs", {}).values()))
 
     todo = [name for name in configs if not cached(name)]
-    runs = {}
+    # The scheduler: every figure's runs pooled, each distinct run (its name is its config's
+    # hash) trained once, before any figure computes; the figures then find them finished.
+    runs, requested = {}, 0
     for name in todo:
         for tc in figure_runs(name, configs[name]):
+            requested += 1
             runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
     order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
-    stale = take_from_zoo([(runs[p][0], p) for p in order], progress) if zoo else {}
+    finished = {p for p in order if (p / "model" / "model.safetensors").exists()}
+    stale = take_from_zoo([(runs[p][0], p) for p in order if p not in finished], progress) if zoo else {}
     pending = [p for p in order if not (p / "model" / "model.safetensors").exists()]  # finished runs are reused
+    zoo_runs = len(order) - len(finished) - len(pending)
     if progress:
         print(f"icmix reproduce all --preset {preset}: {len(configs)} figures, {len(configs) - len(todo)} cached; "
-              f"{len(runs)} training runs, {len(runs) - len(pending)} already finished, {jobs} at a time")
+              f"training runs: {requested} requested by the figures, {len(runs)} distinct: {len(finished)} already "
+              f"finished, {zoo_runs} from the model zoo, {len(pending)} to train, {jobs} at a time")
     groups = {p: next(name for name in configs if name in runs[p][1]) for p in pending}
     failed_runs = train_many([(runs[p][0], p) for p in pending], jobs, progress, errors="collect", launcher=launcher,
                              groups=groups, tracking=tracking) if pending else {}
+    if progress and pending:
+        print(f"training runs: {len(pending) - len(failed_runs)} of {len(pending)} trained"
+              + (f", {len(failed_runs)} failed" if failed_runs else ""))
 
     results = {name: dict(previous[name], status="cached") for name in configs if name not in todo}
     entries = {}
@@ -261,6 +271,9 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
                 "wall_seconds": round(time.time() - start, 1),
                 "training_runs": {str(p.relative_to(out)): sorted(runs[p][1]) for p in order},
+                "training": {"requested": requested, "distinct": len(runs), "finished_before": len(finished),
+                             "from_zoo": zoo_runs, "trained": len(pending) - len(failed_runs),
+                             "failed": len(failed_runs)},
                 "zoo": {"used": zoo, "stale": stale},
                 "figures": {name: results[name] for name in configs},
                 # Figures of earlier runs that this one did not include (--only): kept for the cache.
@@ -313,14 +326,18 @@ def _run_figures(names: list[str], configs: dict, out: Path, jobs: int, progress
 
 # --- the report ---------------------------------------------------------------------------------
 
-def write_report(out: Path, manifest: dict, configs: dict) -> Path:
-    """``report.md`` and ``report.html`` (self-contained) under ``out``; returns the HTML path."""
+def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | None = None) -> Path:
+    """``claims.csv``, ``report.md`` and ``report.html`` (self-contained) under ``out``; returns
+    the HTML path.  The claims are those of ``figures`` (default: every registered figure that
+    has the manifest's preset; those not run read ``not run``)."""
     from icmix.experiments import claims as claims_mod
 
     out = Path(out)
     figs = manifest["figures"]
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
-    claims = claims_mod.evaluate(out, configs, available)
+    if figures is None:
+        figures = [n for n in figure_names() if get_figure(n).has_preset(manifest["preset"])]
+    claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures])
     claims_table = claims_mod.table(claims)
     runs = runs_table(out, configs)
     md = _markdown(out, manifest, claims_table, runs)
@@ -330,6 +347,19 @@ def write_report(out: Path, manifest: dict, configs: dict) -> Path:
         (stage / "report.md").write_text(md)
         (stage / "report.html").write_text(page)
     return out / "report.html"
+
+
+def write_figure_report(out: Path, name: str, cfg, paths: dict, preset: str, overrides: list[str] | None,
+                        wall_seconds: float) -> Path:
+    """The report of one figure run by ``icmix reproduce NAME`` (its claims in ``claims.csv``,
+    ``report.md``, ``report.html``); ``paths``: the files ``Figure.run`` wrote."""
+    out = Path(out)
+    entry = {"status": "ok", "preset": preset, "seeds": list(getattr(cfg, "seeds", ())),
+             "config": dataclasses.asdict(cfg), "wall_seconds": round(wall_seconds, 1),
+             "outputs": {k: str(Path(p).relative_to(out)) for k, p in paths.items()}}
+    manifest = {"preset": preset, "overrides": overrides or [], "environment": environment(),
+                "wall_seconds": round(wall_seconds, 1), "figures": {name: entry}}
+    return write_report(out, manifest, {name: cfg}, [name])
 
 
 def runs_table(out: Path, configs: dict):
@@ -353,8 +383,8 @@ def runs_table(out: Path, configs: dict):
         row = {"run": name, "figures": ", ".join(figs), "source": source(run), "unlisted": unlisted(run)}
         try:
             c = run_convergence(run)
-            row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=f"{c.final - c.optimum:.3g}",
-                       improvement=f"{c.improvement:.1%}", converged="yes" if c.converged else "no")
+            row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=f"{c.excess:.3g}",
+                       improvement=f"{c.improvement:.1%}", converged=c.status)
         except (ValueError, OSError) as err:
             row.update(converged=f"? ({err})")
         rows.append(row)

@@ -10,7 +10,12 @@ A *task family* is the unit of extension: one registered object that knows
 - ``build(spec) -> task``: the sampler;
 - ``objective(task, cfg) -> Objective``: training batches, loss and evaluation metrics;
 - ``predictors(task, **options) -> list``: its standard predictors (each with a stable ``key``);
-- ``run_name(cfg) -> str``: the part of a run's directory name that says what it learns.
+- ``run_name(cfg) -> str``: the part of a run's directory name that says what it learns;
+- ``bayes_predictor(task)``: its Bayes-optimal predictor (or the best it has), or ``None``;
+  a run's convergence is judged against it, and is ``unknown`` without it.
+
+``cfg`` is always the run's ``icmix.train.TrainConfig``: training sits above the families in
+the layers, so a family reads the config it is given and never imports ``icmix.train``.
 
 ``train``, ``evaluate``, run naming and the CLI look families up here; none of them branches
 on a kind.  Register your own with ``register_family(MyFamily())`` (see the README's
@@ -27,11 +32,12 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from icmix.plugins import how_to_register, load_from_environment
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from icmix.train.config import TrainConfig
 
 # The built-in families, imported (and so registered) the first time the registry is asked,
 # then the modules installed packages name in this entry-point group.
@@ -51,7 +57,7 @@ class Objective(ABC):
 
     A run's convergence (``icmix.train.convergence``) is judged by ``progress_metric`` (a key of
     ``evaluate``) in excess of ``optimum(eval_batch)``, the best value any predictor can reach
-    on that batch where the family knows it (``None``: the metric itself)."""
+    on that batch where the family knows it; ``None`` (the default) makes it ``unknown``."""
 
     progress_metric: str = "eval_loss"
 
@@ -85,18 +91,25 @@ class TaskFamily(ABC):
         """The task (a sampler that knows its ground truth) a spec describes."""
 
     @abstractmethod
-    def objective(self, task, cfg: TrainConfig) -> Objective:
+    def objective(self, task, cfg) -> Objective:
         """The training objective of ``task`` under the training config ``cfg``."""
 
     @abstractmethod
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         """What a run learns, for its directory name (``m3-T32-mse``)."""
 
     def predictors(self, task, **options) -> list:
         """The family's standard predictors of ``task`` (reference and baselines), each with a ``key``."""
         return []
 
-    def check(self, cfg: TrainConfig) -> None:
+    def bayes_predictor(self, task):
+        """The Bayes-optimal predictor of ``task`` (or the best one the family has), with a
+        ``key``; ``None`` where the family has none.  Training judges a run's convergence by its
+        excess over this predictor's loss (``Objective.optimum``); without one the convergence
+        of the family's runs is ``unknown``."""
+        return None
+
+    def check(self, cfg) -> None:
         """Refuse a training config this family cannot train (``ValueError``)."""
         if cfg.loss not in self.losses:
             raise ValueError(f"a {self.kind!r} task trains with loss {' or '.join(map(repr, self.losses))}, "
@@ -122,7 +135,7 @@ class SequenceFamily(TaskFamily):
     @abstractmethod
     def true_predictive(self, task, tokens: torch.Tensor, latent, lengths) -> torch.Tensor: ...
 
-    def objective(self, task, cfg: TrainConfig) -> Objective:
+    def objective(self, task, cfg) -> Objective:
         return NextTokenObjective(self, task, cfg)
 
     def same_task(self, a, b) -> bool:
@@ -150,7 +163,7 @@ class NextTokenObjective(Objective):
 
     progress_metric = "eval_kl"
 
-    def __init__(self, family: SequenceFamily, task, cfg: TrainConfig):
+    def __init__(self, family: SequenceFamily, task, cfg):
         self.family, self.task, self.cfg = family, task, cfg
         self.mask = self.loss_mask(cfg.task.length, cfg.loss_positions)
 
@@ -167,6 +180,18 @@ class NextTokenObjective(Objective):
         t = batch["inputs"].shape[1]
         return self.family.true_predictive(self.task, batch["inputs"], batch["latent"], [t])[:, 0]
 
+    def optimum(self, batch: dict) -> float | None:
+        """``eval_kl`` of the family's Bayes-optimal predictor (``bayes_predictor``) on ``batch``;
+        ``None`` where the family has none."""
+        from icmix.metrics import kl_divergence
+
+        bayes = self.family.bayes_predictor(self.task)
+        if bayes is None:
+            return None
+        t = batch["inputs"].shape[1]
+        p_bayes = bayes.predict(batch["inputs"], self.task, [t])[:, 0]
+        return kl_divergence(self.reference(batch).double(), p_bayes.double()).mean().item()
+
     def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
         """``inputs (B, T)``, ``targets (B, T)`` (the token after each position) and the
         sequences' ``latent``; sequences of ``T + 1`` tokens are drawn."""
@@ -177,7 +202,7 @@ class NextTokenObjective(Objective):
         return self.batch(self.cfg.steps, size, generator)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        from icmix.train.objectives import loss_fn
+        from icmix.objectives import loss_fn
 
         out = model(batch["inputs"].to(device))
         return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
@@ -186,7 +211,7 @@ class NextTokenObjective(Objective):
         import torch
 
         from icmix.metrics import kl_divergence
-        from icmix.train.objectives import loss_fn, to_distribution
+        from icmix.objectives import loss_fn, to_distribution
 
         with torch.no_grad():
             out = model(batch["inputs"].to(device))
@@ -220,7 +245,8 @@ def get_family(kind: str) -> TaskFamily:
     try:
         return _FAMILIES[kind]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown task kind {kind!r}; registered: {', '.join(sorted(_FAMILIES))}") from None
+        raise ValueError(f"unknown task kind {kind!r}; registered: {', '.join(sorted(_FAMILIES))}. "
+                         f"A task family from another package: {how_to_register('families')}") from None
 
 
 def families() -> dict[str, TaskFamily]:
@@ -241,6 +267,7 @@ def _load_builtins() -> None:
 
         for plugin in entry_points(group=ENTRY_POINTS):
             plugin.load()
+        load_from_environment()
     except BaseException:
         _builtins_loaded = False  # the next lookup raises the same error, not "unknown task kind"
         raise

@@ -10,15 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from icmix._checks import check_positive_int
-from icmix.evaluate import Key
+from icmix.predictors import Key
 from icmix.families.base import Objective, TaskFamily, register_family
 from icmix.random import Stream, stream
 from icmix.tasks import MixLinRegTask
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from icmix.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class RegressionObjective(Objective):
     the last prediction.  With ``task.n_train`` the batches come from a fixed training set
     (see ``MixLinRegSpec``)."""
 
-    def __init__(self, task: MixLinRegTask, cfg: TrainConfig):
+    def __init__(self, task: MixLinRegTask, cfg):
         self.task, self.cfg = task, cfg
         spec = cfg.task
         self.prompts = None
@@ -163,19 +161,23 @@ class MixLinRegFamily(TaskFamily):
     def build(self, spec: MixLinRegSpec) -> MixLinRegTask:
         return MixLinRegTask(spec.dim, spec.n_components, spec.noise, seed=spec.seed)
 
-    def objective(self, task: MixLinRegTask, cfg: TrainConfig) -> RegressionObjective:
+    def objective(self, task: MixLinRegTask, cfg) -> RegressionObjective:
         return RegressionObjective(task, cfg)
 
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         t = cfg.task
         return f"d{t.dim}-m{t.n_components}-noise{t.noise}" + (f"-n{t.n_train}" if t.n_train else "")
+
+    def bayes_predictor(self, task: MixLinRegTask):
+        """The posterior mean with the task's own components and noise (Bayes-optimal)."""
+        return self.predictors(task)[0]
 
     def predictors(self, task: MixLinRegTask, noise: float | None = None) -> list:
         """The posterior mean and argmin with the task's own components (oracle), and OLS."""
         from functools import partial
 
         from icmix.estimators import regression as reg
-        from icmix.evaluate import RegressionPredictor
+        from icmix.predictors import RegressionPredictor
 
         noise = task.noise if noise is None else noise
         w = task.components

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from icmix._checks import check_order, check_positive, check_positive_int
-from icmix.evaluate import ConstructedMirrorDescent, Key
+from icmix.predictors import ConstructedMirrorDescent, Key
 from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
 from icmix.tasks import MTDTask
-
-if TYPE_CHECKING:
-    from icmix.train.config import TrainConfig
 
 DEFAULT_MD_STEPS = (1, 2, 3, 4)
 
@@ -153,21 +150,21 @@ def em_steps(tokens, transition, order: int, steps: int, lengths=None) -> Tensor
 
 
 def em_steps_predictor(steps: int):
-    from icmix.evaluate import LagPredictor
+    from icmix.predictors import LagPredictor
 
     return LagPredictor(Key("em", steps=steps), lambda x, pi, m, L: em_steps(x, pi, m, steps, L),
                         f"EM {steps}-step (from λ=1/m)")
 
 
 def bayes_exact_predictor(alpha: float = 1.0):
-    from icmix.evaluate import LagPredictor
+    from icmix.predictors import LagPredictor
 
     return LagPredictor(BAYES, lambda x, pi, m, L: _est().bayes_exact(x, pi, m, alpha, L),
                         "Bayes (exact)")
 
 
 def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
-    from icmix.evaluate import LagPredictor
+    from icmix.predictors import LagPredictor
     from icmix.random import Stream, make_generator
 
     return LagPredictor(BAYES_GIBBS, lambda x, pi, m, L: _est().bayes_gibbs(
@@ -175,13 +172,13 @@ def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
 
 
 def mle_predictor(max_iter: int = 5000, tol: float = 1e-7):
-    from icmix.evaluate import LagPredictor
+    from icmix.predictors import LagPredictor
 
     return LagPredictor(MLE, lambda x, pi, m, L: _est().em(x, pi, m, max_iter, tol, L), "MLE (EM)")
 
 
 def md_theorem1_predictor(order: int):
-    from icmix.evaluate import LagPredictor
+    from icmix.predictors import LagPredictor
 
     eta = 1.0 / (order + 1)
     return LagPredictor(MD_THEOREM_1,
@@ -199,21 +196,25 @@ class MTDFamily(SequenceFamily):
     def build(self, spec: MTDSpec) -> MTDTask:
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed)
 
-    def objective(self, task: MTDTask, cfg: TrainConfig) -> MTDObjective:
+    def objective(self, task: MTDTask, cfg) -> MTDObjective:
         return MTDObjective(self, task, cfg)
 
     def sample(self, task: MTDTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         return task.sample(n, length, generator=generator)
 
     def true_predictive(self, task: MTDTask, tokens: Tensor, lam: Tensor, lengths: Sequence[int]) -> Tensor:
-        from icmix.evaluate import true_predictive
+        from icmix.predictors import true_predictive
 
         return true_predictive(tokens, lam, task, lengths)
+
+    def bayes_predictor(self, task: MTDTask):
+        """The exact posterior mean of the lag weights under the task's Dirichlet prior."""
+        return bayes_exact_predictor(task.alpha)
 
     def same_task(self, a: MTDTask, b: MTDTask) -> bool:
         return a.order == b.order and torch.equal(a.transition, b.transition)
 
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         return f"m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
 
     def predictors(
@@ -232,7 +233,7 @@ class MTDFamily(SequenceFamily):
         MD at ``eta = 1/(M+1)`` (Theorem 1), k-step MD with tuned step sizes, and the 3-layer
         transformer construction (tuned like one-step MD, which it equals); beyond the paper,
         k-step EM (from ``lam = 1/M``, for each k of ``md_steps``) next to k-step MD."""
-        from icmix.evaluate import DEFAULT_BETAS, ConstructedMirrorDescent, TunedMirrorDescent
+        from icmix.predictors import DEFAULT_BETAS, ConstructedMirrorDescent, TunedMirrorDescent
 
         betas = DEFAULT_BETAS if betas is None else betas
         preds = [bayes_exact_predictor(task.alpha)]
@@ -257,7 +258,7 @@ class MTDgFamily(MTDFamily):
     def build(self, spec: MTDgSpec) -> MTDTask:
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, per_lag=True)
 
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         return f"mtdg-m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from icmix.families.base import Objective, TaskFamily, register_family
 from icmix.families.mtd import MTDgFamily, MTDgSpec
 from icmix.tasks.mtd import MTDTask
 from icmix.tasks.text import PYDOC, TextCorpus
-
-if TYPE_CHECKING:
-    from icmix.train.config import TrainConfig
 
 
 @functools.lru_cache(maxsize=8)
@@ -75,7 +72,7 @@ class TextObjective(Objective):
 
     progress_metric = "eval_loss"
 
-    def __init__(self, corpus: TextCorpus, cfg: TrainConfig):
+    def __init__(self, corpus: TextCorpus, cfg):
         self.corpus, self.cfg = corpus, cfg
         self.mask = torch.ones(cfg.task.length, dtype=torch.bool)
 
@@ -87,13 +84,13 @@ class TextObjective(Objective):
         return self.batch(self.cfg.steps, size, generator)
 
     def loss(self, model, batch: dict, device: torch.device) -> Tensor:
-        from icmix.train.objectives import loss_fn
+        from icmix.objectives import loss_fn
 
         return loss_fn(model(batch["inputs"].to(device)).float(), batch["targets"].to(device), self.mask.to(device),
                        self.cfg.loss)
 
     def evaluate(self, model, batch: dict, device: torch.device) -> dict[str, float]:
-        from icmix.train.objectives import to_distribution
+        from icmix.objectives import to_distribution
 
         with torch.no_grad():
             out = model(batch["inputs"].to(device)).cpu()
@@ -103,6 +100,9 @@ class TextObjective(Objective):
 
 
 class TextFamily(TaskFamily):
+    """Next-character prediction on real text.  The text's own distribution is unknown, so the
+    family names no Bayes-optimal predictor and its runs' convergence is ``unknown``."""
+
     kind = "text"
     spec = TextSpec
     models = ("gpt", "disentangled")
@@ -110,10 +110,10 @@ class TextFamily(TaskFamily):
     def build(self, spec: TextSpec) -> TextCorpus:
         return spec.corpus_data()
 
-    def objective(self, task: TextCorpus, cfg: TrainConfig) -> TextObjective:
+    def objective(self, task: TextCorpus, cfg) -> TextObjective:
         return TextObjective(task, cfg)
 
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         corpus = cfg.task.corpus if cfg.task.corpus == PYDOC else "corpus"
         return f"text-{corpus}-q{cfg.task.vocab_size}-T{cfg.task.length}-{cfg.loss}"
 
@@ -145,7 +145,7 @@ class FittedMTDgFamily(MTDgFamily):
                                  spec.split_seed)
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, transition=pis, per_lag=True)
 
-    def run_name(self, cfg: TrainConfig) -> str:
+    def run_name(self, cfg) -> str:
         return f"mtdg-{cfg.task.corpus if cfg.task.corpus == PYDOC else 'corpus'}-m{cfg.task.order}-" \
                f"T{cfg.task.length}-{cfg.loss}"
 

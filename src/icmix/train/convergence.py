@@ -7,6 +7,11 @@ so that an irreducible floor does not hide what is left to learn.  The run count
 *converged* when that excess improved by less than ``TOLERANCE`` (5 %) of its value over the
 last ``TAIL`` (20 %) of training: between the evaluation at 80 % of the steps and the last.
 
+The optimum comes from the run's task family (its Bayes-optimal predictor, through
+``Objective.optimum``).  A family that has none (real text, or a plugin family that names no
+Bayes predictor) cannot say how far a run is from the best: its runs' convergence is
+``unknown``, never ``yes``; a plateau far above the optimum would otherwise read as converged.
+
 The threshold is one statement, used by the claims table and the report (``DEFINITION``).
 """
 
@@ -20,7 +25,9 @@ TAIL = 0.2
 TOLERANCE = 0.05
 DEFINITION = (f"a run is converged when its eval metric's excess over the Bayes-optimal value on the same "
               f"evaluation batch (KL for MTD, NMSE for regression) improved by less than {TOLERANCE:.0%} over "
-              f"the last {TAIL:.0%} of its training steps")
+              f"the last {TAIL:.0%} of its training steps; unknown where the task family has no Bayes-optimal "
+              f"predictor to measure the excess against")
+YES, NO, UNKNOWN = "yes", "no", "unknown"
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class Convergence:
     """The progress metric of one run at ``(1 - TAIL)`` of training (``start``) and at the end."""
 
     metric: str
-    optimum: float
+    optimum: float | None  # None: the family has no Bayes-optimal predictor
     start_step: int
     steps: int
     start: float
@@ -37,17 +44,38 @@ class Convergence:
 
     @property
     def improvement(self) -> float:
-        """The relative fall of the excess over the tail: ``(start - final) / (start - optimum)``."""
+        """The relative fall of the excess over the tail: ``(start - final) / (start - optimum)``
+        (NaN without an optimum)."""
+        if self.optimum is None:
+            return float("nan")
         excess = self.start - self.optimum
         return (self.start - self.final) / excess if excess > 0 else 0.0
 
     @property
-    def converged(self) -> bool:
-        return self.improvement < self.tolerance
+    def excess(self) -> float:
+        """The final value's excess over the optimum (NaN without an optimum)."""
+        return float("nan") if self.optimum is None else self.final - self.optimum
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether the run converged; ``None`` (unknown) without an optimum."""
+        return None if self.optimum is None else self.improvement < self.tolerance
+
+    @property
+    def status(self) -> str:
+        """``yes``, ``no`` or ``unknown``: what tables show."""
+        return UNKNOWN if self.converged is None else YES if self.converged else NO
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "excess_final": self.final - self.optimum, "improvement": self.improvement,
-                "converged": self.converged}
+        return {**asdict(self), "excess_final": self.excess, "improvement": self.improvement,
+                "converged": self.status}
+
+
+def combined_status(statuses) -> str:
+    """One verdict for runs a result rests on: ``no`` if any is ``no``, else ``unknown`` if any
+    is, else ``yes``."""
+    statuses = set(statuses)
+    return NO if NO in statuses else UNKNOWN if UNKNOWN in statuses or not statuses else YES
 
 
 def progress_metric(cfg) -> str:
@@ -57,11 +85,11 @@ def progress_metric(cfg) -> str:
     return build_objective(build_task(cfg), cfg).progress_metric
 
 
-_OPTIMA: dict[str, float] = {}  # what the eval batch depends on -> optimum (runs share eval batches)
+_OPTIMA: dict[str, float | None] = {}  # what the eval batch depends on -> optimum (runs share eval batches)
 
 
-def _optimum(cfg) -> float:
-    """The objective's optimum on the run's evaluation batch (0 where the family has none)."""
+def _optimum(cfg) -> float | None:
+    """The objective's optimum on the run's evaluation batch (``None`` where the family has none)."""
     from icmix.random import Stream, stream
     from icmix.train.loop import build_objective, build_task
 
@@ -71,7 +99,7 @@ def _optimum(cfg) -> float:
     if key not in _OPTIMA:
         objective = build_objective(build_task(cfg), cfg)
         value = objective.optimum(objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION)))
-        _OPTIMA[key] = 0.0 if value is None else float(value)
+        _OPTIMA[key] = None if value is None else float(value)
     return _OPTIMA[key]
 
 
