@@ -7,6 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+PLUGIN := $(VENV)/.test-plugin
 OUT    ?= results/demo
 # the zoo run `make demo-zoo` retrains to check the shipped weights (the shortest: 10,000 steps,
 # 3 minutes on one core of the AMD EPYC it was trained on)
@@ -21,6 +22,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# The test plugin (tests/plugin): a separate distribution whose family, predictor, figure and
+# claim reach icmix only through its entry points.
+$(PLUGIN): $(STAMP) tests/plugin/pyproject.toml
+	$(PY) -m pip install --quiet --no-deps -e tests/plugin
+	touch $(PLUGIN)
 
 # `make demo`: every figure of both papers from the shipped model zoo's `cpu` runs, after
 # retraining one of them from scratch to check it (`demo-zoo` below).
@@ -41,10 +48,12 @@ demo-zoo: $(STAMP)
 	@echo "Report of every figure of both papers from the model zoo, with the claims table: $(ZOO_OUT)/report.html"
 	@echo "Report: $(ZOO_OUT)/report.html"
 
-test: $(STAMP)
+# The layers contract (pyproject.toml's [tool.importlinter]), then the tests.
+test: $(PLUGIN)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(PLUGIN)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)

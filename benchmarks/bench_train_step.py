@@ -57,7 +57,7 @@ def bench_preset(preset: str, repeats: int, device: torch.device, precision: str
     import dataclasses
 
     from icmix.experiments.common import run_name
-    from icmix.experiments.report import configs_for, figure_runs
+    from icmix.report import configs_for, figure_runs
 
     def shape(tc: TrainConfig) -> str:  # what sets the step's cost
         plain = dataclasses.replace(tc, seed=0, steps=1, task=dataclasses.replace(tc.task, seed=0))

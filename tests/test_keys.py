@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from icmix.experiments import claims, figure_names, get_figure
-from icmix.experiments.report import configs_for
+from icmix.report import configs_for
 
 matplotlib.use("Agg")
 DATA = Path(__file__).parent / "data" / "quick-tables"

@@ -12,7 +12,7 @@ import pytest
 
 from icmix.cli import main
 from icmix.experiments import claims, figure_names, get_figure
-from icmix.experiments.report import configs_for, reproduce_all
+from icmix.report import configs_for, reproduce_all
 
 FIGURES = ["mtd-construction", "mtd-fig3", "mlr-construction", "mlr-fig2"]
 TINY = ["mtd-construction.length=24", "mtd-construction.n_sequences=8",
@@ -183,7 +183,7 @@ def test_quick_preset_fits_the_budget():
     (the papers' 22 runs: 56,400 steps; with issue 21's mtdg and text figures 28 runs, 67,400
     steps: timed in the issue notes; this pins the configs that were timed)."""
     from icmix.experiments.common import run_name
-    from icmix.experiments.report import figure_runs
+    from icmix.report import figure_runs
 
     runs = {}
     for name, cfg in configs_for("quick").items():

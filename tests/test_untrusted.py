@@ -485,7 +485,7 @@ def test_a_zoo_entry_of_links_is_stale(tiny_zoo, tmp_path):
 def test_a_report_shows_text_from_files_and_reads_nothing_outside_its_folder(tmp_path):
     """A stale zoo entry's reason (text from the entry) and an edited ``manifest.json`` (an
     output outside the folder) end up in report.html: the text is escaped, the file not read."""
-    from icmix.experiments.report import _sound_entries, write_report
+    from icmix.report import _sound_entries, write_report
 
     out = tmp_path / "out"
     out.mkdir()

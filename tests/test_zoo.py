@@ -28,7 +28,7 @@ from icmix import zoo
 from icmix.cli import main
 from icmix.experiments import claims
 from icmix.experiments.common import run_name, train_runs
-from icmix.experiments.report import configs_for
+from icmix.report import configs_for
 from icmix.random import Stream, stream
 from icmix.train import TrainConfig
 from icmix.train.convergence import TAIL, TOLERANCE, Convergence, run_convergence

@@ -133,7 +133,7 @@ def _launched(call) -> int:
 
 def _reproduce(args) -> int:
     from icmix.experiments import get_figure
-    from icmix.experiments.report import configs_for, reproduce_all
+    from icmix.report import configs_for, reproduce_all
     from icmix.io import output_folder
 
     tracking = _tracking(args)
@@ -156,13 +156,13 @@ def _reproduce(args) -> int:
 
     def reproduce():
         from icmix.experiments.common import run_name, train_runs
-        from icmix.experiments.report import write_figure_report
+        from icmix.report import write_figure_report
 
         configs = list(figure.runs(cfg).values())
         start = time.time()
         with output_folder(args.out):
             if not args.no_zoo:
-                from icmix.experiments.report import take_from_zoo
+                from icmix.report import take_from_zoo
 
                 take_from_zoo([(tc, Path(args.out) / "runs" / run_name(tc)) for tc in configs], not args.no_progress)
             if launcher is not None or tracking:  # train through the launcher, tracked; the figure reuses them

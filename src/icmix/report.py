@@ -34,7 +34,7 @@ from pathlib import Path
 from icmix.experiments.figure import DEMO, PRESET_NAMES, figure_names, get_figure
 from icmix.io import atomic_write, output_folder, staged
 
-REPORT_MODULES = ("experiments/report.py", "experiments/claims.py", "cli.py")
+REPORT_MODULES = ("report.py", "experiments/claims.py", "cli.py")
 
 
 def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | None = None,

@@ -1,0 +1,131 @@
+"""Everything a researcher adds plugs in from outside ``src/``: the ``tests/plugin`` package,
+installed by ``make test`` as its own distribution, adds a task family with its Bayes predictor,
+a predictor, a figure with only a ``quick`` preset and the claim it measures, through icmix's
+entry-point groups.  A family with no Bayes predictor leaves its runs' convergence ``unknown``."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from icmix.cli import main
+from icmix.experiments import figure_names, get_figure
+from icmix.report import configs_for
+from icmix.families import get_family
+from icmix.random import make_generator
+from icmix.train import TrainConfig, train
+from icmix.train.convergence import run_convergence
+from icmix.train.loop import build_objective, build_task
+
+CLAIM = "The Bayes predictor beats add-½ at every prefix length"
+
+
+def test_the_installed_plugin_registers_its_family_and_figure():
+    assert "iid" in figure_names()  # found through the icmix.figures entry point, nothing imported by hand
+    fig = get_figure("iid")
+    assert type(fig).__module__ == "icmix_iid.figure" and set(fig.presets) == {"quick"}
+    assert [spec.text for spec in fig.claims] == [CLAIM]
+    assert type(get_family("iid")).__module__ == "icmix_iid.family"
+    # A figure that lacks a preset is left out of `reproduce all` at that preset, and refused by name.
+    assert "iid" in configs_for("quick") and "iid" not in configs_for("cpu") and "iid" not in configs_for("demo")
+    with pytest.raises(ValueError, match="figure 'iid' has no 'cpu' preset"):
+        configs_for("cpu", figures=["iid"])
+
+
+def test_the_plugin_predictor_is_its_closed_form():
+    """add-c after each prefix, against counts taken one sequence at a time."""
+    family = get_family("iid")
+    task = family.build(family.spec(vocab_size=4, alpha=1.0))
+    tokens, p = family.sample(task, 50, 12, make_generator(3))
+    kt = family.predictors(task)[1]
+    got = kt.predict(tokens, task, [1, 5, 12])
+    for b in range(50):
+        for j, L in enumerate([1, 5, 12]):
+            counts = np.bincount(tokens[b, :L].numpy(), minlength=4)
+            assert np.allclose(got[b, j].numpy(), (counts + 0.5) / (L + 2.0))
+    assert torch.allclose(p.sum(-1), torch.ones(50, dtype=torch.float64))
+
+
+def test_the_plugin_figure_runs_and_its_claim_reaches_claims_csv_and_the_report(tmp_path):
+    out = tmp_path / "iid"
+    assert main(["reproduce", "iid", "--preset", "quick", "--out", str(out), "--no-progress",
+                 "--set", "n_sequences=500"]) == 0
+    table = pd.read_csv(out / "iid.csv")
+    assert set(table.key) == {"bayes/variant=exact", "add-constant/variant=kt", "uniform"}
+    claims = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    assert list(claims.claim) == [CLAIM]  # a single figure's report holds its own claims
+    row = claims.iloc[0]
+    # The claim's number, recomputed from the figure's table by hand.
+    kl = table.pivot_table(index=["seed", "length"], columns="key", values="kl_mean")
+    worst = (kl["bayes/variant=exact"] / kl["add-constant/variant=kt"]).groupby("seed").max()
+    assert row.measured.startswith(f"{worst.mean():.3g} ± ") and row.verdict == "holds" and worst.max() < 1
+    assert row.converged == "–"  # no trained model
+    assert CLAIM in (out / "report.md").read_text() and CLAIM in (out / "report.html").read_text()
+
+
+def test_an_unknown_figure_lists_the_registered_ones_and_says_how_to_register(capsys):
+    assert main(["reproduce", "no-such-figure", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown figure 'no-such-figure'; registered: mtd-construction" in err and ", iid." in err
+    assert 'entry-points."icmix.figures"' in err and "--plugin package.module" in err
+    assert main(["--plugin", "no_such_module", "reproduce", "iid", "--out", "x"]) == 2
+    assert "plugin 'no_such_module' could not be imported" in capsys.readouterr().err
+
+
+def test_an_unregistered_family_says_how_to_register_one(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("task: {kind: markov-chain}\nmodel: {kind: gpt}\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task kind 'markov-chain'" in err and 'entry-points."icmix.families"' in err
+    assert not (tmp_path / "run").exists()
+
+
+def tiny(kind: str, steps: int = 30) -> TrainConfig:
+    return TrainConfig.from_dict({"task": {"kind": kind, "vocab_size": 3, "length": 8},
+                                  "model": {"kind": "gpt", "n_layers": 1, "n_heads": 1, "d_model": 8},
+                                  "steps": steps, "batch_size": 16, "loss": "ce", "eval_every": 10, "eval_size": 64})
+
+
+def plateau(run: Path, tc: TrainConfig, values) -> None:
+    """A finished run's config and metrics, its progress metric at ``values`` (evenly spaced steps)."""
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(tc.to_yaml())
+    steps = np.linspace(tc.steps / len(values), tc.steps, len(values)).round().astype(int)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": int(s), "eval_kl": v}) + "\n"
+                                               for s, v in zip(steps, values)))
+
+
+def test_a_family_without_a_bayes_predictor_leaves_convergence_unknown(tmp_path):
+    # The plateau: a run stuck at 5.2 times the Bayes value, flat over its last 20 % of steps.
+    # Judged against an optimum of 0 (what a family without a Bayes predictor used to get), its
+    # tail "improvement" is 0 and it read "converged: yes".
+    with_bayes, without = tiny("iid", 50), tiny("iid-nobayes", 50)
+    objective = build_objective(build_task(with_bayes), with_bayes)
+    from icmix.random import Stream, stream
+
+    batch = objective.eval_batch(with_bayes.eval_size, stream(with_bayes.seed, Stream.TRAINING_EVALUATION))
+    optimum = objective.optimum(batch)
+    # The optimum is the Bayes predictor's KL to the truth on the evaluation batch, by hand:
+    p, x = batch["latent"], batch["inputs"]
+    counts = torch.nn.functional.one_hot(x, 3).double().sum(1)
+    bayes = (counts + 1.0) / (x.shape[1] + 3.0)
+    assert optimum == pytest.approx((p * (p / bayes).log()).sum(-1).mean().item(), rel=1e-12) and optimum > 0
+    stuck = [9 * optimum, 6 * optimum, 5.2 * optimum, 5.2 * optimum, 5.2 * optimum]
+    plateau(tmp_path / "nobayes", without, stuck)
+    c = run_convergence(tmp_path / "nobayes")
+    assert c.optimum is None and c.converged is None and c.status == "unknown" and math.isnan(c.excess)
+    plateau(tmp_path / "bayes", with_bayes, stuck)
+    c = run_convergence(tmp_path / "bayes")
+    assert c.optimum == pytest.approx(optimum) and c.excess == pytest.approx(4.2 * optimum)
+
+
+def test_a_trained_run_of_a_family_without_bayes_reports_unknown(tmp_path):
+    run = train(tiny("iid-nobayes"), tmp_path / "run", progress=False)
+    assert run_convergence(run).status == "unknown"
+    run = train(tiny("iid"), tmp_path / "run-bayes", progress=False)
+    assert run_convergence(run).status in ("yes", "no")
