@@ -588,8 +588,8 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_under_the_lock(tmp_pat
     (out / ".icmix-tmp-1-0123456789ab-mtd-fig3.png").write_text("half")
     (out / "mine.txt").write_text("kept")
     assert cli(["reproduce", "mtd-fig3", "--out", out, *FIG3], capsys)[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "mtd-fig3.csv", "mtd-fig3.json", "mtd-fig3.md",
-                                                      "mtd-fig3.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["claims.csv", "mine.txt", "mtd-fig3.csv", "mtd-fig3.json",
+                                                      "mtd-fig3.md", "mtd-fig3.png", "report.html", "report.md"]
 
 
 def test_save_pretrained_replaces_a_model_but_not_a_folder_of_other_files(tmp_path):

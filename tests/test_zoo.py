@@ -342,6 +342,9 @@ def test_the_demo_preset_trains_exactly_the_cpu_runs():
 
     for name in figure_names():
         fig = get_figure(name)
+        if not fig.has_preset("cpu"):  # a plugin's figure with only a quick preset
+            assert not fig.has_preset("demo")
+            continue
         demo, cpu = fig.runs(fig.preset("demo")), fig.runs(fig.preset("cpu"))
         assert {run_name(tc) for tc in demo.values()} == {run_name(tc) for tc in cpu.values()}, name
     assert configs_for("demo")["mtd-fig4"].ablation_steps == 0 and configs_for("cpu")["mtd-fig4"].ablation_steps > 0

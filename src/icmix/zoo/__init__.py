@@ -64,12 +64,12 @@ def zoo_dir(preset: str, root: Path | None = None) -> Path:
 
 def preset_runs(preset: str, only: list[str] | None = None) -> dict[str, tuple]:
     """``{run name: (TrainConfig, [figure names])}``: every training run of ``preset`` over the
-    registered figures (or those in ``only``), each once, in report order."""
+    registered figures that have it (or those in ``only``), each once, in report order."""
     from icmix.experiments.common import run_name
     from icmix.experiments.figure import figure_names, get_figure
 
     runs: dict[str, tuple] = {}
-    for name in only or figure_names():
+    for name in only or [n for n in figure_names() if get_figure(n).has_preset(preset)]:
         fig = get_figure(name)
         for tc in fig.runs(fig.preset(preset)).values():
             runs.setdefault(run_name(tc), (tc, []))[1].append(name)
