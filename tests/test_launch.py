@@ -22,7 +22,7 @@ import torch
 
 from icmix.cli import main
 from icmix.experiments.common import run_name
-from icmix.train import Launcher, TrainConfig, train
+from icmix.train import Launcher, TrainConfig, make_launcher, train
 from icmix.train.launch import Submitted, _minutes, slurm_parameters
 
 pytest.importorskip("submitit")
@@ -96,7 +96,7 @@ def _submit_one(tmp_path: Path, cfg: TrainConfig) -> tuple[Launcher, Path, str]:
     """Submit ``cfg`` without waiting; the launcher, the run directory and the job id."""
     out = tmp_path / "out"
     run = out / "runs" / run_name(cfg)
-    launcher = Launcher("submitit-local", out / "logs", wait=False, threads=1)
+    launcher = make_launcher("submitit-local", out / "logs", wait=False, threads=1)
     with pytest.raises(Submitted, match="1 runs submitted"):
         launcher.train([(cfg, run, "test")], progress=False)
     job = json.loads((out / "logs" / "jobs.json").read_text())[run.name]["job_id"]
@@ -207,7 +207,7 @@ def test_slurm_job_states_an_earlier_call_waits_for(tmp_path, fake_slurm):
     table = "\n".join(f"{job}|{state}|node1" for job, state in states.items())
     (fake_slurm.parent / "bin" / "sacct").write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\necho '{table}'\n")
     (fake_slurm.parent / "bin" / "sacct").chmod(0o755)
-    launcher = Launcher("slurm", tmp_path / "logs")
+    launcher = make_launcher("slurm", tmp_path / "logs")
     active = {job: launcher._active(job) for job in [*states, "5009_0"]}  # 5009_0: not in sacct (yet)
     assert active == {"5000_0": True, "5001_0": True, "5002_0": True, "5003_0": True, "5004_0": False,
                       "5005_0": False, "5006_0": False, "5007_0": False, "5008_0": False, "5009_0": True}
@@ -228,7 +228,7 @@ def test_slurm_parameters_map_to_submitits_executor(tmp_path, fake_slurm):
     assert params == {"partition": "p", "time": 240, "gpus_per_node": 2, "cpus_per_task": 16, "mem": "64000M",
                       "array_parallelism": 8, "account": "a", "qos": "q", "constraint": "c"}
     assert set(params) <= submitit.SlurmExecutor._valid_parameters()  # every key is submitit's own
-    executor = Launcher("slurm", tmp_path / "logs", [f"{k}={v}" for k, v in (("time", "4h"), ("gpus", 2))]).executor()
+    executor = make_launcher("slurm", tmp_path / "logs", [f"{k}={v}" for k, v in (("time", "4h"), ("gpus", 2))]).executor()
     assert executor.parameters["time"] == 240 and executor.parameters["gpus_per_node"] == 2
 
 

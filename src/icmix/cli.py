@@ -103,12 +103,12 @@ def _launcher(args, jobs: int | None):
     before any work."""
     if args.launcher == "local" and not args.slurm and not args.no_wait:
         return None
-    from icmix.train.launch import Launcher
+    from icmix.train.launch import make_launcher
 
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    return Launcher(args.launcher, Path(args.out) / "logs", args.slurm or [], wait=not args.no_wait,
-                    max_parallel=jobs or 1)
+    return make_launcher(args.launcher, Path(args.out) / "logs", args.slurm or [], wait=not args.no_wait,
+                         max_parallel=jobs or 1)
 
 
 def _tracking(args) -> tuple[str, ...]:

@@ -28,10 +28,11 @@ import os
 import re
 import shutil
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-LAUNCHERS = ("local", "submitit-local", "slurm")
 MAX_TIMEOUTS = 50  # a SLURM job that hits its time limit is requeued this many times at most
 INSTALL = "pip install 'icmix[slurm]'"
 
@@ -176,15 +177,17 @@ def _last_error(stderr: str) -> str | None:
 
 
 @dataclass
-class Launcher:
-    """How ``train_many`` runs its jobs (see the module docstring).
+class Launcher(ABC):
+    """Where ``train_many`` runs its jobs: one interface, one class per place (see the module
+    docstring; ``make_launcher`` builds one by its ``--launcher`` name).
 
     ``logs``: the folder of per-run logs and submitit's files (``OUT/logs``); ``options``:
     ``--slurm KEY=VALUE`` items; ``wait``: wait for the jobs (else raise ``Submitted`` once they
-    are queued); ``max_parallel``: runs at once under ``submitit-local`` (SLURM: the array's
-    ``array_parallelism``); ``threads``: torch threads in each job (default: SLURM's CPUs)."""
+    are queued); ``max_parallel``: runs at once; ``threads``: torch threads in each job."""
 
-    name: str = "local"
+    name: ClassVar[str]
+    runs_here: ClassVar[bool] = False  # whether the jobs run in this machine's process pool
+
     logs: Path | None = None
     options: list[str] | dict = field(default_factory=list)
     wait: bool = True
@@ -193,58 +196,82 @@ class Launcher:
     threads: int | None = None
 
     def __post_init__(self):
-        if self.name not in LAUNCHERS:
-            raise ValueError(f"--launcher must be one of {LAUNCHERS}, got {self.name!r}")
-        if self.options and self.name != "slurm":
+        if self.options:
             raise ValueError("--slurm options need --launcher slurm")
-        if not self.wait and self.name == "local":
-            raise ValueError("--no-wait needs --launcher submitit-local or slurm (the local pool runs in this process)")
-        self.parameters = slurm_parameters(self.options) if self.name == "slurm" else {}
-        if self.name != "local":
-            _submitit()
-            if self.name == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-                raise ValueError("--launcher slurm needs SLURM's sbatch and srun on PATH: run it on the cluster "
-                                 "(a login node), or try --launcher submitit-local here")
-            if self.logs is None:
-                raise ValueError("a submitit launcher needs a logs folder")
-            self.logs = Path(self.logs).resolve()
-        if self.poll_seconds is None:
-            self.poll_seconds = 30.0 if self.name == "slurm" else 0.5
 
-    # ---- submitit ------------------------------------------------------------------------
+    @abstractmethod
+    def train(self, jobs: list[tuple], progress: bool = True, errors: str = "raise") -> dict[Path, str]:
+        """Train ``(cfg, run directory, group)`` jobs, skipping finished runs; ``{run directory:
+        error}`` of the runs that failed (``errors="collect"``; ``"raise"`` raises the first)."""
+
+
+class LocalLauncher(Launcher):
+    """This machine's process pool (``train_many``), ``max_parallel`` runs at a time."""
+
+    name = "local"
+    runs_here = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.wait:
+            raise ValueError("--no-wait needs --launcher submitit-local or slurm (the local pool runs in this process)")
+
+    def train(self, jobs: list[tuple], progress: bool = True, errors: str = "raise") -> dict[Path, str]:
+        from icmix.train.loop import train_many
+
+        return train_many([(cfg, run) for cfg, run, _ in jobs], self.max_parallel, progress, errors,
+                          groups={Path(run): group for _, run, group in jobs if group})
+
+
+@dataclass
+class SubmititLauncher(Launcher):
+    """A submitit executor: each run a job, its state kept in ``OUT/logs/jobs.json`` so that a
+    second call attaches to jobs still queued or running and resubmits only those that are gone.
+    Subclasses say how to build the executor, how many jobs run at once, how to tell whether an
+    earlier job is alive, and how many threads a job gets."""
+
+    def __post_init__(self):
+        self.check_options()
+        _submitit()
+        self.check_environment()
+        if self.logs is None:
+            raise ValueError("a submitit launcher needs a logs folder")
+        self.logs = Path(self.logs).resolve()
+        if self.poll_seconds is None:
+            self.poll_seconds = self.default_poll_seconds
+
+    default_poll_seconds: ClassVar[float] = 0.5
+    on_interrupt: ClassVar[str] = "jobs started from this terminal stop with it"
+
+    def check_options(self) -> None:
+        super().__post_init__()
+
+    def check_environment(self) -> None:
+        """Refuse a machine this launcher cannot submit from (``ValueError``)."""
+
+    @abstractmethod
     def executor(self):
         """The submitit executor of this launcher (nothing is submitted)."""
-        submitit = _submitit()
-        folder = self.logs / "submitit" / "%j"
-        if self.name == "slurm":
-            # requeued after up to MAX_TIMEOUTS time-outs (preemptions do not count)
-            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
-            executor.update_parameters(**{"job_name": "icmix", "time": 60, **self.parameters})
-        else:
-            executor = submitit.LocalExecutor(folder=folder)
-            executor.update_parameters(timeout_min=7 * 24 * 60)
-        return executor
 
-    def _threads(self) -> int | None:
-        if self.name == "submitit-local":  # the cores shared by the runs at once
-            return self.threads or max(1, (os.cpu_count() or 1) // self.max_parallel)
-        return self.threads or self.parameters.get("cpus_per_task")
-
+    @abstractmethod
     def _active(self, job_id: str) -> bool:
         """Whether an earlier call's job is still queued or running."""
-        if self.name == "slurm":  # gone only on a definite end state (or its result written): a job that
-            # sacct cannot report yet (UNKNOWN) or that is being requeued (PREEMPTED) is still alive
-            return not _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).done()
-        try:  # submitit-local: the controller process (a zombie is a finished one; a reused pid another's)
-            proc = Path(f"/proc/{int(job_id)}")
-            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-            return alive and b"submitit" in (proc / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            try:
-                os.kill(int(job_id), 0)
-            except (OSError, ValueError):
-                return False
-            return not Path("/proc").is_dir()  # no /proc to tell a zombie: alive
+
+    @abstractmethod
+    def _threads(self) -> int | None:
+        """Torch threads in each job (``None``: torch's default)."""
+
+    def _slots(self, queued: int) -> int:
+        """How many jobs may run at once while ``queued`` wait to be submitted."""
+        return self.max_parallel
+
+    def _submit_now(self, to_submit: list, attached: dict) -> tuple[list, list]:
+        """Of the jobs to submit without waiting, those submitted now and those left for later."""
+        free = max(0, self.max_parallel - len(attached))
+        return to_submit[:free], to_submit[free:]
+
+    def _submit_all(self, executor, calls: list) -> list:
+        return [executor.submit(TrainJob(), *call) for call in calls]
 
     def _records(self) -> dict:
         path = self.logs / "jobs.json"
@@ -260,17 +287,13 @@ class Launcher:
         atomic_write(self.logs / "jobs.json", lambda p: Path(p).write_text(json.dumps(records, indent=1)))
 
     def _submit(self, executor, jobs: list[tuple]) -> list:
-        """Submit ``(cfg, run, group)`` jobs (as one array under SLURM); their submitit jobs."""
+        """Submit ``(cfg, run, group)`` jobs; their submitit jobs."""
         calls = [(cfg.to_yaml(), str(run), str(self.logs / f"{run.name}.log"), group, self._threads())
                  for cfg, run, group in jobs]
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
         try:
-            if self.name == "slurm":
-                with executor.batch():
-                    handles = [executor.submit(TrainJob(), *call) for call in calls]
-            else:
-                handles = [executor.submit(TrainJob(), *call) for call in calls]
+            handles = self._submit_all(executor, calls)
         except (FailedJobError, FailedSubmissionError) as err:
             raise ValueError(f"the {self.name} submission was refused: {str(err).strip()}") from None
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -282,9 +305,8 @@ class Launcher:
         return handles
 
     def train(self, jobs: list[tuple], progress: bool = True, errors: str = "raise") -> dict[Path, str]:
-        """Train ``(cfg, run directory, group)`` jobs: skip finished runs, wait for an earlier
-        call's jobs still queued or running, submit the rest; then wait for all (or raise
-        ``Submitted``).  ``{run directory: error}`` of runs that failed (``errors="collect"``)."""
+        """Skip finished runs, wait for an earlier call's jobs still queued or running, submit the
+        rest; then wait for all (or raise ``Submitted``)."""
         pending = [(cfg, Path(run), group) for cfg, run, group in jobs if not _finished(run)]
         if not pending:
             return {}
@@ -304,9 +326,7 @@ class Launcher:
         handles = {}
         try:
             if not self.wait:
-                # submitit-local: at most max_parallel jobs at once, counting an earlier call's
-                later = to_submit[max(0, self.max_parallel - len(attached)):] if self.name == "submitit-local" else []
-                to_submit = to_submit[:len(to_submit) - len(later)]
+                to_submit, later = self._submit_now(to_submit, attached)
                 if to_submit:
                     handles.update(zip([run for _, run, _ in to_submit], self._submit(executor, to_submit)))
                 ids = sorted({str(h.job_id).split("_")[0] for h in handles.values()} | set(attached.values()))
@@ -316,10 +336,8 @@ class Launcher:
                                 "the same command again to pick up the finished runs")
             self._run(executor, to_submit, attached, handles, progress)
         except KeyboardInterrupt:
-            where = ("they keep running: scancel them to stop them" if self.name == "slurm" else
-                     "jobs started from this terminal stop with it")
-            raise KeyboardInterrupt(f"stopped waiting ({where}); rerun the same command to resume the runs from "
-                                    "their checkpoints") from None
+            raise KeyboardInterrupt(f"stopped waiting ({self.on_interrupt}); rerun the same command to resume the "
+                                    "runs from their checkpoints") from None
         failed = {}
         for _, run, _ in pending:
             if _finished(run):
@@ -336,13 +354,13 @@ class Launcher:
         return failed
 
     def _run(self, executor, to_submit: list, attached: dict, handles: dict, progress: bool) -> None:
-        """Submit ``to_submit`` (SLURM: all at once, as one array; submitit-local: a new job as soon
-        as fewer than ``max_parallel`` run) into ``handles`` and wait until every job and every
-        ``attached`` earlier job is done, with one progress bar over all of them."""
+        """Submit ``to_submit`` (a new job as soon as fewer than ``_slots`` run) into ``handles``
+        and wait until every job and every ``attached`` earlier job is done, with one progress
+        bar over all of them."""
         from tqdm.auto import tqdm
 
         queue = list(to_submit)
-        slots = len(queue) if self.name == "slurm" else self.max_parallel
+        slots = self._slots(len(queue))
         with tqdm(total=len(queue) + len(attached), desc=f"{self.name} jobs", unit="run", disable=not progress) as bar:
             while True:
                 running = sum(not h.done() for h in handles.values()) + sum(self._active(j) for j in attached.values())
@@ -355,3 +373,83 @@ class Launcher:
                 if not queue and done == bar.total:
                     return
                 time.sleep(self.poll_seconds)
+
+
+class SubmititLocalLauncher(SubmititLauncher):
+    """submitit's local executor: each run a job of its own on this machine, as on a cluster,
+    ``max_parallel`` at once, the cores shared between them."""
+
+    name = "submitit-local"
+
+    def executor(self):
+        executor = _submitit().LocalExecutor(folder=self.logs / "submitit" / "%j")
+        executor.update_parameters(timeout_min=7 * 24 * 60)
+        return executor
+
+    def _threads(self) -> int | None:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.max_parallel)
+
+    def _active(self, job_id: str) -> bool:
+        try:  # the controller process (a zombie is a finished one; a reused pid another's)
+            proc = Path(f"/proc/{int(job_id)}")
+            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            return alive and b"submitit" in (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            try:
+                os.kill(int(job_id), 0)
+            except (OSError, ValueError):
+                return False
+            return not Path("/proc").is_dir()  # no /proc to tell a zombie: alive
+
+
+class SlurmLauncher(SubmititLauncher):
+    """One SLURM job array through submitit, with the ``--slurm`` options; requeued after up to
+    ``MAX_TIMEOUTS`` time-outs (preemptions do not count)."""
+
+    name = "slurm"
+    default_poll_seconds = 30.0
+    on_interrupt = "they keep running: scancel them to stop them"
+
+    def check_options(self) -> None:
+        self.parameters = slurm_parameters(self.options)
+
+    def check_environment(self) -> None:
+        if not (shutil.which("sbatch") and shutil.which("srun")):
+            raise ValueError("--launcher slurm needs SLURM's sbatch and srun on PATH: run it on the cluster "
+                             "(a login node), or try --launcher submitit-local here")
+
+    def executor(self):
+        executor = _submitit().SlurmExecutor(folder=self.logs / "submitit" / "%j", max_num_timeout=MAX_TIMEOUTS)
+        executor.update_parameters(**{"job_name": "icmix", "time": 60, **self.parameters})
+        return executor
+
+    def _threads(self) -> int | None:
+        return self.threads or self.parameters.get("cpus_per_task")
+
+    def _active(self, job_id: str) -> bool:
+        # gone only on a definite end state (or its result written): a job that sacct cannot
+        # report yet (UNKNOWN) or that is being requeued (PREEMPTED) is still alive
+        return not _submitit().SlurmJob(self.logs / "submitit" / "%j", job_id).done()
+
+    def _slots(self, queued: int) -> int:
+        return queued  # the whole array at once; SLURM's array_parallelism limits it
+
+    def _submit_now(self, to_submit: list, attached: dict) -> tuple[list, list]:
+        return to_submit, []
+
+    def _submit_all(self, executor, calls: list) -> list:
+        with executor.batch():  # one job array
+            return [executor.submit(TrainJob(), *call) for call in calls]
+
+
+LAUNCHERS: dict[str, type[Launcher]] = {cls.name: cls for cls in (LocalLauncher, SubmititLocalLauncher, SlurmLauncher)}
+
+
+def make_launcher(name: str, logs: Path | None = None, options: list[str] | dict | None = None, wait: bool = True,
+                  max_parallel: int = 1, threads: int | None = None, poll_seconds: float | None = None) -> Launcher:
+    """The launcher called ``name`` (``LAUNCHERS``: ``local``, ``submitit-local``, ``slurm``),
+    checked before any work; ``ValueError`` naming the known ones otherwise."""
+    if name not in LAUNCHERS:
+        raise ValueError(f"--launcher must be one of {tuple(LAUNCHERS)}, got {name!r}")
+    return LAUNCHERS[name](logs=logs, options=options or [], wait=wait, max_parallel=max_parallel,
+                           poll_seconds=poll_seconds, threads=threads)

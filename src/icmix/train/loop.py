@@ -669,13 +669,13 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     run directory to its error (``{}`` when all succeed).
 
     ``launcher`` (``icmix.train.launch.Launcher``) sends the runs elsewhere: submitit's local
-    executor or a SLURM job array; ``None`` or a ``local`` one is this process pool.  ``tracking``
+    executor or a SLURM job array; ``None`` or one that ``runs_here`` is this process pool.  ``tracking``
     adds trackers to every run (not part of a run's identity); ``groups`` maps a run directory
     to its trackers' group (the figure or sweep).
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    here = launcher is None or launcher.name == "local"
+    here = launcher is None or launcher.runs_here
     for cfg, path in jobs:  # a run that cannot start is refused before any run starts
         if not (Path(path) / "model" / "model.safetensors").exists():
             # A job sent elsewhere checks its device and activations where it runs, and so does a
@@ -686,7 +686,7 @@ def train_many(jobs: list[tuple[TrainConfig, Path]], n_parallel: int = 1, progre
     if tracking:
         jobs = [(dataclasses.replace(cfg, tracking=tuple(tracking)), path) for cfg, path in jobs]
     groups = {Path(p): g for p, g in (groups or {}).items()}
-    if launcher is not None and launcher.name != "local":
+    if launcher is not None and not launcher.runs_here:
         return launcher.train([(cfg, Path(p), groups.get(Path(p))) for cfg, p in jobs], progress, errors)
     failed: dict[Path, str] = {}
 
