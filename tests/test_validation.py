@@ -101,3 +101,29 @@ def test_cli_missing_file_and_bad_override(tmp_path, capsys):
     assert main(["reproduce", "mtd-fig3", "--out", str(tmp_path / "r"), "--set", "lengths=(3, 8)"]) == 2
     assert "order must be smaller" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_one_parser_reads_every_key_value_a_user_types():
+    """``--set`` on a training config, ``--set`` on a figure's config, ``--grid`` and ``--slurm``
+    share ``icmix.overrides``: one value reads the same everywhere."""
+    from icmix.experiments import get_figure
+    from icmix.overrides import apply_dotted_overrides, apply_overrides, grid_axis, parse_value, split
+    from icmix.train.launch import slurm_parameters
+
+    for raw, value in (("3e-4", 3e-4), ("7", 7), ("(8, 16)", (8, 16)), ("[1, 2]", [1, 2]), ("true", True),
+                       ("abc", "abc"), ("1.5", 1.5), ("null", None)):
+        assert parse_value(raw) == value and type(parse_value(raw)) is type(value), raw
+    assert apply_dotted_overrides({"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "seed=2"]) == {"optim": {"lr": 3e-4}, "seed": 2}
+    fig3 = get_figure("mtd-fig3").preset("quick")
+    cfg = apply_overrides(fig3, ["lengths=[8, 16]", "n_sequences=7", "seeds=3"])
+    assert (cfg.lengths, cfg.n_sequences, cfg.seeds) == ((8, 16), 7, (3,))
+    assert grid_axis("task.order=3, 5") == ["task.order=3", "task.order=5"]
+    assert split(" seed =1") == ("seed", "1")
+    assert slurm_parameters(["time=2h", "gpus=1"]) == {"time": 120, "gpus_per_node": 1}
+    for call, message in ((lambda: split("seed"), "override 'seed' is not of the form key=value"),
+                          (lambda: grid_axis("seed="), "--grid seed has no values"),
+                          (lambda: apply_overrides(fig3, ["n_sequences=abc"]), "n_sequences must be int"),
+                          (lambda: apply_overrides(fig3, ["nope=1"]), "unknown config key 'nope'"),
+                          (lambda: slurm_parameters(["partition"]), "--slurm 'partition' is not of the form KEY=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -112,7 +112,7 @@ def _launcher(args, jobs: int | None):
 
 
 def _tracking(args) -> tuple[str, ...]:
-    from icmix.train.config import typed
+    from icmix.overrides import typed
     from icmix.train.tracking import check_tracking, require
 
     if not args.tracking:
@@ -333,15 +333,9 @@ def _sweep(args) -> int:
     from icmix.io import output_folder
     from icmix.train import TrainConfig
 
-    axes = []
-    for item in args.grid or []:
-        if "=" not in item:
-            raise ValueError(f"--grid {item!r} is not of the form key=v1,v2,...")
-        key, values = item.split("=", 1)
-        axis = [f"{key.strip()}={v.strip()}" for v in values.split(",") if v.strip()]
-        if not axis:
-            raise ValueError(f"--grid {key} has no values")
-        axes.append(axis)
+    from icmix.overrides import grid_axis
+
+    axes = [grid_axis(item) for item in args.grid or []]
     combos = list(itertools.product(*axes)) or [()]
     configs = [TrainConfig.from_yaml(args.config, list(args.set or []) + list(combo)) for combo in combos]
     if args.jobs < 1:

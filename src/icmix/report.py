@@ -42,7 +42,7 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     """``{figure: config}`` for the preset, with ``--seeds`` and the overrides applied.
     ``key=value`` applies to every figure whose config has ``key`` (an error if none has it);
     ``FIGURE.key=value`` to that figure only."""
-    from icmix.experiments.common import apply_overrides
+    from icmix.overrides import apply_overrides, split
 
     if preset not in (*PRESET_NAMES, DEMO):
         raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {preset!r}")
@@ -58,10 +58,8 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
         configs = {n: dataclasses.replace(c, seeds=tuple(range(seeds))) for n, c in configs.items()}
     per_figure: dict[str, list[str]] = {}
     for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        target, _, field = key.strip().rpartition(".")
+        key, value = split(item)
+        target, _, field = key.rpartition(".")
         if target and target not in configs:
             raise ValueError(f"override {item!r}: {target!r} is not among the figures run ({', '.join(configs)})")
         targets = [target] if target else list(configs)

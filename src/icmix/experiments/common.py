@@ -1,8 +1,7 @@
-"""Plumbing shared by every experiment: config overrides, seeds, output files."""
+"""Plumbing shared by every experiment: run names, training runs, output files."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import json
@@ -13,49 +12,6 @@ from pathlib import Path
 import pandas as pd
 
 from icmix.io import staged
-
-
-def apply_overrides(cfg, overrides: list[str] | None):
-    """Return ``cfg`` with ``key=value`` overrides applied (values parsed as Python literals).
-
-    Raises ``ValueError`` for an unknown key or a malformed override; type and range checks
-    are the config's own ``__post_init__``.
-    """
-    if not overrides:
-        return cfg
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key not in fields:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
-            value = tuple(value) if isinstance(value, list) else (value,)
-        _check_type(cfg, key, value)
-        changes[key] = value
-    return dataclasses.replace(cfg, **changes)
-
-
-def _check_type(cfg, key: str, value) -> None:
-    """Refuse an override whose value is not of the field's declared type (``lengths=abc``),
-    naming the key, before the config's own checks compare it with numbers.  The value is
-    not converted, so a config (and its cache key) is exactly what was typed."""
-    import typing
-
-    from icmix.train.config import typed
-
-    hint = typing.get_type_hints(type(cfg)).get(key)
-    plain = (int, float, str, bool)
-    inner = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
-    if hint in plain or (inner and all(a in plain for a in inner)):
-        typed(key, value, hint)
 
 
 def environment() -> dict:

@@ -19,7 +19,6 @@ Overrides use dotted keys: ``--set optim.lr=3e-4 --set model.n_layers=5``.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from icmix._checks import check_positive, check_positive_int
 from icmix.families.base import TaskFamily, get_family
 from icmix.families.mixlinreg import MixLinRegSpec
 from icmix.families.mtd import MTDSpec
+from icmix.overrides import apply_dotted_overrides, typed
 from icmix.train.tracking import check_tracking
 
 LOSSES = ("mse", "ce")
@@ -211,62 +211,6 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def parse_value(raw: str):
-    """A command-line value: a Python literal, a YAML scalar, or the string itself."""
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"cannot set {key}: {part} is not a section")
-        node[parts[-1]] = parse_value(raw)
-    return data
-
-
-def typed(name: str, value, hint):
-    """``value`` as the type ``hint`` (int to float, list to tuple); ``ValueError`` naming ``name`` otherwise."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union or (origin is not None and type(None) in args):
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    if origin is tuple and args and args[0] is str and isinstance(value, str):  # --set tracking=wandb,tensorboard
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if origin is tuple and isinstance(value, (list, tuple)):
-        inner = args[0] if args else float
-        return tuple(typed(name, v, inner) for v in value)
-    name_ = getattr(hint, "__name__", str(hint))
-    raise ValueError(f"{name} must be {name_}, got {value!r}")
 
 
 def _build(klass, values: dict, prefix: str, **given):

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from icmix.overrides import split
+
 MAX_TIMEOUTS = 50  # a SLURM job that hits its time limit is requeued this many times at most
 INSTALL = "pip install 'icmix[slurm]'"
 
@@ -97,10 +99,8 @@ def slurm_parameters(options: list[str] | dict | None) -> dict:
     naming the known keys for an unknown one, and the key for a bad value."""
     items = list(options.items()) if isinstance(options, dict) else []
     for item in options if not isinstance(options, dict) else []:
-        if "=" not in item:
-            raise ValueError(f"--slurm {item!r} is not of the form KEY=VALUE")
-        key, value = item.split("=", 1)
-        items.append((key.strip(), value.strip()))
+        key, value = split(item, "--slurm", "KEY=VALUE")
+        items.append((key, value.strip()))
     parameters = {}
     for key, value in items:
         if key not in SLURM_OPTIONS:
