@@ -16,6 +16,12 @@ def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
     return (torch.xlogy(p, p) - torch.xlogy(p, q)).sum(-1).clamp_min(0)
 
 
+def cross_entropy(p: Tensor, targets: Tensor) -> Tensor:
+    """``-log p[..., targets]`` in nats: the cross-entropy of each observed outcome ``targets
+    (...)`` under the distributions ``p (..., Q)`` (a zero probability counts as ``1e-300``)."""
+    return -p.gather(-1, targets[..., None]).squeeze(-1).clamp_min(1e-300).log()
+
+
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     """Mean, standard error and Student-t confidence half-width of a 1-D sample.
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from icmix.estimators import mtd as est
-from icmix.metrics import kl_divergence
+from icmix.metrics import cross_entropy, kl_divergence
 from icmix.tasks import MTDTask
 
 # (tokens, transition, order, lengths) -> lam (B, P, M)
@@ -146,7 +146,7 @@ class TunedBeta:
         scores = []
         for beta in self.betas:
             p_hat = self.predict_beta(tokens, task, lengths, torch.full((len(lengths),), float(beta), dtype=torch.float64))
-            scores.append(-p_hat.gather(-1, targets[..., None]).squeeze(-1).clamp_min(1e-300).log().mean(0))
+            scores.append(cross_entropy(p_hat, targets).mean(0))
         self._choose(torch.stack(scores), lengths)
 
     def _choose(self, scores: Tensor, lengths: list[int]) -> None:

@@ -37,15 +37,15 @@ import pandas as pd
 import torch
 
 from icmix._checks import check_order, check_positive_int
-from icmix.estimators.mtd import bayes_exact, bayes_gibbs, em, exact_cost, predictive
+from icmix.estimators.mtd import bayes_exact, bayes_gibbs, em, exact_cost
 from icmix.estimators.mtd import fit as mtd_fit
 from icmix.estimators.mtd.bayes import MAX_STATES
-from icmix.predictors import Key, TunedMirrorDescent
+from icmix.predictors import Key, LagPredictor, TunedMirrorDescent
 from icmix.train import TrainedPredictor
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.text import load_corpus
-from icmix.metrics import mean_ci
+from icmix.metrics import cross_entropy, mean_ci
 from icmix.random import Stream, stream
 from icmix.tasks import MTDTask
 from icmix.tasks.text import PYDOC
@@ -141,32 +141,20 @@ PRESETS = {
 # ---- predictors of the prefix contract on text (no truth: scored on the observed next character) ----
 
 @dataclass
-class FixedLambda:
-    """MTD with one ``lam`` for every window (the global fit), or a fixed distribution (unigram)."""
+class Unigram:
+    """One fixed next-character distribution for every window and length."""
 
     key: Key
     name: str
-    lam: torch.Tensor | None = None
-    probs: torch.Tensor | None = None
+    probs: torch.Tensor
 
     def predict(self, tokens, task, lengths):
-        if self.probs is not None:
-            return self.probs.expand(tokens.shape[0], len(lengths), -1).clone()
-        lam = self.lam.expand(tokens.shape[0], len(lengths), -1)
-        return predictive(tokens, task.transition, lam, list(lengths))
+        return self.probs.expand(tokens.shape[0], len(lengths), -1).clone()
 
 
-@dataclass
-class InContextLambda:
-    """A lag estimator run on each window's prefix: ``estimate(tokens, pi, m, lengths) -> (B, P, M)``."""
-
-    key: Key
-    name: str
-    estimate: object
-
-    def predict(self, tokens, task, lengths):
-        lam = self.estimate(tokens, task.transition, task.order, list(lengths))
-        return predictive(tokens, task.transition, lam, list(lengths))
+def fixed_lambda(key: Key, name: str, lam: torch.Tensor) -> LagPredictor:
+    """MTD with one ``lam`` for every window (the global fit)."""
+    return LagPredictor(key, lambda x, pi, m, L: lam.expand(x.shape[0], len(L), -1), name)
 
 
 @dataclass
@@ -189,21 +177,16 @@ class ModelPredictor:
         return to_distribution(out[:, torch.tensor(list(lengths)) - 1], self.trained.loss)
 
 
-def bayes_predictor(alpha, order: int, n_max: int, prior: str, cfg: Config, seed: int) -> InContextLambda:
+def bayes_predictor(alpha, order: int, n_max: int, prior: str, cfg: Config, seed: int) -> LagPredictor:
     """Bayes under ``alpha`` (a scalar or one per lag): exact where the DP is cheap, else Gibbs."""
     states, work = exact_cost(order, n_max)
     if work <= EXACT_WORK and states <= MAX_STATES:
-        return InContextLambda(Key("bayes", variant=f"exact/{prior}"), f"Bayes ({prior.replace('-', ' ')}, exact)",
-                               lambda x, pi, m, L: bayes_exact(x, pi, m, alpha, L))
+        return LagPredictor(Key("bayes", variant=f"exact/{prior}"), lambda x, pi, m, L: bayes_exact(x, pi, m, alpha, L),
+                            f"Bayes ({prior.replace('-', ' ')}, exact)")
     gen = stream(seed, Stream.GIBBS)
-    return InContextLambda(Key("bayes", variant=f"gibbs/{prior}"), f"Bayes ({prior.replace('-', ' ')}, Gibbs)",
-                           lambda x, pi, m, L: bayes_gibbs(x, pi, m, alpha, cfg.gibbs_samples, cfg.gibbs_burn_in,
-                                                           gen, L))
-
-
-def cross_entropy(p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``(B, P)``: ``-log p[b, p, targets[b, p]]`` in nats."""
-    return -p.gather(-1, targets[..., None]).squeeze(-1).clamp_min(1e-300).log()
+    return LagPredictor(Key("bayes", variant=f"gibbs/{prior}"),
+                        lambda x, pi, m, L: bayes_gibbs(x, pi, m, alpha, cfg.gibbs_samples, cfg.gibbs_burn_in, gen, L),
+                        f"Bayes ({prior.replace('-', ' ')}, Gibbs)")
 
 
 def score(pred, tokens, targets, task, lengths) -> tuple[list[dict], torch.Tensor]:
@@ -238,8 +221,8 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
         return lens, ce
 
     bigram_task = MTDTask(q, 1, transition=pis[0])
-    add(FixedLambda(UNIGRAM, "unigram", probs=mtd_fit.unigram(corpus.train, q, cfg.kappa)), bigram_task, 0, "none")
-    add(FixedLambda(BIGRAM, "bigram (π₁)", lam=torch.ones(1, dtype=torch.float64)), bigram_task, 0, "none")
+    add(Unigram(UNIGRAM, "unigram", mtd_fit.unigram(corpus.train, q, cfg.kappa)), bigram_task, 0, "none")
+    add(fixed_lambda(BIGRAM, "bigram (π₁)", torch.ones(1, dtype=torch.float64)), bigram_task, 0, "none")
     steps = [(m, mat) for m in cfg.orders for mat in MATRICES]
     it = steps
     if progress:
@@ -254,9 +237,9 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
                                             generator=cfg.split_seed)
         fits.append(dict(order=m, matrices=matrices, **{f"global_lag{g + 1}": v for g, v in enumerate(lam_global.tolist())},
                          **{f"prior_alpha{g + 1}": v for g, v in enumerate(alpha.tolist())}))
-        preds = [FixedLambda(GLOBAL, "global λ (EM on the training split)", lam=lam_global)]
+        preds = [fixed_lambda(GLOBAL, "global λ (EM on the training split)", lam_global)]
         preds += [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
-        preds.append(InContextLambda(Key("em"), "MLE (EM)", lambda x, p, mm, L: em(x, p, mm, 5000, 1e-7, L)))
+        preds.append(LagPredictor(Key("em"), lambda x, p, mm, L: em(x, p, mm, 5000, 1e-7, L), "MLE (EM)"))
         n_max = cfg.length - m
         preds.append(bayes_predictor(1.0, m, n_max, BAYES_UNIFORM, cfg, cfg.split_seed))
         empirical = bayes_predictor(alpha, m, n_max, BAYES_EMPIRICAL, cfg, cfg.split_seed)

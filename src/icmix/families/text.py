@@ -21,6 +21,7 @@ from torch import Tensor
 from icmix._checks import check_positive, check_positive_int
 from icmix.families.base import Objective, TaskFamily, register_family
 from icmix.families.mtd import MTDgFamily, MTDgSpec
+from icmix.metrics import cross_entropy
 from icmix.tasks.mtd import MTDTask
 from icmix.tasks.text import PYDOC, TextCorpus
 
@@ -95,7 +96,7 @@ class TextObjective(Objective):
         with torch.no_grad():
             out = model(batch["inputs"].to(device)).cpu()
         p = to_distribution(out, self.cfg.loss)
-        ce = -p.gather(-1, batch["targets"][..., None]).clamp_min(1e-300).log().mean().item()
+        ce = cross_entropy(p, batch["targets"]).mean().item()
         return {"eval_loss": ce}
 
 
