@@ -14,6 +14,15 @@ import pandas as pd
 from icmix.io import staged
 
 
+def family_task(kind: str, **spec):
+    """The task of the registered family ``kind`` whose spec has the fields ``spec`` (the rest at
+    their defaults): figures take their tasks from the family, as training does."""
+    from icmix.families import get_family
+
+    family = get_family(kind)
+    return family.build(family.spec(**spec))
+
+
 def environment() -> dict:
     import numpy
     import torch

@@ -29,9 +29,9 @@ import torch
 from icmix._checks import check_order, check_positive, check_positive_int
 from icmix.construct import mirror_descent_transformer, posterior_mean_transformer
 from icmix.construct.check import knob_curve, mtd_differential_check, posterior_mean_check
+from icmix.experiments.common import family_task
 from icmix.experiments.figure import Figure, Result
 from icmix.figures.attention import draw_attention_maps
-from icmix.tasks import MixLinRegTask, MTDTask
 from icmix.random import Stream, stream
 from icmix.experiments.claims import Claim, read, verdict
 
@@ -88,7 +88,7 @@ class MTDConstruction(Figure):
         rows = []
         for seed in cfg.seeds:
             for m in cfg.orders:
-                task = MTDTask(cfg.vocab_size, m, seed=seed)
+                task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
                 model = mirror_descent_transformer(task.transition, m, cfg.beta, cfg.length)
                 r = mtd_differential_check(model, task, cfg.beta, cfg.n_sequences, cfg.length,
                                            generator=stream(seed, Stream.CHECK))
@@ -98,7 +98,7 @@ class MTDConstruction(Figure):
     def draw(self, result: Result, cfg: MTDConfig):
         table = result.table
         m, seed = cfg.orders[0], cfg.seeds[0]
-        task = MTDTask(cfg.vocab_size, m, seed=seed)
+        task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
         model = mirror_descent_transformer(task.transition, m, cfg.beta, cfg.length)
         length = min(48, cfg.length)
         tokens, _ = task.sample(1, length, generator=stream(seed, Stream.ATTENTION_PANEL))
@@ -124,7 +124,7 @@ class MLRConstruction(Figure):
         rows, knobs = [], []
         for seed in cfg.seeds:
             for m in cfg.components:
-                task = MixLinRegTask(cfg.dim, m, cfg.noise, seed=seed)
+                task = family_task("mixlinreg", dim=cfg.dim, n_components=m, noise=cfg.noise, seed=seed)
                 model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
                 for label, shift in SHIFTS.items():
                     xs, ys = task.sample(cfg.n_prompts, cfg.n_points,
@@ -139,7 +139,8 @@ class MLRConstruction(Figure):
         from icmix.figures.circuit import draw_circuit
 
         knob = result.extra["knob"]
-        task = MixLinRegTask(cfg.dim, cfg.components[0], cfg.noise, seed=cfg.seeds[0])
+        task = family_task("mixlinreg", dim=cfg.dim, n_components=cfg.components[0], noise=cfg.noise,
+                           seed=cfg.seeds[0])
         model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
         circuit = draw_circuit(model, f"Posterior-mean transformer (d={cfg.dim}, m={cfg.components[0]})")
         circuit.canvas.draw()

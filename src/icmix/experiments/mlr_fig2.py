@@ -32,7 +32,7 @@ from icmix.estimators import regression as reg
 from icmix.predictors import RegressionPredictor
 from icmix.evaluate import evaluate_regression
 from icmix.train import TrainedRegressor
-from icmix.experiments.common import trained_runs
+from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import TableFigure
 from icmix.families import get_family
 from icmix.families.mixlinreg import ARGMIN_ORACLE, CONSTRUCTED, OLS, PM_ORACLE, RIDGE
@@ -124,7 +124,7 @@ def trained_tasks(cfg: Config, out: Path, progress: bool = True):
     training (or reusing) them all; the key starts ``(seed, m, sigma)``."""
     for key, path in trained_runs(out, cfg.runs(), cfg.jobs, progress).items():
         seed, m, noise = key[:3]
-        yield key, MixLinRegTask(cfg.dim, m, noise, seed=seed), path
+        yield key, family_task("mixlinreg", dim=cfg.dim, n_components=m, noise=noise, seed=seed), path
 
 
 def predictors(task: MixLinRegTask, noise: float, run: Path) -> list:

@@ -26,11 +26,11 @@ import pandas as pd
 from icmix._checks import check_order, check_positive, check_positive_int
 from icmix.predictors import KEY_FIELDS
 from icmix.evaluate import evaluate_mtd
+from icmix.experiments.common import family_task
 from icmix.experiments.figure import Figure, Result
 from icmix.families import get_family
 from icmix.families.mtd import BAYES, MD1
 from icmix.metrics import mean_ci
-from icmix.tasks import MTDTask
 from icmix.random import Stream
 from icmix.experiments.claims import Claim, by_key, fmt, read, seeds, select, trained_key, verdict
 
@@ -78,7 +78,7 @@ def compute(cfg: Config, progress: bool = True) -> pd.DataFrame:
     """One row per (seed, estimator, length): each seed draws its own transition matrix and sequences."""
     tables = []
     for seed in cfg.seeds:
-        task = MTDTask(cfg.vocab_size, cfg.order, cfg.alpha, seed=seed)
+        task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, alpha=cfg.alpha, seed=seed)
         preds = get_family("mtd").predictors(task, md_steps=cfg.md_steps, gibbs_samples=cfg.gibbs_samples,
                                              gibbs_burn_in=cfg.gibbs_burn_in, em_max_iter=cfg.em_max_iter, seed=seed)
         t = evaluate_mtd(task, preds, cfg.lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)

@@ -36,7 +36,7 @@ from icmix.estimators import mtd as est
 from icmix.predictors import ConstructedMirrorDescent, TunedMirrorDescent
 from icmix.evaluate import evaluate_mtd
 from icmix.train import TrainedPredictor
-from icmix.experiments.common import trained_runs
+from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families.mtd import MD1, bayes_exact_predictor, mle_predictor
@@ -194,7 +194,7 @@ def lag_window_ablation(cfg: Config, seed: int, run: Path) -> list[dict]:
     ``cfg.n_sequences`` fresh sequences, and the layer-1 lag mass, for each variant.
     """
     train_cfg, trained = load_run(run)
-    task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
+    task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=seed)
     tokens, lam = task.sample(cfg.n_sequences, cfg.length, generator=stream(seed, Stream.CHECK))
     p_true = est.predictive(tokens, task.transition, lam)
     m = cfg.order
@@ -225,7 +225,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
     runs = train_models(cfg, out, progress)
     kl_tables, agree = [], []
     for seed in cfg.seeds:
-        task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
+        task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=seed)
         trained = {kind: TrainedPredictor.from_run(runs[seed, kind], MODEL_NAMES[kind]) for kind in ("disentangled", "gpt")}
         md, cons = TunedMirrorDescent(steps=1), ConstructedMirrorDescent()
         preds = [bayes_exact_predictor(1.0), mle_predictor(5000, 1e-7), md, cons, *trained.values()]
@@ -241,7 +241,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
 def attention_panels(cfg: Config, runs: dict, seed: int, beta: float) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
     """Attention maps (layer by layer) of one sequence for each trained model and the construction,
     and the trained disentangled model's layer-1 token scores as ``softmax(A1^T)`` ``(Q, Q)``."""
-    task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
+    task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=seed)
     tokens, _ = task.sample(1, cfg.length, generator=stream(seed, Stream.ATTENTION))
     panels = {}
     for kind in ("disentangled", "gpt"):
@@ -307,7 +307,7 @@ class Fig4(TrainedFigure):
         kl, agree = compute(cfg, out, progress)
         first = kl[(kl.seed == cfg.seeds[0]) & (kl.key == ConstructedMirrorDescent.key.id) & (kl.length == cfg.length)]
         panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
-        pi = MTDTask(cfg.vocab_size, cfg.order, seed=cfg.seeds[0]).transition.numpy()
+        pi = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=cfg.seeds[0]).transition.numpy()
         return Result(kl, {"agreement": agree}, {"panels": panels, "scores": (learned, pi)})
 
     def draw(self, result: Result, cfg: Config):

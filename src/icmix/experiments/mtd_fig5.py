@@ -38,7 +38,7 @@ from icmix.predictors import Key, TunedMirrorDescent
 from icmix.evaluate import evaluate_mtd
 from icmix.train import TrainedPredictor
 from icmix.experiments import mtd_training
-from icmix.experiments.common import trained_runs
+from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families.mtd import BAYES, MD_SHARED, bayes_exact_predictor, md_key
@@ -150,7 +150,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
     paths = trained_runs(out, runs, cfg.jobs, progress)
     kl_tables, tracking, readout, betas = [], [], [], []
     for seed in cfg.seeds:
-        task = MTDTask(cfg.vocab_size, cfg.order, seed=seed)
+        task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=seed)
         trained = {(d, loss): TrainedPredictor.from_run(paths[seed, d, loss], model_name(d, loss))
                    for d in cfg.depths for loss in cfg.losses}
         md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]

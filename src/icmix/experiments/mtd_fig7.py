@@ -29,10 +29,9 @@ import torch
 from icmix import agreement
 from icmix._checks import check_order
 from icmix.experiments import mtd_training
-from icmix.experiments.common import trained_runs
+from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.metrics import mean_ci
-from icmix.tasks import MTDTask
 from icmix.train import load_run
 from icmix.experiments.claims import Claim, fmt, read, seeds, verdict
 
@@ -81,7 +80,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
     rows, mats = [], {}
     for (seed, m, t), path in paths.items():
         scores = learned_scores(path)
-        pi = MTDTask(cfg.vocab_size, m, seed=seed).transition
+        pi = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed).transition
         rows.append(dict(seed=seed, order=m, length=t, **agreement.transition_agreement(scores, pi)))
         if seed == cfg.seeds[0]:
             mats[m, t] = torch.softmax(scores.T, -1).numpy()
@@ -104,7 +103,7 @@ def draw(table: pd.DataFrame, mats: dict, cfg: Config):
     cols = len(cfg.lengths) + 1
     fig, axes = plt.subplots(len(cfg.orders), cols, figsize=(3.1 * cols, 3.0 * len(cfg.orders)), squeeze=False)
     for i, m in enumerate(cfg.orders):
-        pi = MTDTask(cfg.vocab_size, m, seed=cfg.seeds[0]).transition.numpy()
+        pi = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=cfg.seeds[0]).transition.numpy()
         vmax = max(pi.max(), *(mats[m, t].max() for t in cfg.lengths))
         panels = [(pi, f"m={m}: true π")] + [
             (mats[m, t], f"m={m}, T={t}: softmax(A1ᵀ)\nrow KL {summary.loc[(m, t), 'row_kl']:.3f}") for t in cfg.lengths]
@@ -156,14 +155,13 @@ FIGURE = Fig7()
        "KL(π ‖ uniform) / 4 and below its value at the shortest length",
              trained=lambda tc, cfg: tc.task.order == min(cfg.orders))
 def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
-    from icmix.tasks import MTDTask
 
     t = read(out, "mtd-fig7")
     m = sorted(t.order.unique())[0]
     t = t[t.order == m].pivot_table(index="seed", columns="length", values="row_kl")
     uniform = []
     for seed in t.index:
-        pi = MTDTask(cfg.vocab_size, m, seed=int(seed)).transition.double().numpy()
+        pi = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=int(seed)).transition.double().numpy()
         uniform.append(float((pi * np.log(pi * pi.shape[1])).sum(1).mean()))
     long_, short = t.iloc[:, -1], t.iloc[:, 0]
     c.mean, c.ci, n, _ = seeds(long_)

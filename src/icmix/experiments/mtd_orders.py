@@ -34,7 +34,7 @@ from icmix.predictors import ConstructedMirrorDescent, TunedMirrorDescent
 from icmix.evaluate import evaluate_mtd
 from icmix.train import TrainedPredictor
 from icmix.experiments import mtd_training
-from icmix.experiments.common import trained_runs
+from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families.mtd import BAYES, CONSTRUCTION, MD1, bayes_exact_predictor
@@ -100,7 +100,7 @@ def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     tables = []
     for seed in cfg.seeds:
         for m in cfg.orders:
-            task = MTDTask(cfg.vocab_size, m, seed=seed)
+            task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
             preds = [bayes_exact_predictor(1.0), TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
                      *[TrainedPredictor.from_run(paths[seed, m, k], name) for k, name in KINDS.items()]]
             table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION,
@@ -126,7 +126,7 @@ def compute_attention(cfg: Config, out: Path, progress: bool = True) -> tuple[pd
     rows, maps = [], {}
     for seed in cfg.seeds:
         for m in cfg.orders:
-            task = MTDTask(cfg.vocab_size, m, seed=seed)
+            task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
             cons = mirror_descent_transformer(task.transition, m, construction_beta(task, cfg, seed), max_length=cfg.length)
             tokens, _ = task.sample(cfg.n_attention, cfg.length, generator=stream(seed, Stream.ATTENTION))
             with torch.no_grad():
