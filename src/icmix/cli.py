@@ -185,7 +185,7 @@ def _construct_mtd(args) -> int:
     from icmix._checks import check_memory, check_positive_int
     from icmix.construct import md_transformer
     from icmix.construct.check import mtd_differential_check
-    from icmix.figures.attention import draw_attention_maps
+    from icmix.experiments.constructions import attention_panel
     from icmix.io import atomic_write, check_writable
 
     if args.transition:
@@ -220,11 +220,9 @@ def _construct_mtd(args) -> int:
               f"layer-1 attention vs responsibilities {report['max_error_gamma']:.3e}; "
               f"layer-2 block vs running mean {report['max_error_mean']:.3e}")
         length = min(64, args.max_length)
-        tokens, _ = task.sample(1, length, generator=torch.Generator().manual_seed(args.seed + 2))
-        with torch.no_grad():
-            _, patterns = model(tokens, return_attention=True)
-        fig = draw_attention_maps([a[0] for a in patterns], f"Constructed transformer (q={args.vocab_size}, "
-                                  f"m={args.order}, β={args.beta}), one sequence of length {length}")
+        fig = attention_panel(model, task, length, torch.Generator().manual_seed(args.seed + 2),
+                              f"Constructed transformer (q={args.vocab_size}, m={args.order}, β={args.beta}), "
+                              f"one sequence of length {length}")
         path = out / "construction_attention.png"
         atomic_write(path, lambda p: fig.savefig(p, dpi=130, format="png"))
         print(f"attention maps: {path}")
@@ -242,9 +240,9 @@ def _construct_mlr(args) -> int:
     from icmix import MixLinRegTask
     from icmix._checks import check_memory
     from icmix.construct import posterior_mean_transformer
-    from icmix.construct.check import knob_curve, posterior_mean_check
+    from icmix.construct.check import knob_curve
     from icmix.estimators.regression import posterior_mean
-    from icmix.figures.circuit import draw_circuit
+    from icmix.experiments.constructions import circuit_and_knob, shifted_checks
     from icmix.io import atomic_write, check_writable
 
     task = MixLinRegTask(args.dim, args.components, args.noise, seed=args.seed)
@@ -264,9 +262,9 @@ def _construct_mlr(args) -> int:
         return 0
     tol = 1e-4 if args.mlp == "gelu" else 1e-9
     worst = 0.0
-    for label, shift in (("unshifted", {}), ("covariates x3", {"covariate_scale": 3.0}), ("weights x3", {"weight_scale": 3.0})):
-        xs, ys = task.sample(args.prompts, args.points, generator=torch.Generator().manual_seed(args.seed + 1), **shift)
-        r = posterior_mean_check(model, task.components, args.noise, xs, ys)
+    checks = shifted_checks(model, task, args.noise, args.prompts, args.points,
+                            lambda: torch.Generator().manual_seed(args.seed + 1))
+    for label, xs, ys, r in checks:
         with torch.no_grad():
             err = (model(xs, ys) - posterior_mean(xs, ys, task.components, args.noise)).abs()
         worst = max(worst, r["relative_error"])
@@ -274,7 +272,7 @@ def _construct_mlr(args) -> int:
               f"mean |error| {err.mean().item():.2e}, max relative error {r['relative_error']:.2e} (bound {tol:g}); "
               f"layers: copy {r['copy']:.1e}, squares {r['squares']:.1e}, sums {r['sums']:.1e}, "
               f"softmax {r['softmax']:.1e}, w_hat {r['w_hat']:.1e}")
-    fig = draw_circuit(model, f"Posterior-mean transformer: d = {args.dim}, m = {args.components}, {args.mlp} MLPs")
+    fig = circuit_and_knob(model, f"Posterior-mean transformer: d = {args.dim}, m = {args.components}, {args.mlp} MLPs")
     path = out / "construction_circuit.png"
     atomic_write(path, lambda p: fig.savefig(p, dpi=130, format="png"))
     print(f"circuit: {path}")

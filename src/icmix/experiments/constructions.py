@@ -77,6 +77,47 @@ class MLRConfig:
 SHIFTS = {"unshifted": {}, "covariates x3": {"covariate_scale": 3.0}, "weights x3": {"weight_scale": 3.0}}
 
 
+# --- the checks and pictures shared by the report entries and `icmix construct` ----------------
+
+def attention_panel(model, task, length: int, generator: torch.Generator, title: str):
+    """The constructed MTD model's attention maps on one fresh sequence of ``length`` tokens."""
+    tokens, _ = task.sample(1, length, generator=generator)
+    with torch.no_grad():
+        _, patterns = model(tokens, return_attention=True)
+    return draw_attention_maps([a[0] for a in patterns], title)
+
+
+def shifted_checks(model, task, noise: float, n_prompts: int, n_points: int, generator):
+    """``(label, xs, ys, posterior_mean_check report)`` on fresh prompts, unshifted and under each
+    of ``SHIFTS``; ``generator()`` gives each its generator (the same prompts' noise for all)."""
+    for label, shift in SHIFTS.items():
+        xs, ys = task.sample(n_prompts, n_points, generator=generator(), **shift)
+        yield label, xs, ys, posterior_mean_check(model, task.components, noise, xs, ys)
+
+
+def circuit_and_knob(model, title: str, knob: pd.DataFrame | None = None, eps: float | None = None):
+    """The posterior-mean construction's circuit, beside its error against the GELU knob ``eps``
+    (``knob``: ``knob_curve`` rows, with ``n_components``) where given."""
+    from icmix.figures.circuit import draw_circuit
+
+    circuit = draw_circuit(model, title)
+    if knob is None:
+        return circuit
+    circuit.canvas.draw()
+    fig, (ax_img, ax_knob) = plt.subplots(1, 2, figsize=(15, 4.5), width_ratios=(2.2, 1))
+    ax_img.imshow(circuit.canvas.buffer_rgba())
+    ax_img.axis("off")
+    plt.close(circuit)
+    for m, part in knob.groupby("n_components"):
+        ax_knob.loglog(part.eps, part.relative_error, "o-", label=f"m = {m}")
+    ax_knob.axvline(eps, color="grey", ls=":", label=f"default eps = {eps:g}")
+    ax_knob.set(xlabel="GELU squaring scale eps", ylabel="max relative error vs posterior mean",
+                title="error against the knob (weights x3 prompts)")
+    ax_knob.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 class MTDConstruction(Figure):
     name = "mtd-construction"
     Config = MTDConfig
@@ -100,13 +141,9 @@ class MTDConstruction(Figure):
         m, seed = cfg.orders[0], cfg.seeds[0]
         task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
         model = mirror_descent_transformer(task.transition, m, cfg.beta, cfg.length)
-        length = min(48, cfg.length)
-        tokens, _ = task.sample(1, length, generator=stream(seed, Stream.ATTENTION_PANEL))
-        with torch.no_grad():
-            _, patterns = model(tokens, return_attention=True)
-        return draw_attention_maps([a[0] for a in patterns], f"Constructed 3-layer transformer = one MD step "
-                                   f"(q={cfg.vocab_size}, m={m}, β={cfg.beta:g}); worst error over "
-                                   f"{len(table)} checks: {table.max_error.max():.1e}")
+        return attention_panel(model, task, min(48, cfg.length), stream(seed, Stream.ATTENTION_PANEL),
+                               f"Constructed 3-layer transformer = one MD step (q={cfg.vocab_size}, m={m}, "
+                               f"β={cfg.beta:g}); worst error over {len(table)} checks: {table.max_error.max():.1e}")
 
     def report(self, result: Result, cfg: MTDConfig) -> str:
         return ("Construction vs one-step mirror descent (float64, fresh sequences of length "
@@ -126,36 +163,20 @@ class MLRConstruction(Figure):
             for m in cfg.components:
                 task = family_task("mixlinreg", dim=cfg.dim, n_components=m, noise=cfg.noise, seed=seed)
                 model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
-                for label, shift in SHIFTS.items():
-                    xs, ys = task.sample(cfg.n_prompts, cfg.n_points,
-                                         generator=stream(seed, Stream.MLR_CHECK), **shift)
-                    rows.append(dict(seed=seed, n_components=m, prompts=label,
-                                     **posterior_mean_check(model, task.components, cfg.noise, xs, ys)))
+                checks = shifted_checks(model, task, cfg.noise, cfg.n_prompts, cfg.n_points,
+                                        lambda: stream(seed, Stream.MLR_CHECK))
+                for label, xs, ys, report in checks:
+                    rows.append(dict(seed=seed, n_components=m, prompts=label, **report))
                     if label == "weights x3" and seed == cfg.seeds[0]:  # the knob curve on the hardest prompts
                         knobs.append(knob_curve(task.components, cfg.noise, xs[:64], ys[:64]).assign(n_components=m))
         return Result(pd.DataFrame(rows), {"knob": pd.concat(knobs, ignore_index=True)})
 
     def draw(self, result: Result, cfg: MLRConfig):
-        from icmix.figures.circuit import draw_circuit
-
-        knob = result.extra["knob"]
         task = family_task("mixlinreg", dim=cfg.dim, n_components=cfg.components[0], noise=cfg.noise,
                            seed=cfg.seeds[0])
         model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
-        circuit = draw_circuit(model, f"Posterior-mean transformer (d={cfg.dim}, m={cfg.components[0]})")
-        circuit.canvas.draw()
-        fig, (ax_img, ax_knob) = plt.subplots(1, 2, figsize=(15, 4.5), width_ratios=(2.2, 1))
-        ax_img.imshow(circuit.canvas.buffer_rgba())
-        ax_img.axis("off")
-        plt.close(circuit)
-        for m, part in knob.groupby("n_components"):
-            ax_knob.loglog(part.eps, part.relative_error, "o-", label=f"m = {m}")
-        ax_knob.axvline(cfg.eps, color="grey", ls=":", label=f"default eps = {cfg.eps:g}")
-        ax_knob.set(xlabel="GELU squaring scale eps", ylabel="max relative error vs posterior mean",
-                    title="error against the knob (weights x3 prompts)")
-        ax_knob.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
+        return circuit_and_knob(model, f"Posterior-mean transformer (d={cfg.dim}, m={cfg.components[0]})",
+                                result.extra["knob"], cfg.eps)
 
     def report(self, result: Result, cfg: MLRConfig) -> str:
         return ("Posterior-mean construction vs `posterior_mean` (float64, GELU MLPs, eps = "
