@@ -129,3 +129,31 @@ def test_a_trained_run_of_a_family_without_bayes_reports_unknown(tmp_path):
     assert run_convergence(run).status == "unknown"
     run = train(tiny("iid"), tmp_path / "run-bayes", progress=False)
     assert run_convergence(run).status in ("yes", "no")
+
+
+def test_a_plugin_loaded_with_dash_dash_plugin_runs_in_worker_processes_too(tmp_path):
+    """``reproduce all --jobs 2`` trains in spawned worker processes: the README's module, loaded
+    with ``--plugin`` from the current folder (not installed), reaches them through
+    ``ICMIX_PLUGINS``; its claim lands in the full report's ``claims.csv``."""
+    import os
+    import subprocess
+    import sys
+
+    from test_readme_extending import blocks
+
+    python = blocks("python")
+    (tmp_path / "chain_example.py").write_text(python[0] + "\n" + python[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ICMIX_PLUGINS")}
+    icmix = str(Path(sys.executable).parent / "icmix")
+    done = subprocess.run([icmix, "--plugin", "chain_example", "reproduce", "all", "--preset", "quick", "--only", "chain",
+                           "--jobs", "2", "--set", "steps=200", "--set", "n_sequences=100", "--no-zoo",
+                           "--out", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training runs: 1 requested by the figures, 1 distinct: 0 already finished, 0 from the model zoo, " \
+           "1 to train, 2 at a time" in done.stdout
+    claims = pd.read_csv(tmp_path / "out" / "claims.csv", keep_default_na=False).set_index("claim")
+    row = claims.loc["A small GPT learns Markov chains in context, between uniform and Bayes"]
+    assert row.verdict in ("holds", "doesn't", "not converged") and row.converged in ("yes", "no")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["training"] == {"requested": 1, "distinct": 1, "finished_before": 0, "from_zoo": 0,
+                                    "trained": 1, "failed": 0}

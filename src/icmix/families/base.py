@@ -46,6 +46,7 @@ ENTRY_POINTS = "icmix.families"
 
 _FAMILIES: dict[str, TaskFamily] = {}
 _builtins_loaded = False
+_plugins_loaded = False
 
 
 class Objective(ABC):
@@ -241,7 +242,7 @@ def register_family(family: TaskFamily, replace: bool = False) -> TaskFamily:
 
 def get_family(kind: str) -> TaskFamily:
     """The registered family of ``kind``; ``ValueError`` naming the registered ones otherwise."""
-    _load_builtins()
+    _load_plugins()
     try:
         return _FAMILIES[kind]
     except (KeyError, TypeError):
@@ -251,11 +252,12 @@ def get_family(kind: str) -> TaskFamily:
 
 def families() -> dict[str, TaskFamily]:
     """Every registered family, by kind."""
-    _load_builtins()
+    _load_plugins()
     return dict(_FAMILIES)
 
 
 def _load_builtins() -> None:
+    """Import the built-in families' modules (they register as they are imported)."""
     global _builtins_loaded
     if _builtins_loaded:
         return
@@ -263,11 +265,27 @@ def _load_builtins() -> None:
     try:
         for module in BUILTIN:
             importlib.import_module(module)
+    except BaseException:
+        _builtins_loaded = False  # the next lookup raises the same error, not "unknown task kind"
+        raise
+
+
+def _load_plugins() -> None:
+    """The built-in families, then the plugins': the modules installed packages name in the
+    ``icmix.families`` entry-point group and this command's ``--plugin`` modules.  Only a lookup
+    loads plugins, never a registration: a plugin module may import ``icmix.train``, which
+    registers the built-in families while it is itself being imported."""
+    global _plugins_loaded
+    _load_builtins()
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    try:
         from importlib.metadata import entry_points
 
         for plugin in entry_points(group=ENTRY_POINTS):
             plugin.load()
         load_from_environment()
     except BaseException:
-        _builtins_loaded = False  # the next lookup raises the same error, not "unknown task kind"
+        _plugins_loaded = False
         raise
