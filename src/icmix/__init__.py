@@ -4,12 +4,17 @@ The flow of the library: tasks -> predictors (estimators, trained and constructe
 transformers) -> metrics -> experiments -> figures.
 
 - ``icmix.tasks``: ``MTDTask``, ``MixLinRegTask``.
-- ``icmix.families``: task families (``TaskFamily``, ``register_family``, ``get_family``): the unit of extension.
+- ``icmix.families``: task families (``TaskFamily``, ``register_family``, ``get_family``): the unit of
+  extension; each names its predictors and its Bayes-optimal one.
+- ``icmix.predictors``: ``Key``, the predictor protocols, ``LagPredictor``, ``TunedMirrorDescent``,
+  ``RegressionPredictor``; ``icmix.train.TrainedPredictor`` makes a finished run one.
 - ``icmix.estimators.mtd``: ``mirror_descent``, ``em``, ``bayes_exact``, ``bayes_gibbs``, ``predictive``.
 - ``icmix.estimators.regression``: ``posterior_mean``, ``argmin``, ``ols``, ``ridge``, ``batch_em``.
 - ``icmix.metrics``: ``kl_divergence``, ``mean_ci``, ``normalised_mse``.
-- ``icmix.evaluate``: estimators x lengths -> tidy table, with step-size tuning.
-- ``icmix.experiments``: one ``Figure`` per paper figure (``compute`` -> tables, ``draw`` -> figure), ``get_figure``.
+- ``icmix.evaluate``: predictors x task x lengths -> tidy table with intervals.
+- ``icmix.experiments``: one ``Figure`` per paper figure (``compute`` -> tables, ``draw`` -> figure, its
+  claims declared with ``Figure.claim``), ``get_figure``, ``register_figure``.
+- ``icmix.plugins``: modules from outside the package (entry points, ``icmix --plugin``).
 """
 
 from icmix.tasks import MixLinRegTask, MTDTask
