@@ -21,7 +21,7 @@ figure's ``claim`` decorator::
         return c
 
 The function fills in ``c`` from the tables under ``out``; ``cfg`` is the figure's config.  The
-helpers here (``read``, ``select``, ``by_key``, ``trained_key``, ``seeds``, ``fmt``, ``verdict``)
+helpers here (``read``, ``select``, ``by_key``, ``trained_key``, ``seeds``, ``fmt``, ``verdict``, ``measured``)
 are the public toolkit of claims, plugins' included.  Every test is stated in the row's
 ``test`` column, threshold included, so a reader can disagree with a threshold and still use
 the number.  A claim reads only the CSVs under ``OUT``: the report can be rebuilt without
@@ -146,6 +146,14 @@ def seeds(values) -> tuple[float, float, int, str]:
     v = np.asarray(list(values), dtype=np.float64)
     mean, _, ci = mean_ci(v)
     return mean, ci, v.size, fmt(mean, ci, v.size)
+
+
+def measured(c: Claim, values, holds) -> Claim:
+    """Fill in ``c`` from per-seed ``values``: their mean, 95% interval and formatted value, and
+    the verdict ``holds(mean)`` (``holds``: a function of the mean, ``lambda r: r <= 1.1``)."""
+    c.mean, c.ci, _, c.value = seeds(values)
+    c.verdict = verdict(holds(c.mean))
+    return c
 
 
 def verdict(ok: bool) -> str:

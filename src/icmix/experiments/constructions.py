@@ -190,8 +190,8 @@ mlr_construction = MLRConstruction()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @mtd_construction.claim("MTD",
-                       "The hand-built 3-layer disentangled transformer computes exactly one step of mirror descent",
-                       "max |construction − one-step MD| over fresh sequences, orders and seeds (float64); holds if < 1e-10")
+                        "The hand-built 3-layer disentangled transformer computes exactly one step of mirror descent",
+                        "max |construction − one-step MD| over fresh sequences, orders and seeds (float64); holds if < 1e-10")
 def construction_md(c: Claim, out: Path, cfg) -> Claim:
     t = read(out, "mtd-construction")
     worst = t.groupby("seed")["max_error"].max()
@@ -201,8 +201,8 @@ def construction_md(c: Claim, out: Path, cfg) -> Claim:
 
 
 @mlr_construction.claim("MLR",
-                       "A transformer can compute the posterior mean exactly (the paper's construction, built here)",
-                       "max relative error of the GELU construction vs `posterior_mean`, shifted prompts included; holds if < 1e-4")
+                        "A transformer can compute the posterior mean exactly (the paper's construction, built here)",
+                        "max relative error of the GELU construction vs `posterior_mean`, shifted prompts included; holds if < 1e-4")
 def construction_pm(c: Claim, out: Path, cfg) -> Claim:
     t = read(out, "mlr-construction")
     c.mean = float(t.relative_error.max())

@@ -178,10 +178,10 @@ FIGURE = Fig3()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @FIGURE.claim("MLR",
-             "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
-             "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
-       "at k = 2d, smallest n = {n}; holds if ≤ 1.2",
-             trained=lambda tc, cfg: tc.task.n_train == min(cfg.n_trains))
+              "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
+              "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
+              "at k = 2d, smallest n = {n}; holds if ≤ 1.2",
+              trained=lambda tc, cfg: tc.task.n_train == min(cfg.n_trains))
 def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
     n = min(cfg.n_trains)

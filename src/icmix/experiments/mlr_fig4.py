@@ -144,6 +144,6 @@ for m in (5, 20):
     FIGURE.claim("MLR",
                  "The transformer is closest (d²) to the posterior mean with the true weights (m = {m})",
                  "share of k ≥ d/2 where no other of the six posterior-mean/argmin variants is significantly closer "
-           "(paired interval of the excess d², pooled over seeds); holds if 100%",
+                 "(paired interval of the excess d², pooled over seeds); holds if 100%",
                  trained=lambda tc, cfg, m: tc.task.n_components == m,
                  m=m)(d2_ranking)

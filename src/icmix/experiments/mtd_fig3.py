@@ -215,9 +215,9 @@ def kl_ratio_to_md(out: Path, figure: str, length: int, by=("seed",), **model) -
 
 
 @FIGURE.claim("MTD",
-             "One-step MD is close to Bayes at short lengths and falls behind at long lengths",
-             "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
-       "at least 5% larger at the longest")
+              "One-step MD is close to Bayes at short lengths and falls behind at long lengths",
+              "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
+              "at least 5% larger at the longest")
 def md_vs_bayes(c: Claim, out: Path, cfg) -> Claim:
     t = read(out, "mtd-fig3")
     kl = by_key(t, ["seed", "length"], "kl_mean", [MD1, BAYES], "mtd-fig3")

@@ -45,7 +45,7 @@ from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
 from icmix.objectives import to_distribution
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, read, seeds, select, verdict
+from icmix.experiments.claims import Claim, measured, read, seeds, select, verdict
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
@@ -328,23 +328,21 @@ def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
 
 
 @FIGURE.claim("MTD",
-             "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
-             "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
-             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+              "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
+              "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
+              trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
-    ratio = kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled")
-    c.mean, c.ci, _, c.value = seeds(ratio)
-    c.verdict = verdict(c.mean <= 1.1)
+    measured(c, kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled"), lambda r: r <= 1.1)
     kl = _fig4_agreement(out, "kl_construction")["value"]
     c.note = f"KL(construction ‖ trained) = {seeds(kl)[3]}"
     return c
 
 
 @FIGURE.claim("MTD",
-             "Its attention maps are the construction's, layer by layer",
-             "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
-       "sequences); holds if ≥ 0.9",
-             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+              "Its attention maps are the construction's, layer by layer",
+              "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
+              "sequences); holds if ≥ 0.9",
+              trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
     a = _fig4_agreement(out, "attention_cosine")
     worst = a.groupby("seed")["value"].min()
@@ -356,11 +354,9 @@ def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
 
 
 @FIGURE.claim("MTD",
-             "Layer 1 attends to the m lagged tokens (the construction's support)",
-             "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9",
-             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+              "Layer 1 attends to the m lagged tokens (the construction's support)",
+              "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9",
+              trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def layer1_lag_mass(c: Claim, out: Path, cfg) -> Claim:
     v = _fig4_agreement(out, "lag_mass", layer=1)
-    c.mean, c.ci, _, c.value = seeds(v.groupby("seed")["value"].mean())
-    c.verdict = verdict(c.mean >= 0.9)
-    return c
+    return measured(c, v.groupby("seed")["value"].mean(), lambda mass: mass >= 0.9)

@@ -319,10 +319,10 @@ FIGURE = Fig5()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @FIGURE.claim("MTD",
-             "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
-             "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
-       "closest to; holds if the ratio is below 1",
-             trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
+              "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
+              "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
+              "closest to; holds if the ratio is below 1",
+              trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
     ratio = kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
     c.mean, c.ci, n, c.value = seeds(ratio)

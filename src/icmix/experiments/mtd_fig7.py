@@ -150,12 +150,11 @@ FIGURE = Fig7()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @FIGURE.claim("MTD",
-             "Layer 1's token-token scores learn the transition matrix π, better with longer training sequences",
-             "mean row KL(π[a] ‖ softmax(A1ᵀ)[a]) at the longest training length, order 3; holds if below "
-       "KL(π ‖ uniform) / 4 and below its value at the shortest length",
-             trained=lambda tc, cfg: tc.task.order == min(cfg.orders))
+              "Layer 1's token-token scores learn the transition matrix π, better with longer training sequences",
+              "mean row KL(π[a] ‖ softmax(A1ᵀ)[a]) at the longest training length, order 3; holds if below "
+              "KL(π ‖ uniform) / 4 and below its value at the shortest length",
+              trained=lambda tc, cfg: tc.task.order == min(cfg.orders))
 def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
-
     t = read(out, "mtd-fig7")
     m = sorted(t.order.unique())[0]
     t = t[t.order == m].pivot_table(index="seed", columns="length", values="row_kl")

@@ -41,7 +41,7 @@ from icmix.families.mtd import BAYES, CONSTRUCTION, MD1, bayes_exact_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, seeds, verdict
+from icmix.experiments.claims import Claim, measured
 
 KINDS = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
 
@@ -252,11 +252,9 @@ fig6, fig8 = Fig6(), Fig8()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @fig6.claim("MTD (beyond)",
-           "A standard GPT-style transformer also learns in context, at both orders",
-           "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
-           trained=lambda tc, cfg: tc.model.kind == "gpt")
+            "A standard GPT-style transformer also learns in context, at both orders",
+            "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
+            trained=lambda tc, cfg: tc.model.kind == "gpt")
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
     ratio = kl_ratio_to_md(out, "mtd-fig6", cfg.length, ("seed", "order"), model_kind="gpt").groupby("seed").max()
-    c.mean, c.ci, _, c.value = seeds(ratio)
-    c.verdict = verdict(c.mean <= 1.25)
-    return c
+    return measured(c, ratio, lambda r: r <= 1.25)

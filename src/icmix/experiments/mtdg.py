@@ -34,7 +34,7 @@ from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families import get_family
 from icmix.families.mtd import MD1
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, read, seeds, verdict
+from icmix.experiments.claims import Claim, measured, read, verdict
 
 NAME = "mtdg"
 KINDS = {"disentangled": "trained disentangled (3-layer, 1 head)", "gpt": "trained standard (GPT)"}
@@ -151,9 +151,9 @@ FIGURE = MTDg()
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 @FIGURE.claim("MTDg (beyond)",
-             "With one transition matrix per lag, a transformer still computes one MD step exactly: "
-       "the paper's 3 attention layers between two ReLU MLPs",
-             "max |construction − one-step MD (per-lag π_g)| over fresh sequences and seeds (float64); holds if < 1e-10")
+              "With one transition matrix per lag, a transformer still computes one MD step exactly: "
+              "the paper's 3 attention layers between two ReLU MLPs",
+              "max |construction − one-step MD (per-lag π_g)| over fresh sequences and seeds (float64); holds if < 1e-10")
 def mtdg_construction(c: Claim, out: Path, cfg) -> Claim:
     t = read(out, "mtdg-check")
     c.mean = float(t["max_error"].max())
@@ -165,24 +165,19 @@ def mtdg_construction(c: Claim, out: Path, cfg) -> Claim:
 
 
 @FIGURE.claim("MTDg (beyond)",
-             "A standard GPT-style transformer learns MTDg in context",
-             "KL(trained GPT) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; holds if ≤ 1.25",
-             trained=lambda tc, cfg: tc.model.kind == "gpt")
+              "A standard GPT-style transformer learns MTDg in context",
+              "KL(trained GPT) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; holds if ≤ 1.25",
+              trained=lambda tc, cfg: tc.model.kind == "gpt")
 def mtdg_standard(c: Claim, out: Path, cfg) -> Claim:
-    ratio = mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="gpt")
-    c.mean, c.ci, _, c.value = seeds(ratio)
-    c.verdict = verdict(c.mean <= 1.25)
-    return c
+    return measured(c, mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="gpt"), lambda r: r <= 1.25)
 
 
 @FIGURE.claim("MTDg (beyond)",
-             "The paper's 3-layer single-head disentangled transformer predicts MTDg like one-step MD",
-             "KL(trained 3-layer disentangled) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; "
-       "holds if ≤ 1.1 (as on MTD)",
-             trained=lambda tc, cfg: tc.model.kind == "disentangled")
+              "The paper's 3-layer single-head disentangled transformer predicts MTDg like one-step MD",
+              "KL(trained 3-layer disentangled) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; "
+              "holds if ≤ 1.1 (as on MTD)",
+              trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def mtdg_disentangled(c: Claim, out: Path, cfg) -> Claim:
-    ratio = mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="disentangled")
-    c.mean, c.ci, _, c.value = seeds(ratio)
-    c.verdict = verdict(c.mean <= 1.1)
+    measured(c, mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="disentangled"), lambda r: r <= 1.1)
     c.note = "its layer 1 cannot score lags per matrix (see the construction's row), so it cannot be exact"
     return c

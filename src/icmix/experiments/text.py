@@ -417,10 +417,10 @@ def _text_curve(t: pd.DataFrame, key: str, order: int, matrices: str) -> pd.Seri
 
 
 @FIGURE.claim("Text (beyond)",
-             "On real text, in-context lag weights beat one global λ from some window length on",
-             "CE(global λ) − CE(in-context Bayes λ, empirical prior), paired over the same held-out windows, per-lag π_g, "
-       "m = {cfg.model_order}; the shortest length from which its 95% interval stays above 0 (value: that length, "
-       "and the gain at the longest); holds if there is one")
+              "On real text, in-context lag weights beat one global λ from some window length on",
+              "CE(global λ) − CE(in-context Bayes λ, empirical prior), paired over the same held-out windows, per-lag π_g, "
+              "m = {cfg.model_order}; the shortest length from which its 95% interval stays above 0 (value: that length, "
+              "and the gain at the longest); holds if there is one")
 def text_in_context(c: Claim, out: Path, cfg) -> Claim:
     g = select(read(out, "text-gain"), "text-gain", order=cfg.model_order, matrices="per-lag").set_index("length")
     above = g.gain_mean - g.gain_ci > 0
@@ -434,11 +434,11 @@ def text_in_context(c: Claim, out: Path, cfg) -> Claim:
 
 
 @FIGURE.claim("Text (beyond)",
-             "A transformer trained only on synthetic MTDg (π_g fitted to the text) comes close to "
-       "exact Bayes on the real text",
-             "100 (CE(synthetic-trained GPT) / CE(exact Bayes, Dirichlet(1), per-lag π_g, m = {cfg.model_order}) − 1) "
-       "at the longest window (%); holds if ≤ 5",
-             trained=lambda tc, cfg: tc.task.kind == "mtdg-text")
+              "A transformer trained only on synthetic MTDg (π_g fitted to the text) comes close to "
+              "exact Bayes on the real text",
+              "100 (CE(synthetic-trained GPT) / CE(exact Bayes, Dirichlet(1), per-lag π_g, m = {cfg.model_order}) − 1) "
+              "at the longest window (%); holds if ≤ 5",
+              trained=lambda tc, cfg: tc.task.kind == "mtdg-text")
 def text_synthetic(c: Claim, out: Path, cfg) -> Claim:
     from icmix.experiments.text import BAYES_UNIFORM, SYNTHETIC, bayes_key
 
