@@ -157,3 +157,14 @@ def test_a_plugin_loaded_with_dash_dash_plugin_runs_in_worker_processes_too(tmp_
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["training"] == {"requested": 1, "distinct": 1, "finished_before": 0, "from_zoo": 0,
                                     "trained": 1, "failed": 0}
+
+
+def test_one_figure_leaves_the_report_of_reproduce_all_whole(tmp_path, capsys):
+    out = tmp_path / "all"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    (out / "claims.csv").write_text("every claim\n")
+    assert main(["reproduce", "iid", "--preset", "quick", "--out", str(out), "--no-progress",
+                 "--set", "n_sequences=50", "--set", "seeds=0"]) == 0
+    assert (out / "claims.csv").read_text() == "every claim\n" and (out / "iid.csv").exists()
+    assert "left as it was" in capsys.readouterr().out

@@ -169,8 +169,12 @@ def _reproduce(args) -> int:
                 train_runs(Path(args.out), configs, getattr(cfg, "jobs", 1), not args.no_progress, launcher=launcher,
                            group=args.figure, tracking=tracking)
             paths.update(figure.run(cfg, Path(args.out), progress=not args.no_progress))
-            paths["report"] = write_figure_report(Path(args.out), args.figure, cfg, dict(paths), args.preset, args.set,
-                                                  time.time() - start)
+            if (Path(args.out) / "manifest.json").exists():  # a `reproduce all` folder: its report stays whole
+                print(f"the report of `icmix reproduce all` in {args.out} is left as it was; run it again to "
+                      f"update it with {args.figure}")
+            else:
+                paths["report"] = write_figure_report(Path(args.out), args.figure, cfg, dict(paths), args.preset,
+                                                      args.set, time.time() - start)
 
     _launched(reproduce)
     for kind, path in paths.items():

@@ -3,7 +3,7 @@
 The generic loop of every sequence family (``evaluate_sequences``: mean KL(true ‖ predicted) of
 the next token per predictor and prefix length), its MTD form (``evaluate_mtd``), and the
 regression tables (``evaluate_regression``, ``d2_distances``).  The predictors themselves live
-in ``icmix.predictors`` (re-exported here); a finished training run is a predictor through
+in ``icmix.predictors``; a finished training run is a predictor through
 ``icmix.train.TrainedPredictor``.
 """
 
@@ -17,19 +17,14 @@ import torch
 from torch import Tensor
 
 from icmix.metrics import kl_divergence, mean_ci
-from icmix.predictors import (DEFAULT_BETAS, KEY_FIELDS, ConstructedMirrorDescent, Key, LagEstimate, LagPredictor,
-                              RegressionPredictor, SequencePredictor, Tunable, TunedBeta, TunedMirrorDescent,
-                              check_distinct_keys, true_predictive)
+from icmix.predictors import Key, Tunable, check_distinct_keys, true_predictive
 from icmix.random import make_generator
 from icmix.tasks import MTDTask
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DEFAULT_BETAS", "KEY_FIELDS", "ConstructedMirrorDescent", "Key", "LagEstimate", "LagPredictor",
-           "RegressionPredictor", "SequencePredictor", "Tunable", "TunedBeta", "TunedMirrorDescent",
-           "check_distinct_keys", "d2_distances", "evaluate_mtd", "evaluate_regression", "evaluate_sequences",
-           "true_predictive"]
+    from icmix.predictors import SequencePredictor
 
 
 def evaluate_mtd(
