@@ -147,12 +147,12 @@ SMALL = {"covariate scale": (0.5, 2.0), "weight scale": (0.5, 2.0), "weight shif
 LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight shift": (1.0,)}
 
 
-@fig9.claim("MLR",
+@fig5.claim("MLR",
             "The transformer is robust to small distribution shifts but not to large ones",
             "NMSE(transformer) / NMSE(posterior mean, oracle, under the same shift) at k = 2d, m = 5, σ = 1, worst "
             "of the small shifts (κ, α ∈ {{1/2, 2}}; ε = 1/4) and of the large (κ, α ∈ {{1/3, 3}}; ε = 1); "
             "holds if small ≤ 1.5 < large",
-            needs=("mlr-fig5", "mlr-fig6", "mlr-fig7", "mlr-fig8"),
+            needs=("mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"),
             trained=lambda tc, cfg: tc.task.n_components == 5 and tc.task.noise == 1.0)
 def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
     k = 2 * cfg.dim
