@@ -1,7 +1,18 @@
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from icmix import MTDTask
+
+# The test plugin (tests/plugin), installed by `make test` into a folder of its own: on the path of
+# the tests and of the processes they start, and of nothing else.
+PLUGIN_SITE = Path(os.environ.get("ICMIX_TEST_PLUGIN_SITE") or Path(__file__).resolve().parents[1] / ".venv" / "test-plugin-site")
+if PLUGIN_SITE.is_dir() and str(PLUGIN_SITE) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_SITE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_SITE), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture

@@ -50,6 +50,13 @@ def parse_value(raw: str):
     return value
 
 
+def _literal(raw: str):
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return None
+
+
 def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
     """``data`` (a nested mapping: a training config) with dotted ``key=value`` overrides applied."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
@@ -106,6 +113,11 @@ def apply_overrides(cfg, overrides: list[str] | None):
         if key not in fields:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
         value = parse_value(raw)
+        if str in (hints.get(key), *typing.get_args(hints.get(key))) and not isinstance(value, str):
+            literal = _literal(raw)
+            value = literal if isinstance(literal, str) else raw.strip()  # a name: `yes`, `on`, `null` as typed
+            if value == "None" and type(None) in typing.get_args(hints.get(key)):
+                value = None
         if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         plain = (int, float, str, bool)

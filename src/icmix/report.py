@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import html
+import inspect
 import json
 import os
 import platform
@@ -47,10 +48,10 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     if preset not in (*PRESET_NAMES, DEMO):
         raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {preset!r}")
     names = list(figures or figure_names())
-    for name in names:
+    for name in figures or []:
         get_figure(name)  # an unknown name: the registered ones, and how to register
     if not figures:  # every figure: those that have this preset (a plugin's may have only some)
-        names = [n for n in names if get_figure(n).has_preset(preset)]
+        names = [n for n in names if _loads(n) and get_figure(n).has_preset(preset)]
     configs = {name: get_figure(name).preset(preset) for name in names}
     if seeds is not None:
         if seeds < 1:
@@ -76,10 +77,23 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     return configs
 
 
+def _loads(name: str) -> bool:
+    """Whether the registered figure ``name`` loads; a plugin's figure that does not is left
+    out of ``reproduce all`` with a warning (the others still run)."""
+    import warnings
+
+    try:
+        get_figure(name)
+        return True
+    except ValueError as err:
+        warnings.warn(f"{err}; left out of this run", stacklevel=3)
+        return False
+
+
 def source_hash() -> str:
     """A hash of the library's source, the report's own modules excluded (so restyling the
     report does not recompute the figures)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parent  # src/icmix
     digest = hashlib.sha1()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -89,8 +103,13 @@ def source_hash() -> str:
 
 
 def figure_key(name: str, cfg, source: str) -> str:
-    blob = json.dumps({"figure": name, "config": dataclasses.asdict(cfg), "source": source}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    """What a figure's cached outputs depend on: its name, its config, the library's source and,
+    for a figure from outside the library (a plugin), its own module's source."""
+    blob = {"figure": name, "config": dataclasses.asdict(cfg), "source": source}
+    module = Path(inspect.getfile(type(get_figure(name)))).resolve()
+    if not module.is_relative_to(Path(__file__).resolve().parent):
+        blob["plugin_source"] = hashlib.sha1(module.read_bytes()).hexdigest()
+    return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def figure_runs(name: str, cfg) -> list:
@@ -334,7 +353,7 @@ def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | 
     figs = manifest["figures"]
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     if figures is None:
-        figures = [n for n in figure_names() if get_figure(n).has_preset(manifest["preset"])]
+        figures = [n for n in figure_names() if _loads(n) and get_figure(n).has_preset(manifest["preset"])]
     claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures])
     claims_table = claims_mod.table(claims)
     runs = runs_table(out, configs)
@@ -381,12 +400,17 @@ def runs_table(out: Path, configs: dict):
         row = {"run": name, "figures": ", ".join(figs), "source": source(run), "unlisted": unlisted(run)}
         try:
             c = run_convergence(run)
-            row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=f"{c.excess:.3g}",
-                       improvement=f"{c.improvement:.1%}", converged=c.status)
+            row.update(steps=c.steps, metric=c.metric, final=f"{c.final:.4g}", excess=_shown(c.excess, ".3g"),
+                       improvement=_shown(c.improvement, ".1%"), converged=c.status)
         except (ValueError, OSError) as err:
             row.update(converged=f"? ({err})")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _shown(value: float, spec: str) -> str:
+    """``value`` formatted, or ``–`` where it is unknown (NaN: no optimum to measure against)."""
+    return "–" if value != value else format(value, spec)
 
 
 def verifications(out: Path) -> list[dict]:

@@ -1,5 +1,6 @@
 """Experiments: one ``Figure`` per paper figure (``icmix.experiments.figure``): a frozen
-``Config`` with ``quick``/``cpu``/``paper`` presets, ``compute`` (every number) and ``draw``.
+``Config`` with some of the ``quick``/``cpu``/``paper`` presets, ``compute`` (every number),
+``draw``, and the claims it declares (``Figure.claim``, ``icmix.experiments.claims``).
 ``get_figure(name)`` returns the one ``icmix reproduce NAME`` runs; figure modules (and
 matplotlib) load only when a figure is asked for."""
 

@@ -190,7 +190,11 @@ def _load_plugins() -> None:
             if plugin.attr:
                 _FIGURES.setdefault(plugin.name, plugin.value)
             else:  # a module that registers its figures when imported
-                plugin.load()
+                try:
+                    plugin.load()
+                except Exception as err:  # a plugin's bug, named
+                    raise ValueError(f"the figure plugin {plugin.name!r} ({plugin.value}) could not be loaded: "
+                                     f"{type(err).__name__}: {err}") from err
         load_from_environment()
     except BaseException:
         _plugins_loaded = False  # the next lookup raises the same error
@@ -217,7 +221,13 @@ def get_figure(name: str) -> Figure:
                          f"A figure from another package: {how_to_register('figures')}") from None
     if isinstance(entry, str):
         module, attr = entry.split(":")
-        entry = _FIGURES[name] = _check(getattr(importlib.import_module(module), attr), name)
+        try:
+            loaded = getattr(importlib.import_module(module), attr)
+        except Exception as err:  # a plugin's bug, named, rather than a traceback from deep inside
+            if module.startswith("icmix."):
+                raise
+            raise ValueError(f"figure {name!r} ({entry}) could not be loaded: {type(err).__name__}: {err}") from err
+        entry = _FIGURES[name] = _check(loaded, name)
     return entry
 
 

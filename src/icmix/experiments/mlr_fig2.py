@@ -241,3 +241,4 @@ for m in (5, 20):
                  "NMSE(transformer) / NMSE(posterior mean, oracle weights) at k = 2d = {k}; holds if ≤ 1.2",
                  trained=lambda tc, cfg, m: tc.task.n_components == m and tc.task.noise == 1.0,
                  m=m)(transformer_vs_pm)
+del m  # (the loop's name, not part of the module)

@@ -147,3 +147,4 @@ for m in (5, 20):
                  "(paired interval of the excess d², pooled over seeds); holds if 100%",
                  trained=lambda tc, cfg, m: tc.task.n_components == m,
                  m=m)(d2_ranking)
+del m  # (the loop's name, not part of the module)

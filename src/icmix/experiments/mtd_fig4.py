@@ -39,7 +39,8 @@ from icmix.train import TrainedPredictor
 from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
-from icmix.families.mtd import MD1, bayes_exact_predictor, mle_predictor
+from icmix.families import get_family
+from icmix.families.mtd import MD1, mle_predictor
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
@@ -228,7 +229,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
         task = family_task("mtd", vocab_size=cfg.vocab_size, order=cfg.order, seed=seed)
         trained = {kind: TrainedPredictor.from_run(runs[seed, kind], MODEL_NAMES[kind]) for kind in ("disentangled", "gpt")}
         md, cons = TunedMirrorDescent(steps=1), ConstructedMirrorDescent()
-        preds = [bayes_exact_predictor(1.0), mle_predictor(5000, 1e-7), md, cons, *trained.values()]
+        preds = [get_family("mtd").bayes_predictor(task), mle_predictor(5000, 1e-7), md, cons, *trained.values()]
         table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)

@@ -41,7 +41,8 @@ from icmix.experiments import mtd_training
 from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
-from icmix.families.mtd import BAYES, MD_SHARED, bayes_exact_predictor, md_key
+from icmix.families import get_family
+from icmix.families.mtd import BAYES, MD_SHARED, md_key
 from icmix.figures.curves import error_bars, kl_panel
 from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
@@ -154,7 +155,7 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataF
         trained = {(d, loss): TrainedPredictor.from_run(paths[seed, d, loss], model_name(d, loss))
                    for d in cfg.depths for loss in cfg.losses}
         md = [TunedMirrorDescent(steps=k) for k in cfg.md_steps]
-        preds = [bayes_exact_predictor(1.0), *md, TunedMirrorDescent(steps=1, shared=True), *trained.values()]
+        preds = [get_family("mtd").bayes_predictor(task), *md, TunedMirrorDescent(steps=1, shared=True), *trained.values()]
         table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION, progress=progress)
         table.insert(0, "seed", seed)
         kl_tables.append(table)

@@ -37,7 +37,8 @@ from icmix.experiments import mtd_training
 from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
-from icmix.families.mtd import BAYES, CONSTRUCTION, MD1, bayes_exact_predictor
+from icmix.families import get_family
+from icmix.families.mtd import BAYES, CONSTRUCTION, MD1
 from icmix.figures.curves import kl_panel
 from icmix.tasks import MTDTask
 from icmix.random import Stream, stream
@@ -101,7 +102,7 @@ def compute_kl(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     for seed in cfg.seeds:
         for m in cfg.orders:
             task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
-            preds = [bayes_exact_predictor(1.0), TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
+            preds = [get_family("mtd").bayes_predictor(task), TunedMirrorDescent(steps=1), ConstructedMirrorDescent(),
                      *[TrainedPredictor.from_run(paths[seed, m, k], name) for k, name in KINDS.items()]]
             table = evaluate_mtd(task, preds, cfg.eval_lengths, cfg.n_sequences, cfg.n_tune, seed=seed + Stream.EVALUATION,
                                  progress=progress)

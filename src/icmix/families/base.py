@@ -284,7 +284,11 @@ def _load_plugins() -> None:
         from importlib.metadata import entry_points
 
         for plugin in entry_points(group=ENTRY_POINTS):
-            plugin.load()
+            try:
+                plugin.load()
+            except Exception as err:  # a plugin's bug, named
+                raise ValueError(f"the task family plugin {plugin.name!r} ({plugin.value}) could not be loaded: "
+                                 f"{type(err).__name__}: {err}") from err
         load_from_environment()
     except BaseException:
         _plugins_loaded = False

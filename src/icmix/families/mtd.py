@@ -90,6 +90,8 @@ class MTDObjective(NextTokenObjective):
         from icmix.estimators.mtd import bayes_exact, bayes_gibbs, predictive
         from icmix.metrics import kl_divergence
 
+        if self.family.bayes_predictor(self.task) is None:  # a family that names none: unknown
+            return None
         pi, m = self.task.transition.double(), self.task.order
         try:
             lam = bayes_exact(batch["inputs"], pi, m, max_work=10**6)

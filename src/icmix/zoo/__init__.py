@@ -568,8 +568,9 @@ def table(root: Path | None = None):
         row = {"run": name, "preset": e.preset, "figures": ",".join(p.get("figures", [])), "steps": p.get("steps")}
         try:
             c = run_convergence(e.path)
-            row.update(metric=c.metric, final=round(c.final, 5), excess=round(c.excess, 5),
-                       tail_improvement=f"{c.improvement:.1%}", converged=c.status)
+            known = c.optimum is not None
+            row.update(metric=c.metric, final=round(c.final, 5), excess=round(c.excess, 5) if known else "–",
+                       tail_improvement=f"{c.improvement:.1%}" if known else "–", converged=c.status)
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
         listed = e.listed()
