@@ -32,6 +32,16 @@ def how_to_register(group: str) -> str:
     return HOW_TO_REGISTER.format(group=group, attribute=":FIGURE" if group == "figures" else "")
 
 
+def load_entry_point(entry_point, what: str):
+    """Load an installed package's entry point (``importlib.metadata.EntryPoint``); a plugin's
+    error becomes a ``ValueError`` that names the plugin (``what``: ``task family``, ``figure``)."""
+    try:
+        return entry_point.load()
+    except Exception as err:  # a plugin's bug, named, rather than a traceback from deep inside
+        raise ValueError(f"the {what} plugin {entry_point.name!r} ({entry_point.value}) could not be loaded: "
+                         f"{type(err).__name__}: {err}") from err
+
+
 def load(module: str, folder: str | None = None) -> None:
     """Import the plugin ``module`` (``package.module``), from the current folder (or ``folder``)
     if it is not importable otherwise, and record it for worker processes, with the folder it

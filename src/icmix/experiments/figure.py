@@ -183,18 +183,14 @@ def _load_plugins() -> None:
     _plugins_loaded = True
     from importlib.metadata import entry_points
 
-    from icmix.plugins import load_from_environment
+    from icmix.plugins import load_entry_point, load_from_environment
 
     try:
         for plugin in entry_points(group=ENTRY_POINTS):
             if plugin.attr:
                 _FIGURES.setdefault(plugin.name, plugin.value)
             else:  # a module that registers its figures when imported
-                try:
-                    plugin.load()
-                except Exception as err:  # a plugin's bug, named
-                    raise ValueError(f"the figure plugin {plugin.name!r} ({plugin.value}) could not be loaded: "
-                                     f"{type(err).__name__}: {err}") from err
+                load_entry_point(plugin, "figure")
         load_from_environment()
     except BaseException:
         _plugins_loaded = False  # the next lookup raises the same error

@@ -32,7 +32,7 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from icmix.plugins import how_to_register, load_from_environment
+from icmix.plugins import how_to_register, load_entry_point, load_from_environment
 
 if TYPE_CHECKING:
     import torch
@@ -284,11 +284,7 @@ def _load_plugins() -> None:
         from importlib.metadata import entry_points
 
         for plugin in entry_points(group=ENTRY_POINTS):
-            try:
-                plugin.load()
-            except Exception as err:  # a plugin's bug, named
-                raise ValueError(f"the task family plugin {plugin.name!r} ({plugin.value}) could not be loaded: "
-                                 f"{type(err).__name__}: {err}") from err
+            load_entry_point(plugin, "task family")
         load_from_environment()
     except BaseException:
         _plugins_loaded = False
