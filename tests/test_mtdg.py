@@ -348,5 +348,5 @@ def test_reproduce_mtdg_tiny(tmp_path, q):
                                                                                "gpt3-mtdg-m3-T12-mse"]
     cfg = dataclasses.replace(get_figure("mtdg").presets["quick"], length=12, eval_lengths=(6, 12), seeds=(0,))
     rows = {c.claim: c for c in claims.evaluate(out, {"mtdg": cfg}, {"mtdg"}, [get_figure("mtdg")]) if c.paper == "MTDg (beyond)"}
-    assert len(rows) == 3 and all(c.verdict in ("holds", "doesn't", "not converged") for c in rows.values())
+    assert len(rows) == 3 and all(c.verdict in ("holds", "doesn't", "not converged", "inconclusive") for c in rows.values())
     assert next(c for c in rows.values() if "exactly" in c.claim).verdict == "holds"

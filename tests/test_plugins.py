@@ -171,14 +171,14 @@ def test_a_plugin_loaded_with_dash_dash_plugin_runs_in_worker_processes_too(tmp_
                            "--jobs", "2", "--set", "steps=200", "--set", "n_sequences=100", "--no-zoo",
                            "--out", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "training runs: 1 requested by the figures, 1 distinct: 0 already finished, 0 from the model zoo, " \
-           "1 to train, 2 at a time" in done.stdout
+    assert "training runs: 3 requested by the figures, 3 distinct: 0 already finished, 0 from the model zoo, " \
+           "3 to train, 2 at a time" in done.stdout
     claims = pd.read_csv(tmp_path / "out" / "claims.csv", keep_default_na=False).set_index("claim")
     row = claims.loc["A small GPT learns Markov chains in context, between uniform and Bayes"]
-    assert row.verdict in ("holds", "doesn't", "not converged") and row.converged in ("yes", "no")
+    assert row.verdict in ("holds", "doesn't", "not converged", "inconclusive") and row.converged in ("yes", "no")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["training"] == {"requested": 1, "distinct": 1, "finished_before": 0, "from_zoo": 0,
-                                    "trained": 1, "failed": 0}
+    assert manifest["training"] == {"requested": 3, "distinct": 3, "finished_before": 0, "from_zoo": 0,
+                                    "trained": 3, "failed": 0}
 
 
 def test_one_figure_leaves_the_report_of_reproduce_all_whole(tmp_path, capsys):

@@ -59,8 +59,11 @@ def test_readme_extending_runs_as_written(tmp_path):
     assert bayes < gpt < uniform
     claims = pd.read_csv(out / "claims.csv", keep_default_na=False)
     row = claims.set_index("claim").loc["A small GPT learns Markov chains in context, between uniform and Bayes"]
-    fraction = (gpt - bayes) / (uniform - bayes)
-    assert row.verdict == "holds" and row.measured.startswith(f"{fraction:.3g}") and abs(fraction - 0.7) < 0.2
+    per_seed = table[table.length == 24].pivot_table(index="seed", columns="estimator", values="kl_mean")
+    fraction = ((per_seed["trained GPT"] - per_seed["Bayes (Dirichlet counts)"])
+                / (per_seed["uniform"] - per_seed["Bayes (Dirichlet counts)"]))
+    assert len(fraction) == 3 and row.measured.startswith(f"{fraction.mean():.3g} ± ") and abs(fraction.mean() - 0.7) < 0.2
+    assert row.verdict == "holds" and fraction.max() < 1
     assert row.converged in ("yes", "no")  # judged against the family's Bayes predictor, not "unknown"
     report = (out / "report.md").read_text()
     assert "A small GPT learns Markov chains in context" in report and "## chain" in report

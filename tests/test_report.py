@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import numpy as np
+from scipy import stats
 import pandas as pd
 import pytest
 
@@ -68,9 +69,12 @@ def test_claims_are_recomputed_from_the_figures_tables(report_dir):
     # The transformer vs the posterior mean at k = 2d = 8: a ratio per seed, then their mean.
     fig2 = pd.read_csv(report_dir / "mlr-fig2.csv")
     at = fig2[fig2.k == 8].pivot_table(index="seed", columns="label", values="nmse")
-    ratio = (at["transformer"] / at["posterior mean (oracle)"]).mean()
+    per_seed = (at["transformer"] / at["posterior mean (oracle)"]).to_numpy()
+    ratio = per_seed.mean()
+    half = stats.t.ppf(0.975, len(per_seed) - 1) * per_seed.std(ddof=1) / np.sqrt(len(per_seed))  # the 95 % interval
+    expected = "holds" if ratio + half <= 1.2 else "doesn't" if ratio - half > 1.2 else "inconclusive"
     row = by_test["The trained transformer is as good as the posterior mean (m = 5, σ = 1)"]
-    assert row.measured.startswith(f"{ratio:.3g} ± ") and row.verdict == ("holds" if ratio <= 1.2 else "doesn't")
+    assert row.measured.startswith(f"{ratio:.3g} ± {half:.2g} ") and row.verdict == expected
     # MD vs Bayes: the ratio at the shortest length, per seed.
     fig3 = pd.read_csv(report_dir / "mtd-fig3.csv")
     kl = fig3[fig3.length == 6].pivot_table(index="seed", columns="estimator", values="kl_mean")
@@ -308,4 +312,39 @@ def test_claims_table_has_the_converged_column(report_dir):
     assert rows["transformer_vs_pm", 20].converged == "?"  # no m = 20 run here
     row = rows["transformer_vs_pm", 5]  # its mlr-fig2 runs are here: judged yes or no
     assert row.converged in ("yes", "no")
-    assert row.verdict in ("holds", "not converged" if row.converged == "no" else "doesn't")
+    assert row.verdict in ("holds", "inconclusive", "not converged" if row.converged == "no" else "doesn't")
+
+
+def test_verdicts_are_decided_from_the_interval_at_its_edges():
+    """holds when the whole 95 % interval is on the claim's side, doesn't when it is all on the
+    other side, inconclusive when it straddles the threshold (``claims.RULE``)."""
+    from icmix.experiments.claims import Claim, decide, judge, measured, seeds_to_settle
+
+    # (binary-exact numbers, so that an interval's end can sit exactly on the threshold)
+    assert decide(1.0, 0.25, 4, 1.5, "<=") == "holds"  # [0.75, 1.25] below 1.5
+    assert decide(1.25, 0.25, 4, 1.5, "<=") == "holds"  # [1.0, 1.5]: its end on 1.5 is still <= 1.5
+    assert decide(1.25, 0.25, 4, 1.5, "<") == "inconclusive"  # ... but not < 1.5
+    assert decide(1.75, 0.25, 4, 1.5, "<=") == "inconclusive"  # [1.5, 2.0]: 1.5 is on the claim's side
+    assert decide(1.75, 0.25, 4, 1.5, "<") == "doesn't"  # [1.5, 2.0]: none of it < 1.5
+    assert decide(2.0, 0.25, 4, 1.5, "<=") == "doesn't"  # [1.75, 2.25] all above
+    assert decide(1.0, 0.25, 4, 0.75, ">=") == "holds" and decide(1.0, 0.5, 4, 0.75, ">=") == "inconclusive"
+    assert decide(0.5, 0.25, 4, 0.75, ">") == "doesn't" and decide(0.5, 0.25, 4, 0.75, ">=") == "inconclusive"
+    assert decide(1.0, 0.0, 1, 1.2, "<=") == "inconclusive"  # one seed: no interval
+    assert decide(float("nan"), 0.1, 4, 1.2, "<=") == "inconclusive"
+    with pytest.raises(ValueError, match="side must be one of"):
+        decide(1.0, 0.1, 4, 1.2, "==")
+    # The seeds that would settle it: the interval t(m-1) s / sqrt(m) first below |mean - threshold|.
+    from scipy import stats
+
+    values = np.array([1.0, 1.3])  # mean 1.15, s = 0.212: with 2 seeds, t = 12.7 straddles 1.2
+    c = measured(Claim("p", "c", "t", ()), values, 1.2, "<=")
+    assert c.verdict == "inconclusive" and c.n == 2
+    s, gap = values.std(ddof=1), 0.05
+    m = seeds_to_settle(values.mean(), 12.706204736174707 * s / np.sqrt(2), 2, 1.2)
+    assert stats.t.ppf(0.975, m - 1) * s / np.sqrt(m) < gap <= stats.t.ppf(0.975, m - 2) * s / np.sqrt(m - 1)
+    assert f"about {m} seeds would settle it" in c.settle
+    # Several statements: doesn't if one doesn't, holds if all hold, else inconclusive.
+    many = np.array([1.0, 1.01, 0.99, 1.0])
+    assert judge(Claim("p", "c", "t", ()), (many, 2, "<"), (many, 0.5, ">")).verdict == "holds"
+    assert judge(Claim("p", "c", "t", ()), (many, 2, "<"), (many, 1.5, ">")).verdict == "doesn't"
+    assert judge(Claim("p", "c", "t", ()), (many, 2, "<"), (values, 1.2, "<=")).verdict == "inconclusive"

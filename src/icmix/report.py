@@ -484,10 +484,12 @@ def _status(entry: dict) -> str:
 
 
 def _markdown(out: Path, manifest: dict, claims, runs) -> str:
+    from icmix.experiments.claims import RULE
     from icmix.train.convergence import DEFINITION
 
     parts = ["# icmix: both papers reproduced", "", *(f"- {line}" for line in _header(manifest)), "",
              "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), "",
+             f"*verdict*: {RULE}.", "",
              f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.", ""]
     checks = _verification_lines(out)
     if checks:
@@ -514,7 +516,7 @@ th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 table.claims td, table.claims th { text-align: left; }
 .holds { background: #e3f4e3; } .doesnt { background: #fbe3e3; } .notrun { background: #eee; }
-.notconverged { background: #fdf3dc; }
+.notconverged { background: #fdf3dc; } .inconclusive { background: #e8eef8; }
 .failed { color: #a00; }
 img { max-width: 100%; border: 1px solid #ddd; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
@@ -525,6 +527,7 @@ nav a { margin-right: 0.8em; }
 def _html(out: Path, manifest: dict, claims, runs) -> str:
     import markdown
 
+    from icmix.experiments.claims import RULE
     from icmix.train.convergence import DEFINITION
 
     def md(text: str) -> str:  # raw HTML in the text (a stale entry's reason, say) is shown, never run
@@ -535,7 +538,8 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
 
     css_class = {claims_verdict: cls for claims_verdict, cls in (("holds", "holds"), ("doesn't", "doesnt"),
                                                                    ("not run", "notrun"), ("no data", "notrun"),
-                                                                   ("not converged", "notconverged"))}
+                                                                   ("not converged", "notconverged"),
+                                                                   ("inconclusive", "inconclusive"))}
     rows = "".join(
         f"<tr class='{css_class.get(r.verdict, '')}'><td>{html.escape(r.paper)}</td><td>{html.escape(r.claim)}</td>"
         f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"
@@ -547,6 +551,7 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
             "<h2>Claims</h2>",
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
             f"<th>converged</th><th>note</th><th>figures</th></tr>{rows}</table>",
+            md(f"*verdict*: {RULE}."),
             md(f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.")]
     checks = _verification_lines(out)
     if checks:

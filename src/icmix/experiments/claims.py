@@ -1,12 +1,11 @@
 """Claims: each is one statement of a paper, tested by one quantity read off the figures' tables
 (the CSVs ``icmix reproduce`` writes), with its mean and 95% Student-t interval over seeds and a
-verdict: ``holds``, ``doesn't``, ``not converged`` (it fails, but on training runs that were
-still improving, so more training may change it), ``not run`` (a figure it needs failed or was
-not run) or ``no data``.  The ``converged`` column says whether the training runs a claim rests
+verdict decided from that interval (``RULE``): ``holds``, ``doesn't``, ``inconclusive`` (the
+interval straddles the threshold; the note says how many seeds would settle it), ``not
+converged`` (it fails, but on training runs that were still improving, so more training may
+change it), ``not run`` (a figure it needs failed or was not run) or ``no data``.  The ``converged`` column says whether the training runs a claim rests
 on converged (``icmix.train.convergence.DEFINITION``: ``yes``, ``no`` or ``unknown``; ``–`` for
-claims with no trained model).  Verdicts compare the mean over seeds with the stated threshold
-(with two seeds a Student-t interval is too wide to decide anything); the d² ranking alone is a
-paired test, over prompts.
+claims with no trained model).
 
 A claim is declared by the figure that measures it, in the figure's own module, with the
 figure's ``claim`` decorator::
@@ -15,13 +14,11 @@ figure's ``claim`` decorator::
                   "KL(bigram) / KL(unigram) at the longest length; holds if < 1")
     def bigram_wins(c: Claim, out: Path, cfg) -> Claim:
         t = select(read(out, "my-fig"), "my-fig", length=cfg.length)
-        ratio = by_key(t, "seed", "kl_mean", [BIGRAM, UNIGRAM], "my-fig")
-        c.mean, c.ci, _, c.value = seeds(ratio[BIGRAM.id] / ratio[UNIGRAM.id])
-        c.verdict = verdict(c.mean < 1)
-        return c
+        kl = by_key(t, "seed", "kl_mean", [BIGRAM, UNIGRAM], "my-fig")
+        return measured(c, kl[BIGRAM.id] / kl[UNIGRAM.id], 1, "<")  # per seed; holds if the interval is below 1
 
 The function fills in ``c`` from the tables under ``out``; ``cfg`` is the figure's config.  The
-helpers here (``read``, ``select``, ``by_key``, ``trained_key``, ``seeds``, ``fmt``, ``verdict``, ``measured``)
+helpers here (``read``, ``select``, ``by_key``, ``trained_key``, ``seeds``, ``fmt``, ``measured``, ``judge``, ``verdict``)
 are the public toolkit of claims, plugins' included.  Every test is stated in the row's
 ``test`` column, threshold included, so a reader can disagree with a threshold and still use
 the number.  A claim reads only the CSVs under ``OUT``: the report can be rebuilt without
@@ -30,6 +27,7 @@ recomputing anything.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,14 @@ from icmix.metrics import mean_ci
 from icmix.predictors import Key
 
 HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
+INCONCLUSIVE = "inconclusive"  # the interval straddles the threshold
 NOT_CONVERGED = "not converged"  # fails, but on training runs that were still improving
+RULE = ("a claim measured over seeds holds when the whole 95 % Student-t interval of its measure lies on the "
+        "claim's side of its threshold, doesn't when the whole interval lies on the other side, and is "
+        "inconclusive otherwise (one seed gives no interval), with the number of seeds that would settle it if "
+        "the spread across seeds stayed the same; a claim of several statements holds when all hold and doesn't "
+        "when one doesn't. Exact checks (the worst case over every check) and the paired d² test decide by their "
+        "own stated test")
 
 
 class MissingRows(LookupError):
@@ -94,6 +99,8 @@ class Claim:
     ci: float = float("nan")
     note: str = ""
     converged: str = "–"  # yes / no / unknown for the trained runs the claim rests on; – where there are none
+    n: int = 0  # seeds behind the measure
+    settle: str = ""  # inconclusive: what would settle it
 
 
 @dataclass(frozen=True)
@@ -148,16 +155,70 @@ def seeds(values) -> tuple[float, float, int, str]:
     return mean, ci, v.size, fmt(mean, ci, v.size)
 
 
-def measured(c: Claim, values, holds) -> Claim:
-    """Fill in ``c`` from per-seed ``values``: their mean, 95% interval and formatted value, and
-    the verdict ``holds(mean)`` (``holds``: a function of the mean, ``lambda r: r <= 1.1``)."""
-    c.mean, c.ci, _, c.value = seeds(values)
-    c.verdict = verdict(holds(c.mean))
+SIDES = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+
+def decide(mean: float, ci: float, n: int, threshold: float, side: str) -> str:
+    """The verdict of a measure over ``n`` seeds with mean ``mean`` and 95% half-width ``ci``,
+    for the claim ``measure SIDE threshold`` (``RULE``): ``holds`` when the whole interval is
+    on the claim's side, ``doesn't`` when it is all on the other side, else ``inconclusive``
+    (one seed has no interval: inconclusive)."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {list(SIDES)}, got {side!r}")
+    if n < 2 or not (np.isfinite(mean) and np.isfinite(ci)):
+        return INCONCLUSIVE
+    ok = SIDES[side]
+    ends = (ok(mean - ci, threshold), ok(mean + ci, threshold))
+    return HOLDS if all(ends) else FAILS if not any(ends) else INCONCLUSIVE
+
+
+def seeds_to_settle(mean: float, ci: float, n: int, threshold: float, most: int = 1000) -> int | None:
+    """The fewest seeds whose 95% interval would clear ``threshold``, if the mean and the spread
+    across seeds stayed what ``n`` seeds show; ``None`` if no number up to ``most`` would."""
+    from scipy import stats
+
+    if n < 2 or not (np.isfinite(mean) and np.isfinite(ci)) or mean == threshold:
+        return None
+    spread = ci * np.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    for m in range(n + 1, most + 1):
+        if stats.t.ppf(0.975, m - 1) * spread / np.sqrt(m) < abs(mean - threshold):
+            return m
+    return None
+
+
+def judge(c: Claim, *parts: tuple) -> Claim:
+    """The verdict of a claim that is one or more statements ``(per-seed values, threshold,
+    side)``: ``doesn't`` if one doesn't hold, ``holds`` if all do, else ``inconclusive``, with
+    the seeds that would settle each undecided part in ``c.settle``.  ``c``'s mean and interval
+    are the first part's unless already set."""
+    verdicts, settle = [], []
+    for i, (values, threshold, side) in enumerate(parts):
+        mean, ci, n, _ = seeds(values)
+        if i == 0 and not np.isfinite(c.mean):
+            c.mean, c.ci = mean, ci
+        c.n = max(c.n, n)
+        verdicts.append(decide(mean, ci, n, threshold, side))
+        if verdicts[-1] == INCONCLUSIVE:
+            needed = seeds_to_settle(mean, ci, n, threshold)
+            settle.append(f"{'measure' if len(parts) == 1 else f'part {i + 1}'} {side} {threshold:g}: "
+                          + ("one seed gives no interval: 2 or more would" if n < 2 else
+                             f"about {needed} seeds would settle it, if the spread stays" if needed else
+                             "more seeds at this budget would not settle it"))
+    c.verdict = FAILS if FAILS in verdicts else HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+    c.settle = "; ".join(settle) if c.verdict == INCONCLUSIVE else ""
     return c
 
 
+def measured(c: Claim, values, threshold: float, side: str) -> Claim:
+    """Fill in ``c`` from per-seed ``values``: their mean, 95% interval and formatted value, and
+    the verdict of ``mean SIDE threshold`` by ``RULE`` (``judge``)."""
+    c.mean, c.ci, c.n, c.value = seeds(values)
+    return judge(c, (values, threshold, side))
+
+
 def verdict(ok: bool) -> str:
-    """``holds`` if ``ok``, else ``doesn't``."""
+    """``holds`` if ``ok``, else ``doesn't``: for a statement with no interval over seeds (an
+    exact check's worst case, a paired test that states its own intervals)."""
     return HOLDS if ok else FAILS
 
 
@@ -221,7 +282,8 @@ def _converged(out: Path, names: list[str]) -> str:
 def table(claims: list[Claim]) -> pd.DataFrame:
     """The claims table (``claims.csv``): one row per claim."""
     return pd.DataFrame([{"paper": c.paper, "claim": c.claim, "test": c.test, "measured": c.value or "—",
-                          "verdict": c.verdict, "converged": c.converged, "note": c.note,
+                          "verdict": c.verdict, "converged": c.converged,
+                          "note": "; ".join(p for p in (c.note, c.settle) if p),
                           "figures": ", ".join(c.figures)} for c in claims], columns=COLUMNS)
 
 

@@ -40,7 +40,7 @@ from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, by_key, read, seeds, select, trained_key, verdict
+from icmix.experiments.claims import Claim, by_key, measured, read, seeds, select, trained_key
 
 NAME = "mlr-fig2"
 
@@ -229,9 +229,8 @@ def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
     t = select(t, f"mlr-fig2 (m = {m}, σ = 1)", n_components=m, noise=1.0, k=min(k, t.k.max()))
     trained = trained_key(t, "mlr-fig2")
     at = by_key(t, "seed", "nmse", [trained, PM_ORACLE, OLS], "mlr-fig2")
-    c.mean, c.ci, _, c.value = seeds(at[trained] / at[PM_ORACLE.id])
+    measured(c, at[trained] / at[PM_ORACLE.id], 1.2, "<=")
     c.note = f"OLS / posterior mean: {seeds(at[OLS.id] / at[PM_ORACLE.id])[3]}"
-    c.verdict = verdict(c.mean <= 1.2)
     return c
 
 

@@ -41,7 +41,7 @@ from icmix.figures.curves import mean_band, prompt_length_axis
 from icmix.metrics import min_matching_error, oracle_prediction_error
 from icmix.tasks import MixLinRegTask
 from icmix.train import TrainConfig
-from icmix.experiments.claims import Claim, by_key, read, seeds, select, trained_key, verdict
+from icmix.experiments.claims import Claim, by_key, measured, read, select, trained_key
 
 NAME = "mlr-fig3"
 ESTIMATORS = ("EM", "SA")
@@ -191,9 +191,8 @@ def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
     t = select(all_n, f"mlr-fig3 (n = {n})", n_train=n)
     at = by_key(t, "seed", "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
     best = at[[PM_EM.id, PM_SA.id]].min(axis=1)
-    c.mean, c.ci, _, c.value = seeds(at[trained] / best)
+    measured(c, at[trained] / best, 1.2, "<=")
     by_n = by_key(all_n, ["n_train", "seed"], "nmse", [trained, PM_EM, PM_SA], "mlr-fig3")
     ratio = (by_n[trained] / by_n[[PM_EM.id, PM_SA.id]].min(axis=1)).groupby("n_train").mean()
     c.note = "by n: " + ", ".join(f"{n_}: {r:.2f}" for n_, r in ratio.items())
-    c.verdict = verdict(c.mean <= 1.2)
     return c

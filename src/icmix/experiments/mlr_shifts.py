@@ -34,7 +34,7 @@ from icmix.experiments import mlr_fig2
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.families.mixlinreg import PM_ORACLE
 from icmix.figures.curves import mean_band, prompt_length_axis
-from icmix.experiments.claims import Claim, by_key, fmt, read, seeds, select, trained_key, verdict
+from icmix.experiments.claims import Claim, by_key, fmt, judge, read, seeds, select, trained_key
 
 SHIFTS = {  # name -> (sample() keyword, label)
     "covariate scale": ("covariate_scale", "κ"),
@@ -170,12 +170,12 @@ def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
         return ratio[sel]
 
     small, large = worst(SMALL), worst(LARGE)
-    ms, cs, n, _ = seeds(small.groupby("seed")["ratio"].max())
-    ml, cl, _, _ = seeds(large.groupby("seed")["ratio"].max())
+    small_worst, large_worst = small.groupby("seed")["ratio"].max(), large.groupby("seed")["ratio"].max()
+    ms, cs, n, _ = seeds(small_worst)
+    ml, cl, _, _ = seeds(large_worst)
     c.mean, c.ci = ms, cs
     c.value = f"small: {fmt(ms, cs, n)}; large: {fmt(ml, cl, n)}"
     by_shift = lambda r: r.groupby(["shift", "value"])["ratio"].mean()  # noqa: E731
     c.note = ("worst small: {} {:.3g} ({:.3g}); worst large: {} {:.3g} ({:.3g})"
               .format(*by_shift(small).idxmax(), by_shift(small).max(), *by_shift(large).idxmax(), by_shift(large).max()))
-    c.verdict = verdict(ms <= 1.5 < ml)
-    return c
+    return judge(c, (small_worst, 1.5, "<="), (large_worst, 1.5, ">"))

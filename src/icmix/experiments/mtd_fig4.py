@@ -46,7 +46,7 @@ from icmix.tasks import MTDTask
 from icmix.train import TrainConfig, fine_tune, load_run
 from icmix.objectives import to_distribution
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, measured, read, seeds, select, verdict
+from icmix.experiments.claims import Claim, measured, read, seeds, select
 
 NAME = "mtd-fig4"
 MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained standard (GPT)"}
@@ -333,7 +333,7 @@ def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
               "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
-    measured(c, kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled"), lambda r: r <= 1.1)
+    measured(c, kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled"), 1.1, "<=")
     kl = _fig4_agreement(out, "kl_construction")["value"]
     c.note = f"KL(construction ‖ trained) = {seeds(kl)[3]}"
     return c
@@ -347,10 +347,9 @@ def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
 def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
     a = _fig4_agreement(out, "attention_cosine")
     worst = a.groupby("seed")["value"].min()
-    c.mean, c.ci, _, c.value = seeds(worst)
+    measured(c, worst, 0.9, ">=")
     per_layer = a.groupby("layer")["value"].mean()
     c.note = "; ".join(f"layer-{int(k)} {v:.3f}" for k, v in per_layer.items())
-    c.verdict = verdict(c.mean >= 0.9)
     return c
 
 
@@ -360,4 +359,4 @@ def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def layer1_lag_mass(c: Claim, out: Path, cfg) -> Claim:
     v = _fig4_agreement(out, "lag_mass", layer=1)
-    return measured(c, v.groupby("seed")["value"].mean(), lambda mass: mass >= 0.9)
+    return measured(c, v.groupby("seed")["value"].mean(), 0.9, ">=")

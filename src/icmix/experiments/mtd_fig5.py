@@ -48,7 +48,7 @@ from icmix.metrics import kl_divergence
 from icmix.tasks import MTDTask
 from icmix.train.config import LOSSES
 from icmix.random import Stream, stream
-from icmix.experiments.claims import Claim, read, seeds, select, verdict
+from icmix.experiments.claims import Claim, measured, read, select
 
 NAME = "mtd-fig5"
 
@@ -326,9 +326,8 @@ FIGURE = Fig5()
               trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
     ratio = kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
-    c.mean, c.ci, n, c.value = seeds(ratio)
+    measured(c, ratio, 1, "<")
     track = select(read(out, "mtd-fig5-tracking"), "mtd-fig5-tracking", length=cfg.length)
     track = track.groupby("k")["kl_md_to_model"].mean()
     c.value += f"; closest to k = {int(track.idxmin())}"
-    c.verdict = verdict(c.mean < 1)
     return c

@@ -33,7 +33,7 @@ from icmix.experiments.common import trained_runs, family_task
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.metrics import mean_ci
 from icmix.train import load_run
-from icmix.experiments.claims import Claim, fmt, read, seeds, verdict
+from icmix.experiments.claims import Claim, fmt, judge, read, seeds
 
 NAME = "mtd-fig7"
 
@@ -167,5 +167,4 @@ def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
     ms, cs, _, _ = seeds(short)
     c.value = f"T={t.columns[-1]}: {fmt(c.mean, c.ci, n)}; T={t.columns[0]}: {fmt(ms, cs, n)}"
     c.note = f"KL(π ‖ uniform) = {np.mean(uniform):.3f}"
-    c.verdict = verdict(c.mean < np.mean(uniform) / 4 and c.mean < ms)
-    return c
+    return judge(c, (long_ - np.array(uniform) / 4, 0, "<"), (long_ - short, 0, "<"))  # paired per seed

@@ -258,4 +258,4 @@ fig6, fig8 = Fig6(), Fig8()
             trained=lambda tc, cfg: tc.model.kind == "gpt")
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
     ratio = kl_ratio_to_md(out, "mtd-fig6", cfg.length, ("seed", "order"), model_kind="gpt").groupby("seed").max()
-    return measured(c, ratio, lambda r: r <= 1.25)
+    return measured(c, ratio, 1.25, "<=")

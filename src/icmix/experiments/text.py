@@ -50,7 +50,7 @@ from icmix.random import Stream, stream
 from icmix.tasks import MTDTask
 from icmix.tasks.text import PYDOC
 from icmix.train import TrainConfig
-from icmix.experiments.claims import Claim, read, seeds, select, verdict
+from icmix.experiments.claims import Claim, measured, read, select, verdict
 
 NAME = "text"
 MATRICES = ("shared", "per-lag")  # one pi = pi_1 for every lag (MTD), or pi_g (MTDg)
@@ -447,7 +447,6 @@ def text_synthetic(c: Claim, out: Path, cfg) -> Claim:
     bayes = _text_curve(t, bayes_key(t, m, BAYES_UNIFORM), m, "per-lag").loc[longest]
     synthetic = select(t, "text", predictor="trained", variant=SYNTHETIC, length=longest)
     gap = 100 * (synthetic.groupby("matrices")["ce_mean"].mean() / bayes - 1)
-    c.mean, c.ci, _, c.value = seeds(gap)
+    measured(c, gap, 5, "<=")
     c.value += " %"
-    c.verdict = verdict(c.mean <= 5)
     return c
