@@ -32,12 +32,22 @@ def grid_axis(item: str) -> list[str]:
     return axis
 
 
-def parse_value(raw: str):
-    """A command-line value: a Python literal, a YAML scalar, or the string itself."""
+_NOT_A_LITERAL = object()
+
+
+def _literal(raw: str):
+    """``raw`` as a Python literal, or ``_NOT_A_LITERAL``."""
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        pass
+        return _NOT_A_LITERAL
+
+
+def parse_value(raw: str):
+    """A command-line value: a Python literal, a YAML scalar, or the string itself."""
+    value = _literal(raw)
+    if value is not _NOT_A_LITERAL:
+        return value
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -48,13 +58,6 @@ def parse_value(raw: str):
         except ValueError:
             return value
     return value
-
-
-def _literal(raw: str):
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return None
 
 
 def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
@@ -94,8 +97,6 @@ def typed(name: str, value, hint):
     raise ValueError(f"{name} must be {name_}, got {value!r}")
 
 
-
-
 def apply_overrides(cfg, overrides: list[str] | None):
     """The frozen dataclass ``cfg`` (a figure's config) with ``key=value`` overrides applied.
 
@@ -112,17 +113,16 @@ def apply_overrides(cfg, overrides: list[str] | None):
         key, raw = split(item)
         if key not in fields:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
+        hint, args = hints.get(key), typing.get_args(hints.get(key))
         value = parse_value(raw)
-        if str in (hints.get(key), *typing.get_args(hints.get(key))) and not isinstance(value, str):
+        if str in (hint, *args):  # a name stays as typed: `yes`, `on`, `null` are not YAML's bool and null here
             literal = _literal(raw)
-            value = literal if isinstance(literal, str) else raw.strip()  # a name: `yes`, `on`, `null` as typed
-            if value == "None" and type(None) in typing.get_args(hints.get(key)):
-                value = None
+            value = literal if isinstance(literal, str) or (literal is None and type(None) in args) else raw.strip()
         if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         plain = (int, float, str, bool)
-        inner = [a for a in typing.get_args(hints.get(key)) if a is not Ellipsis and a is not type(None)]
-        if hints.get(key) in plain or (inner and all(a in plain for a in inner)):
-            typed(key, value, hints[key])
+        inner = [a for a in args if a is not Ellipsis and a is not type(None)]
+        if hint in plain or (inner and all(a in plain for a in inner)):
+            typed(key, value, hint)
         changes[key] = value
     return dataclasses.replace(cfg, **changes)
