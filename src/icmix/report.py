@@ -32,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-from icmix.experiments.figure import DEMO, PRESET_NAMES, figure_names, get_figure
+from icmix.experiments.figure import DEMO, PRESET_NAMES, figures_with, get_figure
 from icmix.io import atomic_write, output_folder, staged
 
 REPORT_MODULES = ("report.py", "experiments/claims.py", "cli.py")
@@ -47,11 +47,9 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
 
     if preset not in (*PRESET_NAMES, DEMO):
         raise ValueError(f"preset must be one of {(*PRESET_NAMES, DEMO)}, got {preset!r}")
-    names = list(figures or figure_names())
     for name in figures or []:
         get_figure(name)  # an unknown name: the registered ones, and how to register
-    if not figures:  # every figure: those that have this preset (a plugin's may have only some)
-        names = [n for n in names if _loads(n) and get_figure(n).has_preset(preset)]
+    names = list(figures) if figures else figures_with(preset)  # a plugin's figure may have only some presets
     configs = {name: get_figure(name).preset(preset) for name in names}
     if seeds is not None:
         if seeds < 1:
@@ -75,19 +73,6 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     for n, items in per_figure.items():
         configs[n] = apply_overrides(configs[n], items)
     return configs
-
-
-def _loads(name: str) -> bool:
-    """Whether the registered figure ``name`` loads; a plugin's figure that does not is left
-    out of ``reproduce all`` with a warning (the others still run)."""
-    import warnings
-
-    try:
-        get_figure(name)
-        return True
-    except ValueError as err:
-        warnings.warn(f"{err}; left out of this run", stacklevel=3)
-        return False
 
 
 def source_hash() -> str:
@@ -353,7 +338,7 @@ def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | 
     figs = manifest["figures"]
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     if figures is None:
-        figures = [n for n in figure_names() if _loads(n) and get_figure(n).has_preset(manifest["preset"])]
+        figures = figures_with(manifest["preset"])
     claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures])
     claims_table = claims_mod.table(claims)
     runs = runs_table(out, configs)

@@ -204,6 +204,23 @@ def figure_names() -> list[str]:
     return list(_FIGURES)
 
 
+def figures_with(preset: str) -> list[str]:
+    """The registered figures that have ``preset``, in report order.  A plugin's figure that does
+    not load is left out with a warning, so that the others still run."""
+    import warnings
+
+    names = []
+    for name in figure_names():
+        try:
+            figure = get_figure(name)
+        except ValueError as err:
+            warnings.warn(f"{err}; left out of this run", stacklevel=2)
+            continue
+        if figure.has_preset(preset):
+            names.append(name)
+    return names
+
+
 def get_figure(name: str) -> Figure:
     """The registered figure ``name``; ``ValueError`` listing the registered ones (and saying
     how to register a figure) otherwise."""

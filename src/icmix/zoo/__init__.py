@@ -66,10 +66,10 @@ def preset_runs(preset: str, only: list[str] | None = None) -> dict[str, tuple]:
     """``{run name: (TrainConfig, [figure names])}``: every training run of ``preset`` over the
     registered figures that have it (or those in ``only``), each once, in report order."""
     from icmix.experiments.common import run_name
-    from icmix.experiments.figure import figure_names, get_figure
+    from icmix.experiments.figure import figures_with, get_figure
 
     runs: dict[str, tuple] = {}
-    for name in only or [n for n in figure_names() if get_figure(n).has_preset(preset)]:
+    for name in only or figures_with(preset):
         fig = get_figure(name)
         for tc in fig.runs(fig.preset(preset)).values():
             runs.setdefault(run_name(tc), (tc, []))[1].append(name)
