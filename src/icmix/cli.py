@@ -651,18 +651,11 @@ def _load_plugins(argv: list[str]) -> list[str]:
     built, so the plugins' figures and families are known to it; ``argv`` without them."""
     from icmix import plugins
 
-    rest, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--plugin" and i + 1 < len(argv):
-            plugins.load(argv[i + 1])
-            i += 2
-            continue
-        if arg.startswith("--plugin="):
-            plugins.load(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-        i += 1
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, rest = pre.parse_known_args(argv)
+    for module in known.plugin:
+        plugins.load(module)
     return rest
 
 
