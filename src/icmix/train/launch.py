@@ -230,6 +230,9 @@ class SubmititLauncher(Launcher):
     Subclasses say how to build the executor, how many jobs run at once, how to tell whether an
     earlier job is alive, and how many threads a job gets."""
 
+    default_poll_seconds: ClassVar[float] = 0.5
+    on_interrupt: ClassVar[str] = "jobs started from this terminal stop with it"
+
     def __post_init__(self):
         self.check_options()
         _submitit()
@@ -240,10 +243,8 @@ class SubmititLauncher(Launcher):
         if self.poll_seconds is None:
             self.poll_seconds = self.default_poll_seconds
 
-    default_poll_seconds: ClassVar[float] = 0.5
-    on_interrupt: ClassVar[str] = "jobs started from this terminal stop with it"
-
     def check_options(self) -> None:
+        """Refuse options this launcher does not take (``--slurm`` ones, but for SLURM)."""
         super().__post_init__()
 
     def check_environment(self) -> None:
