@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("figure", metavar="FIGURE",
                    help="one figure, or all of them with a report (report.html, report.md, claims.csv); registered: "
                         + ", ".join(["all", *figure_names()]))
-    p.add_argument("--preset", choices=("quick", "cpu", "paper", "demo"), default="quick",
+    p.add_argument("--preset", choices=("quick", "cpu", "long", "paper", "demo"), default="quick",
                    help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure (its runs ship "
                         "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo-zoo)")
     p.add_argument("--out", required=True, help="output directory")
@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")
     zsub = p.add_subparsers(dest="zoo_command", required=True)
     z = zsub.add_parser("build", help="train the preset's runs the zoo lacks and add them to it")
-    z.add_argument("--preset", choices=("quick", "cpu", "paper"), default="cpu")
+    z.add_argument("--preset", choices=("quick", "cpu", "long", "paper"), default="cpu")
     z.add_argument("--only", nargs="+", metavar="FIGURE", help="just these figures' runs")
     z.add_argument("--runs", nargs="+", metavar="RUN", help="just these runs (by name)")
     z.add_argument("--work", default="zoo-work", help="where the full run directories (checkpoints) are trained")

@@ -67,6 +67,19 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
     return {key: out / f for key, f in files.items()}
 
 
+def cadence(steps: int, snapshots: int = 0) -> dict:
+    """How often a figure's training run evaluates and checkpoints (``TrainConfig`` fields): 20
+    evaluations and a checkpoint every tenth of the run, the newest 2 kept; or, with
+    ``snapshots`` > 0 (the long tier), an evaluation and a checkpoint every ``steps / snapshots``
+    steps, all kept, so that one run gives a claim's metric at every budget (``icmix.scaling``)."""
+    if not snapshots:
+        return {"eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10)}
+    if snapshots < 0 or steps % snapshots:
+        raise ValueError(f"snapshots must divide steps ({steps}), got {snapshots}")
+    every = steps // snapshots
+    return {"eval_every": every, "checkpoint_every": every, "keep_checkpoints": snapshots}
+
+
 def run_name(tc) -> str:
     """A run directory name: what usually differs between runs, then a hash of the whole config
     (``disentangled5-m3-T32-mse-seed0-<hash>``, ``gpt-regression4-d8-m5-noise0.0-seed0-<hash>``,

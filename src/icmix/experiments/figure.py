@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import pandas as pd
 
-PRESET_NAMES = ("quick", "cpu", "paper")
+PRESET_NAMES = ("quick", "cpu", "long", "paper")
 DEMO = "demo"  # the cpu preset's training runs, evaluated at smaller sizes (``Figure.demo``)
 
 

@@ -32,7 +32,7 @@ from icmix.estimators import regression as reg
 from icmix.predictors import RegressionPredictor
 from icmix.evaluate import evaluate_regression
 from icmix.train import TrainedRegressor
-from icmix.experiments.common import trained_runs, family_task
+from icmix.experiments.common import cadence, family_task, trained_runs
 from icmix.experiments.figure import TableFigure
 from icmix.families import get_family
 from icmix.families.mixlinreg import ARGMIN_ORACLE, CONSTRUCTED, OLS, PM_ORACLE, RIDGE
@@ -61,6 +61,8 @@ class Config:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    schedule: str = "cosine"  # of the learning rate
+    snapshots: int = 0  # > 0: that many evenly spaced checkpoints kept (common.cadence; the long tier)
     dropout: float = 0.0
     n_eval: int = 1000
     seeds: tuple[int, ...] = (0, 1)
@@ -89,9 +91,9 @@ class Config:
                      "dims_start": self.dims_start, "points_start": self.points_start, **task},
             "model": {"kind": "gpt-regression", "n_layers": self.n_layers, "d_model": self.d_model,
                       "n_heads": self.n_heads, "dropout": self.dropout if dropout is None else float(dropout)},
-            "optim": {"lr": self.lr, "schedule": "cosine", "warmup_steps": self.warmup_steps},
+            "optim": {"lr": self.lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps},
             "steps": self.steps, "batch_size": self.batch_size, "loss": "mse", "loss_positions": "all", "seed": seed,
-            "eval_every": max(1, self.steps // 20), "checkpoint_every": max(1, self.steps // 10),
+            **cadence(self.steps, self.snapshots),
             "device": self.device, "precision": self.precision, "data_device": self.data_device,
         })
 
@@ -105,6 +107,9 @@ PRESETS = {
     # sigma = 1 only, the setting every claim reads (``--set "mlr-fig2.noises=(0.0,1.0)"`` adds
     # the noiseless panels, 4 more runs).
     "cpu": Config(noises=(1.0,), steps=20_000),
+    # The long tier: the cpu model for twice its steps at a constant lr of half its cosine peak,
+    # 4 seeds, 80 checkpoints kept (one run gives each claim's metric at every budget).
+    "long": Config(noises=(1.0,), steps=40_000, lr=5e-4, schedule="constant", snapshots=80, seeds=(0, 1, 2, 3)),
     # The paper: d = 20, curriculum 5 -> 20 dims and 11 -> 41 points (+1 / +2 every 2000 steps),
     # 12 layers, width 256, 8 heads, batch 64 (a GPU job).
     "paper": Config(dim=20, n_points=41, curriculum_every=2000, dims_start=5, points_start=11, n_layers=12,

@@ -36,7 +36,8 @@ from icmix.estimators import mtd as est
 from icmix.predictors import ConstructedMirrorDescent, TunedMirrorDescent
 from icmix.evaluate import evaluate_mtd
 from icmix.train import TrainedPredictor
-from icmix.experiments.common import trained_runs, family_task
+from icmix.experiments import mtd_training
+from icmix.experiments.common import cadence, family_task, trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
 from icmix.experiments.mtd_fig3 import kl_pivot, kl_ratio_to_md, summarise
 from icmix.families import get_family
@@ -62,6 +63,8 @@ class Config:
     batch_size: int = 128
     lr: float = 1e-2
     warmup_steps: int = 100
+    schedule: str = "cosine"  # of the learning rate
+    snapshots: int = 0  # > 0: that many evenly spaced checkpoints kept (common.cadence; the long tier)
     loss: str = "mse"
     loss_positions: str = "last"
     positions: str = "onehot"
@@ -104,9 +107,9 @@ class Config:
         return TrainConfig.from_dict({
             "task": {"kind": "mtd", "vocab_size": self.vocab_size, "order": self.order, "seed": seed, "length": self.length},
             "model": model,
-            "optim": {"lr": self.lr, "schedule": "cosine", "warmup_steps": self.warmup_steps, "grad_clip": 1.0},
+            "optim": {"lr": self.lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps, "grad_clip": 1.0},
             "steps": steps, "batch_size": self.batch_size, "loss": self.loss, "loss_positions": self.loss_positions,
-            "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
+            "seed": seed, **cadence(steps, self.snapshots),
             "device": self.device, "precision": self.precision, "data_device": self.data_device,
         })
 
@@ -120,6 +123,11 @@ PRESETS = {
     "cpu": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=10_000, lr=6e-3, warmup_steps=300,
                   loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=10_000, gpt_width=32,
                   n_sequences=500, n_tune=250, seeds=(0, 1), ablation_steps=2000),
+    # The long tier: the cpu recipe at mtd_training.LONG (both models 20k steps at a constant lr 3e-3,
+    # 4 seeds, 80 checkpoints kept; the runs are mtd-fig6's at order 3).
+    "long": Config(length=32, eval_lengths=(8, 16, 24, 32), warmup_steps=300, loss_positions="all", positions="warmup",
+                   value_offsets=4, gpt_steps=20_000, gpt_width=32, n_sequences=500, n_tune=250, ablation_steps=2000,
+                   **mtd_training.LONG),
     # The cpu recipe for half the steps (the runs are mtd-fig6's at order 3).
     "quick": Config(length=32, eval_lengths=(8, 16, 24, 32), steps=5000, lr=6e-3, warmup_steps=200,
                     loss_positions="all", positions="warmup", value_offsets=4, gpt_steps=600, gpt_width=32,

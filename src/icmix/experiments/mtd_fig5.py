@@ -92,6 +92,7 @@ PRESETS = {
     # MSE only, batch 64 and 3000 steps: the 5-layer model is the slowest of the quick runs.
     "quick": Config(batch_size=64, losses=("mse",), **{**mtd_training.QUICK, "steps": 3000}),
     "cpu": Config(),  # the fig4 cpu recipe at depths 3 and 5
+    "long": Config(losses=("mse",), **mtd_training.LONG),  # MSE only: the claims read it
     "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), n_sequences=1000, n_tune=500, **mtd_training.PAPER),
 }
 

@@ -85,6 +85,7 @@ class Config(mtd_training.Recipe):
 PRESETS = {
     "quick": Config(gpt_steps=600, **mtd_training.QUICK),
     "cpu": Config(),
+    "long": Config(gpt_steps=mtd_training.LONG["steps"], **mtd_training.LONG),
     "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), gpt_steps=500_000, gpt_width=64, n_sequences=1000,
                     n_tune=500, **mtd_training.PAPER),
 }

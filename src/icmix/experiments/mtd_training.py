@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from icmix._checks import check_positive_int
+from icmix.experiments.common import cadence
 from icmix.train import TrainConfig
 
 
@@ -18,13 +19,17 @@ from icmix.train import TrainConfig
 class Recipe:
     """The ``cpu`` presets' recipe (CPU in about an hour a figure): loss on every position with a full lag
     history, the warm-up marker, value offsets 0..m, cosine schedule at lr 6e-3, 10k steps.
-    ``jobs``: training runs at once, in separate processes."""
+    ``schedule``: the learning rate's (``cosine``, ``constant``, ``linear``); ``snapshots`` > 0 keeps
+    that many evenly spaced checkpoints (``common.cadence``).  ``jobs``: training runs at once, in
+    separate processes."""
 
     vocab_size: int = 10
     steps: int = 10_000
     batch_size: int = 128
     lr: float = 6e-3
     warmup_steps: int = 300
+    schedule: str = "cosine"
+    snapshots: int = 0
     loss: str = "mse"
     loss_positions: str = "all"
     positions: str = "warmup"
@@ -46,6 +51,12 @@ class Recipe:
 QUICK = dict(steps=5000, warmup_steps=200)
 
 # The paper's recipe: one-hot positions, MSE on the last token, lr 1e-3, 5e5 steps (a GPU job).
+# The long tier (``--preset long``): twice the cpu recipe's steps at a constant learning rate, half
+# the cosine peak (its mean), after the same warm-up; four seeds; 80 checkpoints kept, so that one
+# run gives each claim's metric at every budget (a constant rate: a budget's weights do not depend
+# on the run's length).
+LONG = dict(steps=20_000, lr=3e-3, schedule="constant", snapshots=80, seeds=(0, 1, 2, 3))
+
 PAPER = dict(steps=500_000, lr=1e-3, warmup_steps=100, loss_positions="last", positions="onehot", seeds=(0, 1, 2))
 
 
@@ -69,8 +80,8 @@ def train_config(cfg, seed: int, model: dict, order: int, length: int, loss: str
     return TrainConfig.from_dict({
         "task": {"kind": kind, "vocab_size": cfg.vocab_size, "order": order, "seed": seed, "length": length},
         "model": model,
-        "optim": {"lr": cfg.lr, "schedule": "cosine", "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
+        "optim": {"lr": cfg.lr, "schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
         "steps": steps, "batch_size": cfg.batch_size, "loss": loss, "loss_positions": cfg.loss_positions,
-        "seed": seed, "eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10),
+        "seed": seed, **cadence(steps, cfg.snapshots),
         "device": cfg.device, "precision": cfg.precision, "data_device": cfg.data_device,
     })

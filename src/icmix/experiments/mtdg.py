@@ -83,6 +83,7 @@ PRESETS = {
     # minutes on 2 cores: a third of the cpu recipe's steps (the GPT: 15%)
     "quick": Config(steps=3000, warmup_steps=200, gpt_steps=1500, n_sequences=300, n_tune=150),
     "cpu": Config(),
+    "long": Config(gpt_steps=mtd_training.LONG["steps"], **mtd_training.LONG),
     "paper": Config(length=64, eval_lengths=(8, 16, 32, 48, 64), gpt_steps=500_000, gpt_width=64, n_sequences=1000,
                     n_tune=500, md_steps=(1, 2, 3, 4), **mtd_training.PAPER),
 }
