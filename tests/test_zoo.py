@@ -7,7 +7,7 @@
   entry (altered file, or a config the code now names differently), with a warning;
 - every entry shipped with the package is sound, is a run of the ``cpu`` preset, and the zoo
   keeps its size caps;
-- convergence: the tail improvement of the excess over the Bayes-optimal value, checked by
+- convergence: what doubling the steps did to the excess over the Bayes-optimal value, checked by
   hand on written metrics; ``Objective.optimum`` against the predictors it must beat;
 - claims: ``converged`` is filled for every trained-model claim, and a failing claim on runs
   still improving reads ``not converged``.
@@ -31,7 +31,7 @@ from icmix.experiments.common import run_name, train_runs
 from icmix.report import configs_for
 from icmix.random import Stream, stream
 from icmix.train import TrainConfig
-from icmix.train.convergence import TAIL, TOLERANCE, Convergence, run_convergence
+from icmix.train.convergence import TOLERANCE, WINDOW, Convergence, run_convergence
 from icmix.train.loop import build_objective, build_task
 
 TINY = {
@@ -209,19 +209,36 @@ def write_metrics(run: Path, tc: TrainConfig, values) -> None:
                                                for s, v in zip(steps, values)))
 
 
-def test_convergence_is_the_tail_improvement_of_the_excess(tmp_path):
-    tc = TrainConfig.from_dict(TINY)
-    values = [3.0, 2.0, 1.6, 1.5, 1.2]  # steps 8..40: the tail starts at the row of step 32 (80 %)
-    write_metrics(tmp_path / "r", tc, values)
+def test_convergence_asks_what_doubling_the_steps_did_at_a_constant_rate(tmp_path):
+    constant = TrainConfig.from_dict({**TINY, "optim": {"lr": 0.01, "schedule": "constant", "warmup_steps": 3}})
+    # 10 evaluations at steps 4, 8, ..., 40: the window of 10 % before half the steps (20) holds
+    # steps 17..20 (the row of step 20), before the end steps 37..40 (the row of step 40).
+    values = [3.0, 2.0, 1.8, 1.6, 1.5, 1.4, 1.35, 1.3, 1.25, 1.2]
+    write_metrics(tmp_path / "r", constant, values)
     c = run_convergence(tmp_path / "r")
-    assert (c.start_step, c.steps, c.start, c.final) == (32, 40, 1.5, 1.2)
-    assert c.metric == "eval_kl" and 0 < c.optimum < 1.2
-    assert c.improvement == pytest.approx(0.3 / (1.5 - c.optimum)) and not c.converged
-    assert Convergence("m", 1.0, 80, 100, 1.10, 1.096).converged  # 4 % of the excess 0.1
-    assert not Convergence("m", 1.0, 80, 100, 1.10, 1.094).converged  # 6 %
-    assert Convergence("m", 1.0, 80, 100, 1.10, 1.2).converged  # got worse: not improving
-    assert (TAIL, TOLERANCE) == (0.2, 0.05)
-    write_metrics(tmp_path / "cut", tc, [3.0, 2.0])  # steps 20, 40 ... relabelled below as an interrupted run
+    assert (c.start_step, c.steps, c.start, c.end, c.final) == (20, 40, 1.5, 1.2, 1.2)
+    assert c.metric == "eval_kl" and 0 < c.optimum < 1.2 and c.constant and c.interval == 0.0  # one row a window
+    assert c.improvement == pytest.approx(0.3 / (1.5 - c.optimum)) and c.status == "no"
+    # The windows' spread gives the interval: here 20 % of the steps, two evaluations each end.
+    c = run_convergence(tmp_path / "r", window=0.2)
+    a, b = np.array([1.6, 1.5]), np.array([1.25, 1.2])
+    assert (c.start, c.end) == (pytest.approx(a.mean()), pytest.approx(b.mean()))
+    assert c.interval == pytest.approx(1.96 * np.sqrt(a.var(ddof=1) / 2 + b.var(ddof=1) / 2))
+    # 5 % of the excess at half the steps, or the interval, decides:
+    assert Convergence("m", 1.0, 50, 100, 1.10, 1.096).converged  # fell by 4 % of the excess 0.1
+    assert not Convergence("m", 1.0, 50, 100, 1.10, 1.094).converged  # 6 %
+    assert Convergence("m", 1.0, 50, 100, 1.10, 1.09, 1.09, interval=0.011).converged  # 10 %, within its noise
+    assert not Convergence("m", 1.0, 50, 100, 1.10, 1.09, 1.09, interval=0.009).converged
+    assert Convergence("m", 1.0, 50, 100, 1.10, 1.2).converged  # got worse: not improving
+    # A flat plateau at a constant rate is converged: more steps would not move it.
+    write_metrics(tmp_path / "flat", constant, [3.0, 2.0] + [1.5] * 8)
+    assert run_convergence(tmp_path / "flat").status == "yes"
+    # An annealed rate (TINY is cosine) cannot tell, however its tail moved.
+    write_metrics(tmp_path / "cosine", TrainConfig.from_dict(TINY), values)
+    c = run_convergence(tmp_path / "cosine")
+    assert c.status == "unknown" and not c.constant and "anneals" in c.why
+    assert (WINDOW, TOLERANCE) == (0.1, 0.05)
+    write_metrics(tmp_path / "cut", constant, [3.0, 2.0])  # steps 20, 40 ... relabelled below as an interrupted run
     rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "cut" / "metrics.jsonl").write_text(rows[0].replace('"step": 20', '"step": 10') + "\n")
     with pytest.raises(ValueError, match="has not finished: its last eval_kl is at step 10 of 40"):

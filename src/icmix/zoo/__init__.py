@@ -570,7 +570,7 @@ def table(root: Path | None = None):
             c = run_convergence(e.path)
             known = c.optimum is not None
             row.update(metric=c.metric, final=round(c.final, 5), excess=round(c.excess, 5) if known else "–",
-                       tail_improvement=f"{c.improvement:.1%}" if known else "–", converged=c.status)
+                       second_half_gain=f"{c.improvement:.1%}" if known else "–", converged=c.status)
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
         listed = e.listed()
