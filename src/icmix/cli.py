@@ -413,12 +413,14 @@ def _zoo_verify(args) -> int:
     work = Path(args.work) if args.work else None
     if work is not None and (work / entry.name).exists():
         raise ValueError(f"{work / entry.name} exists: verify retrains from scratch into a new folder")
+    if args.tail and "tail_step" not in entry.provenance:
+        zoo.prepare_tail(entry, Path("."))  # refused: says which runs ship a tail
     import contextlib
     import tempfile
 
     with (output_folder(args.out) if args.out else contextlib.nullcontext()), \
             tempfile.TemporaryDirectory(prefix="icmix-zoo-verify-") as tmp:
-        record = zoo.verify(entry.name, work or Path(tmp), root, progress=not args.no_progress)
+        record = zoo.verify(entry.name, work or Path(tmp), root, progress=not args.no_progress, tail=args.tail)
         if args.out:
             path = Path(args.out) / "zoo-verify" / f"{record['run']}.json"
             atomic_write(path, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
@@ -428,7 +430,8 @@ def _zoo_verify(args) -> int:
         shown = "; ".join(f"{k} {record['evaluation']['recorded'][k]:.6g} recorded, {v:.6g} measured"
                           for k, v in record["evaluation"]["measured"].items())
         print(f"{record['run']}: evaluation check passed: the shipped weights give the recorded final metrics ({shown})")
-        print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); retrained in "
+        how = f"resumed from its tail (step {record['from_step']})" if record.get("from_step") else "retrained"
+        print(f"{record['run']}: {record['status'].upper()} ({record['reason']}); {how} in "
               f"{record['retrain_seconds']:.0f} s with {record['here']['threads']} thread(s); final {record['metric']} "
               f"shipped {record['metric_shipped']:.6g}, retrained {record['metric_retrained']:.6g}; "
               f"max weight difference {record['max_weight_difference']:.3g}")
@@ -601,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--out", help="also write the record to OUT/zoo-verify/RUN.json (the report shows it)")
     z.add_argument("--work", help="train here (default: a temporary folder, removed afterwards)")
     z.add_argument("--root", help="zoo folder (default: the package's)")
+    z.add_argument("--tail", action="store_true",
+                   help="resume from the checkpoint the run ships 1,000 steps before its end, instead of retraining "
+                        "from scratch (long-tier runs of the first seed; seconds)")
     z.add_argument("--no-progress", action="store_true")
     z.set_defaults(func=_zoo_verify)
     z = zsub.add_parser("manifest", help="compare the shipped zoo with the package's manifest of it (or rewrite it)")

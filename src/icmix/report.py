@@ -50,7 +50,11 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     for name in figures or []:
         get_figure(name)  # an unknown name: the registered ones, and how to register
     names = list(figures) if figures else figures_with(preset)  # a plugin's figure may have only some presets
-    configs = {name: get_figure(name).preset(preset) for name in names}
+    if preset == DEMO:
+        names = [n for n in names if demo_tier(n)]
+        configs = {name: demo_config(name) for name in names}
+    else:
+        configs = {name: get_figure(name).preset(preset) for name in names}
     if seeds is not None:
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}")
@@ -73,6 +77,31 @@ def configs_for(preset: str, overrides: list[str] | None = None, seeds: int | No
     for n, items in per_figure.items():
         configs[n] = apply_overrides(configs[n], items)
     return configs
+
+
+def demo_tier(name: str) -> str | None:
+    """The tier whose training runs the ``demo`` preset evaluates figure ``name`` on: ``long``
+    where the figure has a long preset and the model zoo holds every one of its runs (for
+    ``claims-scaling``, which trains nothing: where the zoo ships the long tier's measurements),
+    else ``cpu``; ``None`` for a figure with neither."""
+    from icmix import zoo
+    from icmix.experiments.common import run_name
+
+    figure = get_figure(name)
+    if "long" in figure.presets:
+        cfg = figure.preset("long")
+        names = {run_name(tc) for tc in figure.runs(cfg).values()}
+        found = {n for n, e in zoo.entries().items() if e.preset == "long"}
+        if names <= found and (names or zoo.measurements("long") is not None):
+            return "long"
+    return "cpu" if "cpu" in figure.presets else None
+
+
+def demo_config(name: str):
+    """Figure ``name``'s ``demo`` config: the preset of its ``demo_tier`` with the demo's
+    evaluation sizes (``Figure.demo``)."""
+    figure = get_figure(name)
+    return dataclasses.replace(figure.presets[demo_tier(name)], **figure.demo)
 
 
 def source_hash() -> str:
@@ -202,6 +231,25 @@ def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
     return {Path(p).name: why for p, why in stale.items()}
 
 
+def take_measurements(out: Path, preset: str, progress: bool = True) -> Path | None:
+    """Copy the zoo's long-tier claims measurements (``icmix.zoo.measurements``) into ``out`` for
+    the ``claims-scaling`` figure, unless ``out`` has its own; the file used, or ``None``."""
+    import shutil
+
+    from icmix import zoo as zoo_mod
+
+    dest = out / zoo_mod.MEASUREMENTS
+    if dest.exists():
+        return dest
+    source = zoo_mod.measurements("long") if preset in ("long", DEMO) else None
+    if source is None:
+        return None
+    atomic_write(dest, lambda p: shutil.copyfile(source, p))
+    if progress:
+        print(f"model zoo: the long tier's claims measured at every budget ({source.name}) taken from the zoo")
+    return dest
+
+
 def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs: dict, jobs: int, force: bool,
                    progress: bool, start: float, zoo: bool = True, launcher=None, tracking: tuple[str, ...] = ()) -> Path:
     from icmix.experiments.common import run_name
@@ -227,6 +275,8 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
             requested += 1
             runs.setdefault(out / "runs" / run_name(tc), (tc, set()))[1].add(name)
     order = sorted(runs, key=lambda p: -_cost(runs[p][0]))
+    if zoo and "claims-scaling" in todo:
+        take_measurements(out, preset, progress)
     finished = {p for p in order if (p / "model" / "model.safetensors").exists()}
     stale = take_from_zoo([(runs[p][0], p) for p in order if p not in finished], progress) if zoo else {}
     pending = [p for p in order if not (p / "model" / "model.safetensors").exists()]  # finished runs are reused
@@ -248,6 +298,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
 
     for name in todo:
         entries[name] = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
+                         "tier": demo_tier(name) if preset == DEMO else preset,
                          "config": dataclasses.asdict(configs[name]),
                          "runs": {p.name: run_source(p) for p in order if name in runs[p][1]}}
         broken = {str(p.relative_to(out)): err for p, err in failed_runs.items() if name in runs[p][1]}
@@ -340,7 +391,8 @@ def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | 
     if figures is None:
         figures = figures_with(manifest["preset"])
     claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures])
-    claims_table = claims_mod.table(claims)
+    tiers = {n: e.get("tier", manifest["preset"]) for n, e in figs.items()}
+    claims_table = claims_mod.table(claims, tiers)
     runs = runs_table(out, configs)
     md = _markdown(out, manifest, claims_table, runs)
     page = _html(out, manifest, claims_table, runs)
@@ -470,12 +522,15 @@ def _status(entry: dict) -> str:
 
 def _markdown(out: Path, manifest: dict, claims, runs) -> str:
     from icmix.experiments.claims import RULE
+    from icmix.experiments.scaling import CONVERGENCE
     from icmix.train.convergence import DEFINITION
 
     parts = ["# icmix: both papers reproduced", "", *(f"- {line}" for line in _header(manifest)), "",
              "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), "",
              f"*verdict*: {RULE}.", "",
-             f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.", ""]
+             f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
+             f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged*. *basis*: the "
+             "tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.", ""]
     checks = _verification_lines(out)
     if checks:
         parts += ["## Model zoo verification", "", *(f"- {line}" for line in checks), ""]
@@ -513,6 +568,7 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
     import markdown
 
     from icmix.experiments.claims import RULE
+    from icmix.experiments.scaling import CONVERGENCE
     from icmix.train.convergence import DEFINITION
 
     def md(text: str) -> str:  # raw HTML in the text (a stale entry's reason, say) is shown, never run
@@ -537,7 +593,9 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
             f"<th>converged</th><th>note</th><th>figures</th></tr>{rows}</table>",
             md(f"*verdict*: {RULE}."),
-            md(f"*converged*: {DEFINITION}; a claim that fails on runs that had not converged reads *not converged*.")]
+            md(f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
+               f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged*. *basis*: "
+               "the tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.")]
     checks = _verification_lines(out)
     if checks:
         body.append("<h2 id='zoo-verify'>Model zoo verification</h2>" + md("\n".join(f"- {line}" for line in checks)))

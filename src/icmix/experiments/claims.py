@@ -101,6 +101,8 @@ class Claim:
     converged: str = "–"  # yes / no / unknown for the trained runs the claim rests on; – where there are none
     n: int = 0  # seeds behind the measure
     settle: str = ""  # inconclusive: what would settle it
+    threshold: float = float("nan")  # of the measure (the first statement's), and the claim's side of it
+    side: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,8 @@ def judge(c: Claim, *parts: tuple) -> Claim:
         mean, ci, n, _ = seeds(values)
         if i == 0 and not np.isfinite(c.mean):
             c.mean, c.ci = mean, ci
+        if i == 0 and not c.side:
+            c.threshold, c.side = float(threshold), side
         c.n = max(c.n, n)
         verdicts.append(decide(mean, ci, n, threshold, side))
         if verdicts[-1] == INCONCLUSIVE:
@@ -234,6 +238,7 @@ def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable) -
     without the rows it needs (``MissingRows``: other settings) ``no data``, each with the
     reason in its note.  Any other error in a claim propagates: it is a bug, not a verdict."""
     claims = []
+    scaling = _scaling(out)
     for fig in figures:
         for spec in fig.claims:
             cfg = configs.get(spec.figure)
@@ -250,10 +255,38 @@ def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable) -
                 c.verdict, c.value, c.note = NO_DATA, "", str(err)
             if spec.trained:
                 c.converged = _converged(out, claim_runs(spec, fig, cfg))
+                scaled = scaling.get(c.claim)
+                if scaled is not None and scaled["converged"] in ("yes", "no"):
+                    _with_scaling(c, scaled)
                 if c.verdict == FAILS and c.converged == "no":
                     c.verdict = NOT_CONVERGED
             claims.append(c)
     return claims
+
+
+SCALING_FITS = "claims-scaling-fits.csv"  # written by the claims-scaling figure (icmix.experiments.scaling)
+
+
+def _scaling(out: Path) -> dict[str, dict]:
+    """The claims-scaling figure's fits under ``out``, by claim (empty if it did not run)."""
+    path = Path(out) / SCALING_FITS
+    if not path.exists():
+        return {}
+    return {row["claim"]: row for row in pd.read_csv(path).to_dict("records")}
+
+
+def _with_scaling(c: Claim, f: dict) -> None:
+    """A claim measured by the claims-scaling figure too: its convergence is the scaling data's
+    (doubling the budget moved the measure by less than its interval), and the note says where
+    the fit extrapolates it, and what the verdict would be at the paper's budget."""
+    c.converged = f["converged"]
+    if np.isfinite(f.get("extrapolated", np.nan)):
+        extrapolated = (f"extrapolated to {f['target_steps']:.0f} steps: {f['extrapolated']:.3g} "
+                        f"[{f['lo']:.3g}, {f['hi']:.3g}], {f['verdict_extrapolated']} there")
+    else:
+        extrapolated = "no power-law fit to extrapolate"
+    c.note = "; ".join(p for p in (c.note, f"doubling the steps moved it by {f['moved_by_doubling']:.2g}; "
+                                            + extrapolated) if p)
 
 
 def claim_runs(spec: ClaimSpec, figure, cfg) -> list[str]:
@@ -279,12 +312,20 @@ def _converged(out: Path, names: list[str]) -> str:
         return "?"
 
 
-def table(claims: list[Claim]) -> pd.DataFrame:
-    """The claims table (``claims.csv``): one row per claim."""
+def table(claims: list[Claim], tiers: dict[str, str] | None = None) -> pd.DataFrame:
+    """The claims table (``claims.csv``): one row per claim.  ``tiers``: ``{figure: tier}`` (the
+    preset whose training runs it evaluated), shown with the seeds in the ``basis`` column of the
+    claims on trained models."""
+    def basis(c: Claim) -> str:
+        if c.converged == "–" or not c.n:
+            return "–"
+        tier = (tiers or {}).get(c.figures[0], "")
+        return f"{tier + ' tier, ' if tier else ''}{c.n} seed{'s' if c.n != 1 else ''}"
+
     return pd.DataFrame([{"paper": c.paper, "claim": c.claim, "test": c.test, "measured": c.value or "—",
-                          "verdict": c.verdict, "converged": c.converged,
+                          "verdict": c.verdict, "converged": c.converged, "basis": basis(c),
                           "note": "; ".join(p for p in (c.note, c.settle) if p),
                           "figures": ", ".join(c.figures)} for c in claims], columns=COLUMNS)
 
 
-COLUMNS = ["paper", "claim", "test", "measured", "verdict", "converged", "note", "figures"]
+COLUMNS = ["paper", "claim", "test", "measured", "verdict", "converged", "basis", "note", "figures"]

@@ -67,17 +67,17 @@ def save_outputs(out: Path, name: str, cfg, table: pd.DataFrame, fig, wall_s: fl
     return {key: out / f for key, f in files.items()}
 
 
-def cadence(steps: int, snapshots: int = 0) -> dict:
+TAIL_STEPS = 1000  # a long-tier run keeps its checkpoint this many steps before its end (``zoo verify --tail``)
+
+
+def cadence(steps: int, tail: bool = False) -> dict:
     """How often a figure's training run evaluates and checkpoints (``TrainConfig`` fields): 20
-    evaluations and a checkpoint every tenth of the run, the newest 2 kept; or, with
-    ``snapshots`` > 0 (the long tier), an evaluation and a checkpoint every ``steps / snapshots``
-    steps, all kept, so that one run gives a claim's metric at every budget (``icmix.scaling``)."""
-    if not snapshots:
-        return {"eval_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 10)}
-    if snapshots < 0 or steps % snapshots:
-        raise ValueError(f"snapshots must divide steps ({steps}), got {snapshots}")
-    every = steps // snapshots
-    return {"eval_every": every, "checkpoint_every": every, "keep_checkpoints": snapshots}
+    evaluations, and a checkpoint every tenth of the run (the newest 2 kept), or, with ``tail``
+    (the long tier), every ``TAIL_STEPS`` steps, so that the checkpoint ``TAIL_STEPS`` before the
+    end is kept for the zoo to ship (``icmix zoo verify --tail`` resumes from it)."""
+    if tail and (steps % TAIL_STEPS or steps <= TAIL_STEPS):
+        raise ValueError(f"a run keeping its tail checkpoint needs steps a multiple of {TAIL_STEPS} above it, got {steps}")
+    return {"eval_every": max(1, steps // 20), "checkpoint_every": TAIL_STEPS if tail else max(1, steps // 10)}
 
 
 def run_name(tc) -> str:

@@ -60,6 +60,7 @@ class Figure(ABC):
     Config: ClassVar[type]
     presets: ClassVar[dict[str, Any]]
     demo: ClassVar[dict[str, Any]] = {}
+    zoo: ClassVar[bool] = True  # whether the model zoo ships this figure's runs (a tier's runs)
 
     def preset(self, name: str):
         """The config of preset ``name``: one of ``presets``, or ``demo`` (the ``cpu`` preset with
@@ -70,12 +71,12 @@ class Figure(ABC):
         if not self.has_preset(name):
             raise ValueError(f"figure {self.name!r} has no {name!r} preset (it has: {', '.join(self.presets)})")
         if name == DEMO:
-            return dataclasses.replace(self.presets["cpu"], **self.demo)
+            return dataclasses.replace(self.presets["cpu" if "cpu" in self.presets else "long"], **self.demo)
         return self.presets[name]
 
     def has_preset(self, name: str) -> bool:
         """Whether the figure has preset ``name`` (``demo`` comes with ``cpu``)."""
-        return (name == DEMO and "cpu" in self.presets) or name in self.presets
+        return (name == DEMO and ("cpu" in self.presets or "long" in self.presets)) or name in self.presets
 
     def runs(self, cfg) -> dict:
         """``{key: TrainConfig}``: the training runs this figure needs (none by default)."""
@@ -166,6 +167,7 @@ _FIGURES: dict[str, str | Figure] = {
     "mlr-fig3": "icmix.experiments.mlr_fig3:FIGURE",
     "mlr-fig4": "icmix.experiments.mlr_fig4:FIGURE",
     **{f"mlr-fig{i}": f"icmix.experiments.mlr_shifts:fig{i}" for i in range(5, 10)},
+    "claims-scaling": "icmix.experiments.scaling:FIGURE",  # last: it reads the others' claims at each budget
 }
 
 

@@ -50,6 +50,23 @@ from pathlib import Path
 ZOO_ROOT = Path(__file__).resolve().parent  # the shipped zoo; ICMIX_ZOO=DIR points icmix at another
 FILES = ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/config.json")
 PROVENANCE = "provenance.json"
+# A long-tier entry's *tail*: its checkpoint TAIL_STEPS before the end (weights, optimiser and
+# generators), from which ``verify --tail`` resumes and must end on the shipped weights.  Shipped
+# for the first seed of each long config: every seed's would not fit the zoo's size cap.
+TAIL, TAIL_STEPS = "tail", 1000
+TAIL_FILES = tuple(f"{TAIL}/{f}" for f in ("model.safetensors", "trainer.safetensors", "trainer.json", "config.yaml",
+                                            "checksums.json"))
+
+
+def entry_files(provenance: dict) -> tuple[str, ...]:
+    """The files an entry with this provenance holds (``FILES``, and ``TAIL_FILES`` if it ships a tail)."""
+    return FILES + (TAIL_FILES if "tail_step" in provenance else ())
+
+
+def ships_tail(preset: str, tc) -> bool:
+    """Whether the zoo entry of run ``tc`` in tier ``preset`` ships its tail: the long tier's
+    runs of the first seed."""
+    return preset == "long" and tc.seed == 0 and tc.steps > TAIL_STEPS
 
 
 def default_root() -> Path:
@@ -71,6 +88,8 @@ def preset_runs(preset: str, only: list[str] | None = None) -> dict[str, tuple]:
     runs: dict[str, tuple] = {}
     for name in only or figures_with(preset):
         fig = get_figure(name)
+        if not fig.zoo:
+            continue
         for tc in fig.runs(fig.preset(preset)).values():
             runs.setdefault(run_name(tc), (tc, []))[1].append(name)
     return runs
@@ -142,27 +161,36 @@ def digest(provenance: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def export(run: Path, dest: Path, provenance: dict) -> Path:
+def export(run: Path, dest: Path, provenance: dict, tail: int | None = None) -> Path:
     """Copy a finished run's ``FILES`` into the zoo entry ``dest`` with ``provenance.json``
-    (plus the files' SHA-256 and the record's digest); the entry appears whole or not at all."""
+    (plus the files' SHA-256 and the record's digest); with ``tail``, also its checkpoint of that
+    step as ``tail/`` (``TAIL_FILES``).  The entry appears whole or not at all."""
     from icmix.io import staged_directory
 
     run, dest = Path(run), Path(dest)
     if not (run / "model" / "model.safetensors").exists():
         raise ValueError(f"{run} has not finished (no final model)")
+    sources = {rel: run / rel for rel in FILES}
+    if tail is not None:
+        ckpt = run / "checkpoints" / f"step_{tail:07d}"
+        if not ckpt.is_dir():
+            raise ValueError(f"{run} has no checkpoint at step {tail} to ship as its tail (keep it: "
+                             "keep_checkpoints, checkpoint_every)")
+        sources.update({rel: ckpt / Path(rel).name for rel in TAIL_FILES})
+        provenance = {**provenance, "tail_step": tail}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with staged_directory(dest, replaces=(*FILES, PROVENANCE, "model")) as stage:
-        for rel in FILES:
+    with staged_directory(dest, replaces=(*FILES, PROVENANCE, "model", TAIL)) as stage:
+        for rel, source in sources.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / rel, stage / rel)
-        record = {**provenance, "sha256": {rel: sha256(stage / rel) for rel in FILES}}
+            shutil.copyfile(source, stage / rel)
+        record = {**provenance, "sha256": {rel: sha256(stage / rel) for rel in sources}}
         record["digest"] = digest(record)
         (stage / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
     return dest
 
 
 def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threads: int = 1,
-                command: str | None = None) -> Path:
+                command: str | None = None, tail: int | None = None) -> Path:
     """Train the run ``name`` from scratch (or resume it) under ``work/name`` with ``threads``
     torch threads, then export it to ``dest``."""
     import torch
@@ -185,7 +213,7 @@ def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threa
         # wall time of this call only: a resumed run's earlier part is in its progress.jsonl
         "resumed": resumed,
     }
-    return export(run, dest, prov)
+    return export(run, dest, prov, tail)
 
 
 def build(preset: str, work: Path, root: Path | None = None, only: list[str] | None = None,
@@ -210,7 +238,8 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
             continue
         todo[n] = v
     command = shlex.join(["icmix", *sys.argv[1:]])
-    args = [(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads, command)
+    args = [(name, tc, figures, Path(work), zoo_dir(preset, root) / name, threads, command,
+             tc.steps - TAIL_STEPS if ships_tail(preset, tc) else None)
             for name, (tc, figures) in todo.items()]
     bar = tqdm(total=len(args), desc=f"zoo {preset}", disable=not progress)
     done = []
@@ -284,11 +313,12 @@ class Entry:
         if "digest" in self.provenance and self.provenance["digest"] != digest(self.provenance):
             out.append(f"{PROVENANCE} was edited: its fields no longer match its digest")
         recorded = self.provenance.get("sha256", {})
-        links = [rel for rel in ("model", PROVENANCE, *FILES) if (self.path / rel).is_symlink()]
+        files = entry_files(self.provenance)
+        links = [rel for rel in ("model", TAIL, PROVENANCE, *files) if (self.path / rel).is_symlink()]
         out += [f"{rel} is a link, not a file" for rel in links]  # a link would copy what it points at
-        for rel in FILES:
+        for rel in files:
             f = self.path / rel
-            if rel in links or "model" in links and rel.startswith("model/"):
+            if rel in links or any(d in links and rel.startswith(d + "/") for d in ("model", TAIL)):
                 continue
             if not f.exists():
                 out.append(f"{rel} is missing")
@@ -431,8 +461,30 @@ MANIFEST_MODULE = Path(__file__).resolve().parent / "shipped.py"
 
 def manifest(root: Path | None = None) -> dict[str, str]:
     """``{preset/run name: SHA-256 of its provenance.json}`` of every entry under ``root`` (default
-    the shipped zoo): what ``icmix.zoo.shipped.SHIPPED`` must hold for the shipped zoo."""
-    return {e.key: sha256(e.path / PROVENANCE) for e in entries(root or ZOO_ROOT).values()}
+    the shipped zoo), and ``{preset/MEASUREMENTS: its SHA-256}`` for a tier that ships its claims'
+    measurements: what ``icmix.zoo.shipped.SHIPPED`` must hold for the shipped zoo."""
+    base = Path(root or ZOO_ROOT)
+    found = {e.key: sha256(e.path / PROVENANCE) for e in entries(base).values()}
+    found.update({f"{f.parent.name}/{f.name}": sha256(f) for f in sorted(base.glob(f"*/{MEASUREMENTS}"))})
+    return found
+
+
+# A tier's claims measured at every budget of its runs (``icmix.experiments.scaling``, from the
+# runs' checkpoints, which the zoo does not ship), beside the runs; sealed by the manifest.
+MEASUREMENTS = "claims-scaling-measured.csv"
+
+
+def measurements(preset: str, root: Path | None = None) -> Path | None:
+    """The tier's shipped claims measurements (``MEASUREMENTS``), or ``None`` if it has none or,
+    in the shipped zoo, the file is not the one the package's manifest records."""
+    from icmix.zoo.shipped import SHIPPED
+
+    path = zoo_dir(preset, root) / MEASUREMENTS
+    if not path.is_file() or path.is_symlink():
+        return None
+    if path.resolve().is_relative_to(ZOO_ROOT) and SHIPPED.get(f"{preset}/{MEASUREMENTS}") != sha256(path):
+        return None
+    return path
 
 
 def write_manifest() -> Path:
@@ -461,7 +513,27 @@ def write_manifest() -> Path:
 METRIC_TOLERANCE = 0.02  # relative difference of the final eval metric, where bits cannot match
 
 
-def verify(name: str, work: Path, root: Path | None = None, progress: bool = True) -> dict:
+def prepare_tail(entry: Entry, run: Path) -> int:
+    """Lay out the run directory ``run`` as the entry's run was at its tail checkpoint (config,
+    metrics up to that step, the checkpoint), ready to resume; the tail's step.  ``ValueError``
+    if the entry ships no tail."""
+    step = entry.provenance.get("tail_step")
+    if step is None:
+        shipped = sorted(n for n, e in entries(entry.path.parent.parent).items() if "tail_step" in e.provenance)
+        raise ValueError(f"zoo run {entry.name} ships no tail checkpoint (the long tier's first-seed runs do"
+                         + (f": {', '.join(shipped)}" if shipped else "") + ")")
+    ckpt = Path(run) / "checkpoints" / f"step_{int(step):07d}"
+    ckpt.mkdir(parents=True)
+    for rel in TAIL_FILES:
+        shutil.copyfile(entry.path / rel, ckpt / Path(rel).name)
+    shutil.copyfile(entry.path / "config.yaml", Path(run) / "config.yaml")
+    rows = [line for line in (entry.path / "metrics.jsonl").read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= int(step)]
+    (Path(run) / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    return int(step)
+
+
+def verify(name: str, work: Path, root: Path | None = None, progress: bool = True, tail: bool = False) -> dict:
     """Check the zoo run ``name`` in three steps, each failing at once:
 
     1. integrity: every file's SHA-256, the provenance's digest, the package's manifest and
@@ -471,7 +543,9 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     3. retraining from scratch under ``work`` (with the recorded number of threads): the
        weights are bit-identical, or, where the CPU or torch build differ from the provenance
        (so bits may not match), the retrained final eval metric is within
-       ``METRIC_TOLERANCE`` (relative) of the shipped one.
+       ``METRIC_TOLERANCE`` (relative) of the shipped one.  With ``tail``, step 3 resumes
+       instead from the checkpoint the entry ships ``TAIL_STEPS`` before its end (``prepare_tail``;
+       seconds): the same comparison, on the last steps only.
 
     ``status`` is ``pass`` or ``fail``; ``step`` says which step decided it; the record also
     holds both evaluations, the largest weight difference and both metrics.  ``work/NAME``
@@ -506,7 +580,12 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     torch.set_num_threads(threads)
     start = time.time()
     try:
-        train(cfg, run, progress=progress)
+        if tail:
+            record["from_step"] = prepare_tail(entry, run)
+            train(None, run, resume=True, progress=progress)
+        else:
+            record["from_step"] = 0
+            train(cfg, run, progress=progress)
     finally:
         torch.set_num_threads(before)
     wall = time.time() - start

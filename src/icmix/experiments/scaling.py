@@ -1,0 +1,320 @@
+"""``claims-scaling``: each trained-model claim's measure against the training budget, fitted and
+extrapolated to the paper's budget.
+
+For every figure with a ``long`` preset, the figure is run at several budgets: the long preset
+with its steps (and its GPT's) cut to each fraction in ``budgets`` (1/8, 1/4, 1/2 and all of them),
+each budget its own training runs with the recipe's cosine schedule fitted to that budget (the
+budget of 1/2 is the ``cpu`` preset, whose runs the cpu zoo tier holds).  The runs are this
+figure's ``runs``, trained or taken from the zoo like any figure's, under ``OUT/runs``; each budget's
+figure outputs go to ``OUT/scaling/<fraction>`` and its claims (``claims.evaluate``) into
+``claims-scaling-measured.csv``: one row per claim and budget with the mean, 95 % interval and
+seeds.  Then, per claim, the figure fits
+
+    measure(steps) = floor + amplitude · (steps / largest budget) ^ (−exponent)
+
+by least squares weighted by each budget's interval (``fit``), extrapolates it to the paper's
+budget (the figure's ``paper`` preset), with a 95 % interval from refitting on means redrawn
+within their intervals (a parametric bootstrap), and says what the claim's verdict would be there.
+
+The same data judge a claim's convergence (``CONVERGENCE``): ``yes`` when doubling the budget (half
+the steps to all of them) moved the measure by less than its 95 % interval at the largest budget.
+The claims table (``claims.evaluate``) takes a claim's convergence and extrapolation from
+``claims-scaling-fits.csv`` where it finds the claim there.
+
+The zoo ships the long tier (the largest budget) but not the smaller budgets' runs (they would not
+fit its size cap); it ships their measurements instead.  The ``demo`` preset (``train=False``)
+trains nothing: it fits and draws from ``claims-scaling-measured.csv`` in ``OUT`` (``make demo``
+copies the zoo's there), once it has checked that the file was measured on the runs this code
+names.  ``icmix reproduce claims-scaling --preset long`` measures them all again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icmix._checks import check_positive_int
+from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, SIDES, evaluate
+from icmix.experiments.common import run_name
+from icmix.experiments.figure import Figure, Result, figures_with, get_figure
+
+NAME = "claims-scaling"
+MEASURED = f"{NAME}-measured.csv"
+FITS = f"{NAME}-fits.csv"
+CONVERGENCE = ("a claim's measure has converged when doubling the training budget (half the long tier's steps to "
+               "all of them, each budget its own runs) moved it by less than its 95 % interval at the largest budget")
+
+
+@dataclass(frozen=True)
+class Config:
+    """``figures``: those whose claims are measured (empty: every figure with a ``long`` preset);
+    ``budgets``: fractions of the long preset's steps (4 or more, 1/2 and 1 among them); ``train``:
+    train (or take from the zoo) every budget's runs and measure, or (``False``: the demo) only fit
+    the measurements found in ``OUT``; ``n_boot``: bootstrap refits."""
+
+    figures: tuple[str, ...] = ()
+    budgets: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2, 1.0)
+    train: bool = True
+    n_boot: int = 400
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.budgets) < 4 or not all(0 < q <= 1 for q in self.budgets) or 1.0 not in self.budgets:
+            raise ValueError(f"budgets must be 4 or more fractions in (0, 1], 1 among them, got {self.budgets}")
+        if 0.5 not in self.budgets:
+            raise ValueError("budgets must include 1/2: convergence compares half the steps with all of them")
+        check_positive_int("n_boot", self.n_boot)
+
+
+def long_figures(cfg: Config) -> list[Figure]:
+    """The figures whose claims are measured."""
+    names = cfg.figures or tuple(n for n in figures_with("long") if n != NAME)
+    return [get_figure(n) for n in names]
+
+
+def budget_config(figure: Figure, fraction: float, demo: bool = True):
+    """``figure``'s long preset with its training steps (and its GPT's, ``gpt_steps``) cut to
+    ``fraction`` of them, the tail checkpoint kept only at the full budget; with ``demo``, at
+    the demo's evaluation sizes (what ``make demo`` evaluates the long tier at)."""
+    long = figure.preset("long")
+    changes = {"steps": round(fraction * long.steps)}
+    if getattr(long, "gpt_steps", None):
+        changes["gpt_steps"] = round(fraction * long.gpt_steps)
+    if hasattr(long, "tail"):
+        changes["tail"] = long.tail and fraction == 1.0
+    cfg = dataclasses.replace(long, **changes)
+    return dataclasses.replace(cfg, **figure.demo) if demo else cfg
+
+
+def runs_digest(figure: Figure, cfg: Config) -> str:
+    """A digest of the names of ``figure``'s runs at every budget: what its measurements rest on."""
+    names = sorted({run_name(tc) for q in cfg.budgets for tc in figure.runs(budget_config(figure, q)).values()})
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
+
+
+def measure(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
+    """Every claim of the figures at every budget (their runs trained under ``OUT/runs``): one row
+    per (claim, budget) with its mean, 95 % half-width, seeds, threshold and side, verdict, and
+    the digest of the runs it rests on."""
+    from tqdm.auto import tqdm
+
+    figures = long_figures(cfg)
+    digests = {f.name: runs_digest(f, cfg) for f in figures}
+    runs = Path(out) / "runs"
+    rows = []
+    bar = tqdm(total=len(cfg.budgets) * len(figures), desc=NAME, disable=not progress)
+    for q in sorted(cfg.budgets):
+        view = Path(out) / "scaling" / f"{q:.4g}"
+        view.mkdir(parents=True, exist_ok=True)
+        if not (view / "runs").exists():  # every budget's figures share OUT/runs
+            (view / "runs").symlink_to(Path("..") / ".." / "runs", target_is_directory=True)
+        configs = {f.name: budget_config(f, q) for f in figures}
+        steps = {f.name: max(tc.steps for tc in f.runs(configs[f.name]).values()) for f in figures}
+        for f in figures:
+            with contextlib.redirect_stdout(io.StringIO()):  # each figure prints its summary
+                f.run(configs[f.name], view, progress=False)
+            bar.update()
+        for c in evaluate(view, configs, set(configs), figures):
+            if not c.side or c.converged == "–":  # not a claim on trained models measured over seeds
+                continue
+            figure = c.figures[0]
+            rows.append({"claim": c.claim, "figure": figure, "fraction": q, "steps": steps[figure],
+                         "mean": c.mean, "ci": c.ci, "n": c.n, "threshold": c.threshold, "side": c.side,
+                         "verdict": c.verdict, "runs": digests[figure]})
+    bar.close()
+    if not runs.exists():
+        raise ValueError(f"no training runs under {runs}")
+    return pd.DataFrame(rows)
+
+
+def power_law(steps, floor, amplitude, exponent, scale):
+    return floor + amplitude * (np.asarray(steps, float) / scale) ** (-exponent)
+
+
+def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> dict:
+    """Fit ``floor + amplitude · (steps / max steps) ^ (−exponent)`` to per-budget means, weighted
+    by their standard errors (95 % half-width / t), and extrapolate it to ``target`` steps.
+    ``lo``/``hi``: the 2.5 / 97.5 % points of the extrapolation over ``n_boot`` refits on means
+    redrawn from their Student-t intervals.  Parameters NaN where the fit fails."""
+    from scipy import optimize, stats
+
+    steps, mean, ci, n = (np.asarray(a, float) for a in (steps, mean, ci, n))
+    scale = steps.max()
+    t = stats.t.ppf(0.975, np.maximum(n - 1, 1))
+    se = np.where(np.isfinite(ci) & (ci > 0), ci / t, np.nan)
+    se = np.where(np.isfinite(se), se, np.nanmax(np.r_[se, 1e-12]))
+    se = np.maximum(se, 1e-9 * max(np.abs(mean).max(), 1e-12))
+    bounds = ([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 3.0])
+
+    def one(values):
+        p0 = (values[-1], values[0] - values[-1], 0.5)
+        try:
+            p, _ = optimize.curve_fit(lambda s, a, b, c: power_law(s, a, b, c, scale), steps, values, p0=p0,
+                                      sigma=se, absolute_sigma=True, bounds=bounds, maxfev=20_000)
+        except (RuntimeError, ValueError):
+            return None
+        return p
+
+    best = one(mean)
+    out = {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
+           "hi": np.nan, "target_steps": target}
+    if best is None:
+        return out
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        p = one(mean + se * rng.standard_t(np.maximum(n - 1, 1)))
+        if p is not None:
+            draws.append(power_law(target, *p, scale))
+    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
+    return {**out, "floor": best[0], "amplitude": best[1], "exponent": best[2],
+            "extrapolated": float(power_law(target, *best, scale)), "lo": float(lo), "hi": float(hi)}
+
+
+def interval_verdict(lo: float, hi: float, threshold: float, side: str) -> str:
+    """``holds`` when the whole interval ``[lo, hi]`` is on the claim's side, ``doesn't`` when it
+    is all on the other side, else ``inconclusive`` (the claims' ``RULE``)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return INCONCLUSIVE
+    ok = SIDES[side]
+    ends = (ok(lo, threshold), ok(hi, threshold))
+    return HOLDS if all(ends) else FAILS if not any(ends) else INCONCLUSIVE
+
+
+def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """One row per claim: its verdict at the largest budget, its convergence by doubling, the fit,
+    and the extrapolation to the paper's budget with its verdict."""
+    rows = []
+    for claim, t in measured.groupby("claim", sort=False):
+        t = t.sort_values("steps")
+        last, half = t.iloc[-1], t[t.fraction == 0.5]
+        figure = get_figure(last.figure)
+        target = float(getattr(figure.presets.get("paper"), "steps", np.nan))
+        ok = t[np.isfinite(t["mean"])]
+        f = fit(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed) if len(ok) >= 4 else \
+            {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
+             "hi": np.nan, "target_steps": target}
+        moved = abs(last["mean"] - half["mean"].iloc[0]) if len(half) else np.nan
+        converged = "?" if not np.isfinite(moved) or not np.isfinite(last.ci) else "yes" if moved <= last.ci else "no"
+        rows.append({"claim": claim, "figure": last.figure, "steps": int(last.steps), "n": int(last.n),
+                     "mean": last["mean"], "ci": last.ci, "threshold": last.threshold, "side": last.side,
+                     "verdict": last.verdict, "moved_by_doubling": moved, "converged": converged, **f,
+                     "verdict_extrapolated": interval_verdict(f["lo"], f["hi"], last.threshold, last.side)})
+    return pd.DataFrame(rows)
+
+
+def curves(measured: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``claims-scaling.csv``: per claim, the measured points, the fitted curve at each budget and
+    the extrapolation, one row each (``kind``: measured, fit, extrapolated)."""
+    rows = []
+    for _, f in table.iterrows():
+        t = measured[measured.claim == f.claim].sort_values("steps")
+        scale = t.steps.max()
+        for _, r in t.iterrows():
+            rows.append({"claim": f.claim, "figure": f.figure, "kind": "measured", "steps": int(r.steps),
+                         "value": r["mean"], "lo": r["mean"] - r.ci, "hi": r["mean"] + r.ci, "n": int(r.n),
+                         "threshold": f.threshold, "side": f.side, "verdict": r.verdict})
+            if np.isfinite(f.floor):
+                rows.append({"claim": f.claim, "figure": f.figure, "kind": "fit", "steps": int(r.steps),
+                             "value": power_law(r.steps, f.floor, f.amplitude, f.exponent, scale), "lo": np.nan,
+                             "hi": np.nan, "n": int(r.n), "threshold": f.threshold, "side": f.side, "verdict": ""})
+        rows.append({"claim": f.claim, "figure": f.figure, "kind": "extrapolated", "steps": int(f.target_steps),
+                     "value": f.extrapolated, "lo": f.lo, "hi": f.hi, "n": int(f.n), "threshold": f.threshold,
+                     "side": f.side, "verdict": f.verdict_extrapolated})
+    return pd.DataFrame(rows)
+
+
+class ClaimsScaling(Figure):
+    name = NAME
+    Config = Config
+    presets = {"long": Config()}
+    demo = {"train": False}  # the demo fits the zoo's measurements: it trains nothing
+    zoo = False  # the zoo ships the long tier (the other figures' runs), not the smaller budgets
+
+    def runs(self, cfg: Config) -> dict:
+        """Every budget's training runs of every figure measured (none with ``train=False``)."""
+        if not cfg.train:
+            return {}
+        return {(f.name, q, key): tc for f in long_figures(cfg) for q in cfg.budgets
+                for key, tc in f.runs(budget_config(f, q)).items()}
+
+    def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        from icmix.experiments.common import train_runs
+        from icmix.io import atomic_write
+
+        out = Path(out)
+        path = out / MEASURED
+        figures = long_figures(cfg)
+        if path.exists():
+            measured = pd.read_csv(path)
+            expected = {f.name: runs_digest(f, cfg) for f in figures}
+            found = measured.groupby("figure").runs.first().to_dict()
+            stale = sorted(f for f in found if found[f] != expected.get(f))
+            if stale:
+                raise ValueError(f"{path} was measured on other training runs than this code names (figures "
+                                 f"{', '.join(stale)}): move it away to measure again")
+        elif not cfg.train:
+            raise ValueError(f"no {MEASURED} in {out} to fit (the model zoo ships the long tier's; with train=True "
+                             "the figure trains every budget's runs and measures them)")
+        else:
+            train_runs(out, list(self.runs(cfg).values()), progress=progress)  # reused where finished
+            measured = measure(cfg, out, progress)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda p: measured.to_csv(p, index=False))
+        table = fits(measured, cfg)
+        return Result(curves(measured, table), extra={"fits": table, "measured": measured})
+
+    def draw(self, result: Result, cfg: Config):
+        import matplotlib.pyplot as plt
+
+        table = result.extra["fits"]
+        k = max(len(table), 1)
+        cols = min(3, k)
+        rows = -(-k // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+        for ax in axes.flat[k:]:
+            ax.axis("off")
+        for ax, (_, f) in zip(axes.flat, table.iterrows()):
+            t = result.table[result.table.claim == f.claim]
+            m = t[t.kind == "measured"]
+            ax.errorbar(m.steps, m.value, yerr=m.value - m.lo, fmt="o", color="black", capsize=3, label="measured")
+            if np.isfinite(f.floor):
+                grid = np.geomspace(m.steps.min(), f.target_steps, 100)
+                ax.plot(grid, power_law(grid, f.floor, f.amplitude, f.exponent, m.steps.max()), color="tab:blue",
+                        label=f"fit: floor {f.floor:.3g}, exponent {f.exponent:.2g}")
+                ax.errorbar([f.target_steps], [f.extrapolated], yerr=[[f.extrapolated - f.lo], [f.hi - f.extrapolated]],
+                            fmt="s", color="tab:blue", capsize=4, label=f"paper budget: {f.verdict_extrapolated}")
+            ax.axhline(f.threshold, color="tab:red", ls="--", lw=1, label=f"threshold ({f.side} {f.threshold:g})")
+            ax.set_xscale("log")
+            ax.set_xlabel("training steps")
+            ax.set_title("\n".join(_wrap(f.claim, 48)), fontsize=8)
+            ax.legend(fontsize=6)
+        fig.suptitle("Each claim's measure against the training budget (long tier), fitted and extrapolated")
+        fig.tight_layout()
+        return fig
+
+    def report(self, result: Result, cfg: Config) -> str:
+        table = result.extra["fits"]
+        lines = ["| claim | at the largest budget | doubling moved it by | converged | extrapolated to the paper's "
+                 "budget | verdict there |", "|---|---|---|---|---|---|"]
+        for _, f in table.iterrows():
+            lines.append(f"| {f.claim} | {f['mean']:.3g} ± {f.ci:.2g} ({f.n} seeds, {f.steps} steps): {f.verdict} | "
+                         f"{f.moved_by_doubling:.2g} | {f.converged} | {f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] "
+                         f"at {f.target_steps:.0f} steps | {f.verdict_extrapolated} |")
+        return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}."
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)[:3]
+
+
+FIGURE = ClaimsScaling()
