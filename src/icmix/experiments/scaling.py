@@ -196,7 +196,8 @@ def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         t = t.sort_values("steps")
         last, half = t.iloc[-1], t[t.fraction == 0.5]
         figure = get_figure(last.figure)
-        target = float(getattr(figure.presets.get("paper"), "steps", np.nan))
+        # the paper's budget (the figure's paper preset), else ten times the largest measured
+        target = float(getattr(figure.presets.get("paper"), "steps", 10 * t.steps.max()))
         ok = t[np.isfinite(t["mean"])]
         f = fit(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed) if len(ok) >= 4 else \
             {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,

@@ -1,0 +1,198 @@
+"""The claims-scaling figure (``icmix.experiments.scaling``) and the long tier.
+
+- the power law plus floor is recovered from exact points, and its bootstrap interval covers the
+  truth; the interval verdict at its edges;
+- the long preset's half budget is the cpu preset (the same run names), so the cpu zoo tier
+  serves one budget;
+- end to end on a tiny figure with a long preset: every budget's runs trained, each budget's claim
+  equal to the mean over seeds read off the runs by hand, convergence by doubling, the fit and
+  the extrapolation in ``claims-scaling.csv``, the claims table taking them, and the demo path
+  (no training) fitting the same measurements; measurements of other runs are refused;
+- ``zoo verify --tail`` resumes a run from its shipped tail checkpoint and ends bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icmix.experiments import figure as figure_mod
+from icmix.experiments import scaling
+from icmix.experiments.claims import Claim, evaluate, measured, read
+from icmix.experiments.common import run_name, trained_runs
+from icmix.experiments.figure import Result, TrainedFigure, get_figure, register_figure
+from icmix.train import TrainConfig
+
+
+def test_the_power_law_with_a_floor_is_recovered_and_extrapolated():
+    steps = np.array([2500, 5000, 10_000, 20_000])
+    truth = lambda s: 0.2 + 0.5 * (s / 20_000) ** -0.7  # noqa: E731
+    f = scaling.fit(steps, truth(steps), np.full(4, 1e-4), np.full(4, 4), 500_000, n_boot=100)
+    assert (f["floor"], f["amplitude"], f["exponent"]) == (pytest.approx(0.2, abs=1e-3), pytest.approx(0.5, abs=1e-3),
+                                                            pytest.approx(0.7, abs=1e-3))
+    assert f["extrapolated"] == pytest.approx(truth(500_000), rel=1e-3)
+    assert f["lo"] <= truth(500_000) <= f["hi"] and f["hi"] - f["lo"] < 0.05
+    # Noisier means give a wider interval around the same centre.
+    wide = scaling.fit(steps, truth(steps), np.full(4, 0.05), np.full(4, 4), 500_000, n_boot=100)
+    assert wide["hi"] - wide["lo"] > 5 * (f["hi"] - f["lo"])
+
+
+def test_the_extrapolated_verdict_is_decided_from_the_interval_at_its_edges():
+    v = scaling.interval_verdict
+    assert v(0.8, 0.95, 1.0, "<") == "holds" and v(0.8, 1.0, 1.0, "<") == "inconclusive"
+    assert v(1.0, 1.2, 1.0, "<") == "doesn't" and v(1.0, 1.2, 1.0, "<=") == "inconclusive"
+    assert v(0.91, 0.99, 0.9, ">=") == "holds" and v(float("nan"), 1.0, 1.0, "<") == "inconclusive"
+
+
+def test_convergence_is_what_doubling_the_budget_moved_against_the_interval():
+    rows = [{"claim": "c", "figure": "mtd-fig4", "fraction": q, "steps": int(q * 20_000), "mean": m, "ci": 0.05,
+             "n": 4, "threshold": 0.9, "side": ">=", "verdict": "inconclusive", "runs": "x"}
+            for q, m in ((0.125, 0.5), (0.25, 0.7), (0.5, 0.85), (1.0, 0.88))]
+    t = scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20))
+    assert t.moved_by_doubling[0] == pytest.approx(0.03) and t.converged[0] == "yes"
+    rows[2]["mean"] = 0.8  # moved by 0.08 > 0.05
+    assert scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20)).converged[0] == "no"
+
+
+@pytest.mark.parametrize("name", ["mtd-fig4", "mtd-fig5", "mtd-fig6", "mtdg", "mlr-fig2", "mlr-fig5"])
+def test_the_half_budget_of_the_long_preset_is_the_cpu_preset(name):
+    fig = get_figure(name)
+    half = scaling.budget_config(fig, 0.5, demo=False)
+    cpu = fig.preset("cpu")
+    long = {run_name(tc) for tc in fig.runs(half).values()}
+    first = {run_name(tc) for tc in fig.runs(half).values() if tc.seed < 2}  # cpu: seeds 0, 1; long: 0..3
+    assert first <= {run_name(tc) for tc in fig.runs(cpu).values()} and len(long) == 2 * len(first)
+    full = scaling.budget_config(fig, 1.0, demo=False)
+    assert all(tc.checkpoint_every == 1000 and tc.steps % 1000 == 0 for tc in fig.runs(full).values())
+
+
+# --- end to end, on a tiny figure ------------------------------------------------------------------
+
+def tiny_run(seed: int, steps: int) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": seed, "length": 8},
+        "model": {"kind": "disentangled", "n_layers": 2, "n_heads": 1},
+        "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 2},
+        "steps": steps, "batch_size": 16, "eval_every": max(1, steps // 4), "eval_size": 32, "seed": seed,
+        "checkpoint_every": steps})
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    steps: int = 64
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def runs(self) -> dict:
+        return {s: tiny_run(s, self.steps) for s in self.seeds}
+
+
+class TinyLong(TrainedFigure):
+    name, Config, presets = "tiny-long", TinyConfig, {"long": TinyConfig()}
+
+    def compute(self, cfg, out, progress=True):
+        paths = trained_runs(out, cfg.runs(), progress=False)
+        rows = [{"seed": s, "kl": final_kl(p)} for s, p in paths.items()]
+        return Result(pd.DataFrame(rows))
+
+    def draw(self, result, cfg):
+        import matplotlib.pyplot as plt
+
+        return plt.figure()
+
+
+def final_kl(run: Path) -> float:
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()][-1]["eval_kl"]
+
+
+TINY = TinyLong()
+
+
+@TINY.claim("Tiny", "The tiny model's final KL is below 10", "final eval KL; holds if < 10",
+            trained=lambda tc, cfg: True)
+def tiny_claim(c: Claim, out: Path, cfg) -> Claim:
+    return measured(c, read(out, "tiny-long").kl, 10, "<")
+
+
+@pytest.fixture
+def tiny_figure():
+    register_figure(TINY)
+    yield TINY
+    figure_mod._FIGURES.pop("tiny-long", None)
+
+
+def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
+    cfg = scaling.Config(figures=("tiny-long",), n_boot=50)
+    fig = get_figure("claims-scaling")
+    runs = fig.runs(cfg)
+    assert sorted({tc.steps for tc in runs.values()}) == [8, 16, 32, 64] and len(runs) == 12
+    out = tmp_path / "out"
+    fig.run(cfg, out, progress=False)
+    m = pd.read_csv(out / scaling.MEASURED)
+    assert list(m.steps) == [8, 16, 32, 64] and set(m.n) == {3}
+    for _, row in m.iterrows():  # each budget's claim: the mean over seeds of the runs' final KL, by hand
+        kls = [final_kl(out / "runs" / run_name(tiny_run(s, int(row.steps)))) for s in (0, 1, 2)]
+        assert row["mean"] == pytest.approx(np.mean(kls), rel=1e-9)
+        assert row.ci == pytest.approx(4.302653 * np.std(kls, ddof=1) / np.sqrt(3), rel=1e-5)
+    fits = pd.read_csv(out / "claims-scaling-fits.csv")
+    half, full = m[m.fraction == 0.5].iloc[0], m[m.fraction == 1.0].iloc[0]
+    assert fits.moved_by_doubling[0] == pytest.approx(abs(full["mean"] - half["mean"]))
+    assert fits.converged[0] == ("yes" if abs(full["mean"] - half["mean"]) <= full.ci else "no")
+    curves = pd.read_csv(out / "claims-scaling.csv")
+    assert list(curves[curves.kind == "measured"].steps) == [8, 16, 32, 64]
+    assert list(curves[curves.kind == "extrapolated"].steps) == [640]  # no paper preset: ten times the largest
+    assert (out / "claims-scaling.png").exists()
+    # The claims table takes the claim's convergence (and the fit's note) from the scaling data.
+    top = tmp_path / "top"
+    cfg_long = scaling.budget_config(TINY, 1.0)
+    fig_tiny = get_figure("tiny-long")
+    fig_tiny.run(cfg_long, out)
+    (c,) = evaluate(out, {"tiny-long": cfg_long}, {"tiny-long"}, [fig_tiny])
+    assert c.converged == fits.converged[0] and "doubling the steps moved it by" in c.note
+    assert c.mean == pytest.approx(full["mean"])  # the demo's claim is the largest budget's measurement
+    # The demo path trains nothing and fits the same measurements.
+    top.mkdir()
+    (top / scaling.MEASURED).write_bytes((out / scaling.MEASURED).read_bytes())
+    demo = dataclasses.replace(cfg, train=False)
+    assert fig.runs(demo) == {}
+    fig.run(demo, top, progress=False)
+    assert pd.read_csv(top / "claims-scaling-fits.csv").converged[0] == fits.converged[0]
+    # Measurements of other runs (another recipe) are refused, and none at all too.
+    m.assign(runs="0123456789ab").to_csv(top / scaling.MEASURED, index=False)
+    with pytest.raises(ValueError, match="measured on other training runs"):
+        fig.run(demo, top, progress=False)
+    with pytest.raises(ValueError, match="no claims-scaling-measured.csv"):
+        fig.run(demo, tmp_path / "empty", progress=False)
+
+
+# --- zoo verify --tail ---------------------------------------------------------------------------
+
+def test_zoo_verify_tail_resumes_from_the_shipped_checkpoint_and_ends_bit_identical(tmp_path, capsys):
+    from icmix import zoo
+    from icmix.cli import main
+    from icmix.train import train
+
+    tc = dataclasses.replace(tiny_run(5, 2000), checkpoint_every=1000)  # the long tier's cadence: 1000, 2000 kept
+    run = train(tc, tmp_path / "work" / run_name(tc), progress=False)
+    root = tmp_path / "zoo"
+    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=1000)
+    assert (entry / "tail" / "trainer.safetensors").exists() and json.loads((entry / "provenance.json").read_text())[
+        "tail_step"] == 1000
+    assert main(["zoo", "verify", "--tail", run.name, "--root", str(root), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS (bit-identical weights)" in text and "resumed from its tail (step 1000)" in text
+    # A damaged tail is an integrity failure, named, before any training.
+    with open(entry / "tail" / "trainer.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\0\0\0\1")
+    assert main(["zoo", "verify", "--tail", run.name, "--root", str(root), "--no-progress"]) == 1
+    assert "tail/trainer.safetensors differs from the file shipped" in capsys.readouterr().out
+    # A run that ships no tail is refused with the runs that do.
+    plain = zoo.export(run, root / "long" / "other-run", {"run": "other-run"})
+    assert main(["zoo", "verify", "--tail", plain.name, "--root", str(root), "--no-progress"]) == 2
+    assert "ships no tail checkpoint" in capsys.readouterr().err
