@@ -60,7 +60,7 @@ def test_convergence_is_what_doubling_the_budget_moved_against_the_interval():
     assert scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20)).converged[0] == "no"
 
 
-@pytest.mark.parametrize("name", ["mtd-fig4", "mtd-fig5", "mtd-fig6", "mtdg", "mlr-fig2", "mlr-fig5"])
+@pytest.mark.parametrize("name", ["mtd-fig4", "mtd-fig5", "mtd-fig6", "mtdg", "mlr-fig2", "mlr-fig3", "mlr-fig5"])
 def test_the_half_budget_of_the_long_preset_is_the_cpu_preset(name):
     fig = get_figure(name)
     half = scaling.budget_config(fig, 0.5, demo=False)

@@ -80,6 +80,9 @@ PRESETS = {
     # CPU: fig2's cpu model, d = 8, on 500 to 4000 prompts of 17 points, 4000 steps (8 runs in
     # about 20 minutes with 2 jobs; fig2's 20k steps are not used on these small fixed sets).
     "cpu": Config(steps=4000),
+    # The long tier: the cpu recipe for twice its steps on n = 500 (the claim's), 4 seeds, each run
+    # keeping its checkpoint 1000 steps before the end (the other n's would not fit the zoo's cap).
+    "long": Config(steps=8000, n_trains=(500,), seeds=(0, 1, 2, 3), tail=True),
     # The paper: n = 15k..60k prompts, d = 20, 41 points, dropout tuned per n (Appendix C.1).
     "paper": Config(**{**dataclasses.asdict(mlr_fig2.PRESETS["paper"]), "components": (5,), "noises": (1.0,),
                        "n_trains": (15_000, 30_000, 45_000, 60_000), "dropouts": (0.0, 0.1, 0.0, 0.1)}),

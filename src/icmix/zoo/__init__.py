@@ -262,7 +262,7 @@ def build(preset: str, work: Path, root: Path | None = None, only: list[str] | N
 
 # --- reading the zoo -----------------------------------------------------------------------------
 
-SIZE_CAP, FILE_CAP = 25 * 2**20, 2 * 2**20  # the whole zoo, one file (bytes)
+SIZE_CAP, FILE_CAP = 40 * 2**20, 2 * 2**20  # the whole zoo (every tier), one file (bytes)
 
 
 @dataclass
