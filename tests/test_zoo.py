@@ -14,6 +14,7 @@
 """
 
 import ast
+import dataclasses
 import json
 import re
 import shutil
@@ -147,11 +148,15 @@ def test_place_fills_missing_runs_and_never_uses_a_stale_entry(tiny_zoo, tmp_pat
 def test_the_shipped_zoo_is_sound_and_within_its_caps():
     found = zoo.entries(zoo.ZOO_ROOT)
     assert found  # the zoo ships runs (a missing package-data rule would empty it)
-    cpu_runs = zoo.preset_runs("cpu")
+    tiers = {preset: zoo.preset_runs(preset) for preset in ("cpu", "long")}
     for name, entry in found.items():
-        assert entry.preset == "cpu" and name in cpu_runs, name
+        assert entry.preset in tiers and name in tiers[entry.preset], name
         assert entry.problems() == [], (name, entry.problems())
-        assert entry.provenance["steps"] == cpu_runs[name][0].steps
+        tc = tiers[entry.preset][name][0]
+        assert entry.provenance["steps"] == tc.steps
+        # the long tier's first-seed runs ship their checkpoint 1000 steps before the end, the others none
+        assert entry.provenance.get("tail_step") == (tc.steps - zoo.TAIL_STEPS if zoo.ships_tail(entry.preset, tc)
+                                                     else None), name
     total, files = zoo.sizes(zoo.ZOO_ROOT)
     assert total <= zoo.SIZE_CAP and all(size <= zoo.FILE_CAP for _, size in files)
 
@@ -162,9 +167,11 @@ def test_the_packages_manifest_is_the_shipped_zoo(capsys):
     from icmix.zoo.shipped import SHIPPED
 
     found = zoo.entries(zoo.ZOO_ROOT)
-    assert zoo.manifest() == SHIPPED and len(SHIPPED) == len(found)
+    measured = sorted(zoo.ZOO_ROOT.glob(f"*/{zoo.MEASUREMENTS}"))  # a tier's claims measurements, sealed too
+    assert zoo.manifest() == SHIPPED and len(SHIPPED) == len(found) + len(measured)
+    assert all(zoo.measurements(m.parent.name) == m for m in measured)
     assert all(e.listed() and e.provenance["digest"] == zoo.digest(e.provenance) for e in found.values())
-    assert main(["zoo", "manifest"]) == 0 and f"matches its manifest ({len(found)} entries)" in capsys.readouterr().out
+    assert main(["zoo", "manifest"]) == 0 and f"matches its manifest ({len(SHIPPED)} entries)" in capsys.readouterr().out
     bad = {n: r for n, e in found.items() if not (r := zoo.check_evaluation(e))["ok"]}
     assert bad == {}
 
@@ -277,23 +284,28 @@ def test_the_optimum_is_below_every_predictor_on_the_eval_batch():
 def test_claims_read_not_converged_on_runs_still_improving(tmp_path):
     from icmix.experiments import figure_names, get_figure
 
-    figs = [get_figure(n) for n in figure_names() if get_figure(n).__module__.startswith("icmix.")]
+    figs = [get_figure(n) for n in figure_names()
+            if get_figure(n).__module__.startswith("icmix.") and get_figure(n).has_preset("quick")]
     configs = configs_for("quick", figures=[f.name for f in figs])
-    shutil.copytree(DATA, tmp_path / "improving")
-    shutil.copytree(DATA, tmp_path / "flat")
     specs = [(fig, spec) for fig in figs for spec in fig.claims]
     trained = [(fig, spec) for fig, spec in specs if spec.trained]
     assert len(trained) == 15  # every trained-model claim names its runs
-    for fig, spec in trained:
-        names = claims.claim_runs(spec, fig, configs[fig.name])
-        assert names, spec.fn.__name__
-        for name, (tc, _) in zoo.preset_runs("quick", [fig.name]).items():
-            if name in names:
-                write_metrics(tmp_path / "improving" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 2.0])
-                write_metrics(tmp_path / "flat" / "runs" / name, tc, [9.0, 5.0, 4.0, 3.0, 3.0])
+    # Five evaluations at 20 %, 40 %, ... of the steps: half the steps is the one at 40 %.
+    cases = {"improving": ([9.0, 5.0, 4.0, 3.0, 2.0], "constant", "no"),
+             "flat": ([9.0, 5.0, 5.0, 5.0, 5.0], "constant", "yes"),
+             "annealed": ([9.0, 5.0, 4.0, 3.0, 2.0], "cosine", "unknown")}
+    for case, (values, schedule, _) in cases.items():
+        shutil.copytree(DATA, tmp_path / case)
+        for fig, spec in trained:
+            names = claims.claim_runs(spec, fig, configs[fig.name])
+            assert names, spec.fn.__name__
+            for name, (tc, _) in zoo.preset_runs("quick", [fig.name]).items():
+                if name in names:
+                    tc = dataclasses.replace(tc, optim=dataclasses.replace(tc.optim, schedule=schedule))
+                    write_metrics(tmp_path / case / "runs" / name, tc, values)
     available = {f for _, spec in specs for f in spec.figures}
     recorded = pd.read_csv(DATA / "claims.csv")
-    for case, converged in (("improving", "no"), ("flat", "yes")):
+    for case, (_, _, converged) in cases.items():
         table = claims.table(claims.evaluate(tmp_path / case, configs, available, figs))
         assert list(table.measured) == list(recorded.measured)
         for row, old, (_, spec) in zip(table.itertuples(), recorded.itertuples(), specs):
@@ -352,19 +364,30 @@ def test_zoo_build_trains_what_the_zoo_lacks_in_parallel(tmp_path, capsys):
         registry._FIGURES.pop("tiny-zoo-fig")
 
 
-def test_the_demo_preset_trains_exactly_the_cpu_runs():
-    """``make demo`` takes the cpu preset's runs from the zoo: its preset changes evaluation
-    sizes only, never a training run."""
+def test_the_demo_preset_trains_nothing_the_zoo_lacks(monkeypatch):
+    """``make demo`` takes every run from the zoo: a figure's demo config is the long preset where
+    the zoo holds every one of its long runs, else the cpu preset, with evaluation sizes changed
+    only, never a training run; without the long tier, every figure is on the cpu tier."""
     from icmix.experiments import figure_names, get_figure
+    from icmix.report import demo_config, demo_tier
 
+    shipped = zoo.entries()
     for name in figure_names():
         fig = get_figure(name)
-        if not fig.has_preset("cpu"):  # a plugin's figure with only a quick preset
-            assert not fig.has_preset("demo")
+        tier = demo_tier(name)
+        if tier is None:  # a plugin's figure with only a quick preset, or claims-scaling with no measurements shipped
+            assert not fig.has_preset("cpu") and (not fig.has_preset("long") or not fig.zoo)
             continue
-        demo, cpu = fig.runs(fig.preset("demo")), fig.runs(fig.preset("cpu"))
-        assert {run_name(tc) for tc in demo.values()} == {run_name(tc) for tc in cpu.values()}, name
+        demo, base = fig.runs(demo_config(name)), fig.runs(fig.presets[tier])
+        if fig.zoo:
+            assert {run_name(tc) for tc in demo.values()} == {run_name(tc) for tc in base.values()}, name
+        else:  # claims-scaling: the demo fits the zoo's measurements and trains nothing
+            assert demo == {} and zoo.measurements("long") is not None
+        assert all(run_name(tc) in shipped for tc in demo.values()), name
     assert configs_for("demo")["mtd-fig4"].ablation_steps == 0 and configs_for("cpu")["mtd-fig4"].ablation_steps > 0
+    monkeypatch.setattr(zoo, "entries", lambda root=None: {n: e for n, e in shipped.items() if e.preset == "cpu"})
+    monkeypatch.setattr(zoo, "measurements", lambda preset, root=None: None)
+    assert {demo_tier(n) for n in configs_for("demo")} == {"cpu"} and "claims-scaling" not in configs_for("demo")
     assert set(zoo.preset_runs("demo")) == set(zoo.preset_runs("cpu"))
 
 

@@ -511,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(["all", *figure_names()]))
     p.add_argument("--preset", choices=("quick", "cpu", "long", "paper", "demo"), default="quick",
                    help="quick: all figures in < 30 min on 2 CPU cores; cpu: up to 2 hours a figure (its runs ship "
-                        "in the model zoo); paper: GPU; demo: the cpu runs, evaluated smaller (make demo-zoo)")
+                        "in the model zoo); long: the trained-model figures at twice the cpu budget, 4 seeds (the zoo's "
+                        "long tier), and claims-scaling; paper: GPU; demo: the long runs where the zoo holds them, "
+                        "else the cpu runs, evaluated smaller (make demo-zoo)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")

@@ -463,7 +463,9 @@ def _verification_lines(out: Path) -> list[str]:
             continue
         evaluated = "; ".join(f"{k} {v:.6g}" for k, v in (r.get("evaluation") or {}).get("measured", {}).items())
         lines.append(f"**{r['status'].upper()}** `{r['run']}`: the shipped weights give their recorded final metrics "
-                     f"({evaluated or 'not checked'}); retrained from scratch in {r['retrain_seconds']:.0f} s "
+                     f"({evaluated or 'not checked'}); "
+                     + (f"resumed from its tail checkpoint (step {r['from_step']}) " if r.get("from_step") else
+                        "retrained from scratch ") + f"in {r['retrain_seconds']:.0f} s "
                      f"({r['here']['cpu']}, {r['here']['threads']} thread(s), torch {r['here']['torch']}): {r['reason']}. "
                      f"Final {r['metric']}: shipped {r['metric_shipped']:.6g}, retrained {r['metric_retrained']:.6g}; "
                      f"largest weight difference {r['max_weight_difference']:.3g}. Shipped by {r['shipped'].get('cpu')} "

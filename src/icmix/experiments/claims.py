@@ -256,8 +256,10 @@ def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable) -
             if spec.trained:
                 c.converged = _converged(out, claim_runs(spec, fig, cfg))
                 scaled = scaling.get(c.claim)
-                if scaled is not None and scaled["converged"] in ("yes", "no"):
-                    _with_scaling(c, scaled)
+                steps = max((tc.steps for tc in fig.runs(cfg).values() if spec.trained(tc, cfg, **spec.extra)),
+                            default=None)
+                if scaled is not None and scaled["converged"] in ("yes", "no") and scaled["steps"] == steps:
+                    _with_scaling(c, scaled)  # measured at this very budget (the long tier's) among others
                 if c.verdict == FAILS and c.converged == "no":
                     c.verdict = NOT_CONVERGED
             claims.append(c)
