@@ -48,5 +48,6 @@ SHIPPED: dict[str, str] = {
     "long/disentangled3-m3-T32-mse-seed0-d59c24de": "a14af509e655a3e176e874794d6d10e6c728abece6dba8379308120e28ebc3b1",
     "long/disentangled3-m3-T32-mse-seed1-d5b9199e": "72276a00c1b484fd57354e705d584c1ae5b0a263d964ccbdec6bb4429ef47b13",
     "long/disentangled3-m3-T32-mse-seed2-071f888f": "75a09ff56d2197668b5378860f3a0b7287e5ce9bc318334085ef64405c918ec2",
+    "long/disentangled3-m3-T32-mse-seed3-975a5cdb": "d39e183ef79bbe1b6c0db4887c4ac165eaa22d879d95984f581f62be0bcb65db",
     "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "d4601b24138184c73566a90e60888b90979f9c97a9d5a00809f4edb0380c30d5",
 }
