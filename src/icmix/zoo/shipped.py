@@ -52,4 +52,5 @@ SHIPPED: dict[str, str] = {
     "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "d4601b24138184c73566a90e60888b90979f9c97a9d5a00809f4edb0380c30d5",
     "long/gpt3-m3-T32-mse-seed1-81f4ded6": "61f677c2aff94d7ac88e75264994c4b2de1be989560df750c6830693532c74cd",
     "long/gpt3-m3-T32-mse-seed2-b54d4464": "88f8e2d55c5befeefbe4be5c28131fa0e98483c3488d5e7e4ef3ac43a8cf066c",
+    "long/gpt3-m3-T32-mse-seed3-0d47884e": "0c42ab6c7d20a4c70174747262e3e42f74fa137cc99c48acb53aac1bf1178fcd",
 }
