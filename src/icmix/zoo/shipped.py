@@ -45,4 +45,12 @@ SHIPPED: dict[str, str] = {
     "cpu/gpt3-mtdg-m3-T32-mse-seed1-7c3dfeed": "a5eb4fc251a4c4521ac08816cfa39af48c5098cc1ca48a441ec0dca63aaedea1",
     "cpu/gpt3-mtdg-pydoc-m3-T256-ce-seed0-dcefec8c": "f6cbd9dd0e97007128fd81749bef0458bdc5e80510a8dbf3eee4ead0fe1209f6",
     "cpu/gpt3-text-pydoc-q32-T256-ce-seed0-6d871eac": "6046f8fa6259ad1e52dde9e999396a49848a75a17376ada9330eb09239332b42",
+    "long/disentangled3-m3-T32-mse-seed0-d59c24de": "a14af509e655a3e176e874794d6d10e6c728abece6dba8379308120e28ebc3b1",
+    "long/disentangled3-m3-T32-mse-seed1-d5b9199e": "72276a00c1b484fd57354e705d584c1ae5b0a263d964ccbdec6bb4429ef47b13",
+    "long/disentangled3-m3-T32-mse-seed2-071f888f": "75a09ff56d2197668b5378860f3a0b7287e5ce9bc318334085ef64405c918ec2",
+    "long/disentangled3-m3-T32-mse-seed3-975a5cdb": "d39e183ef79bbe1b6c0db4887c4ac165eaa22d879d95984f581f62be0bcb65db",
+    "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "d4601b24138184c73566a90e60888b90979f9c97a9d5a00809f4edb0380c30d5",
+    "long/gpt3-m3-T32-mse-seed1-81f4ded6": "61f677c2aff94d7ac88e75264994c4b2de1be989560df750c6830693532c74cd",
+    "long/gpt3-m3-T32-mse-seed2-b54d4464": "88f8e2d55c5befeefbe4be5c28131fa0e98483c3488d5e7e4ef3ac43a8cf066c",
+    "long/gpt3-m3-T32-mse-seed3-0d47884e": "0c42ab6c7d20a4c70174747262e3e42f74fa137cc99c48acb53aac1bf1178fcd",
 }
