@@ -119,6 +119,12 @@ def tiny_claim(c: Claim, out: Path, cfg) -> Claim:
     return measured(c, read(out, "tiny-long").kl, 10, "<")
 
 
+@TINY.claim("Tiny", "The tiny model's final KL is below -1", "final eval KL; holds if < -1",
+            trained=lambda tc, cfg: True)
+def tiny_fails(c: Claim, out: Path, cfg) -> Claim:
+    return measured(c, read(out, "tiny-long").kl, -1, "<")
+
+
 @pytest.fixture
 def tiny_figure():
     register_figure(TINY)
@@ -134,27 +140,39 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
     out = tmp_path / "out"
     fig.run(cfg, out, progress=False)
     m = pd.read_csv(out / scaling.MEASURED)
-    assert list(m.steps) == [8, 16, 32, 64] and set(m.n) == {3}
+    assert list(m.steps) == [8, 8, 16, 16, 32, 32, 64, 64] and set(m.n) == {3}
+    assert list(m.verdict[1::2]) == ["doesn't"] * 4  # the second claim fails at every budget
+    m = m[m.claim == "The tiny model's final KL is below 10"]
     for _, row in m.iterrows():  # each budget's claim: the mean over seeds of the runs' final KL, by hand
         kls = [final_kl(out / "runs" / run_name(tiny_run(s, int(row.steps)))) for s in (0, 1, 2)]
         assert row["mean"] == pytest.approx(np.mean(kls), rel=1e-9)
         assert row.ci == pytest.approx(4.302653 * np.std(kls, ddof=1) / np.sqrt(3), rel=1e-5)
-    fits = pd.read_csv(out / "claims-scaling-fits.csv")
+    fits = pd.read_csv(out / "claims-scaling-fits.csv").iloc[:1]
     half, full = m[m.fraction == 0.5].iloc[0], m[m.fraction == 1.0].iloc[0]
     assert fits.moved_by_doubling[0] == pytest.approx(abs(full["mean"] - half["mean"]))
     assert fits.converged[0] == ("yes" if abs(full["mean"] - half["mean"]) <= full.ci else "no")
     curves = pd.read_csv(out / "claims-scaling.csv")
-    assert list(curves[curves.kind == "measured"].steps) == [8, 16, 32, 64]
-    assert list(curves[curves.kind == "extrapolated"].steps) == [640]  # no paper preset: ten times the largest
+    assert list(curves[(curves.kind == "measured") & (curves.claim == fits.claim[0])].steps) == [8, 16, 32, 64]
+    assert list(curves[curves.kind == "extrapolated"].steps) == [640, 640]  # no paper preset: ten times the largest
     assert (out / "claims-scaling.png").exists()
     # The claims table takes the claim's convergence (and the fit's note) from the scaling data.
     top = tmp_path / "top"
     cfg_long = scaling.budget_config(TINY, 1.0)
     fig_tiny = get_figure("tiny-long")
     fig_tiny.run(cfg_long, out)
-    (c,) = evaluate(out, {"tiny-long": cfg_long}, {"tiny-long"}, [fig_tiny])
+    c, failing = evaluate(out, {"tiny-long": cfg_long}, {"tiny-long"}, [fig_tiny])
     assert c.converged == fits.converged[0] and "doubling the steps moved it by" in c.note
     assert c.mean == pytest.approx(full["mean"])  # the demo's claim is the largest budget's measurement
+    # A failing claim on a budget that had not converged reads "not converged", unless its fit
+    # extrapolates to a failure at the target budget too.
+    all_fits = pd.read_csv(out / "claims-scaling-fits.csv")
+    for extrapolated, verdict in (("holds", "not converged"), ("inconclusive", "not converged"), ("doesn't", "doesn't")):
+        all_fits.loc[1, ["converged", "verdict_extrapolated"]] = ["no", extrapolated]
+        all_fits.to_csv(out / "claims-scaling-fits.csv", index=False)
+        assert evaluate(out, {"tiny-long": cfg_long}, {"tiny-long"}, [fig_tiny])[1].verdict == verdict
+    all_fits.loc[1, "steps"] = 32  # fits of another budget than the claim's runs are not this claim's
+    all_fits.to_csv(out / "claims-scaling-fits.csv", index=False)
+    assert "doubling" not in evaluate(out, {"tiny-long": cfg_long}, {"tiny-long"}, [fig_tiny])[1].note
     # The demo path trains nothing and fits the same measurements.
     top.mkdir()
     (top / scaling.MEASURED).write_bytes((out / scaling.MEASURED).read_bytes())

@@ -3,7 +3,8 @@
 verdict decided from that interval (``RULE``): ``holds``, ``doesn't``, ``inconclusive`` (the
 interval straddles the threshold; the note says how many seeds would settle it), ``not
 converged`` (it fails, but on training runs that were still improving, so more training may
-change it), ``not run`` (a figure it needs failed or was not run) or ``no data``.  The ``converged`` column says whether the training runs a claim rests
+change it: unless its scaling data, ``icmix.experiments.scaling``, extrapolate to a failure at the
+paper's budget too), ``not run`` (a figure it needs failed or was not run) or ``no data``.  The ``converged`` column says whether the training runs a claim rests
 on converged (``icmix.train.convergence.DEFINITION``: ``yes``, ``no`` or ``unknown``; ``–`` for
 claims with no trained model).
 
@@ -258,9 +259,13 @@ def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable) -
                 scaled = scaling.get(c.claim)
                 steps = max((tc.steps for tc in fig.runs(cfg).values() if spec.trained(tc, cfg, **spec.extra)),
                             default=None)
-                if scaled is not None and scaled["converged"] in ("yes", "no") and scaled["steps"] == steps:
-                    _with_scaling(c, scaled)  # measured at this very budget (the long tier's) among others
-                if c.verdict == FAILS and c.converged == "no":
+                scaled = scaled if scaled is not None and scaled["steps"] == steps else None  # at this very budget
+                if scaled is not None and scaled["converged"] in ("yes", "no"):
+                    _with_scaling(c, scaled)
+                # More training could change a failing claim on unconverged runs, unless its scaling data
+                # extrapolate to a failure at the paper's budget too.
+                if c.verdict == FAILS and c.converged == "no" and (
+                        scaled is None or scaled.get("verdict_extrapolated") != FAILS):
                     c.verdict = NOT_CONVERGED
             claims.append(c)
     return claims

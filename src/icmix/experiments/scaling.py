@@ -288,8 +288,10 @@ class ClaimsScaling(Figure):
             ax.errorbar(m.steps, m.value, yerr=m.value - m.lo, fmt="o", color="black", capsize=3, label="measured")
             if np.isfinite(f.floor):
                 grid = np.geomspace(m.steps.min(), f.target_steps, 100)
+                shape = (f"floor {f.floor:.3g}, exponent {f.exponent:.2g}" if f.exponent >= 0.01 else
+                         "a log-linear trend (exponent → 0)")
                 ax.plot(grid, power_law(grid, f.floor, f.amplitude, f.exponent, m.steps.max()), color="tab:blue",
-                        label=f"fit: floor {f.floor:.3g}, exponent {f.exponent:.2g}")
+                        label=f"fit: {shape}")
                 ax.errorbar([f.target_steps], [f.extrapolated], yerr=[[f.extrapolated - f.lo], [f.hi - f.extrapolated]],
                             fmt="s", color="tab:blue", capsize=4, label=f"paper budget: {f.verdict_extrapolated}")
             ax.axhline(f.threshold, color="tab:red", ls="--", lw=1, label=f"threshold ({f.side} {f.threshold:g})")
