@@ -324,10 +324,11 @@ def table(claims: list[Claim], tiers: dict[str, str] | None = None) -> pd.DataFr
     preset whose training runs it evaluated), shown with the seeds in the ``basis`` column of the
     claims on trained models."""
     def basis(c: Claim) -> str:
-        if c.converged == "–" or not c.n:
+        if c.converged == "–":
             return "–"
         tier = (tiers or {}).get(c.figures[0], "")
-        return f"{tier + ' tier, ' if tier else ''}{c.n} seed{'s' if c.n != 1 else ''}"
+        seeds = f"{c.n} seed{'s' if c.n != 1 else ''}" if c.n else ""
+        return ", ".join(p for p in (f"{tier} tier" if tier else "", seeds) if p) or "–"
 
     return pd.DataFrame([{"paper": c.paper, "claim": c.claim, "test": c.test, "measured": c.value or "—",
                           "verdict": c.verdict, "converged": c.converged, "basis": basis(c),
