@@ -186,6 +186,27 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
         fig.run(demo, top, progress=False)
     with pytest.raises(ValueError, match="no claims-scaling-measured.csv"):
         fig.run(demo, tmp_path / "empty", progress=False)
+    # A figure the file lacks is measured and added; the rows measured before stay as they were.
+    (top / scaling.MEASURED).write_bytes((out / scaling.MEASURED).read_bytes())
+    before = pd.read_csv(top / scaling.MEASURED)
+
+    class Other(TinyLong):
+        name, presets = "tiny-long-b", {"long": TinyConfig(steps=32)}
+
+    other = Other()
+
+    @other.claim("Tiny", "The other tiny model's final KL is below 10", "final eval KL; holds if < 10",
+                 trained=lambda tc, cfg: True)
+    def other_claim(c: Claim, out: Path, cfg) -> Claim:
+        return measured(c, read(out, "tiny-long-b").kl, 10, "<")
+
+    register_figure(other)
+    try:
+        fig.run(dataclasses.replace(cfg, figures=("tiny-long", "tiny-long-b")), top, progress=False)
+    finally:
+        figure_mod._FIGURES.pop("tiny-long-b", None)
+    after = pd.read_csv(top / scaling.MEASURED)
+    assert after.iloc[:len(before)].equals(before) and list(after.iloc[len(before):].steps) == [4, 8, 16, 32]
 
 
 # --- zoo verify --tail ---------------------------------------------------------------------------

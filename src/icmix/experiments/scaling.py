@@ -253,8 +253,8 @@ class ClaimsScaling(Figure):
         out = Path(out)
         path = out / MEASURED
         figures = long_figures(cfg)
-        if path.exists():
-            measured = pd.read_csv(path)
+        measured = pd.read_csv(path) if path.exists() else None
+        if measured is not None:
             expected = {f.name: runs_digest(f, cfg) for f in figures}
             found = measured.groupby("figure").runs.first().to_dict()
             stale = sorted(f for f in found if found[f] != expected.get(f))
@@ -264,9 +264,13 @@ class ClaimsScaling(Figure):
         elif not cfg.train:
             raise ValueError(f"no {MEASURED} in {out} to fit (the model zoo ships the long tier's; with train=True "
                              "the figure trains every budget's runs and measures them)")
-        else:
-            train_runs(out, list(self.runs(cfg).values()), progress=progress)  # reused where finished
-            measured = measure(cfg, out, progress)
+        # With train, the figures the file lacks are measured and added (figures=... adds them one at a time).
+        todo = tuple(f.name for f in figures if measured is None or f.name not in set(measured.figure))
+        if cfg.train and todo:
+            more = dataclasses.replace(cfg, figures=todo)
+            train_runs(out, list(self.runs(more).values()), progress=progress)  # reused where finished
+            new = measure(more, out, progress)
+            measured = new if measured is None else pd.concat([measured, new], ignore_index=True)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda p: measured.to_csv(p, index=False))
         table = fits(measured, cfg)
