@@ -230,7 +230,11 @@ def test_convergence_asks_what_doubling_the_steps_did_at_a_constant_rate(tmp_pat
     c = run_convergence(tmp_path / "r", window=0.2)
     a, b = np.array([1.6, 1.5]), np.array([1.25, 1.2])
     assert (c.start, c.end) == (pytest.approx(a.mean()), pytest.approx(b.mean()))
-    assert c.interval == pytest.approx(1.96 * np.sqrt(a.var(ddof=1) / 2 + b.var(ddof=1) / 2))
+    se2 = a.var(ddof=1) / 2 + b.var(ddof=1) / 2  # Welch: t at (se²)² / Σ (sᵢ²/nᵢ)² / (nᵢ - 1) degrees of freedom
+    df = se2 ** 2 / ((a.var(ddof=1) / 2) ** 2 + (b.var(ddof=1) / 2) ** 2)
+    from scipy import stats
+
+    assert df == pytest.approx(1.470588, rel=1e-6) and c.interval == pytest.approx(stats.t.ppf(0.975, df) * np.sqrt(se2))
     # 5 % of the excess at half the steps, or the interval, decides:
     assert Convergence("m", 1.0, 50, 100, 1.10, 1.096).converged  # fell by 4 % of the excess 0.1
     assert not Convergence("m", 1.0, 50, 100, 1.10, 1.094).converged  # 6 %

@@ -55,7 +55,11 @@ def commit(entry: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
     import torch
+
+    os.environ.pop("ICMIX_ZOO", None)  # this builds the shipped zoo
 
     from icmix import zoo
     from icmix.train import train

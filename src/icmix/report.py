@@ -531,7 +531,8 @@ def _markdown(out: Path, manifest: dict, claims, runs) -> str:
              "## Claims", "", claims.drop(columns=["figures"]).to_markdown(index=False), "",
              f"*verdict*: {RULE}.", "",
              f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
-             f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged*. *basis*: the "
+             f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged* (unless its "
+             "scaling fit extrapolates to a failure at the paper's budget). *basis*: the "
              "tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.", ""]
     checks = _verification_lines(out)
     if checks:
@@ -586,17 +587,18 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
     rows = "".join(
         f"<tr class='{css_class.get(r.verdict, '')}'><td>{html.escape(r.paper)}</td><td>{html.escape(r.claim)}</td>"
         f"<td>{html.escape(r.test)}</td><td>{html.escape(r.measured)}</td><td><b>{html.escape(r.verdict)}</b></td>"
-        f"<td>{html.escape(r.converged)}</td>"
+        f"<td>{html.escape(r.converged)}</td><td>{html.escape(r.basis)}</td>"
         f"<td>{html.escape(r.note or '')}</td><td>{' '.join(f'<a href=#{f}>{f}</a>' for f in r.figures.split(', ') if f)}</td></tr>"
         for r in claims.itertuples())
     body = ["<h1>icmix: both papers reproduced</h1>", "<ul>" + "".join(f"<li>{md(line)[3:-4]}</li>" for line in _header(manifest)) + "</ul>",
             "<nav>" + "".join(f"<a href='#{html.escape(n)}'>{html.escape(n)}</a>" for n in manifest["figures"]) + "</nav>",
             "<h2>Claims</h2>",
             "<table class='claims'><tr><th>paper</th><th>claim</th><th>test</th><th>measured</th><th>verdict</th>"
-            f"<th>converged</th><th>note</th><th>figures</th></tr>{rows}</table>",
+            f"<th>converged</th><th>basis</th><th>note</th><th>figures</th></tr>{rows}</table>",
             md(f"*verdict*: {RULE}."),
             md(f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
-               f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged*. *basis*: "
+               f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged* (unless "
+               "its scaling fit extrapolates to a failure at the paper's budget). *basis*: "
                "the tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.")]
     checks = _verification_lines(out)
     if checks:

@@ -277,7 +277,7 @@ SCALING_FITS = "claims-scaling-fits.csv"  # written by the claims-scaling figure
 def _scaling(out: Path) -> dict[str, dict]:
     """The claims-scaling figure's fits under ``out``, by claim (empty if it did not run)."""
     path = Path(out) / SCALING_FITS
-    if not path.exists():
+    if not path.exists() or not path.stat().st_size or not path.read_text().strip():
         return {}
     return {row["claim"]: row for row in pd.read_csv(path).to_dict("records")}
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PRESET_NAMES = ("quick", "cpu", "long", "paper")
-DEMO = "demo"  # the cpu preset's training runs, evaluated at smaller sizes (``Figure.demo``)
+DEMO = "demo"  # the cpu (or, where the zoo holds them, long: report.demo_tier) runs, evaluated smaller
 
 
 @dataclass

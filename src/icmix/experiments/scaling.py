@@ -17,7 +17,8 @@ budget (the figure's ``paper`` preset), with a 95 % interval from refitting on m
 within their intervals (a parametric bootstrap), and says what the claim's verdict would be there.
 
 The same data judge a claim's convergence (``CONVERGENCE``): ``yes`` when doubling the budget (half
-the steps to all of them) moved the measure by less than its 95 % interval at the largest budget.
+the steps to all of them) moved the measure by less than the 95 % interval of that change (the two
+budgets' half-widths added in quadrature: their runs are independent).
 The claims table (``claims.evaluate``) takes a claim's convergence and extrapolation from
 ``claims-scaling-fits.csv`` where it finds the claim there.
 
@@ -47,9 +48,10 @@ from icmix.experiments.figure import Figure, Result, figures_with, get_figure
 
 NAME = "claims-scaling"
 MEASURED = f"{NAME}-measured.csv"
+MEASURED_COLUMNS = ["claim", "figure", "fraction", "steps", "mean", "ci", "n", "threshold", "side", "verdict", "runs"]
 FITS = f"{NAME}-fits.csv"
 CONVERGENCE = ("a claim's measure has converged when doubling the training budget (half the long tier's steps to "
-               "all of them, each budget its own runs) moved it by less than its 95 % interval at the largest budget")
+               "all of them, each budget its own runs) moved it by less than the 95 % interval of that change")
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,10 @@ def measure(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     bar.close()
     if not runs.exists():
         raise ValueError(f"no training runs under {runs}")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=MEASURED_COLUMNS)
+
+
+EXPONENT_BOUNDS = (0.0, 3.0)  # of the fitted power law; a fit that ends on one is no fit
 
 
 def power_law(steps, floor, amplitude, exponent, scale):
@@ -151,7 +156,7 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> 
     se = np.where(np.isfinite(ci) & (ci > 0), ci / t, np.nan)
     se = np.where(np.isfinite(se), se, np.nanmax(np.r_[se, 1e-12]))
     se = np.maximum(se, 1e-9 * max(np.abs(mean).max(), 1e-12))
-    bounds = ([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 3.0])
+    bounds = ([-np.inf, -np.inf, EXPONENT_BOUNDS[0]], [np.inf, np.inf, EXPONENT_BOUNDS[1]])
 
     def one(values):
         p0 = (values[-1], values[0] - values[-1], 0.5)
@@ -165,7 +170,11 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> 
     best = one(mean)
     out = {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
            "hi": np.nan, "target_steps": target}
-    if best is None:
+    # No fit where the power law does not describe the data: its exponent pinned at a bound (a
+    # trend that is not a power law, or points that do not decrease towards a floor), or budgets
+    # without an interval (one seed) to weight it and bound the extrapolation.
+    if best is None or not (EXPONENT_BOUNDS[0] + 1e-3 < best[2] < EXPONENT_BOUNDS[1] - 1e-3) \
+            or not np.isfinite(np.asarray(ci, float)).any():
         return out
     rng = np.random.default_rng(seed)
     draws = []
@@ -203,7 +212,9 @@ def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
              "hi": np.nan, "target_steps": target}
         moved = abs(last["mean"] - half["mean"].iloc[0]) if len(half) else np.nan
-        converged = "?" if not np.isfinite(moved) or not np.isfinite(last.ci) else "yes" if moved <= last.ci else "no"
+        # the 95 % half-width of the change: the two budgets' runs are independent
+        spread = float(np.hypot(last.ci, half.ci.iloc[0])) if len(half) else np.nan
+        converged = "?" if not (np.isfinite(moved) and np.isfinite(spread)) else "yes" if moved < spread else "no"
         rows.append({"claim": claim, "figure": last.figure, "steps": int(last.steps), "n": int(last.n),
                      "mean": last["mean"], "ci": last.ci, "threshold": last.threshold, "side": last.side,
                      "verdict": last.verdict, "moved_by_doubling": moved, "converged": converged, **f,
@@ -257,7 +268,7 @@ class ClaimsScaling(Figure):
         if measured is not None:
             expected = {f.name: runs_digest(f, cfg) for f in figures}
             found = measured.groupby("figure").runs.first().to_dict()
-            stale = sorted(f for f in found if found[f] != expected.get(f))
+            stale = sorted(f for f in found if f in expected and found[f] != expected[f])
             if stale:
                 raise ValueError(f"{path} was measured on other training runs than this code names (figures "
                                  f"{', '.join(stale)}): move it away to measure again")
@@ -265,7 +276,8 @@ class ClaimsScaling(Figure):
             raise ValueError(f"no {MEASURED} in {out} to fit (the model zoo ships the long tier's; with train=True "
                              "the figure trains every budget's runs and measures them)")
         # With train, the figures the file lacks are measured and added (figures=... adds them one at a time).
-        todo = tuple(f.name for f in figures if measured is None or f.name not in set(measured.figure))
+        todo = tuple(f.name for f in figures  # (a figure's claims are filed under the figure declaring them)
+                     if f.claims and (measured is None or f.name not in set(measured.figure)))
         if cfg.train and todo:
             more = dataclasses.replace(cfg, figures=todo)
             train_runs(out, list(self.runs(more).values()), progress=progress)  # reused where finished

@@ -12,9 +12,9 @@ the steps, or within its 95 % interval (the evaluations' spread around each end:
 weights' noise at a constant learning rate moves it by).  This needs a learning rate that is
 constant over the second half: under a cosine or linear schedule the rate anneals there, and the
 excess falls because it anneals (32 of the 40 cpu zoo runs "improved" by more than 5 % in their
-last 20 %), whatever more steps would bring.  Such runs read ``unknown``; the long tier's runs
-(constant rate) are judged, and the claims resting on them are judged on their scaling data
-(``icmix.experiments.scaling``).
+last 20 %), whatever more steps would bring.  Such runs (every preset's: they are cosine) read
+``unknown``; the claims measured at several budgets are judged on their scaling data instead
+(``icmix.experiments.scaling``: doubling the budget, each budget its own runs).
 
 The optimum comes from the run's task family (its Bayes-optimal predictor, through
 ``Objective.optimum``).  A family that has none (real text, or a plugin family that names no
@@ -137,6 +137,21 @@ def _optimum(cfg) -> float | None:
     return _OPTIMA[key]
 
 
+def welch_interval(a, b) -> float:
+    """The 95 % half-width of ``mean(a) - mean(b)`` (Welch: a Student-t quantile at the
+    Welch–Satterthwaite degrees of freedom); 0 where either side has fewer than 2 values."""
+    import numpy as np
+    from scipy import stats
+
+    if min(len(a), len(b)) < 2:
+        return 0.0
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    if va + vb == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(stats.t.ppf(0.975, df) * np.sqrt(va + vb))
+
+
 def run_convergence(run: str | Path, window: float = WINDOW, tolerance: float = TOLERANCE) -> Convergence:
     """The ``Convergence`` of the finished run directory ``run``.
 
@@ -167,8 +182,7 @@ def run_convergence(run: str | Path, window: float = WINDOW, tolerance: float = 
         return np.array([r[metric] for r in rows if step - window * cfg.steps < r["step"] <= step], dtype=float)
 
     a, b = around(middle), around(cfg.steps)
-    spread = sum(x.var(ddof=1) / x.size for x in (a, b) if x.size > 1)
-    interval = 1.96 * float(np.sqrt(spread)) if min(a.size, b.size) > 1 else 0.0
+    interval = welch_interval(a, b)
     constant = cfg.optim.schedule == "constant" and cfg.optim.warmup_steps <= middle
     return Convergence(metric, _optimum(cfg), int(middle), int(rows[-1]["step"]), float(a.mean()),
                        float(rows[-1][metric]), float(b.mean()), interval, constant, tolerance)

@@ -53,7 +53,8 @@ PROVENANCE = "provenance.json"
 # A long-tier entry's *tail*: its checkpoint TAIL_STEPS before the end (weights, optimiser and
 # generators), from which ``verify --tail`` resumes and must end on the shipped weights.  Shipped
 # for the first seed of each long config: every seed's would not fit the zoo's size cap.
-TAIL, TAIL_STEPS = "tail", 1000
+TAIL = "tail"
+from icmix.experiments.common import TAIL_STEPS  # noqa: E402 - one number for the figures' cadence and the zoo
 TAIL_FILES = tuple(f"{TAIL}/{f}" for f in ("model.safetensors", "trainer.safetensors", "trainer.json", "config.yaml",
                                             "checksums.json"))
 
