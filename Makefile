@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_vs_hf.py
 	$(PY) benchmarks/bench_mtd_estimators.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_cli.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

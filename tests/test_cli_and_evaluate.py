@@ -105,3 +105,36 @@ def test_shared_beta_is_one_value_and_never_beats_per_length_tuning():
     means = [kl_divergence(p_true, per.predict_beta(x, task, lengths, torch.full((3,), b, dtype=torch.float64))).mean()
              for b in per.betas]
     assert kl_shared.mean().item() == pytest.approx(min(m.item() for m in means), rel=1e-12)
+
+
+def test_the_command_line_answers_help_without_torch_numpy_or_matplotlib():
+    """``icmix --help`` and every subcommand's ``--help``, in a fresh interpreter, import none of
+    torch, numpy, matplotlib, pandas or scipy (they cost seconds of CPU to load)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+from icmix.cli import build_parser, main
+parser = build_parser()
+commands = [[]]
+for action in parser._subparsers._group_actions:
+    for name, sub in action.choices.items():
+        commands.append([name])
+        for inner in getattr(sub, "_subparsers", None) and sub._subparsers._group_actions or []:
+            commands += [[name, n] for n in inner.choices]
+for command in commands:
+    try:
+        main(command + ["--help"])
+    except SystemExit:
+        pass
+heavy = [m for m in ("torch", "numpy", "matplotlib", "pandas", "scipy") if m in sys.modules]
+print(json.dumps({"commands": len(commands), "heavy": heavy}), file=sys.stderr)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "ICMIX_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    assert result["commands"] >= 10 and result["heavy"] == []

@@ -17,7 +17,15 @@ transformers) -> metrics -> experiments -> figures.
 - ``icmix.plugins``: modules from outside the package (entry points, ``icmix --plugin``).
 """
 
-from icmix.tasks import MixLinRegTask, MTDTask
-
 __version__ = "0.1.0"
 __all__ = ["MTDTask", "MixLinRegTask", "__version__"]
+
+
+def __getattr__(name: str):
+    # The tasks (and torch) load when first asked for, so that the command line answers
+    # ``icmix --help`` and ``icmix zoo list`` without them.
+    if name in ("MTDTask", "MixLinRegTask"):
+        from icmix import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module 'icmix' has no attribute {name!r}")

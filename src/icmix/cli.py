@@ -23,11 +23,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the parser imports neither numpy nor torch: `icmix --help` answers at once
+    import numpy as np
 
 
 def _load_array(path: str, what: str) -> np.ndarray:
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{what} file not found: {path}")
@@ -480,7 +484,7 @@ def _launch_arguments(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from icmix.experiments import figure_names
-    from icmix.families.mtd import LAG_ESTIMATORS
+    from icmix.families.lags import LAG_ESTIMATOR_HELP  # not their code: the parser imports no torch
 
     parser = argparse.ArgumentParser(prog="icmix", description="In-context learning of latent mixture models.")
     parser.add_argument("--plugin", action="append", metavar="PACKAGE.MODULE",
@@ -494,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transition matrix (Q, Q) shared by every lag (.npy or .csv), or one per lag, "
                         "(M, Q, Q) in an .npy (MTDg; lag g is transition[g-1])")
     p.add_argument("--order", type=int, required=True, help="number of lags M")
-    p.add_argument("--estimator", nargs="+", choices=list(LAG_ESTIMATORS), default=list(LAG_ESTIMATORS),
-                   help="; ".join(f"{name}: {what}" for name, (what, _) in LAG_ESTIMATORS.items()) + " (default: all)")
+    p.add_argument("--estimator", nargs="+", choices=list(LAG_ESTIMATOR_HELP), default=list(LAG_ESTIMATOR_HELP),
+                   help="; ".join(f"{name}: {what}" for name, what in LAG_ESTIMATOR_HELP.items()) + " (default: all)")
     p.add_argument("--eta", type=float, default=None,
                    help="MD step size (default 1/(M+1), Theorem 1's choice, good only for short sequences)")
     p.add_argument("--beta", type=float, default=None,

@@ -18,6 +18,7 @@ from torch import Tensor
 from icmix._checks import check_order, check_positive, check_positive_int
 from icmix.predictors import ConstructedMirrorDescent, Key
 from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
+from icmix.families.lags import LAG_ESTIMATOR_HELP
 from icmix.tasks import MTDTask
 
 DEFAULT_MD_STEPS = (1, 2, 3, 4)
@@ -117,19 +118,15 @@ class LagOptions:
     seed: int = 0
 
 
-# name -> (what it is, lam(tokens (B, T), transition, order, options) -> (B, M))
-LAG_ESTIMATORS: dict[str, tuple[str, Callable]] = {
-    "md": ("--steps steps of mirror descent at --eta (or --beta) from λ = 1/m",
-           lambda x, pi, m, o: _est().mirror_descent(x, pi, m, o.eta if o.eta is not None else 1 / (m + 1), o.steps)),
-    "em": ("the MLE, by EM run to convergence (at most --max-iter iterations)",
-           lambda x, pi, m, o: _est().em(x, pi, m, max_iter=o.max_iter, tol=o.tol)),
-    "em-steps": ("--steps iterations of EM from λ = 1/m, stopped early (a regulariser, like k-step MD)",
-                 lambda x, pi, m, o: em_steps(x, pi, m, o.steps)),
-    "bayes-exact": ("the posterior mean under a Dirichlet(--alpha) prior, exactly",
-                    lambda x, pi, m, o: _est().bayes_exact(x, pi, m, o.alpha)),
-    "bayes-gibbs": ("the posterior mean under a Dirichlet(--alpha) prior, by Gibbs sampling",
-                    lambda x, pi, m, o: _est().bayes_gibbs(x, pi, m, o.alpha, o.gibbs_samples, o.gibbs_burn_in, o.seed)),
-}
+# name -> (what it is, lam(tokens (B, T), transition, order, options) -> (B, M)); what each is
+# lives in ``icmix.families.lags`` (without torch, for the command line's help)
+LAG_ESTIMATORS: dict[str, tuple[str, Callable]] = {name: (LAG_ESTIMATOR_HELP[name], fn) for name, fn in {
+    "md": lambda x, pi, m, o: _est().mirror_descent(x, pi, m, o.eta if o.eta is not None else 1 / (m + 1), o.steps),
+    "em": lambda x, pi, m, o: _est().em(x, pi, m, max_iter=o.max_iter, tol=o.tol),
+    "em-steps": lambda x, pi, m, o: em_steps(x, pi, m, o.steps),
+    "bayes-exact": lambda x, pi, m, o: _est().bayes_exact(x, pi, m, o.alpha),
+    "bayes-gibbs": lambda x, pi, m, o: _est().bayes_gibbs(x, pi, m, o.alpha, o.gibbs_samples, o.gibbs_burn_in, o.seed),
+}.items()}
 
 
 def _est():

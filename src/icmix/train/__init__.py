@@ -1,11 +1,30 @@
-"""Training: one loop for every task and model (config -> run directory -> predictor)."""
+"""Training: one loop for every task and model (config -> run directory -> predictor).
 
-from icmix.train.config import ModelSpec, OptimConfig, TaskSpec, TrainConfig
-from icmix.train.launch import Launcher, make_launcher
-from icmix.train.loop import (TrainState, build_model, build_objective, build_task, evaluate, fine_tune, load_run,
-                              restore, train, train_many, train_step, write_checkpoint)
-from icmix.train.predictors import TrainedPredictor, TrainedRegressor, trained_key
+The names below load their module (and torch) when first asked for, so that what needs only
+the launchers or the convergence rule's statement (the command line's parser) starts at once."""
 
-__all__ = ["Launcher", "ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig", "TrainState", "TrainedPredictor", "TrainedRegressor", "build_model", "build_objective",
-           "build_task", "evaluate", "fine_tune", "load_run", "restore", "train", "train_many", "train_step",
-           "trained_key", "make_launcher", "write_checkpoint"]
+import importlib
+
+_HOMES = {
+    "config": ["ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig"],
+    "launch": ["Launcher", "make_launcher"],
+    "loop": ["TrainState", "build_model", "build_objective", "build_task", "evaluate", "fine_tune", "load_run",
+             "restore", "train", "train_many", "train_step", "write_checkpoint"],
+    "predictors": ["TrainedPredictor", "TrainedRegressor", "trained_key"],
+}
+_MODULE = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str):
+    module = _MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icmix.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"icmix.train.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE))
