@@ -17,7 +17,7 @@ VERIFY ?= disentangled3-m3-T8-mse-seed0
 VERIFY_TAIL ?= disentangled3-m3-T32-mse-seed0-d59c24de gpt3-m3-T32-mse-seed0-4c2dbdad
 ZOO_OUT ?= results/demo-zoo
 
-.PHONY: demo demo-quick demo-zoo test test-slow bench clean
+.PHONY: install demo demo-quick demo-zoo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# `make install`: the venv with icmix installed (editable) for your own code and notebooks.
+install: $(STAMP)
+	@echo "icmix is installed in $(VENV): 'source $(VENV)/bin/activate', then 'import icmix' or 'icmix --help'"
 
 # The test plugin (tests/plugin): a separate distribution whose family, predictor, figure and
 # claim reach icmix only through its entry points.  It is installed into a folder of its own that
