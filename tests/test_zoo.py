@@ -193,6 +193,53 @@ def test_sealing_a_zoo_refuses_a_damaged_entry(tiny_zoo, tmp_path, monkeypatch):
         zoo.write_manifest()
 
 
+def test_an_entry_records_its_convergence_data_when_shipped_and_verify_checks_them(tiny_zoo, tmp_path):
+    """``zoo list`` reads what ``export`` recorded (``convergence_record``), equal to a
+    recomputation from the run; an edited record (its digest made to match) fails ``verify`` at
+    the evaluation step, before any retraining."""
+    root, entry = copy_zoo(tiny_zoo, tmp_path)
+    stored = zoo.stored_convergence(entry.provenance)
+    fresh = run_convergence(entry.path)
+    assert stored is not None and stored.optimum == pytest.approx(fresh.optimum, rel=1e-12)
+    assert (stored.final, stored.start, stored.status) == (fresh.final, fresh.start, fresh.status)
+    assert zoo.convergence_mismatches(entry) == []
+    prov = dict(entry.provenance)
+    prov["convergence"] = {**prov["convergence"], "optimum": prov["convergence"]["optimum"] * 0.5}
+    prov["digest"] = zoo.digest(prov)
+    (entry.path / zoo.PROVENANCE).write_text(json.dumps(prov))
+    record = zoo.verify(entry.name, tmp_path / "work", root, progress=False)
+    assert record["status"] == "fail" and record["step"] == "evaluation" and "optimum" in record["reason"]
+    assert not (tmp_path / "work").exists()
+
+
+def test_zoo_list_of_the_shipped_zoo_reads_without_torch_within_100_columns():
+    """The shipped entries carry their convergence data (sealed): listing them imports neither
+    torch nor matplotlib, and the default table fits 100 columns; csv and json give every column."""
+    import subprocess
+    import sys
+
+    assert all(zoo.stored_convergence(e.provenance) is not None for e in zoo.entries(zoo.ZOO_ROOT).values())
+    code = ("import sys\nfrom icmix.cli import main\nmain(['zoo', 'list'])\n"
+            "print([m for m in ('torch', 'matplotlib') if m in sys.modules], file=sys.stderr)")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("ICMIX_ZOO", "ICMIX_PLUGINS")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 100 and "cpu tier: " in done.stdout and "long tier: " in done.stdout
+    assert sum(1 for line in lines if " ok" in line) == len(zoo.entries(zoo.ZOO_ROOT))
+
+
+def test_zoo_list_formats(tiny_zoo, capsys):
+    root, name, _ = tiny_zoo
+    assert main(["zoo", "list", "--format", "csv", "--root", str(root)]) == 0
+    rows = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert list(rows.run) == [name] and {"figures", "commit", "cpu", "threads", "excess"} <= set(rows.columns)
+    assert main(["zoo", "list", "--format", "json", "--root", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["run"] == name
+    assert main(["zoo", "list", "--wide", "--root", str(root)]) == 0
+    assert "tiny-fig" in capsys.readouterr().out
+
+
 def test_zoo_list_prints_runs_and_sizes(tiny_zoo, capsys):
     root, name, _ = tiny_zoo
     assert main(["zoo", "list", "--root", str(root)]) == 0
@@ -439,7 +486,8 @@ def test_verify_elsewhere_passes_within_the_metric_tolerance(tiny_zoo, tmp_path,
     rows = (entry.path / "metrics.jsonl").read_text().splitlines()
     (entry.path / "metrics.jsonl").write_text("\n".join(rows[:-1] + [json.dumps({**json.loads(rows[-1]), **measured})])
                                               + "\n")
-    write_provenance(entry, json.loads((entry.path / zoo.PROVENANCE).read_text()))
+    prov = json.loads((entry.path / zoo.PROVENANCE).read_text())
+    write_provenance(entry, {**prov, "convergence": zoo.convergence_record(entry.path)})  # its data made to match
     assert zoo.check_evaluation(entry)["ok"]
     record = zoo.verify(entry.name, tmp_path / "work3", root, progress=False)
     assert record["status"] == "fail" and record["step"] == "retraining" and "tolerance 2%" in record["reason"]

@@ -398,16 +398,52 @@ def _zoo_list(args) -> int:
               + ("within the caps" if ok else "OVER A CAP"))
         return 0 if ok else 1
     table = zoo.table(root)
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+        return 0
+    if args.format == "json":
+        sys.stdout.write(table.to_json(orient="records", indent=1) + "\n")
+        return 0
     if table.empty:
         print("the zoo is empty")
         return 0
-    import pandas as pd
+    import textwrap
 
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
-                           "display.max_colwidth", 60):
-        print(table.to_string(index=False))
-    print(f"\n{len(table)} run{'s' if len(table) != 1 else ''}; converged: {DEFINITION}")
+    if args.wide:
+        print(_aligned(table))
+    else:  # within 100 columns: per tier, the run names, their numbers and their state
+        stale = table.status.str.startswith("stale")
+        short = table[["run", "steps", "final", "excess", "converged", "status"]].assign(
+            status=table.status.where(~stale, "stale (below)"))
+        lines = _aligned(short).splitlines()
+        for i, tier in enumerate(dict.fromkeys(table.tier)):
+            rows = [lines[1 + j] for j in range(len(table)) if table.tier.iloc[j] == tier]
+            print(("\n" if i else "") + f"{tier} tier: {len(rows)} run{'s' if len(rows) != 1 else ''}")
+            print("\n".join([lines[0], *rows]))
+        for run, status in zip(table.run[stale], table.status[stale]):  # why, in full
+            print("\n" + textwrap.fill(f"{run}: {status}", 100, subsequent_indent="  "))
+    print(f"\n{len(table)} run{'s' if len(table) != 1 else ''}" + ("" if args.wide else
+          " (--wide: figures, metric, commit, CPU, threads, wall time; --format csv|json: all)"))
+    print(textwrap.fill(f"converged: {DEFINITION}", 100))
     return 0
+
+
+def _aligned(table) -> str:
+    """``table`` as text columns: words left-aligned, numbers right-aligned."""
+    cells = [[str(v) for v in table[c]] for c in table.columns]
+    numeric = [all(_is_number(v) for v in col) for col in cells]
+    widths = [max(len(str(c)), *(len(v) for v in col)) for c, col in zip(table.columns, cells)]
+    rows = [list(map(str, table.columns))] + [list(r) for r in zip(*cells)]
+    return "\n".join("  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(row, widths, numeric)).rstrip()
+                     for row in rows)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text in ("–", "nan", "None")
+    return True
 
 
 def _zoo_verify(args) -> int:
@@ -606,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.set_defaults(func=_zoo_build)
     z = zsub.add_parser("list", help="the zoo's runs: figures, final metrics, convergence, provenance")
     z.add_argument("--sizes", action="store_true", help="every file's size and the total, against the caps")
+    z.add_argument("--wide", action="store_true", help="every column (figures, metric, commit, CPU, threads, time)")
+    z.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="csv or json: every column, for other tools")
     z.add_argument("--root", help="zoo folder (default: the package's)")
     z.set_defaults(func=_zoo_list)
     z = zsub.add_parser("verify", help="check a zoo run: its files, its weights' own metrics (seconds), then a "

@@ -179,6 +179,7 @@ def export(run: Path, dest: Path, provenance: dict, tail: int | None = None) -> 
                              "keep_checkpoints, checkpoint_every)")
         sources.update({rel: ckpt / Path(rel).name for rel in TAIL_FILES})
         provenance = {**provenance, "tail_step": tail}
+    provenance = {**provenance, CONVERGENCE: convergence_record(run)}
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staged_directory(dest, replaces=(*FILES, PROVENANCE, "model", TAIL)) as stage:
         for rel, source in sources.items():
@@ -188,6 +189,52 @@ def export(run: Path, dest: Path, provenance: dict, tail: int | None = None) -> 
         record["digest"] = digest(record)
         (stage / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
     return dest
+
+
+CONVERGENCE = "convergence"  # in a provenance: the run's convergence data, computed when it is shipped
+
+
+def convergence_record(run: Path) -> dict | None:
+    """What ``zoo list`` shows of a run's convergence, computed once, when it is shipped: the
+    fields of its ``icmix.train.convergence.Convergence`` but the rule's tolerance (the verdict is
+    taken under the current rule when read).  ``None`` where the run cannot be judged."""
+    from dataclasses import asdict
+
+    from icmix.train.convergence import run_convergence
+
+    try:
+        record = asdict(run_convergence(run))
+    except ValueError:
+        return None
+    record.pop("tolerance")
+    return record
+
+
+def stored_convergence(provenance: dict):
+    """The ``Convergence`` recorded in a provenance (``convergence_record``), or ``None``."""
+    from icmix.train.convergence import Convergence
+
+    record = provenance.get(CONVERGENCE)
+    if not isinstance(record, dict):
+        return None
+    try:
+        return Convergence(**record)
+    except TypeError:  # another icmix's fields
+        return None
+
+
+def add_convergence(entry: "Entry") -> bool:
+    """Record the convergence data of an entry shipped without them (``convergence_record``),
+    rewriting its provenance and digest (then ``icmix zoo manifest --write``); whether it changed."""
+    from icmix.io import atomic_write
+
+    if CONVERGENCE in entry.provenance:
+        return False
+    record = {k: v for k, v in entry.provenance.items() if k != "digest"}
+    record[CONVERGENCE] = convergence_record(entry.path)
+    record["digest"] = digest(record)
+    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+    return True
 
 
 def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threads: int = 1,
@@ -292,7 +339,7 @@ class Entry:
         prov = self.path / PROVENANCE
         return self.key in SHIPPED and prov.is_file() and sha256(prov) == SHIPPED[self.key]
 
-    def problems(self, manifest: bool = True, evaluate: bool = False) -> list[str]:
+    def problems(self, manifest: bool = True, evaluate: bool = False, names: bool = True) -> list[str]:
         """Why the entry must not be used (empty when it is sound): a missing or altered file
         (SHA-256 against its provenance), a provenance whose fields no longer match its digest,
         an entry of the shipped zoo that is not the one the package's manifest records, or a
@@ -300,9 +347,8 @@ class Entry:
         changed since it was trained).  ``manifest=False`` leaves the manifest out (``build``,
         adding entries to the shipped zoo before the manifest is written again).  ``evaluate``
         adds, for an entry sound on paper, ``check_evaluation``: weights that do not give the
-        run's recorded final metrics (about a second)."""
-        from icmix.experiments.common import run_name
-        from icmix.train import TrainConfig
+        run's recorded final metrics (about a second).  ``names=False`` leaves out the run-name
+        check (it needs torch: ``zoo list`` of the sealed shipped zoo skips it; its tests check it)."""
         from icmix.zoo.shipped import SHIPPED
 
         if "unreadable" in self.provenance:
@@ -327,7 +373,10 @@ class Entry:
                 out.append(f"{rel} has no recorded SHA-256")
             elif sha256(f) != recorded[rel]:
                 out.append(f"{rel} differs from the file shipped (SHA-256 mismatch)")
-        if (self.path / "config.yaml").exists():
+        if names and (self.path / "config.yaml").exists():
+            from icmix.experiments.common import run_name
+            from icmix.train import TrainConfig
+
             try:
                 now = run_name(TrainConfig.from_yaml(self.path / "config.yaml"))
             except (ValueError, TypeError, KeyError) as err:
@@ -503,13 +552,16 @@ def write_manifest() -> Path:
     """Write ``icmix/zoo/shipped.py`` from the shipped zoo as it is now (``icmix zoo manifest
     --write``, after ``icmix zoo build`` changed it).  Refused while an entry is damaged (its
     files against its provenance, its digest, its run name, its weights against its recorded
-    metrics): only sound entries are sealed, so a listed entry needs no evaluation to be listed."""
+    metrics): only sound entries are sealed, so a listed entry needs no evaluation to be listed.
+    An entry without its convergence data gets them first (``add_convergence``)."""
     from icmix.io import atomic_write
 
     damaged = {n: p for n, e in entries(ZOO_ROOT).items() if (p := e.problems(manifest=False, evaluate=True))}
     if damaged:
         raise ValueError("the shipped zoo has damaged entries, not sealed: "
                          + "; ".join(f"{n}: {', '.join(p)}" for n, p in damaged.items()))
+    for entry in entries(ZOO_ROOT).values():  # what `zoo list` reads, recorded for any entry without it
+        add_convergence(entry)
     lines = "".join(f'    "{key}": "{digest_}",\n' for key, digest_ in sorted(manifest().items()))
     text = ('"""The manifest of the zoo shipped with the package: the SHA-256 of each entry\'s provenance.json,\n'
             "which itself holds the SHA-256 of the entry's other files and a digest of its own fields.  An entry\n"
@@ -597,6 +649,10 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     record["evaluation"] = {"recorded": evaluation["recorded"], "measured": evaluation["measured"]}
     if not evaluation["ok"]:  # weights that do not give their own numbers: no retraining needed to say so
         return {**record, "step": "evaluation", "reason": evaluation["reason"]}
+    wrong = convergence_mismatches(entry)  # what `zoo list` shows of it, computed when it was shipped
+    if wrong:
+        return {**record, "step": "evaluation", "reason": "its recorded convergence data differ from a "
+                                                          "recomputation: " + "; ".join(wrong)}
     cfg = TrainConfig.from_yaml(entry.path / "config.yaml")
     run = Path(work) / entry.name
     if run.exists():
@@ -654,6 +710,25 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
             "steps": cfg.steps, "here": here}
 
 
+def convergence_mismatches(entry: "Entry", rtol: float = 1e-6) -> list[str]:
+    """The recorded convergence data (``convergence_record``) that a recomputation from the
+    entry's metrics and its evaluation batch's optimum does not give (empty if none recorded)."""
+    import math
+
+    stored = entry.provenance.get(CONVERGENCE)
+    if not isinstance(stored, dict):
+        return []
+    now = convergence_record(entry.path) or {}
+    wrong = []
+    for key, value in stored.items():
+        fresh = now.get(key)
+        same = (value == fresh if not isinstance(value, float) or not isinstance(fresh, float)
+                else math.isclose(value, fresh, rel_tol=rtol, abs_tol=1e-12))
+        if not same:
+            wrong.append(f"{key} {value!r} recorded, {fresh!r} now")
+    return wrong
+
+
 def _tail_ratio(entry: Entry, shipped: dict, fresh: dict) -> float:
     """How far the weights resumed from the tail ended from the shipped ones, relative to the
     tail's own distance from them (``TAIL_CLOSER``)."""
@@ -677,9 +752,14 @@ def _final_metric(run: Path, metric: str) -> tuple[str, float]:
 
 
 def table(root: Path | None = None):
-    """One row per zoo run: figures, steps, final progress metric and its excess over the
+    """One row per zoo run: tier, figures, steps, final progress metric and its excess over the
     optimum, convergence, status (``ok``; ``ok, unlisted`` for a sound entry the package's
-    manifest does not list; ``stale: why``) and provenance (commit, CPU, threads, wall time)."""
+    manifest does not list; ``stale: why``) and provenance (commit, CPU, threads, wall time).
+
+    It reads, never computes, for the entries the package's manifest lists: their convergence
+    data were recorded when they were shipped (``convergence_record``; ``zoo verify`` checks
+    them), and they were evaluated and named when sealed, so only their files' SHA-256 are
+    checked here (no torch).  An unlisted entry gets every check, and its convergence computed."""
     import pandas as pd
 
     from icmix.train.convergence import run_convergence
@@ -687,16 +767,17 @@ def table(root: Path | None = None):
     rows = []
     for name, e in entries(root).items():
         p = e.provenance
-        row = {"run": name, "preset": e.preset, "figures": ",".join(p.get("figures", [])), "steps": p.get("steps")}
+        listed = e.listed()
+        row = {"run": name, "tier": e.preset, "figures": ",".join(p.get("figures", [])), "steps": p.get("steps")}
+        c = stored_convergence(p) if listed else None
         try:
-            c = run_convergence(e.path)
+            c = c or run_convergence(e.path)
             known = c.optimum is not None
             row.update(metric=c.metric, final=round(c.final, 5), excess=round(c.excess, 5) if known else "–",
                        second_half_gain=f"{c.improvement:.1%}" if known else "–", converged=c.status)
         except (ValueError, OSError) as err:
             row.update(metric="?", converged=f"? ({err})")
-        listed = e.listed()
-        problems = e.problems(evaluate=not listed)  # a listed entry was evaluated when it was sealed
+        problems = e.problems(evaluate=not listed, names=not listed)  # a listed entry was checked when sealed
         row.update(status="stale: " + "; ".join(problems) if problems else "ok" if listed else "ok, unlisted",
                    commit=str(p.get("git_commit", "?"))[:10], cpu=p.get("cpu"), threads=p.get("threads"),
                    wall_min=round(p.get("wall_seconds", float("nan")) / 60, 1), torch=p.get("torch"))
