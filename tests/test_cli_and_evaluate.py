@@ -138,3 +138,42 @@ print(json.dumps({"commands": len(commands), "heavy": heavy}), file=sys.stderr)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stderr.strip().splitlines()[-1])
     assert result["commands"] >= 10 and result["heavy"] == []
+
+
+def test_threads_set_the_runs_torch_threads_without_renaming_them(tmp_path, monkeypatch):
+    """``--threads N`` gives this process and every worker N torch threads (``ICMIX_THREADS``);
+    the config field ``threads`` trains a run with them and restores the process's after; a
+    run's name and identity do not depend on it."""
+    import torch
+
+    from icmix import _pool
+    from icmix.cli import main
+    from icmix.experiments.common import run_name
+    from icmix.train import TrainConfig, train
+
+    monkeypatch.delenv(_pool.THREADS, raising=False)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # a 4-core machine
+    assert _pool.worker_threads(2) == 2 and _pool.worker_threads(8) == 1
+    monkeypatch.undo()
+    config = {"task": {"kind": "mtd", "vocab_size": 4, "order": 2, "seed": 0, "length": 8},
+              "model": {"kind": "disentangled", "n_layers": 2, "n_heads": 1}, "steps": 4, "batch_size": 8,
+              "eval_every": 2, "eval_size": 8}
+    plain, one = TrainConfig.from_dict(config), TrainConfig.from_dict({**config, "threads": 1})
+    assert run_name(plain) == run_name(one) and "threads" not in plain.to_yaml()
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    train(one, tmp_path / "run", progress=False)
+    assert calls == [1, before] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be"):
+        TrainConfig.from_dict({**config, "threads": 0})
+    # The command line: this process and the workers.
+    calls.clear()
+    monkeypatch.setenv(_pool.THREADS, "")
+    (tmp_path / "c.yaml").write_text(plain.to_yaml())
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "cli"), "--threads", "1",
+                 "--no-progress"]) == 0
+    assert calls[0] == 1 and __import__("os").environ[_pool.THREADS] == "1" and _pool.worker_threads(2) == 1
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "cli2"), "--threads", "0"]) == 2
+    real(before)

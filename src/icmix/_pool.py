@@ -53,6 +53,22 @@ def _start_ignoring_ctrl_c(pool: ProcessPoolExecutor, n_workers: int) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+THREADS = "ICMIX_THREADS"  # torch threads per run (``icmix ... --threads N``), for every worker
+
+
+def worker_threads(n_workers: int) -> int:
+    """Torch threads for each of ``n_workers`` runs at once: ``ICMIX_THREADS`` if set, else this
+    process's threads shared among them (one each when the runs fill the cores), never oversubscribed."""
+    import os
+
+    import torch
+
+    given = os.environ.get(THREADS)
+    if given:
+        return int(given)
+    return max(1, torch.get_num_threads() // n_workers)
+
+
 @contextmanager
 def worker_pool(n_workers: int):
     """``with worker_pool(n) as pool``: ``n`` spawned processes, each with its share of this
@@ -61,7 +77,7 @@ def worker_pool(n_workers: int):
     checkpoint, which is published by rename and so never half-written."""
     import torch
 
-    threads = max(1, torch.get_num_threads() // n_workers)  # share the cores instead of oversubscribing them
+    threads = worker_threads(n_workers)
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
     try:

@@ -112,7 +112,7 @@ def _launcher(args, jobs: int | None):
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     return make_launcher(args.launcher, Path(args.out) / "logs", args.slurm or [], wait=not args.no_wait,
-                         max_parallel=jobs or 1)
+                         max_parallel=jobs or 1, threads=getattr(args, "run_threads", None))
 
 
 def _tracking(args) -> tuple[str, ...]:
@@ -547,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gibbs-burn-in", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the Gibbs sampler")
     p.add_argument("--out", help="write a CSV here instead of printing")
+    _threads_argument(p)
     p.set_defaults(func=_estimate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper figure (PNG + CSV + JSON)")
@@ -570,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", metavar="T1,T2",
                    help="send the training runs' metrics to these trackers too: tensorboard, wandb")
     _launch_arguments(p)
+    _threads_argument(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("construct", help="build a hand-set transformer and check it against its algorithm")
@@ -615,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: extend the run (finished or not) to N steps; recorded in RUN_DIR/history.jsonl")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if unavailable)")
     p.add_argument("--no-progress", action="store_true")
+    _threads_argument(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sweep", help="train a grid of configs as separate runs, in parallel, resumably")
@@ -626,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--no-progress", action="store_true")
     _launch_arguments(p)
+    _threads_argument(p)
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")
@@ -701,6 +705,24 @@ def _quiet_after_broken_pipe() -> int:
     return 141
 
 
+def _threads_argument(p) -> None:
+    p.add_argument("--threads", dest="run_threads", type=int, metavar="N",
+                   help="torch threads for each run (and this process): default, the cores shared among the "
+                        "runs at once, one each when they fill the machine; 1 on a machine others use too")
+
+
+def _use_threads(n: int) -> None:
+    """``--threads N``: this process's torch threads, and every worker's (``ICMIX_THREADS``)."""
+    import torch
+
+    from icmix._pool import THREADS
+
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    os.environ[THREADS] = str(n)
+    torch.set_num_threads(n)
+
+
 def _load_plugins(argv: list[str]) -> list[str]:
     """Load every ``--plugin MODULE`` of ``argv`` (wherever it stands) before the parser is
     built, so the plugins' figures and families are known to it; ``argv`` without them."""
@@ -720,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         warnings.showwarning = _show_warning  # one line each, without Python's source excerpt
+        if getattr(args, "run_threads", None) is not None:
+            _use_threads(args.run_threads)
         code = args.func(args)
         sys.stdout.flush()  # a reader that has gone is noticed here, not in Python's exit
         return code

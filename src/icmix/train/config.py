@@ -96,16 +96,23 @@ class TrainConfig:
     # Experiment trackers that receive each evaluation row (``icmix.train.tracking``): they
     # change no number, and the run's name does not depend on them (``identity``).
     tracking: tuple[str, ...] = ()
+    # Torch threads the run trains with (None: as the process has them; ``icmix --threads``).
+    # Not part of its identity: the same run on 1 or 2 threads (their rounding may differ, as
+    # on another CPU; the zoo records the threads a run was trained with).
+    threads: int | None = None
 
     # Fields added after runs were named by a hash of the config: written out only when they
     # differ from their default, so the names (and the saved configs) of older runs hold.
-    _LATER_FIELDS = {"data_device": "cpu", "tracking": ()}
-    # Fields that say where a run reports, not what it computes: reset by ``identity``.  (The
-    # older ``tensorboard`` flag stays in the identity, so runs named with it keep their names.)
-    NEUTRAL_FIELDS = {"tracking": ()}
+    _LATER_FIELDS = {"data_device": "cpu", "tracking": (), "threads": None}
+    # Fields that say where a run reports or how it uses the machine, not what it computes:
+    # reset by ``identity``.  (The older ``tensorboard`` flag stays in the identity, so runs
+    # named with it keep their names.)
+    NEUTRAL_FIELDS = {"tracking": (), "threads": None}
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("eval_every", self.eval_every)
         check_positive_int("eval_size", self.eval_size, minimum=2)

@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +90,20 @@ def autocast(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch threads (``None``: as they are), then restore them."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -170,7 +184,7 @@ def train(cfg: TrainConfig | None, run_dir: str | Path, resume: bool = False, pr
     if refusals:
         raise ValueError(refusal or refusals[0])
     world.barrier()  # every rank has looked before rank 0 writes
-    with (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
+    with torch_threads(cfg.threads), (output_folder(run, "run directory") if world.is_main else nullcontext()) as locked:
         if locked is not None:  # (output_folder cleaned the run folder itself)
             remove_stale_files(run / "checkpoints", legacy=LEGACY_TEMPORARIES)
         if world.is_main and not resume:
