@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mtd_estimators.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_cli.py
+	$(PY) benchmarks/bench_threads.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
