@@ -177,3 +177,11 @@ def test_threads_set_the_runs_torch_threads_without_renaming_them(tmp_path, monk
     assert calls[0] == 1 and __import__("os").environ[_pool.THREADS] == "1" and _pool.worker_threads(2) == 1
     assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "cli2"), "--threads", "0"]) == 2
     real(before)
+
+
+def test_every_lag_estimator_has_its_help_and_every_help_its_estimator():
+    from icmix.families.lags import LAG_ESTIMATOR_HELP
+    from icmix.families.mtd import LAG_ESTIMATORS
+
+    assert list(LAG_ESTIMATORS) == list(LAG_ESTIMATOR_HELP)
+    assert all(LAG_ESTIMATORS[n][0] == LAG_ESTIMATOR_HELP[n] for n in LAG_ESTIMATORS)

@@ -186,11 +186,17 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
         fig.run(demo, top, progress=False)
     with pytest.raises(ValueError, match="no claims-scaling-measured.csv"):
         fig.run(demo, tmp_path / "empty", progress=False)
-    # Measuring (train=True) measures such a figure again, from its runs: the same numbers.
-    good = pd.read_csv(out / scaling.MEASURED)
-    good.assign(runs="0123456789ab", mean=good["mean"] + 1).to_csv(out / scaling.MEASURED, index=False)
+    # Measuring (train=True) measures such a figure again, from its runs: the same numbers; the
+    # rows of figures not asked for stay in the file, and are not fitted.
+    good = pd.read_csv(out / scaling.MEASURED, dtype={"runs": str})
+    other_rows = good.assign(figure="tiny-other", runs="000000000012")
+    pd.concat([good.assign(runs="0123456789ab", mean=good["mean"] + 1), other_rows]).to_csv(
+        out / scaling.MEASURED, index=False)
     fig.run(cfg, out, progress=False)
-    pd.testing.assert_frame_equal(pd.read_csv(out / scaling.MEASURED), good)
+    again = pd.read_csv(out / scaling.MEASURED, dtype={"runs": str})
+    pd.testing.assert_frame_equal(again[again.figure == "tiny-long"].reset_index(drop=True), good)
+    assert (again[again.figure == "tiny-other"].runs == "000000000012").all()  # a digest of digits stays a string
+    assert set(pd.read_csv(out / "claims-scaling-fits.csv").figure) == {"tiny-long"}
     # A figure the file lacks is measured and added; the rows measured before stay as they were.
     (top / scaling.MEASURED).write_bytes((out / scaling.MEASURED).read_bytes())
     before = pd.read_csv(top / scaling.MEASURED)
@@ -253,9 +259,9 @@ def test_the_shipped_measurements_rest_on_what_this_code_names():
 
     path = zoo.measurements("long")
     assert path is not None, "the shipped zoo has no long-tier claims measurements"
-    shipped = pd.read_csv(path).groupby("figure").runs.first()
+    shipped = pd.read_csv(path, dtype={"runs": str}).groupby("figure").runs.unique()
     now = {f: scaling.runs_digest(get_figure(f), scaling.Config()) for f in shipped.index}
-    assert shipped.to_dict() == now
+    assert {f: list(d) for f, d in shipped.items()} == {f: [d] for f, d in now.items()}
 
 
 def test_the_zoo_measurements_are_copied_refreshed_and_labelled(tmp_path, monkeypatch, capsys):
@@ -286,7 +292,11 @@ def test_the_zoo_measurements_are_copied_refreshed_and_labelled(tmp_path, monkey
     # OUT's own measurements (changed since the copy) are kept, and are no longer the zoo's.
     first.assign(mean=1.7).to_csv(dest, index=False)
     take_measurements(out, "demo")
-    assert pd.read_csv(dest)["mean"][0] == 1.7 and scaling.origin(out) == "OUT"
+    assert pd.read_csv(dest)["mean"][0] == 1.7
+    assert scaling.origin(out) == "unlisted zoo"  # rows from the unlisted zoo may remain: still labelled
+    record["listed"] = True  # (as a copy of the package's zoo would be)
+    (out / scaling.SOURCE).write_text(json.dumps(record))
+    assert scaling.origin(out) == "OUT"
     # A tier folder or a file that is a link is no zoo's measurements.
     other = tmp_path / "zoo2"
     other.mkdir()

@@ -229,6 +229,18 @@ def test_zoo_list_of_the_shipped_zoo_reads_without_torch_within_100_columns():
     assert sum(1 for line in lines if " ok" in line) == len(zoo.entries(zoo.ZOO_ROOT))
 
 
+def test_the_shipped_convergence_data_are_what_this_code_computes():
+    """One shipped entry of each kind (model, task, tier): its recorded convergence data against a
+    recomputation (``zoo manifest --write`` refreshes them when the rule or optimum changes)."""
+    kinds = {}
+    for e in zoo.entries(zoo.ZOO_ROOT).values():
+        cfg = TrainConfig.from_yaml(e.path / "config.yaml")
+        kinds.setdefault((e.preset, cfg.model.kind, cfg.task.kind, getattr(cfg.task, "order", None)), e)
+    assert len(kinds) >= 6
+    for key, e in kinds.items():
+        assert zoo.convergence_mismatches(e) == [], key
+
+
 def test_zoo_list_formats(tiny_zoo, capsys):
     root, name, _ = tiny_zoo
     assert main(["zoo", "list", "--format", "csv", "--root", str(root)]) == 0

@@ -29,3 +29,7 @@ def __getattr__(name: str):
 
         return getattr(tasks, name)
     raise AttributeError(f"module 'icmix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"MTDTask", "MixLinRegTask"})

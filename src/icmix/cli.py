@@ -387,6 +387,8 @@ def _zoo_list(args) -> int:
     root = Path(args.root) if args.root else None
     found = zoo.entries(root)
     if args.sizes:
+        if args.format != "table" or args.wide:
+            raise ValueError("--sizes lists files; --wide and --format are for the runs' table")
         total, files = zoo.sizes(root)
         for rel, size in files:
             flag = "  OVER THE 2 MB CAP" if size > zoo.FILE_CAP else ""
@@ -398,6 +400,8 @@ def _zoo_list(args) -> int:
               + ("within the caps" if ok else "OVER A CAP"))
         return 0 if ok else 1
     table = zoo.table(root)
+    if args.format != "table":  # for other tools: numbers where there are numbers
+        table = table.replace("–", None)
     if args.format == "csv":
         sys.stdout.write(table.to_csv(index=False))
         return 0
@@ -413,8 +417,11 @@ def _zoo_list(args) -> int:
         print(_aligned(table))
     else:  # within 100 columns: per tier, the run names, their numbers and their state
         stale = table.status.str.startswith("stale")
-        short = table[["run", "steps", "final", "excess", "converged", "status"]].assign(
-            status=table.status.where(~stale, "stale (below)"))
+        unknown = table.converged.astype(str).str.startswith("?")
+        short = table.reindex(columns=["run", "steps", "final", "excess", "converged", "status"]).fillna("?").assign(
+            converged=table.converged.where(~unknown, "?"),
+            status=table.status.map(lambda s: "stale" if s.startswith("stale") else "unlisted" if "unlisted" in s
+                                    else s))
         lines = _aligned(short).splitlines()
         for i, tier in enumerate(dict.fromkeys(table.tier)):
             rows = [lines[1 + j] for j in range(len(table)) if table.tier.iloc[j] == tier]
@@ -422,6 +429,10 @@ def _zoo_list(args) -> int:
             print("\n".join([lines[0], *rows]))
         for run, status in zip(table.run[stale], table.status[stale]):  # why, in full
             print("\n" + textwrap.fill(f"{run}: {status}", 100, subsequent_indent="  "))
+        for run, why in zip(table.run[unknown], table.converged[unknown]):
+            print("\n" + textwrap.fill(f"{run}: convergence {why}", 100, subsequent_indent="  "))
+        if (table.status == "ok, unlisted").any():
+            print("\nunlisted: not in the package's zoo manifest (a zoo of ICMIX_ZOO or --root), checked and used")
     print(f"\n{len(table)} run{'s' if len(table) != 1 else ''}" + ("" if args.wide else
           " (--wide: figures, metric, commit, CPU, threads, wall time; --format csv|json: all)"))
     print(textwrap.fill(f"converged: {DEFINITION}", 100))

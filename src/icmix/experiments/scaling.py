@@ -25,8 +25,9 @@ The claims table (``claims.evaluate``) takes a claim's convergence and extrapola
 The zoo ships the long tier (the largest budget) but not the smaller budgets' runs (they would not
 fit its size cap); it ships their measurements instead.  The ``demo`` preset (``train=False``)
 trains nothing: it fits and draws from ``claims-scaling-measured.csv`` in ``OUT`` (``make demo``
-copies the zoo's there), once it has checked that the file was measured on the runs this code
-names.  ``icmix reproduce claims-scaling --preset long`` measures them all again.
+copies the zoo's there), once it has checked that the file was measured on the runs, evaluation
+configs and claims this code names (``runs_digest``).  ``icmix reproduce claims-scaling --preset
+long`` measures the figures the file lacks, and again those whose digest differs.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def long_figures(cfg: Config) -> list[Figure]:
 
 def origin(out: Path) -> str:
     """Where ``OUT``'s measurements come from: ``zoo`` (a copy of the package's zoo's, unchanged),
-    ``unlisted zoo`` (of a zoo the package's manifest does not list: ``ICMIX_ZOO``) or ``OUT``
-    (measured there, or changed since the copy)."""
+    ``unlisted zoo`` (copied, in whole or in part, from a zoo the package's manifest does not
+    list: ``ICMIX_ZOO``) or ``OUT`` (measured there, or changed since the copy)."""
     import json
 
     path = Path(out) / MEASURED
@@ -97,7 +98,9 @@ def origin(out: Path) -> str:
         copied = isinstance(record, dict) and record.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
     except (OSError, ValueError):
         return "OUT"
-    return ("zoo" if record.get("listed") is True else "unlisted zoo") if copied else "OUT"
+    if record.get("listed") is not True:  # copied from a zoo of one's own: so are the rows not measured again
+        return "unlisted zoo"
+    return "zoo" if copied else "OUT"
 
 
 def budget_config(figure: Figure, fraction: float, demo: bool = True):
@@ -117,10 +120,11 @@ def budget_config(figure: Figure, fraction: float, demo: bool = True):
 def runs_digest(figure: Figure, cfg: Config) -> str:
     """A digest of what ``figure``'s measurements rest on: at every budget, the configs it is
     evaluated at (recipe and evaluation sizes) and the names of its runs, for it and every figure
-    its claims read; and each claim's statement, test and code.  Measurements whose digest differs
-    from this code's are refused (``compute``): measure them again.  (The figures' own code and the
-    predictors they compare with are not in it: after changing what a figure computes, measure
-    again.)"""
+    its claims read (where they run left out: ``WHERE_FIELDS``); and each claim's statement, test
+    and code (its syntax tree, so comments and layout do not count).  ``compute`` measures a figure
+    whose digest differs from this code's again, or, without training (the demo), refuses it.  (The
+    figures' own code and the predictors they compare with are not in it: after changing what a
+    figure computes, measure again.)"""
     from icmix.experiments.common import run_name
 
     parts = []
@@ -130,15 +134,29 @@ def runs_digest(figure: Figure, cfg: Config) -> str:
             continue
         for q in sorted(cfg.budgets):
             c = budget_config(other, q)
-            parts.append(f"{name} {q!r} {sorted(dataclasses.asdict(c).items())!r}")
+            fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in WHERE_FIELDS}
+            parts.append(f"{name} {q!r} {sorted(fields.items())!r}")
             parts += sorted(run_name(tc) for tc in other.runs(c).values())
     for spec in figure.claims:
-        try:
-            code = inspect.getsource(spec.fn)
-        except (OSError, TypeError):  # declared where its source cannot be read: its bytecode
-            code = spec.fn.__code__.co_code.hex()
-        parts += [spec.text, spec.test, repr(sorted(spec.extra.items())), code]
+        parts += [spec.text, spec.test, repr(sorted(spec.extra.items())), _code(spec.fn), _code(spec.trained)]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
+WHERE_FIELDS = ("jobs", "device")  # of a figure's config: where it runs, not what it computes
+
+
+def _code(fn) -> str:
+    """What a claim's function computes: its syntax tree (comments and layout left out), or its
+    name where its source cannot be read (a function made at run time)."""
+    import ast
+    import textwrap
+
+    if fn is None:
+        return ""
+    try:
+        return ast.dump(ast.parse(textwrap.dedent(inspect.getsource(fn))))
+    except (OSError, TypeError, SyntaxError):  # (a lambda's source is its whole statement: SyntaxError
+        return getattr(fn, "__qualname__", repr(fn))  # where that statement is cut mid-expression)
 
 
 def measure(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
@@ -304,16 +322,20 @@ class ClaimsScaling(Figure):
         out = Path(out)
         path = out / MEASURED
         figures = long_figures(cfg)
-        measured = pd.read_csv(path) if path.exists() else None
-        if measured is not None:
+        # the whole file (other figures' rows are kept when it is written again), and these figures' rows
+        kept = pd.read_csv(path, dtype={"runs": str, "figure": str, "claim": str}) if path.exists() else None
+        measured = None
+        if kept is not None:
             expected = {f.name: runs_digest(f, cfg) for f in figures}
-            found = measured.groupby("figure").runs.first().to_dict()
-            stale = sorted(f for f in found if f in expected and found[f] != expected[f])
+            measured = kept[kept.figure.isin(expected)].reset_index(drop=True)
+            digests = measured.groupby("figure").runs.unique()
+            stale = sorted(f for f, d in digests.items() if list(d) != [expected[f]])
             if stale and cfg.train:  # measured on what this code no longer names: measured again
                 if progress:
                     print(f"{NAME}: measuring {', '.join(stale)} again (their measurements in {path.name} rest on "
                           "other runs, evaluation configs or claims than this code names)")
                 measured = measured[~measured.figure.isin(stale)].reset_index(drop=True)
+                kept = kept[~kept.figure.isin(stale)].reset_index(drop=True)
             elif stale:
                 raise ValueError(f"{path} was measured on other training runs, evaluation configs or claims than this "
                                  f"code names (figures {', '.join(stale)}): measure them again with "
@@ -329,8 +351,11 @@ class ClaimsScaling(Figure):
             train_runs(out, list(self.runs(more).values()), progress=progress)  # reused where finished
             new = measure(more, out, progress)
             measured = new if measured is None else pd.concat([measured, new], ignore_index=True)
+            whole = new if kept is None else pd.concat([kept, new], ignore_index=True)
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda p: measured.to_csv(p, index=False))
+            atomic_write(path, lambda p: whole.to_csv(p, index=False))
+        if measured is None or measured.empty:
+            raise ValueError(f"{path} holds no measurements of {', '.join(f.name for f in figures)}")
         table = fits(measured, cfg).assign(measurements=origin(out))
         return Result(curves(measured, table), extra={"fits": table, "measured": measured})
 

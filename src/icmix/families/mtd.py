@@ -3,7 +3,8 @@ matrix shared by every lag (``mtd``, SPEC §1) or one per lag (``mtdg``, SPEC §
 
 It owns the ``task:`` spec (``MTDSpec``), the next-token training objective, the standard
 predictors of the lag weights (Figure 3's line-up) and the lag estimators ``icmix estimate``
-offers.  A new MTD predictor is one entry in ``LAG_ESTIMATORS`` and/or ``predictors``.
+offers.  A new MTD predictor is one entry in ``LAG_ESTIMATORS`` (its help text in
+``icmix.families.lags.LAG_ESTIMATOR_HELP``) and/or ``predictors``.
 """
 
 from __future__ import annotations

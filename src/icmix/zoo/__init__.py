@@ -8,8 +8,9 @@ a finished run directory needs to be a predictor, and nothing to resume from:
 - ``config.yaml``, ``metrics.jsonl`` (the deterministic record) and ``model/`` (safetensors +
   the model's config); no optimiser state, no checkpoints;
 - ``provenance.json``: the command, git commit, torch and Python versions, CPU model, threads,
-  wall time, the figures that use the run, the SHA-256 of every file above, and a ``digest``
-  of all these fields.
+  wall time, the figures that use the run, its convergence data (the optimum on its evaluation
+  batch and the windows of its metric that ``zoo list`` reads, ``convergence_record``), the
+  SHA-256 of every file above, and a ``digest`` of all these fields.
 
 A zoo may come from anyone (``ICMIX_ZOO=DIR``), so nothing in it is trusted unchecked:
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -223,18 +225,15 @@ def stored_convergence(provenance: dict):
         return None
 
 
-def add_convergence(entry: "Entry") -> bool:
-    """Record the convergence data of an entry shipped without them (``convergence_record``),
-    rewriting its provenance and digest (then ``icmix zoo manifest --write``); whether it changed."""
+def add_convergence(entry: "Entry", record: dict | None = None) -> None:
+    """Record an entry's convergence data (``convergence_record``, or ``record``), rewriting its
+    provenance and digest (then ``icmix zoo manifest --write`` seals it)."""
     from icmix.io import atomic_write
 
-    if CONVERGENCE in entry.provenance:
-        return False
-    record = {k: v for k, v in entry.provenance.items() if k != "digest"}
-    record[CONVERGENCE] = convergence_record(entry.path)
-    record["digest"] = digest(record)
-    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
-    return True
+    provenance = {k: v for k, v in entry.provenance.items() if k != "digest"}
+    provenance[CONVERGENCE] = record if record is not None else convergence_record(entry.path)
+    provenance["digest"] = digest(provenance)
+    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(provenance, indent=2) + "\n"))
 
 
 def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threads: int = 1,
@@ -553,15 +552,19 @@ def write_manifest() -> Path:
     --write``, after ``icmix zoo build`` changed it).  Refused while an entry is damaged (its
     files against its provenance, its digest, its run name, its weights against its recorded
     metrics): only sound entries are sealed, so a listed entry needs no evaluation to be listed.
-    An entry without its convergence data gets them first (``add_convergence``)."""
+    An entry without its convergence data, or whose data this code computes otherwise (a changed
+    rule or optimum), gets them first (``add_convergence``)."""
     from icmix.io import atomic_write
 
     damaged = {n: p for n, e in entries(ZOO_ROOT).items() if (p := e.problems(manifest=False, evaluate=True))}
     if damaged:
         raise ValueError("the shipped zoo has damaged entries, not sealed: "
                          + "; ".join(f"{n}: {', '.join(p)}" for n, p in damaged.items()))
-    for entry in entries(ZOO_ROOT).values():  # what `zoo list` reads, recorded for any entry without it
-        add_convergence(entry)
+    stale = [e for e in entries(ZOO_ROOT).values()  # what `zoo list` reads: recorded, and as this code computes it
+             if not isinstance(e.provenance.get(CONVERGENCE), dict) or convergence_mismatches(e)]
+    records = {e.name: convergence_record(e.path) for e in stale}  # every one computed before any is written
+    for entry in stale:
+        add_convergence(entry, records[entry.name])
     lines = "".join(f'    "{key}": "{digest_}",\n' for key, digest_ in sorted(manifest().items()))
     text = ('"""The manifest of the zoo shipped with the package: the SHA-256 of each entry\'s provenance.json,\n'
             "which itself holds the SHA-256 of the entry's other files and a digest of its own fields.  An entry\n"
@@ -582,11 +585,9 @@ TAIL_CLOSER = 0.1  # resumed with 2 threads instead of 1 (another reduction orde
 
 def weight_distance(a: dict, b: dict) -> float:
     """The L2 distance between two state dicts of the same keys and shapes (``inf`` otherwise)."""
-    import torch
-
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         return float("inf")
-    return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)))
+    return math.sqrt(sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a))
 
 
 def prepare_tail(entry: Entry, run: Path) -> int:
@@ -615,7 +616,8 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     1. integrity: every file's SHA-256, the provenance's digest, the package's manifest and
        the run name (``Entry.problems``);
     2. evaluation: the shipped weights, evaluated on the run's evaluation batch, give the
-       recorded final metrics (``check_evaluation``; seconds);
+       recorded final metrics (``check_evaluation``; seconds), and the recorded convergence data
+       (what ``zoo list`` shows) are what this code computes from the run (``convergence_mismatches``);
     3. retraining from scratch under ``work`` (with the recorded number of threads): the
        weights are bit-identical, or, where the CPU or torch build differ from the provenance
        (so bits may not match), the retrained final eval metric is within
@@ -710,23 +712,36 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
             "steps": cfg.steps, "here": here}
 
 
-def convergence_mismatches(entry: "Entry", rtol: float = 1e-6) -> list[str]:
+def convergence_mismatches(entry: "Entry") -> list[str]:
     """The recorded convergence data (``convergence_record``) that a recomputation from the
-    entry's metrics and its evaluation batch's optimum does not give (empty if none recorded)."""
-    import math
+    entry's metrics and its evaluation batch's optimum does not give (empty if none recorded).
+    The fields read off ``metrics.jsonl`` (whose SHA-256 the provenance holds) must match to
+    rounding; the optimum, recomputed on this machine (exact Bayes, Gibbs draws, a float32
+    batch), within the re-evaluation's tolerance."""
+    from icmix.train.loop import REEVALUATION_RTOL
 
     stored = entry.provenance.get(CONVERGENCE)
     if not isinstance(stored, dict):
         return []
     now = convergence_record(entry.path) or {}
     wrong = []
-    for key, value in stored.items():
-        fresh = now.get(key)
-        same = (value == fresh if not isinstance(value, float) or not isinstance(fresh, float)
-                else math.isclose(value, fresh, rel_tol=rtol, abs_tol=1e-12))
-        if not same:
+    for key in sorted(set(stored) | set(now)):
+        value, fresh = stored.get(key), now.get(key)
+        if not _same(value, fresh, REEVALUATION_RTOL if key == "optimum" else 1e-9):
             wrong.append(f"{key} {value!r} recorded, {fresh!r} now")
     return wrong
+
+
+def _same(a, b, rtol: float) -> bool:
+    """Equal, numbers within ``rtol`` (NaN equal to NaN), booleans and the rest exactly."""
+    import math
+
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numbers:
+        return a == b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)
 
 
 def _tail_ratio(entry: Entry, shipped: dict, fresh: dict) -> float:
@@ -735,7 +750,10 @@ def _tail_ratio(entry: Entry, shipped: dict, fresh: dict) -> float:
     from safetensors.torch import load_file
 
     tail = load_file(entry.path / TAIL / "model.safetensors")
-    return weight_distance(fresh, shipped) / max(weight_distance(tail, shipped), 1e-300)
+    moved, ended = weight_distance(tail, shipped), weight_distance(fresh, shipped)
+    if not (math.isfinite(moved) and moved > 0 and math.isfinite(ended)):
+        return float("nan")  # a tail of other weights, or none to redo: no evidence (fails the check)
+    return ended / moved
 
 
 SHOWN = ("cpu", "cpu_features", "torch", "threads", "git_commit", "wall_seconds")  # of a provenance, in a record
