@@ -117,6 +117,11 @@ def test_one_parser_reads_every_key_value_a_user_types():
     fig3 = get_figure("mtd-fig3").preset("quick")
     cfg = apply_overrides(fig3, ["lengths=[8, 16]", "n_sequences=7", "seeds=3"])
     assert (cfg.lengths, cfg.n_sequences, cfg.seeds) == ((8, 16), 7, (3,))
+    # a tuple of names: a comma list, as --set tracking=wandb,tensorboard reads on a training config
+    scaling = get_figure("claims-scaling").preset("long")
+    assert apply_overrides(scaling, ["figures=mtd-fig4,mlr-fig3"]).figures == ("mtd-fig4", "mlr-fig3")
+    assert apply_overrides(scaling, ["figures=mtd-fig4"]).figures == ("mtd-fig4",)
+    assert apply_overrides(scaling, ["figures=[mtd-fig4, mlr-fig3]"]).figures == ("mtd-fig4", "mlr-fig3")
     assert grid_axis("task.order=3, 5") == ["task.order=3", "task.order=5"]
     assert split(" seed =1") == ("seed", "1")
     assert slurm_parameters(["time=2h", "gpus=1"]) == {"time": 120, "gpus_per_node": 1}

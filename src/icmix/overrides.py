@@ -118,6 +118,9 @@ def apply_overrides(cfg, overrides: list[str] | None):
         if str in (hint, *args):  # a name stays as typed: `yes`, `on`, `null` are not YAML's bool and null here
             literal = _literal(raw)
             value = literal if isinstance(literal, str) or (literal is None and type(None) in args) else raw.strip()
+        if typing.get_origin(hint) is tuple and str in args and isinstance(value, str):
+            inner_text = value.strip()[1:-1] if value.strip()[:1] + value.strip()[-1:] in ("[]", "()") else value
+            value = tuple(v.strip() for v in inner_text.split(",") if v.strip())  # names: a comma list
         if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         plain = (int, float, str, bool)
