@@ -45,7 +45,7 @@ SHIPPED: dict[str, str] = {
     "cpu/gpt3-mtdg-m3-T32-mse-seed1-7c3dfeed": "139d27fa6d5e587c7bf3795a1e3ee4b700237a5fad1c9a8e546b1046ab32a8ad",
     "cpu/gpt3-mtdg-pydoc-m3-T256-ce-seed0-dcefec8c": "0eabd74b3eb8990e6aae0e23ca80f1af112c6376af63747869ba16b32ab6ab1a",
     "cpu/gpt3-text-pydoc-q32-T256-ce-seed0-6d871eac": "4c336805fa4ae15f025870f7bb8ced1fb13dc0401f486aebc27e6587ea821a36",
-    "long/claims-scaling-measured.csv": "1318d2e7782a57f0f3d6c7a1cbe7f070878dd658482e37acecc9c7c23b739818",
+    "long/claims-scaling-measured.csv": "a0f54a5c67918f5a2ade0911c81cf6cd271ffcda14d04452ba878d074e735648",
     "long/disentangled3-m3-T32-mse-seed0-d59c24de": "1dbfc663927533414d0909fdb32a3ca359b5070b347b53e29323680a75fe0774",
     "long/disentangled3-m3-T32-mse-seed1-d5b9199e": "eebab878dd554d9bb83821907679811b45ac8ce931f10bafa3df4de1048969ae",
     "long/disentangled3-m3-T32-mse-seed2-071f888f": "e91e66b7a44a7a603d99b750b988703c1225678faccb5805d32e0dadf182c709",
