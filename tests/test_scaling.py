@@ -186,6 +186,11 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
         fig.run(demo, top, progress=False)
     with pytest.raises(ValueError, match="no claims-scaling-measured.csv"):
         fig.run(demo, tmp_path / "empty", progress=False)
+    # Measuring (train=True) measures such a figure again, from its runs: the same numbers.
+    good = pd.read_csv(out / scaling.MEASURED)
+    good.assign(runs="0123456789ab", mean=good["mean"] + 1).to_csv(out / scaling.MEASURED, index=False)
+    fig.run(cfg, out, progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out / scaling.MEASURED), good)
     # A figure the file lacks is measured and added; the rows measured before stay as they were.
     (top / scaling.MEASURED).write_bytes((out / scaling.MEASURED).read_bytes())
     before = pd.read_csv(top / scaling.MEASURED)
@@ -207,6 +212,97 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
         figure_mod._FIGURES.pop("tiny-long-b", None)
     after = pd.read_csv(top / scaling.MEASURED)
     assert after.iloc[:len(before)].equals(before) and list(after.iloc[len(before):].steps) == [4, 8, 16, 32]
+
+
+def test_the_measurements_digest_covers_runs_evaluation_and_claims():
+    """What measurements rest on: another evaluation config (same runs), another claim or a
+    claim's changed code each give another digest; the same figure the same one."""
+    cfg = scaling.Config(figures=("tiny-long",))
+
+    @dataclass(frozen=True)
+    class Evaluated(TinyConfig):
+        n_eval: int = 100  # evaluation only: the runs are the same
+
+    def below_10(c: Claim, out: Path, cfg) -> Claim:
+        return measured(c, read(out, "tiny-digest").kl, 10, "<")
+
+    def below_11(c: Claim, out: Path, cfg) -> Claim:
+        return measured(c, read(out, "tiny-digest").kl, 11, "<")
+
+    def figure(n_eval: int, fn=None):
+        class F(TinyLong):
+            name, Config, presets = "tiny-digest", Evaluated, {"long": Evaluated(n_eval=n_eval)}
+
+        f = F()
+        if fn is not None:  # the same statement and test, other code
+            f.claim("Tiny", "below", "final eval KL; holds if below the threshold", trained=lambda tc, cfg: True)(fn)
+        return f
+
+    def runs(f):
+        return {run_name(tc) for q in cfg.budgets for tc in f.runs(scaling.budget_config(f, q)).values()}
+
+    assert runs(figure(100)) == runs(figure(200))
+    digests = [scaling.runs_digest(figure(*args), cfg) for args in ((100,), (100,), (200,), (100, below_10), (100, below_11))]
+    assert digests[0] == digests[1] and len(set(digests[1:])) == 4
+
+
+def test_the_shipped_measurements_rest_on_what_this_code_names():
+    """The zoo's claims measurements carry, per figure, the digest of its runs, evaluation configs
+    and claims; the demo refuses them if the code names others (then measure them again)."""
+    from icmix import zoo
+
+    path = zoo.measurements("long")
+    assert path is not None, "the shipped zoo has no long-tier claims measurements"
+    shipped = pd.read_csv(path).groupby("figure").runs.first()
+    now = {f: scaling.runs_digest(get_figure(f), scaling.Config()) for f in shipped.index}
+    assert shipped.to_dict() == now
+
+
+def test_the_zoo_measurements_are_copied_refreshed_and_labelled(tmp_path, monkeypatch, capsys):
+    """``take_measurements``: a copy of a zoo's measurements with its record; replaced when the
+    zoo's change, kept when OUT's own differ; a zoo outside the package labelled unlisted, in
+    the fits and the claims' notes; a linked tier folder or file refused."""
+    from icmix import zoo
+    from icmix.report import take_measurements
+
+    root = tmp_path / "zoo"
+    (root / "long").mkdir(parents=True)
+    first = pd.DataFrame([{"claim": "c", "figure": "f", "fraction": 1.0, "steps": 8, "mean": 1.0, "ci": 0.1, "n": 4,
+                           "threshold": 2.0, "side": "<", "verdict": "holds", "runs": "x"}])
+    first.to_csv(root / "long" / zoo.MEASUREMENTS, index=False)
+    monkeypatch.setenv("ICMIX_ZOO", str(root))
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = take_measurements(out, "demo")
+    assert dest.read_bytes() == (root / "long" / zoo.MEASUREMENTS).read_bytes()
+    assert "unlisted" in capsys.readouterr().out and scaling.origin(out) == "unlisted zoo"
+    record = json.loads((out / scaling.SOURCE).read_text())
+    assert record["listed"] is False and record["sha256"] == zoo.sha256(dest)
+    assert take_measurements(out, "quick") == dest  # another preset: OUT's file as it is
+    # The zoo's measurements changed (more figures measured): an untouched copy is replaced.
+    first.assign(mean=1.5).to_csv(root / "long" / zoo.MEASUREMENTS, index=False)
+    take_measurements(out, "demo")
+    assert pd.read_csv(dest)["mean"][0] == 1.5
+    # OUT's own measurements (changed since the copy) are kept, and are no longer the zoo's.
+    first.assign(mean=1.7).to_csv(dest, index=False)
+    take_measurements(out, "demo")
+    assert pd.read_csv(dest)["mean"][0] == 1.7 and scaling.origin(out) == "OUT"
+    # A tier folder or a file that is a link is no zoo's measurements.
+    other = tmp_path / "zoo2"
+    other.mkdir()
+    (other / "long").symlink_to(root / "long", target_is_directory=True)
+    assert zoo.measurements("long", other) is None
+    (other / "long").unlink()
+    (other / "long").mkdir()
+    (other / "long" / zoo.MEASUREMENTS).symlink_to(root / "long" / zoo.MEASUREMENTS)
+    assert zoo.measurements("long", other) is None
+    # An unlisted zoo's scaling data say so in the claim's note.
+    c = Claim("Tiny", "c", "t", ("tiny-long",))
+    from icmix.experiments.claims import _with_scaling
+
+    _with_scaling(c, {"converged": "yes", "moved_by_doubling": 0.1, "extrapolated": np.nan,
+                      "measurements": "unlisted zoo"})
+    assert "does not list" in c.note
 
 
 # --- zoo verify --tail ---------------------------------------------------------------------------
@@ -235,3 +331,42 @@ def test_zoo_verify_tail_resumes_from_the_shipped_checkpoint_and_ends_bit_identi
     plain = zoo.export(run, root / "long" / "other-run", {"run": "other-run"})
     assert main(["zoo", "verify", "--tail", plain.name, "--root", str(root), "--no-progress"]) == 2
     assert "ships no tail checkpoint" in capsys.readouterr().err
+
+
+def test_zoo_verify_tail_on_another_cpu_needs_the_last_steps_redone(tmp_path, monkeypatch):
+    """Where bits cannot match (another CPU), a tail resume passes on the metric only if its
+    weights also end closer to the shipped ones than the tail's are: a resume that redid nothing
+    (the tail's weights, the shipped metrics) fails; one that ends near the shipped weights passes."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import icmix.train
+    from icmix import zoo
+    from icmix.train import train
+
+    tc = dataclasses.replace(tiny_run(6, 2000), checkpoint_every=1000)
+    run = train(tc, tmp_path / "work" / run_name(tc), progress=False)
+    root = tmp_path / "zoo"
+    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=1000)
+    monkeypatch.setattr(zoo, "cpu_model", lambda: "another CPU")
+
+    def fake(weights):
+        def resume(cfg, path, resume=False, progress=True):
+            (Path(path) / "model").mkdir(parents=True, exist_ok=True)
+            save_file(weights(), str(Path(path) / "model" / "model.safetensors"))
+            shutil.copyfile(entry / "metrics.jsonl", Path(path) / "metrics.jsonl")  # the shipped final metric
+            return Path(path)
+        return resume
+
+    shipped, tail = load_file(entry / "model" / "model.safetensors"), load_file(entry / "tail" / "model.safetensors")
+    assert zoo.weight_distance(shipped, tail) > 0
+    monkeypatch.setattr(icmix.train, "train", fake(lambda: tail))
+    r = zoo.verify(run.name, tmp_path / "v1", root, progress=False, tail=True)
+    assert r["status"] == "fail" and r["tail_closer"] == pytest.approx(1.0) and "did not redo" in r["reason"]
+    near = {k: v + 1e-3 * zoo.weight_distance(shipped, tail) / np.sqrt(sum(t.numel() for t in shipped.values()))
+            for k, v in shipped.items()}
+    monkeypatch.setattr(icmix.train, "train", fake(lambda: near))
+    r = zoo.verify(run.name, tmp_path / "v2", root, progress=False, tail=True)
+    assert r["status"] == "pass" and r["tail_closer"] == pytest.approx(1e-3, rel=1e-3) and "another CPU" in r["reason"]

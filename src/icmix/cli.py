@@ -165,6 +165,10 @@ def _reproduce(args) -> int:
                 from icmix.report import take_from_zoo
 
                 take_from_zoo([(tc, Path(args.out) / "runs" / run_name(tc)) for tc in configs], not args.no_progress)
+                if args.figure == "claims-scaling":  # the long tier's measurements, as `reproduce all` takes them
+                    from icmix.report import take_measurements
+
+                    take_measurements(Path(args.out), args.preset, not args.no_progress)
             if launcher is not None or tracking:  # train through the launcher, tracked; the figure reuses them
                 train_runs(Path(args.out), configs, getattr(cfg, "jobs", 1), not args.no_progress, launcher=launcher,
                            group=args.figure, tracking=tracking)

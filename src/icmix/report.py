@@ -233,20 +233,34 @@ def take_from_zoo(jobs: list[tuple], progress: bool = True) -> dict[str, str]:
 
 def take_measurements(out: Path, preset: str, progress: bool = True) -> Path | None:
     """Copy the zoo's long-tier claims measurements (``icmix.zoo.measurements``) into ``out`` for
-    the ``claims-scaling`` figure, unless ``out`` has its own; the file used, or ``None``."""
+    the ``claims-scaling`` figure, with a record of where they came from
+    (``icmix.experiments.scaling.SOURCE``: the zoo's file, its SHA-256, whether the package's
+    manifest lists it).  ``out``'s own measurements (measured there, or a copy changed since) are
+    kept; an earlier copy of the zoo's is replaced when the zoo's differ.  The file used, or ``None``."""
     import shutil
 
     from icmix import zoo as zoo_mod
+    from icmix.experiments.scaling import SOURCE
 
-    dest = out / zoo_mod.MEASUREMENTS
-    if dest.exists():
-        return dest
+    dest, record_path = out / zoo_mod.MEASUREMENTS, out / SOURCE
     source = zoo_mod.measurements("long") if preset in ("long", DEMO) else None
+    if dest.exists():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = None
+        copied = isinstance(record, dict) and record.get("sha256") == zoo_mod.sha256(dest)
+        if not (copied and source is not None and zoo_mod.sha256(source) != record["sha256"]):
+            return dest  # out's own measurements, or the zoo's as they are now
     if source is None:
         return None
+    listed = zoo_mod.measurements_listed(source)
     atomic_write(dest, lambda p: shutil.copyfile(source, p))
+    atomic_write(record_path, lambda p: Path(p).write_text(json.dumps(
+        {"from": "model zoo", "zoo": str(source), "sha256": zoo_mod.sha256(dest), "listed": listed}, indent=2) + "\n"))
     if progress:
-        print(f"model zoo: the long tier's claims measured at every budget ({source.name}) taken from the zoo")
+        print(f"model zoo: the long tier's claims measured at every budget ({source.name}) taken from the zoo"
+              + ("" if listed else " (unlisted: not the file the package's manifest records)"))
     return dest
 
 

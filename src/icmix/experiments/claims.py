@@ -292,8 +292,10 @@ def _with_scaling(c: Claim, f: dict) -> None:
                         f"[{f['lo']:.3g}, {f['hi']:.3g}], {f['verdict_extrapolated']} there")
     else:
         extrapolated = "no power-law fit to extrapolate"
+    unlisted = "scaling measured by a zoo the package's manifest does not list" \
+        if f.get("measurements") == "unlisted zoo" else ""
     c.note = "; ".join(p for p in (c.note, f"doubling the steps moved it by {f['moved_by_doubling']:.2g}; "
-                                            + extrapolated) if p)
+                                            + extrapolated, unlisted) if p)
 
 
 def claim_runs(spec: ClaimSpec, figure, cfg) -> list[str]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ NAME = "claims-scaling"
 MEASURED = f"{NAME}-measured.csv"
 MEASURED_COLUMNS = ["claim", "figure", "fraction", "steps", "mean", "ci", "n", "threshold", "side", "verdict", "runs"]
 FITS = f"{NAME}-fits.csv"
+# Beside a copy of the zoo's measurements in OUT (``icmix.report.take_measurements``): where it came
+# from, its SHA-256 and whether the package's manifest lists it.
+SOURCE = f"{NAME}-measured.source.json"
 CONVERGENCE = ("a claim's measure has converged when doubling the training budget (half the long tier's steps to "
                "all of them, each budget its own runs) moved it by less than the 95 % interval of that change")
 
@@ -81,6 +85,21 @@ def long_figures(cfg: Config) -> list[Figure]:
     return [get_figure(n) for n in names]
 
 
+def origin(out: Path) -> str:
+    """Where ``OUT``'s measurements come from: ``zoo`` (a copy of the package's zoo's, unchanged),
+    ``unlisted zoo`` (of a zoo the package's manifest does not list: ``ICMIX_ZOO``) or ``OUT``
+    (measured there, or changed since the copy)."""
+    import json
+
+    path = Path(out) / MEASURED
+    try:
+        record = json.loads((Path(out) / SOURCE).read_text())
+        copied = isinstance(record, dict) and record.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return "OUT"
+    return ("zoo" if record.get("listed") is True else "unlisted zoo") if copied else "OUT"
+
+
 def budget_config(figure: Figure, fraction: float, demo: bool = True):
     """``figure``'s long preset with its training steps (and its GPT's, ``gpt_steps``) cut to
     ``fraction`` of them, the tail checkpoint kept only at the full budget; with ``demo``, at
@@ -96,9 +115,30 @@ def budget_config(figure: Figure, fraction: float, demo: bool = True):
 
 
 def runs_digest(figure: Figure, cfg: Config) -> str:
-    """A digest of the names of ``figure``'s runs at every budget: what its measurements rest on."""
-    names = sorted({run_name(tc) for q in cfg.budgets for tc in figure.runs(budget_config(figure, q)).values()})
-    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:12]
+    """A digest of what ``figure``'s measurements rest on: at every budget, the configs it is
+    evaluated at (recipe and evaluation sizes) and the names of its runs, for it and every figure
+    its claims read; and each claim's statement, test and code.  Measurements whose digest differs
+    from this code's are refused (``compute``): measure them again.  (The figures' own code and the
+    predictors they compare with are not in it: after changing what a figure computes, measure
+    again.)"""
+    from icmix.experiments.common import run_name
+
+    parts = []
+    for name in sorted({figure.name, *(n for spec in figure.claims for n in spec.figures)}):
+        other = figure if name == figure.name else get_figure(name)
+        if "long" not in other.presets:
+            continue
+        for q in sorted(cfg.budgets):
+            c = budget_config(other, q)
+            parts.append(f"{name} {q!r} {sorted(dataclasses.asdict(c).items())!r}")
+            parts += sorted(run_name(tc) for tc in other.runs(c).values())
+    for spec in figure.claims:
+        try:
+            code = inspect.getsource(spec.fn)
+        except (OSError, TypeError):  # declared where its source cannot be read: its bytecode
+            code = spec.fn.__code__.co_code.hex()
+        parts += [spec.text, spec.test, repr(sorted(spec.extra.items())), code]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def measure(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
@@ -269,9 +309,15 @@ class ClaimsScaling(Figure):
             expected = {f.name: runs_digest(f, cfg) for f in figures}
             found = measured.groupby("figure").runs.first().to_dict()
             stale = sorted(f for f in found if f in expected and found[f] != expected[f])
-            if stale:
-                raise ValueError(f"{path} was measured on other training runs than this code names (figures "
-                                 f"{', '.join(stale)}): move it away to measure again")
+            if stale and cfg.train:  # measured on what this code no longer names: measured again
+                if progress:
+                    print(f"{NAME}: measuring {', '.join(stale)} again (their measurements in {path.name} rest on "
+                          "other runs, evaluation configs or claims than this code names)")
+                measured = measured[~measured.figure.isin(stale)].reset_index(drop=True)
+            elif stale:
+                raise ValueError(f"{path} was measured on other training runs, evaluation configs or claims than this "
+                                 f"code names (figures {', '.join(stale)}): measure them again with "
+                                 f"`icmix reproduce {NAME} --preset long`")
         elif not cfg.train:
             raise ValueError(f"no {MEASURED} in {out} to fit (the model zoo ships the long tier's; with train=True "
                              "the figure trains every budget's runs and measures them)")
@@ -285,7 +331,7 @@ class ClaimsScaling(Figure):
             measured = new if measured is None else pd.concat([measured, new], ignore_index=True)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda p: measured.to_csv(p, index=False))
-        table = fits(measured, cfg)
+        table = fits(measured, cfg).assign(measurements=origin(out))
         return Result(curves(measured, table), extra={"fits": table, "measured": measured})
 
     def draw(self, result: Result, cfg: Config):

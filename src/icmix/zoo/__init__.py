@@ -476,16 +476,27 @@ MEASUREMENTS = "claims-scaling-measured.csv"
 
 
 def measurements(preset: str, root: Path | None = None) -> Path | None:
-    """The tier's shipped claims measurements (``MEASUREMENTS``), or ``None`` if it has none or,
-    in the shipped zoo, the file is not the one the package's manifest records."""
+    """The tier's claims measurements (``MEASUREMENTS``), or ``None`` if it has none, the file or
+    its tier folder is a link (it would stand for a file elsewhere), or, in the zoo shipped with the
+    package, the file is not the one the package's manifest records."""
     from icmix.zoo.shipped import SHIPPED
 
-    path = zoo_dir(preset, root) / MEASUREMENTS
-    if not path.is_file() or path.is_symlink():
+    base = Path(root or default_root())
+    tier = zoo_dir(preset, base)
+    path = tier / MEASUREMENTS
+    if tier.is_symlink() or path.is_symlink() or not path.is_file():
         return None
-    if path.resolve().is_relative_to(ZOO_ROOT) and SHIPPED.get(f"{preset}/{MEASUREMENTS}") != sha256(path):
+    if base.resolve() == ZOO_ROOT and SHIPPED.get(f"{preset}/{MEASUREMENTS}") != sha256(path):
         return None
     return path
+
+
+def measurements_listed(path: Path) -> bool:
+    """Whether a tier's measurements file (``measurements``) is the one the package's manifest
+    records: measurements from another zoo (``ICMIX_ZOO``) are used, labelled *unlisted*."""
+    from icmix.zoo.shipped import SHIPPED
+
+    return SHIPPED.get(f"{Path(path).parent.name}/{MEASUREMENTS}") == sha256(path)
 
 
 def write_manifest() -> Path:
@@ -512,6 +523,18 @@ def write_manifest() -> Path:
 # --- verification --------------------------------------------------------------------------------
 
 METRIC_TOLERANCE = 0.02  # relative difference of the final eval metric, where bits cannot match
+# A tail resumed on another CPU must also end this close to the shipped weights, relative to how far
+# the tail's own weights are from them (a resume that did nothing would be at 1).
+TAIL_CLOSER = 0.5
+
+
+def weight_distance(a: dict, b: dict) -> float:
+    """The L2 distance between two state dicts of the same keys and shapes (``inf`` otherwise)."""
+    import torch
+
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return float("inf")
+    return float(torch.sqrt(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a)))
 
 
 def prepare_tail(entry: Entry, run: Path) -> int:
@@ -546,7 +569,9 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
        (so bits may not match), the retrained final eval metric is within
        ``METRIC_TOLERANCE`` (relative) of the shipped one.  With ``tail``, step 3 resumes
        instead from the checkpoint the entry ships ``TAIL_STEPS`` before its end (``prepare_tail``;
-       seconds): the same comparison, on the last steps only.
+       seconds): the same comparison, on the last steps only; where the bits cannot match, the
+       resumed weights must also end closer to the shipped ones than ``TAIL_CLOSER`` of the
+       tail's own distance from them (a resume that redid nothing would not).
 
     ``status`` is ``pass`` or ``fail``; ``step`` says which step decided it; the record also
     holds both evaluations, the largest weight difference and both metrics.  ``work/NAME``
@@ -560,7 +585,7 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     prov = entry.provenance
     record = {"run": entry.name, "status": "fail", "step": "integrity", "reason": "", "identical": False,
               "max_weight_difference": float("nan"), "metric": "", "metric_shipped": float("nan"),
-              "metric_retrained": float("nan"), "metric_relative_difference": float("nan"),
+              "metric_retrained": float("nan"), "metric_relative_difference": float("nan"), "tail_closer": float("nan"),
               "integrity": entry.problems(), "evaluation": {}, "listed": entry.listed(), "retrain_seconds": 0.0,
               "steps": prov.get("steps"),
               "here": {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__,
@@ -604,21 +629,38 @@ def verify(name: str, work: Path, root: Path | None = None, progress: bool = Tru
     here = {"cpu": cpu_model(), "cpu_features": cpu_features(), "torch": torch.__version__, "threads": threads}
     # Entries trained before cpu_features was recorded cannot claim the same CPU.
     same_env = all(prov.get(k) == here[k] for k in ("cpu", "cpu_features", "torch"))
+    # resumed from the tail: how far from the shipped weights it ended, against the tail's own distance
+    closer = _tail_ratio(entry, shipped, fresh) if tail else float("nan")
     if identical:
         status, why = "pass", "bit-identical weights"
     elif same_env:
         status, why = "fail", ("same CPU, torch build and threads, but the weights differ: the training code now "
                                "gives other numbers, or the shipped weights were altered")
-    elif rel <= METRIC_TOLERANCE:
-        status, why = "pass", (f"another CPU or torch build ({_environment_difference(prov, here)}): weights "
-                               f"differ by up to {max_diff:.2g}, final "
-                               f"{metric[0]} within {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})")
-    else:
+    elif rel > METRIC_TOLERANCE:
         status, why = "fail", f"final {metric[0]} differs by {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})"
+    elif tail and not closer < TAIL_CLOSER:
+        status, why = "fail", (f"resumed from the tail on another CPU or torch build, the weights ended "
+                               f"{closer:.2f} of the tail's distance from the shipped ones (they must end closer "
+                               f"than {TAIL_CLOSER:g} of it: the resume did not redo the last steps)")
+    else:
+        status, why = "pass", (f"another CPU or torch build ({_environment_difference(prov, here)}): weights "
+                               f"differ by up to {max_diff:.2g}"
+                               + (f" ({closer:.2g} of the tail's distance from them)" if tail else "")
+                               + f", final {metric[0]} within {rel:.2%} (tolerance {METRIC_TOLERANCE:.0%})")
     return {**record, "status": status, "step": "retraining", "reason": why, "identical": identical,
+            "tail_closer": closer,
             "max_weight_difference": max_diff, "metric": metric[0], "metric_shipped": metric_shipped[1],
             "metric_retrained": metric[1], "metric_relative_difference": rel, "retrain_seconds": round(wall, 1),
             "steps": cfg.steps, "here": here}
+
+
+def _tail_ratio(entry: Entry, shipped: dict, fresh: dict) -> float:
+    """How far the weights resumed from the tail ended from the shipped ones, relative to the
+    tail's own distance from them (``TAIL_CLOSER``)."""
+    from safetensors.torch import load_file
+
+    tail = load_file(entry.path / TAIL / "model.safetensors")
+    return weight_distance(fresh, shipped) / max(weight_distance(tail, shipped), 1e-300)
 
 
 SHOWN = ("cpu", "cpu_features", "torch", "threads", "git_commit", "wall_seconds")  # of a provenance, in a record
