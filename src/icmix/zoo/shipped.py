@@ -64,4 +64,5 @@ SHIPPED: dict[str, str] = {
     "long/gpt3-m3-T32-mse-seed3-0d47884e": "0c42ab6c7d20a4c70174747262e3e42f74fa137cc99c48acb53aac1bf1178fcd",
     "long/gpt3-mtdg-m3-T32-mse-seed0-99724af1": "354763cd28061390f5e056c3b93cb0e10d470b41c6584ebf60b8c60b33f8e229",
     "long/gpt3-mtdg-m3-T32-mse-seed1-aa0c1aba": "65e705cb962a2b5568cf69bfe4ba47dce36e63e2f006b83099bee546a05d1906",
+    "long/gpt3-mtdg-m3-T32-mse-seed2-595bd080": "edb67e0b48292e17f9e07a9106cbfc11a9accc0cb444e90e2b3a2a422dca249b",
 }
