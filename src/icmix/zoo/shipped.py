@@ -58,6 +58,7 @@ SHIPPED: dict[str, str] = {
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed0-7d4811ae": "793976eb71aa643f65adcbbefb1184f6d6ef24f310e9fcd947c2ae8d469d83ac",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed1-e69715eb": "5da08993dc9be4a27f84e14c68f84d4793392166a7df0d91a7830a0f5c0249ca",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed2-26c6b5d5": "0fab7f58fd27fe85e374344bc9b1de4b8b75b09916df97df141f839cf307394a",
+    "long/gpt-regression4-d8-m5-noise1.0-n500-seed3-36508c0a": "e970f9a0a9aecc4a7bd5cf8ae7cc7a13ce5963b7a7962353d7b511deac6f5831",
     "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "d4601b24138184c73566a90e60888b90979f9c97a9d5a00809f4edb0380c30d5",
     "long/gpt3-m3-T32-mse-seed1-81f4ded6": "61f677c2aff94d7ac88e75264994c4b2de1be989560df750c6830693532c74cd",
     "long/gpt3-m3-T32-mse-seed2-b54d4464": "88f8e2d55c5befeefbe4be5c28131fa0e98483c3488d5e7e4ef3ac43a8cf066c",
