@@ -47,6 +47,7 @@ SHIPPED: dict[str, str] = {
     "cpu/gpt3-text-pydoc-q32-T256-ce-seed0-6d871eac": "6046f8fa6259ad1e52dde9e999396a49848a75a17376ada9330eb09239332b42",
     "long/claims-scaling-measured.csv": "46925fac7c293210e808a100e02cd43664ba8e7624f33711e9687c15979fd6f1",
     "long/disentangled3-m3-T16-mse-seed0-9cfadffe": "e86095c458412d2b0080d6a0b9383855c74b7b4a65f62db7b2e601a816ecfab4",
+    "long/disentangled3-m3-T16-mse-seed1-6b2c87f6": "e2d204c98674a10d0837fd3fd08345a9d76f4a11d40f1c4370db4a25df787e49",
     "long/disentangled3-m3-T32-mse-seed0-d59c24de": "a14af509e655a3e176e874794d6d10e6c728abece6dba8379308120e28ebc3b1",
     "long/disentangled3-m3-T32-mse-seed1-d5b9199e": "72276a00c1b484fd57354e705d584c1ae5b0a263d964ccbdec6bb4429ef47b13",
     "long/disentangled3-m3-T32-mse-seed2-071f888f": "75a09ff56d2197668b5378860f3a0b7287e5ce9bc318334085ef64405c918ec2",
@@ -69,4 +70,5 @@ SHIPPED: dict[str, str] = {
     "long/gpt3-mtdg-m3-T32-mse-seed0-99724af1": "354763cd28061390f5e056c3b93cb0e10d470b41c6584ebf60b8c60b33f8e229",
     "long/gpt3-mtdg-m3-T32-mse-seed1-aa0c1aba": "65e705cb962a2b5568cf69bfe4ba47dce36e63e2f006b83099bee546a05d1906",
     "long/gpt3-mtdg-m3-T32-mse-seed2-595bd080": "edb67e0b48292e17f9e07a9106cbfc11a9accc0cb444e90e2b3a2a422dca249b",
+    "long/gpt3-mtdg-m3-T32-mse-seed3-0e7fd672": "7bbc01a9582fe624d3f7ba20b5a227ba5bb4cc356043a70ca2a163ef2db2d562",
 }
