@@ -56,6 +56,7 @@ SHIPPED: dict[str, str] = {
     "long/disentangled3-m3-T8-mse-seed0-c5fb0203": "a193c12ee25c950b0d90cb73c2003d457472d334348adfef84ca68bf7c5d9e5d",
     "long/disentangled3-m3-T8-mse-seed1-16ce27bd": "2ffbcaabca68876af3052c050c7270396afd6a8d291c79ced7eddb4fbd9289fb",
     "long/disentangled3-m3-T8-mse-seed2-b8cda6bf": "fef9b65b16039e2271e225d48aeb151c122cb0c9f607815a12f22c4264fc766f",
+    "long/disentangled3-m3-T8-mse-seed3-3497fe35": "e20f9502b6612a6c0dcfcde40aee9e2475dc7b5ffe1fd5190c2df6e2f92484b0",
     "long/disentangled3-m5-T32-mse-seed0-d20d722e": "1626953f89c1d004f7a03d292b9c0787c4145309a20a02a5c1d9139cda6dfdd8",
     "long/disentangled3-mtdg-m3-T32-mse-seed0-af6bd566": "63340ab95eab3f8ab77a1fd0aa0b31cdb0966653921a6667c863285c43e8e3e9",
     "long/disentangled3-mtdg-m3-T32-mse-seed1-ef097822": "9013bc1b7b0c0dc21f1d54e208cdca206c88fedcf97e7aec673228ca6a3f17e7",
