@@ -49,6 +49,7 @@ SHIPPED: dict[str, str] = {
     "long/disentangled3-m3-T16-mse-seed0-9cfadffe": "e86095c458412d2b0080d6a0b9383855c74b7b4a65f62db7b2e601a816ecfab4",
     "long/disentangled3-m3-T16-mse-seed1-6b2c87f6": "e2d204c98674a10d0837fd3fd08345a9d76f4a11d40f1c4370db4a25df787e49",
     "long/disentangled3-m3-T16-mse-seed2-d3f53eb4": "ea805387d05b1ee920f9218937faa29b7d508cef06e125c458a3cd673d27e55b",
+    "long/disentangled3-m3-T16-mse-seed3-57089423": "fb462aa5c87b42ff0aa9fe499c05288306098703e8eae7353fdea35354dbb349",
     "long/disentangled3-m3-T32-mse-seed0-d59c24de": "a14af509e655a3e176e874794d6d10e6c728abece6dba8379308120e28ebc3b1",
     "long/disentangled3-m3-T32-mse-seed1-d5b9199e": "72276a00c1b484fd57354e705d584c1ae5b0a263d964ccbdec6bb4429ef47b13",
     "long/disentangled3-m3-T32-mse-seed2-071f888f": "75a09ff56d2197668b5378860f3a0b7287e5ce9bc318334085ef64405c918ec2",
