@@ -64,6 +64,7 @@ SHIPPED: dict[str, str] = {
     "long/disentangled3-mtdg-m3-T32-mse-seed2-41a7a585": "a9fe3f24f0ca7fd00b4470ab93986ca659fdc8f9e942dd709b9b8ccc009b0130",
     "long/disentangled3-mtdg-m3-T32-mse-seed3-614d5385": "fdfbfc1be0c0f21f850709b2fbcbf6f037d87125ddea5634a46596bf34fe6d2e",
     "long/disentangled5-m3-T32-mse-seed0-202b2e3a": "42357509c7200bb6378e3e2ca0cad8d7b9d160c9cf85aa2bc1d51360f6edfc9d",
+    "long/disentangled5-m3-T32-mse-seed1-8cb503f2": "ce080b4dd6aca6351b94450994d38bbbd4943bfbcd7e3bfc48847b534e00968c",
     "long/disentangled5-m3-T32-mse-seed2-9591cd18": "731ccccea77aaa8d97dbdd65d4790ee3fdf928698c50313fe6122870822a9079",
     "long/disentangled5-m3-T32-mse-seed3-94e40761": "806dd8e882adbb689ebef074511b74541cc9d0d387b0aa6452d84eebabe5daef",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed0-7d4811ae": "793976eb71aa643f65adcbbefb1184f6d6ef24f310e9fcd947c2ae8d469d83ac",
