@@ -12,7 +12,7 @@ PLUGIN_SITE := $(VENV)/test-plugin-site
 OUT    ?= results/demo
 # the zoo run `make demo-zoo` retrains to check the shipped weights (the shortest: 10,000 steps,
 # 3 minutes on one core of the AMD EPYC it was trained on)
-VERIFY ?= disentangled3-m3-T8-mse-seed0
+VERIFY ?= disentangled3-m3-T8-mse-seed0-5a264d8a
 # two long-tier runs checked from the checkpoint they ship 1,000 steps before their end (seconds each)
 VERIFY_TAIL ?= disentangled3-m3-T32-mse-seed0-d59c24de gpt3-m3-T32-mse-seed0-4c2dbdad
 ZOO_OUT ?= results/demo-zoo
