@@ -540,3 +540,14 @@ def test_same_cpu_name_other_instruction_sets_is_another_cpu(tiny_zoo, tmp_path,
     write_provenance(entry, prov)
     record = zoo.verify(entry.name, tmp_path / "work2", root, progress=False)
     assert record["status"] == "fail" and "same CPU" in record["reason"]
+
+
+def test_the_runs_make_demo_verifies_name_one_shipped_entry_each():
+    """``make demo`` checks ``VERIFY`` (retrained) and ``VERIFY_TAIL`` (resumed from their tails):
+    each must name exactly one entry of the shipped zoo (a prefix two tiers share is refused)."""
+    text = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    names = {key: re.search(rf"^{key} \?= (.+)$", text, re.M).group(1).split() for key in ("VERIFY", "VERIFY_TAIL")}
+    assert len(names["VERIFY"]) == 1 and len(names["VERIFY_TAIL"]) == 2
+    for name in names["VERIFY"] + names["VERIFY_TAIL"]:
+        assert zoo.lookup(name, zoo.ZOO_ROOT).name.startswith(name)
+    assert all("tail_step" in zoo.lookup(n, zoo.ZOO_ROOT).provenance for n in names["VERIFY_TAIL"])
