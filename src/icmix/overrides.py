@@ -75,6 +75,14 @@ def apply_dotted_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def names(text: str) -> tuple[str, ...]:
+    """A comma list of names, bracketed or not: ``a,b``, ``[a, b]``, ``(a, b)``."""
+    text = text.strip()
+    if text[:1] + text[-1:] in ("[]", "()"):
+        text = text[1:-1]
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def typed(name: str, value, hint):
     """``value`` as the type ``hint`` (int to float, list to tuple); ``ValueError`` naming ``name`` otherwise."""
     origin = typing.get_origin(hint)
@@ -89,7 +97,7 @@ def typed(name: str, value, hint):
     if hint in (int, str, bool) and type(value) is hint:
         return value
     if origin is tuple and args and args[0] is str and isinstance(value, str):  # --set tracking=wandb,tensorboard
-        value = [v.strip() for v in value.split(",") if v.strip()]
+        value = list(names(value))
     if origin is tuple and isinstance(value, (list, tuple)):
         inner = args[0] if args else float
         return tuple(typed(name, v, inner) for v in value)
@@ -119,8 +127,7 @@ def apply_overrides(cfg, overrides: list[str] | None):
             literal = _literal(raw)
             value = literal if isinstance(literal, str) or (literal is None and type(None) in args) else raw.strip()
         if typing.get_origin(hint) is tuple and str in args and isinstance(value, str):
-            inner_text = value.strip()[1:-1] if value.strip()[:1] + value.strip()[-1:] in ("[]", "()") else value
-            value = tuple(v.strip() for v in inner_text.split(",") if v.strip())  # names: a comma list
+            value = names(value)
         if isinstance(getattr(cfg, key), tuple) and not isinstance(value, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         plain = (int, float, str, bool)
