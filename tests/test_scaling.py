@@ -222,7 +222,8 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
 
 def test_the_measurements_digest_covers_runs_evaluation_and_claims():
     """What measurements rest on: another evaluation config (same runs), another claim or a
-    claim's changed code each give another digest; the same figure the same one."""
+    claim's changed code each give another digest; the same figure the same one, and a docstring
+    added to a claim's function changes nothing."""
     cfg = scaling.Config(figures=("tiny-long",))
 
     @dataclass(frozen=True)
@@ -234,6 +235,12 @@ def test_the_measurements_digest_covers_runs_evaluation_and_claims():
 
     def below_11(c: Claim, out: Path, cfg) -> Claim:
         return measured(c, read(out, "tiny-digest").kl, 11, "<")
+
+    def documented():
+        def below_10(c: Claim, out: Path, cfg) -> Claim:
+            """A docstring says what the code does; it changes nothing the claim computes."""
+            return measured(c, read(out, "tiny-digest").kl, 10, "<")
+        return below_10
 
     def figure(n_eval: int, fn=None):
         class F(TinyLong):
@@ -250,6 +257,7 @@ def test_the_measurements_digest_covers_runs_evaluation_and_claims():
     assert runs(figure(100)) == runs(figure(200))
     digests = [scaling.runs_digest(figure(*args), cfg) for args in ((100,), (100,), (200,), (100, below_10), (100, below_11))]
     assert digests[0] == digests[1] and len(set(digests[1:])) == 4
+    assert scaling.runs_digest(figure(100, documented()), cfg) == digests[3]
 
 
 def test_the_shipped_measurements_rest_on_what_this_code_names():

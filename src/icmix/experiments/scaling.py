@@ -146,15 +146,19 @@ WHERE_FIELDS = ("jobs", "device")  # of a figure's config: where it runs, not wh
 
 
 def _code(fn) -> str:
-    """What a claim's function computes: its syntax tree (comments and layout left out), or its
-    name where its source cannot be read (a function made at run time)."""
+    """What a claim's function computes: its syntax tree (comments, layout and docstring left out),
+    or its name where its source cannot be read (a function made at run time)."""
     import ast
     import textwrap
 
     if fn is None:
         return ""
     try:
-        return ast.dump(ast.parse(textwrap.dedent(inspect.getsource(fn))))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node) is not None:
+                node.body = node.body[1:] or [ast.Pass()]
+        return ast.dump(tree)
     except (OSError, TypeError, SyntaxError):  # (a lambda's source is its whole statement: SyntaxError
         return getattr(fn, "__qualname__", repr(fn))  # where that statement is cut mid-expression)
 
