@@ -530,6 +530,9 @@ def _launch_arguments(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``icmix`` argument parser: the subcommands ``estimate``, ``reproduce``, ``construct``,
+    ``train``, ``sweep`` and ``zoo``, each bound to its handler (``func``).  Built once the plugins
+    are loaded, so that their figures are among the registered ones ``reproduce`` lists."""
     from icmix.experiments import figure_names
     from icmix.families.lags import LAG_ESTIMATOR_HELP  # not their code: the parser imports no torch
 
@@ -748,6 +751,9 @@ def _load_plugins(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``icmix`` command line on ``argv`` (default ``sys.argv[1:]``) and return its exit
+    status: the command's own, 2 after an error (printed as one ``icmix: error:`` line), 130 when
+    interrupted, 141 when the reader of standard output has gone."""
     try:
         argv = _load_plugins(list(sys.argv[1:] if argv is None else argv))
         parser = build_parser()

@@ -31,6 +31,7 @@ LOCK_FILE = ".icmix.lock"
 
 
 def is_full_disk(err: BaseException) -> bool:
+    """Whether ``err`` says the disk is full or the quota exceeded (``ENOSPC``, ``EDQUOT``)."""
     return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -64,6 +64,7 @@ class Key:
         return "/".join([self.predictor, *parts])
 
     def fields(self) -> dict:
+        """Every field of the key by name, in ``KEY_FIELDS`` order, ``None`` where unset."""
         return {f: getattr(self, f) for f in KEY_FIELDS}
 
     def columns(self) -> dict:
@@ -82,7 +83,9 @@ class SequencePredictor(Protocol):
     key: Key
     name: str
 
-    def predict(self, tokens: Tensor, task, lengths: Sequence[int]) -> Tensor: ...
+    def predict(self, tokens: Tensor, task, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, Q)``: the next-token distribution after each prefix ``tokens[:, :L]``, ``L`` in ``lengths``."""
+        ...
 
 
 @runtime_checkable
@@ -93,7 +96,10 @@ class Tunable(Protocol):
 
     chosen_beta: dict[int, float]
 
-    def tune(self, tokens: Tensor, truth: Tensor, task, lengths: Sequence[int]) -> None: ...
+    def tune(self, tokens: Tensor, truth: Tensor, task, lengths: Sequence[int]) -> None:
+        """Choose the free parameter per length in ``lengths`` on the tuning batch
+        ``tokens (B, T)``, with its ``truth`` (the sequences' latent)."""
+        ...
 
 
 @dataclass
@@ -108,6 +114,8 @@ class LagPredictor:
         self.name = self.name or self.key.id
 
     def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        """The MTD predictive ``(B, P, Q)`` with the lag weights ``estimate`` gives from each prefix
+        ``(B, P, M)`` plugged in."""
         lam = self.estimate(tokens, task.transition, task.order, list(lengths))
         return est.predictive(tokens, task.transition, lam, list(lengths))
 
@@ -128,9 +136,12 @@ class TunedBeta:
     chosen_beta: dict[int, float]
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
+        """``(B, P, Q)``: the prediction after each prefix ``lengths[p]`` with ``beta[p]``; subclasses implement it."""
         raise NotImplementedError
 
     def tune(self, tokens: Tensor, lam_true: Tensor, task: MTDTask, lengths: Sequence[int]) -> None:
+        """Choose ``beta`` per length (one for all with ``shared``): the lowest mean KL(true ‖ predicted)
+        on the tuning batch ``tokens (B, T)`` with the true lag weights ``lam_true (B, M)``."""
         lengths = list(lengths)
         p_true = true_predictive(tokens, lam_true, task, lengths)
         scores = []
@@ -158,6 +169,7 @@ class TunedBeta:
         self.chosen_beta = {L: float(self.betas[i]) for L, i in zip(lengths, best.tolist())}
 
     def predict(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, Q)`` with each length's ``chosen_beta``; ``ValueError`` for a length not tuned."""
         missing = [L for L in lengths if L not in self.chosen_beta]
         if missing:
             raise ValueError(f"{self.name}: not tuned for lengths {missing}; call tune() first")
@@ -182,9 +194,12 @@ class TunedMirrorDescent(TunedBeta):
 
     @property
     def key(self) -> Key:
+        """``md`` with ``steps``, tuning ``shared`` or ``tuned``."""
         return Key("md", steps=self.steps, tuning="shared" if self.shared else "tuned")
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
+        """k-step MD from ``lam = 1/M`` at ``eta = beta / (M (L - M))`` for each prefix length
+        ``L``, plugged into the MTD predictive: ``(B, P, Q)``."""
         n = torch.tensor(lengths, dtype=torch.float64) - task.order
         lam = est.mirror_descent(tokens, task.transition, task.order, beta / (task.order * n), self.steps, lengths)
         return est.predictive(tokens, task.transition, lam, lengths)
@@ -206,6 +221,8 @@ class ConstructedMirrorDescent(TunedBeta):
     key = Key("construction", steps=1, tuning="tuned")
 
     def predict_beta(self, tokens: Tensor, task: MTDTask, lengths: Sequence[int], beta: Tensor) -> Tensor:
+        """``(B, P, Q)`` float64: the construction's output at position ``L - 1`` for each length ``L``, one
+        model per distinct ``beta``, run on ``tokens[:, :max(lengths)]`` in batches of ``batch_size``."""
         from icmix.construct import md_transformer
 
         t = max(lengths)
@@ -256,4 +273,5 @@ class RegressionPredictor:
         self.name = self.name or self.key.id
 
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """``fn(xs, ys)``: ``(B, N)``, column j predicting ``ys[:, j]`` from the pairs before j and ``xs[:, j]``."""
         return self.fn(xs, ys)

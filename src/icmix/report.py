@@ -140,6 +140,10 @@ def _cost(tc) -> float:
 
 
 def environment() -> dict:
+    """The basic environment (``experiments.common.environment``: Python, torch, numpy, platform,
+    threads) plus the versions of scipy, pandas, matplotlib and safetensors (``None`` if absent),
+    the device (the GPU's name or the CPU cores), the git commit and whether tracked files differ
+    from it, and the host name."""
     import importlib.metadata as md
 
     import torch

@@ -90,9 +90,13 @@ class PerLagMirrorDescentTransformer(nn.Module):
 
     @property
     def layout(self) -> StreamLayout:
+        """Blocks of the final stream (after attention layer 3), the one the gating MLP ``gate`` reads."""
         return self.layouts[-1]
 
     def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, dict]:
+        """Output ``(B, T, Q)`` and a cache with ``stream`` (the final ``(B, T, D)``: one-hot tokens
+        and positions, the ``mlp_in`` features, then each attention layer's output) and
+        ``attention`` (three ``(B, 1, T, T)`` patterns)."""
         tokens = check_model_tokens(tokens, self.q, self.max_length)
         b, t = tokens.shape
         dtype = self.readout.weight.dtype
@@ -108,6 +112,8 @@ class PerLagMirrorDescentTransformer(nn.Module):
         return self.readout(torch.relu(self.gate(h))), {"stream": h, "attention": patterns}
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
+        """``(B, T, Q)``: the one-step-MD predictive of ``y_{i+1}`` at every position ``i >= M``;
+        with ``return_attention`` also the three ``(B, 1, T, T)`` attention patterns."""
         out, cache = self.run_with_cache(tokens)
         return (out, cache["attention"]) if return_attention else out
 

@@ -84,6 +84,7 @@ class Layout:
 
     @classmethod
     def build(cls, sizes: dict[str, int]) -> Layout:
+        """Consecutive slices from 0, one per ``name: size`` of ``sizes``, in their order."""
         blocks, start = {}, 0
         for name, size in sizes.items():
             blocks[name] = slice(start, start + size)
@@ -92,12 +93,14 @@ class Layout:
 
     @property
     def width(self) -> int:
+        """The stream's width: the end of the last slice."""
         return max(s.stop for s in self.blocks.values())
 
     def __getitem__(self, name: str) -> slice:
         return self.blocks[name]
 
     def index(self, name: str, i: int = 0) -> int:
+        """The stream index of entry ``i`` of block ``name``."""
         return self.blocks[name].start + i
 
 
@@ -117,6 +120,8 @@ class Attention(nn.Module):
             nn.init.zeros_(lin.weight)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``h (B, T, D)`` -> ``(o(heads' outputs) (B, T, D), weights (B, H, T, T))``, the weights
+        the causal softmax of ``q . k``."""
         b, t, _ = h.shape
         split = lambda x: x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
@@ -141,6 +146,8 @@ class MLP(nn.Module):
                 nn.init.zeros_(lin.weight)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``h (B, T, D)`` -> ``(out (B, T, D), pre)``, ``pre = inp(h)`` being the first linear map
+        before the GELU or the gate."""
         pre = self.inp(h)
         hidden = pre * self.gate(h) if self.kind == "bilinear" else F.gelu(pre)
         return self.out(hidden), pre
@@ -180,6 +187,9 @@ class PosteriorMeanTransformer(nn.Module):
         nn.init.zeros_(self.readout.weight)
 
     def run_with_cache(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict]:
+        """Predictions ``(B, N)`` read at the x tokens, and a cache: ``stream`` (``(B, m + 2N, D)``
+        at the input and after each of the six layers), ``attention`` (each attention layer's
+        ``(B, H, m + 2N, m + 2N)`` weights) and ``mlp_pre`` (each MLP's first linear map)."""
         b, n, d = xs.shape
         if d != self.dim or ys.shape != (b, n):
             raise ValueError(f"expected xs (B, N, {self.dim}) and ys (B, N), got {tuple(xs.shape)} and {tuple(ys.shape)}")
@@ -204,9 +214,11 @@ class PosteriorMeanTransformer(nn.Module):
         return out, cache
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """``(B, N)``: column j is the posterior mean of ``y_j`` given the pairs ``0..j-1`` and ``x_j``."""
         return self.run_with_cache(xs, ys)[0]
 
     def size(self) -> dict[str, int]:
+        """``layers`` (attention layers: 3), the stream's ``width`` and the number of ``parameters``."""
         return {"layers": len(self.attn), "width": self.layout.width,
                 "parameters": sum(p.numel() for p in self.parameters())}
 

@@ -24,6 +24,8 @@ def family_task(kind: str, **spec):
 
 
 def environment() -> dict:
+    """What a figure ran on, for ``NAME.json``: the Python, torch and numpy versions, the platform string and
+    torch's thread count."""
     import numpy
     import torch
 

@@ -38,6 +38,10 @@ from icmix.experiments.claims import Claim, read, verdict
 
 @dataclass(frozen=True)
 class MTDConfig:
+    """Settings of ``mtd-construction``: ``vocab_size`` Q and the ``orders`` M checked; ``beta``: the construction's
+    step-size scale (``eta = beta / (M N)``); ``n_sequences`` fresh sequences of ``length`` tokens per seed and
+    order."""
+
     vocab_size: int = 10
     orders: tuple[int, ...] = (3, 5)
     beta: float = 4.0
@@ -57,6 +61,10 @@ class MTDConfig:
 
 @dataclass(frozen=True)
 class MLRConfig:
+    """Settings of ``mlr-construction``: ``dim`` d and the numbers of ``components`` m checked; ``noise``: the sigma
+    the posterior mean assumes; ``n_prompts`` fresh prompts of ``n_points`` pairs per check; ``eps``: the GELU
+    squaring knob of the construction."""
+
     dim: int = 8
     components: tuple[int, ...] = (5, 20)
     noise: float = 1.0
@@ -119,6 +127,8 @@ def circuit_and_knob(model, title: str, knob: pd.DataFrame | None = None, eps: f
 
 
 class MTDConstruction(Figure):
+    """``mtd-construction``: the 3-layer mirror-descent construction checked against one MD step (nothing trained)."""
+
     name = "mtd-construction"
     Config = MTDConfig
     presets = {"quick": MTDConfig(), "cpu": MTDConfig(length=256, n_sequences=256),
@@ -126,6 +136,8 @@ class MTDConstruction(Figure):
     demo = dict(length=128, n_sequences=64)  # the quick preset's
 
     def compute(self, cfg: MTDConfig, out: Path | None = None, progress: bool = True) -> Result:
+        """One row per seed and order: the max errors of ``mtd_differential_check`` (the prediction, layer 1 against
+        the responsibilities, layer 2 against their running mean) on fresh sequences, in float64."""
         rows = []
         for seed in cfg.seeds:
             for m in cfg.orders:
@@ -137,6 +149,8 @@ class MTDConstruction(Figure):
         return Result(pd.DataFrame(rows))
 
     def draw(self, result: Result, cfg: MTDConfig):
+        """The construction's attention maps on one fresh sequence of at most 48 tokens (first order and seed),
+        titled with the worst error in the table."""
         table = result.table
         m, seed = cfg.orders[0], cfg.seeds[0]
         task = family_task("mtd", vocab_size=cfg.vocab_size, order=m, seed=seed)
@@ -146,11 +160,15 @@ class MTDConstruction(Figure):
                                f"β={cfg.beta:g}); worst error over {len(table)} checks: {table.max_error.max():.1e}")
 
     def report(self, result: Result, cfg: MTDConfig) -> str:
+        """The table of max errors against one-step mirror descent, as Markdown."""
         return ("Construction vs one-step mirror descent (float64, fresh sequences of length "
                 f"{cfg.length})\n\n" + result.table.to_markdown(index=False, floatfmt=("g", "g", ".2e", ".2e", ".2e")))
 
 
 class MLRConstruction(Figure):
+    """``mlr-construction``: the posterior-mean transformer (GELU MLPs) checked against ``posterior_mean`` (nothing
+    trained)."""
+
     name = "mlr-construction"
     Config = MLRConfig
     presets = {"quick": MLRConfig(), "cpu": MLRConfig(n_prompts=1024),
@@ -158,6 +176,8 @@ class MLRConstruction(Figure):
     demo = dict(n_prompts=256)  # the quick preset's
 
     def compute(self, cfg: MLRConfig, out: Path | None = None, progress: bool = True) -> Result:
+        """One row of ``posterior_mean_check`` errors per seed, m and prompt shift (``SHIFTS``); the ``knob`` extra
+        table: the error against the GELU knob ``eps`` on 64 weight-scaled prompts of the first seed, per m."""
         rows, knobs = [], []
         for seed in cfg.seeds:
             for m in cfg.components:
@@ -172,6 +192,7 @@ class MLRConstruction(Figure):
         return Result(pd.DataFrame(rows), {"knob": pd.concat(knobs, ignore_index=True)})
 
     def draw(self, result: Result, cfg: MLRConfig):
+        """The first m's construction (first seed) as a circuit, beside its error against the GELU knob ``eps``."""
         task = family_task("mixlinreg", dim=cfg.dim, n_components=cfg.components[0], noise=cfg.noise,
                            seed=cfg.seeds[0])
         model = posterior_mean_transformer(task.components, cfg.noise, cfg.n_points, mlp="gelu", eps=cfg.eps)
@@ -179,6 +200,7 @@ class MLRConstruction(Figure):
                                 result.extra["knob"], cfg.eps)
 
     def report(self, result: Result, cfg: MLRConfig) -> str:
+        """The table of errors against ``posterior_mean``, as Markdown."""
         return ("Posterior-mean construction vs `posterior_mean` (float64, GELU MLPs, eps = "
                 f"{cfg.eps:g})\n\n" + result.table.to_markdown(index=False, floatfmt=".2e"))
 
@@ -193,6 +215,7 @@ mlr_construction = MLRConstruction()
                         "The hand-built 3-layer disentangled transformer computes exactly one step of mirror descent",
                         "max |construction − one-step MD| over fresh sequences, orders and seeds (float64); holds if < 1e-10")
 def construction_md(c: Claim, out: Path, cfg) -> Claim:
+    """The worst error of the MTD construction against one MD step, over every check of ``mtd-construction``."""
     t = read(out, "mtd-construction")
     worst = t.groupby("seed")["max_error"].max()
     c.mean, c.value = float(worst.max()), f"{worst.max():.1e} (worst of {len(t)} checks, {len(worst)} seeds)"
@@ -204,6 +227,7 @@ def construction_md(c: Claim, out: Path, cfg) -> Claim:
                         "A transformer can compute the posterior mean exactly (the paper's construction, built here)",
                         "max relative error of the GELU construction vs `posterior_mean`, shifted prompts included; holds if < 1e-4")
 def construction_pm(c: Claim, out: Path, cfg) -> Claim:
+    """The worst relative error of the posterior-mean construction, over every check of ``mlr-construction``."""
     t = read(out, "mlr-construction")
     c.mean = float(t.relative_error.max())
     c.value = f"{c.mean:.1e} (worst of {len(t)} checks, {t.seed.nunique()} seeds)"

@@ -130,6 +130,7 @@ class TrainedFigure(Figure):
     """A figure of trained models: its config's ``runs()`` names the training runs it needs."""
 
     def runs(self, cfg) -> dict:
+        """The runs the config's own ``runs()`` names."""
         return cfg.runs()
 
 
@@ -142,12 +143,15 @@ class TableFigure(TrainedFigure):
         self._compute, self._draw, self._report = compute, draw, report
 
     def compute(self, cfg, out: Path, progress: bool = True) -> Result:
+        """The table of the ``compute`` function, as a ``Result`` without extra tables."""
         return Result(self._compute(cfg, out, progress))
 
     def draw(self, result: Result, cfg):
+        """The ``draw`` function on the result's table."""
         return self._draw(result.table, cfg)
 
     def report(self, result: Result, cfg) -> str:
+        """The ``report`` function on the result's table."""
         return self._report(result.table, cfg)
 
 

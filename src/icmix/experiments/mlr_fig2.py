@@ -47,6 +47,12 @@ NAME = "mlr-fig2"
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of ``mlr-fig2``, extended by the other regression figures (3-9).  ``dim`` d, the numbers of
+    ``components`` m and the ``noises`` sigma trained, ``n_points`` pairs per prompt; ``curriculum_every``,
+    ``dims_start``, ``points_start``: the curriculum, growing the dimensions and points from these every
+    ``curriculum_every`` steps; ``n_layers``, ``d_model``, ``n_heads``: the GPT-style decoder; ``n_eval``:
+    evaluation prompts per run; ``jobs``: training runs at once."""
+
     dim: int = 8
     components: tuple[int, ...] = (5, 20)
     noises: tuple[float, ...] = (0.0, 1.0)
@@ -133,6 +139,8 @@ def trained_tasks(cfg: Config, out: Path, progress: bool = True):
 
 
 def predictors(task: MixLinRegTask, noise: float, run: Path) -> list:
+    """What fig2 compares on a run's task: the trained transformer of ``run``, the oracle posterior mean and argmin
+    and OLS, and, when ``noise`` > 0, ridge (prior variance 1) and the posterior-mean construction."""
     w = task.components
     preds = [TrainedRegressor.from_run(run, "transformer"), *get_family("mixlinreg").predictors(task, noise)]
     if noise > 0:
@@ -152,6 +160,8 @@ def constructed(xs, ys, components, noise: float):
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
+    """Normalised MSE by prompt length k of every predictor on ``n_eval`` fresh prompts per run: the table of
+    ``evaluate_regression`` with ``seed, n_components, noise`` in front."""
     tables = []
     for (seed, m, noise), task, path in trained_tasks(cfg, out, progress):
         xs, ys = task.sample(cfg.n_eval, cfg.n_points, generator=eval_generator(seed))
@@ -178,6 +188,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw(table: pd.DataFrame, cfg: Config):
+    """A panel per m (rows) and sigma (columns): normalised MSE against k of each predictor, mean over seeds with
+    its spread, and a dotted line at k = d."""
     s = summarise(table)
     rows, cols = len(cfg.components), len(cfg.noises)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
@@ -204,6 +216,9 @@ def draw(table: pd.DataFrame, cfg: Config):
 
 
 def report(table: pd.DataFrame, cfg: Config) -> str:
+    """Per m and sigma, the mean normalised MSE of each predictor at k = 1, d/2, d and 2d (those below
+    ``n_points``), and the transformer's ratio to the oracle posterior mean at the largest (its own value when
+    sigma = 0), as Markdown."""
     s = summarise(table)
     ks = sorted({1, cfg.dim // 2, cfg.dim, 2 * cfg.dim} & set(range(cfg.n_points)))
     parts = []
@@ -229,6 +244,8 @@ FIGURE = TableFigure(NAME, Config, PRESETS, compute, draw, report)
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 def transformer_vs_pm(c: Claim, out: Path, cfg, m: int) -> Claim:
+    """NMSE of the transformer over the oracle posterior mean's at k = 2d (``m`` components, sigma = 1), per seed;
+    OLS's ratio in the note."""
     k = 2 * cfg.dim
     t = read(out, "mlr-fig2")
     t = select(t, f"mlr-fig2 (m = {m}, σ = 1)", n_components=m, noise=1.0, k=min(k, t.k.max()))

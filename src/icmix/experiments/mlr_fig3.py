@@ -49,6 +49,9 @@ ESTIMATORS = ("EM", "SA")
 
 @dataclass(frozen=True)
 class Config(mlr_fig2.Config):
+    """Settings of ``mlr-fig3``: fig2's, with ``n_trains``, the sizes n of the fixed training sets (one run each, no
+    dimension curriculum), and ``dropouts``, one per n (empty: ``dropout`` for all).  Every noise must be > 0."""
+
     components: tuple[int, ...] = (5,)
     noises: tuple[float, ...] = (1.0,)
     n_trains: tuple[int, ...] = (500, 1000, 2000, 4000)
@@ -122,6 +125,8 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
 
 
 def draw(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config):
+    """A panel per (m, sigma, n): normalised MSE against k of the transformer and the EM, SA and oracle
+    posterior-mean plug-ins (range over seeds), with each estimate's oracle prediction error as a dashed line."""
     settings = [(m, s, n) for m in cfg.components for s in cfg.noises for n in cfg.n_trains]
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4), squeeze=False, sharey=True)
     colours = {PM_EM.id: "tab:orange", PM_SA.id: "tab:green", PM_ORACLE.id: "black"}
@@ -146,6 +151,8 @@ def draw(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config):
 
 
 def report(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config) -> str:
+    """Markdown: the mean normalised MSE at k = d/2, d and 2d (those below ``n_points``) per n and predictor, the
+    estimates' errors, and the transformer over the best plug-in at the largest k."""
     ks = sorted({cfg.dim // 2, cfg.dim, 2 * cfg.dim} & set(range(cfg.n_points)))
     mean = (table[table.k.isin(ks)].groupby(["n_components", "noise", "n_train", "key", "k"], sort=False)["nmse"]
             .mean().unstack("k").reset_index())
@@ -162,16 +169,24 @@ def report(table: pd.DataFrame, estimates: pd.DataFrame, cfg: Config) -> str:
 
 
 class Fig3(TrainedFigure):
+    """``mlr-fig3``: transformers trained on n fixed prompts against posterior-mean plug-ins estimated from the same
+    prompts."""
+
     name, Config, presets = NAME, Config, PRESETS
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """Normalised MSE by k of the transformer and the plug-ins, per run; the EM and SA estimates' errors as the
+        ``estimates`` extra table."""
         table, estimates = compute(cfg, out, progress)
         return Result(table, {"estimates": estimates})
 
     def draw(self, result: Result, cfg: Config):
+        """Normalised MSE against k per n, with the estimates' oracle prediction errors as lines."""
         return draw(result.table, result.extra["estimates"], cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The normalised MSE per n and predictor, the estimates' errors and the transformer's ratio to the best
+        plug-in."""
         return report(result.table, result.extra["estimates"], cfg)
 
 
@@ -186,6 +201,8 @@ FIGURE = Fig3()
               "at k = 2d, smallest n = {n}; holds if ≤ 1.2",
               trained=lambda tc, cfg: tc.task.n_train == min(cfg.n_trains))
 def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
+    """NMSE of the transformer over the best of the EM and SA plug-ins at k = 2d and the smallest n, per seed; the
+    mean ratio at every n in the note."""
     k = 2 * cfg.dim
     n = min(cfg.n_trains)
     all_n = read(out, "mlr-fig3")

@@ -37,6 +37,9 @@ NAME = "mlr-fig4"
 
 @dataclass(frozen=True)
 class Config(mlr_fig2.Config):
+    """Settings of ``mlr-fig4``: fig2's (and so its runs; every noise must be > 0), with ``n_em``, the number of
+    training prompts from which batch EM and SA estimate the components."""
+
     noises: tuple[float, ...] = (1.0,)
     n_em: int = 15_000
 
@@ -50,6 +53,9 @@ PRESETS = {name: Config(**{**dataclasses.asdict(cfg), "noises": (1.0,)}) for nam
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
+    """``d_k^sq`` between the transformer and each of the six algorithms (posterior mean and argmin with the oracle,
+    EM and SA components) on ``n_eval`` fresh prompts per run, with the excess over the oracle posterior mean:
+    the table of ``d2_distances`` with ``seed, n_components, noise`` in front."""
     tables = []
     for (seed, m, noise), task, path in mlr_fig2.trained_tasks(cfg, out, progress):
         train_x, train_y = task.sample(cfg.n_em, cfg.n_points, generator=stream(seed, Stream.EM_TRAINING))
@@ -73,6 +79,8 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
 
 
 def draw(table: pd.DataFrame, cfg: Config):
+    """A panel per (m, sigma): ``d_k^sq`` from the transformer to each algorithm against k (log scale, range over
+    seeds); colour by the components used, line style by algorithm."""
     settings = [(m, s) for m in cfg.components for s in cfg.noises]
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.3), squeeze=False)
     colours = {"oracle": dict(color="black"), "em": dict(color="tab:orange"), "sa": dict(color="tab:green")}
@@ -120,6 +128,8 @@ FIGURE = TableFigure(NAME, Config, PRESETS, compute, draw, report)
 # --- claims (``icmix.experiments.claims``) ------------------------------------------------
 
 def d2_ranking(c: Claim, out: Path, cfg, m: int) -> Claim:
+    """The share of lengths k >= d/2 at which no other algorithm is significantly closer to the transformer than the
+    oracle posterior mean (``m`` components; the excess pooled over seeds)."""
     t = select(read(out, "mlr-fig4"), f"mlr-fig4 (m = {m})", n_components=m)
     t = t[(t.k >= cfg.dim / 2) & (t.other_key != PM_ORACLE.id)]
     if t.empty:

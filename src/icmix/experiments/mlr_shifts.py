@@ -45,11 +45,15 @@ SHIFTS = {  # name -> (sample() keyword, label)
 
 @dataclass(frozen=True)
 class Config(mlr_fig2.Config):
+    """Settings of ``mlr-fig5`` to ``mlr-fig9``: fig2's (and so its runs), with the shift values evaluated:
+    ``kappas`` (covariate scale), ``alphas`` (weight scale) and ``epsilons`` (norm of the additive weight shift)."""
+
     kappas: tuple[float, ...] = (1 / 3, 0.5, 1.0, 2.0, 3.0)
     alphas: tuple[float, ...] = (1 / 3, 0.5, 1.0, 2.0, 3.0)
     epsilons: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
     def values(self, shift: str) -> tuple[float, ...]:
+        """The values evaluated for ``shift``, a key of ``SHIFTS``."""
         return {"covariate scale": self.kappas, "weight scale": self.alphas, "weight shift": self.epsilons}[shift]
 
 
@@ -89,6 +93,8 @@ def compute(cfg: Config, out: Path, predictor: str, shifts: tuple[str, ...], pro
 
 
 def draw(table: pd.DataFrame, cfg: Config, name: str, predictor: str, shifts: tuple[str, ...]):
+    """A panel per (m, sigma) row and shift column: normalised MSE of ``predictor`` against k (log scale) at each
+    value of the shift, coloured from the smallest to the largest."""
     settings = [(m, s) for m in cfg.components for s in cfg.noises]
     fig, axes = plt.subplots(len(settings), len(shifts), figsize=(5.5 * len(shifts), 3.6 * len(settings)), squeeze=False)
     for i, (m, noise) in enumerate(settings):
@@ -110,6 +116,8 @@ def draw(table: pd.DataFrame, cfg: Config, name: str, predictor: str, shifts: tu
 
 
 def report(table: pd.DataFrame, cfg: Config) -> str:
+    """Per shift, the mean normalised MSE at k = min(2d, ``n_points`` - 1) for each (m, sigma) and shift value, as
+    Markdown."""
     k = min(2 * cfg.dim, cfg.n_points - 1)
     parts = []
     for shift, g in table[table.k == k].groupby("shift", sort=False):
@@ -129,12 +137,15 @@ class ShiftFigure(TrainedFigure):
         self.predictor, self.shifts = FIGURES[name]
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """Normalised MSE by k of this figure's predictor under each of its shifts and values."""
         return Result(compute(cfg, out, self.predictor, self.shifts, progress))
 
     def draw(self, result: Result, cfg: Config):
+        """This figure's predictor against k, a panel per shift and setting, a curve per shift value."""
         return draw(result.table, cfg, self.name, self.predictor, self.shifts)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The mean normalised MSE at k = 2d (or the longest prompt) per setting and shift value, as Markdown."""
         return report(result.table, cfg)
 
 
@@ -155,6 +166,8 @@ LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight 
             needs=("mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"),
             trained=lambda tc, cfg: tc.task.n_components == 5 and tc.task.noise == 1.0)
 def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
+    """The worst NMSE(transformer) / NMSE(oracle posterior mean, same shift) at k = 2d (m = 5, sigma = 1) over the
+    small shifts and over the large ones, per seed, from the tables of figs 5-9."""
     k = 2 * cfg.dim
     t = pd.concat([read(out, f) for f in c.figures], ignore_index=True)
     t = select(t, "mlr-fig5..9 (m = 5, σ = 1)", n_components=5, noise=1.0, k=min(k, t.k.max()))

@@ -39,6 +39,11 @@ NAME = "mtd-fig3"
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of ``mtd-fig3`` (nothing trained): ``vocab_size`` Q, ``order`` M, and ``alpha``, the Dirichlet
+    concentration of the lag-weight prior; ``lengths``: the prefix lengths T evaluated; ``n_sequences``
+    evaluation and ``n_tune`` tuning sequences per seed; ``md_steps``: the k of k-step MD; ``gibbs_samples``,
+    ``gibbs_burn_in``: Gibbs Bayes; ``em_max_iter``: the MLE's EM iterations."""
+
     vocab_size: int = 10
     order: int = 3
     alpha: float = 1.0
@@ -186,18 +191,23 @@ def report(table: pd.DataFrame) -> str:
 
 
 class Fig3(Figure):
+    """``mtd-fig3``: the estimators of the lag weights against each other on fresh MTD sequences (nothing trained)."""
+
     name, Config, presets = NAME, Config, PRESETS
     # the quick preset's sizes, with 4 seeds: 2 left its claim inconclusive (about 3 would settle it)
     demo = dict(lengths=(8, 16, 32, 64, 128), n_sequences=300, n_tune=150, gibbs_samples=200, gibbs_burn_in=50,
                 seeds=(0, 1, 2, 3))
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """Mean KL of each estimator against the true next-token law, per seed and length."""
         return Result(compute(cfg, progress=progress))
 
     def draw(self, result: Result, cfg: Config):
+        """KL against length, and relative to exact Bayes."""
         return draw(result.table)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """Mean KL per estimator and length, as Markdown."""
         return report(result.table)
 
 
@@ -220,6 +230,7 @@ def kl_ratio_to_md(out: Path, figure: str, length: int, by=("seed",), **model) -
               "KL(MD 1-step) / KL(Bayes) at the shortest and longest length; holds if ≤ 1.1 at the shortest and "
               "at least 5% larger at the longest")
 def md_vs_bayes(c: Claim, out: Path, cfg) -> Claim:
+    """KL(one-step MD, tuned eta) / KL(exact Bayes) at the shortest and the longest length, per seed."""
     t = read(out, "mtd-fig3")
     kl = by_key(t, ["seed", "length"], "kl_mean", [MD1, BAYES], "mtd-fig3")
     ratio = (kl[MD1.id] / kl[BAYES.id]).unstack("length")

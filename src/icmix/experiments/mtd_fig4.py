@@ -55,6 +55,13 @@ MODEL_NAMES = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of ``mtd-fig4``: the task (``vocab_size`` Q, ``order`` M, training ``length``) and ``eval_lengths``,
+    the prefix lengths T evaluated.  The disentangled model's training: ``loss`` (``mse`` or ``ce``),
+    ``loss_positions`` (``last`` or ``all``), ``positions`` (``onehot`` or ``warmup``), ``value_offsets`` (None:
+    the length).  The GPT's: ``gpt_steps`` (None: ``steps``), ``gpt_layers``, ``gpt_width``, ``gpt_heads``.
+    ``n_sequences`` evaluation and ``n_tune`` tuning sequences; ``ablation_steps``, ``ablation_lr``: the layer-1
+    lag-window ablation's fine-tuning (0 steps: none)."""
+
     vocab_size: int = 10
     order: int = 3
     length: int = 64
@@ -100,6 +107,8 @@ class Config:
         return {(seed, kind): self.train_config(seed, kind) for seed in self.seeds for kind in ("disentangled", "gpt")}
 
     def train_config(self, seed: int, kind: str) -> TrainConfig:
+        """The training run of the ``disentangled`` model (3 layers, one head) or the ``gpt`` on seed ``seed``'s
+        task; the GPT trains ``gpt_steps`` where set."""
         steps = self.gpt_steps if kind == "gpt" and self.gpt_steps else self.steps
         model = {"kind": "disentangled", "n_layers": 3, "n_heads": 1, "positions": self.positions,
                  "value_offsets": self.value_offsets} if kind == "disentangled" else {
@@ -269,6 +278,8 @@ def attention_panels(cfg: Config, runs: dict, seed: int, beta: float) -> tuple[d
 
 
 def draw(kl: pd.DataFrame, agree: pd.DataFrame, panels: dict, scores: tuple[np.ndarray, np.ndarray], cfg: Config):
+    """Attention maps of one sequence (a row per trained model and the construction, a column per layer), then KL
+    against length and the learned ``softmax(A1^T)`` beside the true ``pi``."""
     rows = len(panels)
     fig = plt.figure(figsize=(13, 3.2 * rows + 4))
     grid = fig.add_gridspec(rows + 1, 3, height_ratios=[1] * rows + [1.25])
@@ -309,10 +320,14 @@ def report(kl: pd.DataFrame, agree: pd.DataFrame, cfg: Config) -> str:
 
 
 class Fig4(TrainedFigure):
+    """``mtd-fig4``: trained disentangled and GPT transformers against the construction and one-step MD."""
+
     name, Config, presets = NAME, Config, PRESETS
     demo = dict(n_sequences=300, n_tune=150, ablation_steps=0)  # the ablation fine-tunes: not in the demo
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """The KL table, the agreement and ablation rows as the ``agreement`` extra, and for ``draw`` the first
+        seed's attention maps (construction at its tuned beta) and learned token scores beside ``pi``."""
         kl, agree = compute(cfg, out, progress)
         first = kl[(kl.seed == cfg.seeds[0]) & (kl.key == ConstructedMirrorDescent.key.id) & (kl.length == cfg.length)]
         panels, learned = attention_panels(cfg, train_models(cfg, out, False), cfg.seeds[0], float(first["beta"].iloc[0]))
@@ -320,9 +335,12 @@ class Fig4(TrainedFigure):
         return Result(kl, {"agreement": agree}, {"panels": panels, "scores": (learned, pi)})
 
     def draw(self, result: Result, cfg: Config):
+        """Attention maps of the trained models and the construction, KL against length, and ``softmax(A1^T)``
+        beside ``pi``."""
         return draw(result.table, result.extra["agreement"], result.data["panels"], result.data["scores"], cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The KL table, the trained models over one-step MD at the training length, and the agreement metrics."""
         return report(result.table, result.extra["agreement"], cfg)
 
 
@@ -341,6 +359,8 @@ def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
               "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
+    """KL of the trained disentangled model over one-step MD's (tuned eta) at the training length, per seed;
+    KL(construction || trained) in the note."""
     measured(c, kl_ratio_to_md(out, "mtd-fig4", cfg.length, model_kind="disentangled"), 1.1, "<=")
     kl = _fig4_agreement(out, "kl_construction")["value"]
     c.note = f"KL(construction ‖ trained) = {seeds(kl)[3]}"
@@ -353,6 +373,8 @@ def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
               "sequences); holds if ≥ 0.9",
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
+    """The cosine of the trained disentangled model's attention with the construction's, worst layer per seed; each
+    layer's mean in the note."""
     a = _fig4_agreement(out, "attention_cosine")
     worst = a.groupby("seed")["value"].min()
     measured(c, worst, 0.9, ">=")
@@ -366,5 +388,6 @@ def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
               "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9",
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def layer1_lag_mass(c: Claim, out: Path, cfg) -> Claim:
+    """The trained disentangled model's layer-1 attention mass on the lag offsets 1..m, per seed."""
     v = _fig4_agreement(out, "lag_mass", layer=1)
     return measured(c, v.groupby("seed")["value"].mean(), 0.9, ">=")

@@ -55,6 +55,11 @@ NAME = "mtd-fig5"
 
 @dataclass(frozen=True)
 class Config(mtd_training.Recipe):
+    """Settings of ``mtd-fig5``: the ``mtd_training.Recipe``, the task's ``order`` M and training ``length``,
+    ``eval_lengths`` (the prefix lengths T evaluated), the ``depths`` and ``losses`` trained, and the main model
+    (``depth``, ``loss``) that the tracking and the claim read; ``md_steps``: the k of k-step MD; ``n_sequences``
+    evaluation, ``n_tune`` tuning and ``n_readout`` step-size readout sequences."""
+
     order: int = 3
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
@@ -98,6 +103,7 @@ PRESETS = {
 
 
 def model_name(depth: int, loss: str) -> str:
+    """The display label of the trained model of ``depth`` layers and ``loss``."""
     return f"trained {depth}-layer ({loss.upper()})"
 
 
@@ -148,6 +154,9 @@ def readout_rows(seed: int, task: MTDTask, model: TrainedPredictor, tuned: Tuned
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Train (or reuse) the runs, then per seed: KL of Bayes, k-step MD, shared-step MD and every trained model per
+    length, the main model's tracking rows, and each model's per-layer readout and beta(T) rows.  Returns the
+    tables ``kl``, ``tracking``, ``readout``, ``betas`` and ``losses``."""
     runs = cfg.runs()
     paths = trained_runs(out, runs, cfg.jobs, progress)
     kl_tables, tracking, readout, betas = [], [], [], []
@@ -203,6 +212,8 @@ def readout_summary(readout: pd.DataFrame) -> pd.DataFrame:
 
 
 def betas_summary(betas: pd.DataFrame) -> pd.DataFrame:
+    """Mean ``beta`` and ``fit_kl`` over seeds per (model, layer, steps) at each length, with one-step MD's tuned
+    beta as a last row; empty when no layer was read."""
     if betas.empty:
         return pd.DataFrame()
     g = betas.groupby(["model", "layer", "steps", "length"], sort=False)[["beta", "fit_kl"]].mean().unstack("length")
@@ -215,6 +226,9 @@ def betas_summary(betas: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw(tables: dict[str, pd.DataFrame], cfg: Config):
+    """Four panels: KL against length of the main model, k-step MD and Bayes; KL at the training length by depth and
+    loss; per layer, the attention on the lags and the fraction k-step MD explains (main model, first seed); the
+    one-step beta(T) of the layers MD explains, beside one-step MD's tuned beta(T)."""
     kl, readout = tables["kl"], tables["readout"]
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     main = model_name(cfg.depth, cfg.loss)
@@ -288,6 +302,8 @@ def draw(tables: dict[str, pd.DataFrame], cfg: Config):
 
 
 def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
+    """Markdown: the KL table, which k-step MD the main model tracks, CE against MSE, the per-layer step-size
+    readout and the beta(T) each attention-on-lags layer implements."""
     pivot = kl_pivot(summarise(tables["kl"]))
     return ("Mean KL(true ‖ predicted) of the next token\n\n" + pivot.to_markdown(floatfmt=".4g")
             + f"\n\nWhich k-step MD the {model_name(cfg.depth, cfg.loss)} model tracks (mean KL between predictions)\n\n"
@@ -301,17 +317,22 @@ def report(tables: dict[str, pd.DataFrame], cfg: Config) -> str:
 
 
 class Fig5(TrainedFigure):
+    """``mtd-fig5``: deeper trained disentangled transformers against k-step MD and Bayes."""
+
     name, Config, presets = NAME, Config, PRESETS
     demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """The KL table, with the ``tracking``, ``readout``, ``betas`` and ``losses`` tables as extras."""
         tables = compute(cfg, out, progress)
         return Result(tables.pop("kl"), tables)
 
     def draw(self, result: Result, cfg: Config):
+        """KL against length, CE against MSE, and the MD step sizes read off each layer."""
         return draw({"kl": result.table, **result.extra}, cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The KL, tracking, loss and step-size tables, as Markdown."""
         return report({"kl": result.table, **result.extra}, cfg)
 
 
@@ -326,6 +347,8 @@ FIGURE = Fig5()
               "closest to; holds if the ratio is below 1",
               trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
+    """KL of the main model (``depth``, ``loss``) over one-step MD's (tuned eta) at the training length, per seed;
+    the k-step MD its predictions are closest to, in the value."""
     ratio = kl_ratio_to_md(out, "mtd-fig5", cfg.length, model_kind="disentangled", depth=cfg.depth, loss=cfg.loss)
     measured(c, ratio, 1, "<")
     track = select(read(out, "mtd-fig5-tracking"), "mtd-fig5-tracking", length=cfg.length)

@@ -40,6 +40,9 @@ NAME = "mtd-fig7"
 
 @dataclass(frozen=True)
 class Config(mtd_training.Recipe):
+    """Settings of ``mtd-fig7``: the ``mtd_training.Recipe``, the ``orders`` M and the training ``lengths`` T; one
+    3-layer disentangled run per seed, order and length."""
+
     orders: tuple[int, ...] = (3, 5)
     lengths: tuple[int, ...] = (8, 16, 32)
 
@@ -89,6 +92,8 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> tuple[pd.DataFrame
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (order, length): the mean ``row_kl`` and ``attention_kl`` over seeds with their 95% half-widths (NaN with
+    one seed)."""
     rows = []
     for (m, t), g in table.groupby(["order", "length"]):
         row = {"order": m, "length": t}
@@ -100,6 +105,8 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw(table: pd.DataFrame, mats: dict, cfg: Config):
+    """A row per order: the true ``pi``, then the learned ``softmax(A1^T)`` at each training length (first seed),
+    with the mean row KL in each title."""
     summary = summary_table(table).set_index(["order", "length"])
     cols = len(cfg.lengths) + 1
     fig, axes = plt.subplots(len(cfg.orders), cols, figsize=(3.1 * cols, 3.0 * len(cfg.orders)), squeeze=False)
@@ -121,6 +128,8 @@ def draw(table: pd.DataFrame, mats: dict, cfg: Config):
 
 
 def report(table: pd.DataFrame, cfg: Config) -> str:
+    """The mean row and attention KL per order and length (Markdown), and whether the row KL decreases with the
+    training length at each order."""
     summary = summary_table(table)
     lines = []
     for m, g in summary.groupby("order"):
@@ -132,16 +141,22 @@ def report(table: pd.DataFrame, cfg: Config) -> str:
 
 
 class Fig7(TrainedFigure):
+    """``mtd-fig7``: the learned layer-1 token scores against ``pi``, by training length."""
+
     name, Config, presets = NAME, Config, PRESETS
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """The row and attention KL per seed, order and length, with the first seed's ``softmax(A1^T)`` for
+        ``draw``."""
         table, mats = compute(cfg, out, progress)
         return Result(table, data={"mats": mats})
 
     def draw(self, result: Result, cfg: Config):
+        """The true ``pi`` beside the learned ``softmax(A1^T)`` at each training length, a row per order."""
         return draw(result.table, result.data["mats"], cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The KL table, and whether the row KL falls with the training length."""
         return report(result.table, cfg)
 
 
@@ -156,6 +171,8 @@ FIGURE = Fig7()
               "KL(π ‖ uniform) / 4 and below its value at the shortest length",
               trained=lambda tc, cfg: tc.task.order == min(cfg.orders))
 def layer1_is_pi(c: Claim, out: Path, cfg) -> Claim:
+    """Mean row KL(pi || softmax(A1^T)) at the longest and the shortest training length, smallest order, per seed,
+    against KL(pi || uniform) / 4."""
     t = read(out, "mtd-fig7")
     m = sorted(t.order.unique())[0]
     t = t[t.order == m].pivot_table(index="seed", columns="length", values="row_kl")

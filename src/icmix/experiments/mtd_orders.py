@@ -49,6 +49,11 @@ KINDS = {"disentangled": "trained disentangled (3-layer)", "gpt": "trained stand
 
 @dataclass(frozen=True)
 class Config(mtd_training.Recipe):
+    """Settings of ``mtd-fig6`` and ``mtd-fig8`` (one set of runs): the ``mtd_training.Recipe``, the ``orders`` M,
+    the training ``length`` and ``eval_lengths`` (the prefix lengths T evaluated); the GPT: ``gpt_steps``,
+    ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``n_sequences`` evaluation and ``n_tune`` tuning sequences;
+    ``n_attention``: sequences for fig8's attention agreement."""
+
     orders: tuple[int, ...] = (3, 5)
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
@@ -92,6 +97,7 @@ PRESETS = {
 
 
 def order_runs(cfg: Config, out: Path, progress: bool) -> dict[tuple[int, int, str], Path]:
+    """Train (or reuse) both models at every seed and order: ``(seed, order, kind) -> run directory``."""
     runs = cfg.runs()
     return trained_runs(out, runs, cfg.jobs, progress)
 
@@ -161,6 +167,7 @@ METRICS = {"attention_cosine": "cosine vs construction", "attention_support_mass
 
 
 def draw_fig6(kl: pd.DataFrame, cfg: Config):
+    """A panel per order: KL against length of both trained models, the construction, one-step MD and Bayes."""
     fig, axes = plt.subplots(1, len(cfg.orders), figsize=(6.5 * len(cfg.orders), 4.6), squeeze=False)
     styles = {BAYES.id: dict(color="black", lw=2.5),
               CONSTRUCTION.id: dict(color="tab:orange", ls="none", marker="x", ms=8, mew=2)}
@@ -173,6 +180,9 @@ def draw_fig6(kl: pd.DataFrame, cfg: Config):
 
 
 def draw_fig8(agree: pd.DataFrame, maps: dict, cfg: Config):
+    """Attention maps of one sequence (first seed): per order, a row each for the trained disentangled model, the
+    trained GPT and the construction, a column per layer; the trained models' panels titled with their mean
+    cosine and support mass."""
     names = {**KINDS, "construction": "construction"}
     rows = len(cfg.orders) * len(names)
     fig, axes = plt.subplots(rows, 3, figsize=(10, 3.1 * rows), squeeze=False)
@@ -198,6 +208,8 @@ def draw_fig8(agree: pd.DataFrame, maps: dict, cfg: Config):
 
 
 def report_fig6(kl: pd.DataFrame, cfg: Config) -> str:
+    """Per order, the mean KL table and each trained model's KL over one-step MD's (tuned eta) at the training
+    length, as Markdown."""
     parts = []
     for m in cfg.orders:
         summary = summarise(kl[kl.order == m])
@@ -211,6 +223,7 @@ def report_fig6(kl: pd.DataFrame, cfg: Config) -> str:
 
 
 def report_fig8(agree: pd.DataFrame) -> str:
+    """The mean agreement per order, model, layer and metric, as Markdown."""
     table = agree.groupby(["order", "model", "layer", "metric_label"], sort=False)["value"].mean().unstack("metric_label")
     return "Attention agreement with the construction (mean over seeds)\n\n" + table.to_markdown(floatfmt=".3f")
 
@@ -222,12 +235,15 @@ class Fig6(TrainedFigure):
     demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """KL per seed, order, estimator and length."""
         return Result(compute_kl(cfg, out, progress))
 
     def draw(self, result: Result, cfg: Config):
+        """KL against length, a panel per order."""
         return draw_fig6(result.table, cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The KL tables per order, and the trained models over one-step MD at the training length."""
         return report_fig6(result.table, cfg)
 
 
@@ -238,13 +254,16 @@ class Fig8(TrainedFigure):
     demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """The agreement rows per seed, order, model and layer, with the first seed's attention maps for ``draw``."""
         agree, maps = compute_attention(cfg, out, progress)
         return Result(agree, data={"maps": maps})
 
     def draw(self, result: Result, cfg: Config):
+        """The grid of attention maps, trained against constructed, at each order."""
         return draw_fig8(result.table, result.data["maps"], cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The mean agreement with the construction, as Markdown."""
         return report_fig8(result.table)
 
 
@@ -258,5 +277,6 @@ fig6, fig8 = Fig6(), Fig8()
             "KL(trained GPT) / KL(one-step MD, tuned η) at T={cfg.length}, worst order; holds if ≤ 1.25",
             trained=lambda tc, cfg: tc.model.kind == "gpt")
 def standard_transformer(c: Claim, out: Path, cfg) -> Claim:
+    """KL of the trained GPT over one-step MD's (tuned eta) at the training length, worst order per seed."""
     ratio = kl_ratio_to_md(out, "mtd-fig6", cfg.length, ("seed", "order"), model_kind="gpt").groupby("seed").max()
     return measured(c, ratio, 1.25, "<=")

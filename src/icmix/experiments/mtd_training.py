@@ -40,6 +40,8 @@ class Recipe:
     jobs: int = 1
 
     def check_recipe(self, *positive: str) -> None:
+        """``ValueError`` unless ``steps``, ``batch_size``, ``jobs`` and the fields named in ``positive`` are
+        positive integers and ``seeds`` is non-empty."""
         for name in ("steps", "batch_size", "jobs", *positive):
             check_positive_int(name, getattr(self, name))
         if not self.seeds:
@@ -69,6 +71,7 @@ def disentangled(n_layers: int, order: int, positions: str) -> dict:
 
 
 def gpt(cfg) -> dict:
+    """The standard GPT model spec of a figure's config: its ``gpt_layers``, ``gpt_width`` and ``gpt_heads``."""
     return {"kind": "gpt", "n_layers": cfg.gpt_layers, "d_model": cfg.gpt_width, "n_heads": cfg.gpt_heads}
 
 

@@ -42,6 +42,11 @@ KINDS = {"disentangled": "trained disentangled (3-layer, 1 head)", "gpt": "train
 
 @dataclass(frozen=True)
 class Config(mtd_training.Recipe):
+    """Settings of ``mtdg``: the ``mtd_training.Recipe`` (its runs on MTDg), the ``order`` M, the training
+    ``length`` and ``eval_lengths`` (the prefix lengths T evaluated); ``md_steps``: the k of k-step MD; the GPT:
+    ``gpt_steps``, ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``n_sequences`` evaluation and ``n_tune`` tuning
+    sequences; ``check_beta``, ``n_check``: the construction's differential check."""
+
     order: int = 3
     length: int = 32
     eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
@@ -65,6 +70,7 @@ class Config(mtd_training.Recipe):
         self.runs()
 
     def task_spec(self, seed: int) -> dict:
+        """The task spec of seed ``seed``'s MTDg task (one transition matrix per lag) at the training length."""
         return {"kind": "mtdg", "vocab_size": self.vocab_size, "order": self.order, "seed": seed, "length": self.length}
 
     def runs(self) -> dict[tuple[int, str], object]:
@@ -112,11 +118,14 @@ def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
 
 
 def draw(result: Result, cfg: Config):
+    """``mtd_fig3.draw`` on the MTDg KL table: KL against length, and relative to exact Bayes."""
     return mtd_fig3.draw(result.table, f"MTDg: one transition matrix per lag (q={cfg.vocab_size}, m={cfg.order}, "
                                        f"training length {cfg.length})")
 
 
 def report(result: Result, cfg: Config) -> str:
+    """Markdown: the mean KL table, the trained models' and the construction's KL over one-step MD's at the training
+    length, the construction's worst error, and the range of the three-way interaction of ``log pi_g``."""
     summary = mtd_fig3.summarise(result.table)
     at_t = summary[summary.length == cfg.length].set_index("key")
     md = at_t.loc[MD1.id, "kl_mean"]
@@ -133,16 +142,21 @@ def report(result: Result, cfg: Config) -> str:
 
 
 class MTDg(TrainedFigure):
+    """``mtdg``: the estimators, the exact construction and trained transformers on MTDg sequences."""
+
     name, Config, presets = NAME, Config, PRESETS
     demo = dict(n_sequences=300, n_tune=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """The KL table per seed, estimator and length, with the per-seed construction ``check`` table."""
         return compute(cfg, out, progress)
 
     def draw(self, result: Result, cfg: Config):
+        """KL against length, and relative to exact Bayes."""
         return draw(result, cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The KL table, the ratios to one-step MD and the construction's check."""
         return report(result, cfg)
 
 
@@ -156,6 +170,7 @@ FIGURE = MTDg()
               "the paper's 3 attention layers between two ReLU MLPs",
               "max |construction − one-step MD (per-lag π_g)| over fresh sequences and seeds (float64); holds if < 1e-10")
 def mtdg_construction(c: Claim, out: Path, cfg) -> Claim:
+    """The worst error of the per-lag construction against one MD step, over the seeds of ``mtdg-check``."""
     t = read(out, "mtdg-check")
     c.mean = float(t["max_error"].max())
     c.value = f"{c.mean:.1e} (worst of {len(t)} seeds)"
@@ -170,6 +185,7 @@ def mtdg_construction(c: Claim, out: Path, cfg) -> Claim:
               "KL(trained GPT) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; holds if ≤ 1.25",
               trained=lambda tc, cfg: tc.model.kind == "gpt")
 def mtdg_standard(c: Claim, out: Path, cfg) -> Claim:
+    """KL of the trained GPT over one-step MD's (per-lag ``pi_g``, tuned eta) at the training length, per seed."""
     return measured(c, mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="gpt"), 1.25, "<=")
 
 
@@ -179,6 +195,8 @@ def mtdg_standard(c: Claim, out: Path, cfg) -> Claim:
               "holds if ≤ 1.1 (as on MTD)",
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def mtdg_disentangled(c: Claim, out: Path, cfg) -> Claim:
+    """KL of the trained 3-layer disentangled model over one-step MD's (per-lag ``pi_g``, tuned eta) at the training
+    length, per seed."""
     measured(c, mtd_fig3.kl_ratio_to_md(out, "mtdg", cfg.length, model_kind="disentangled"), 1.1, "<=")
     c.note = "its layer 1 cannot score lags per matrix (see the construction's row), so it cannot be exact"
     return c

@@ -202,6 +202,7 @@ EXPONENT_BOUNDS = (0.0, 3.0)  # of the fitted power law; a fit that ends on one 
 
 
 def power_law(steps, floor, amplitude, exponent, scale):
+    """``floor + amplitude · (steps / scale) ^ (−exponent)``, elementwise over ``steps``."""
     return floor + amplitude * (np.asarray(steps, float) / scale) ** (-exponent)
 
 
@@ -306,6 +307,9 @@ def curves(measured: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 
 class ClaimsScaling(Figure):
+    """``claims-scaling``: every trained-model claim measured at several training budgets, fitted and extrapolated
+    to the paper's budget."""
+
     name = NAME
     Config = Config
     presets = {"long": Config()}
@@ -320,6 +324,9 @@ class ClaimsScaling(Figure):
                 for key, tc in f.runs(budget_config(f, q)).items()}
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """With ``train``, measure the figures whose rows in ``claims-scaling-measured.csv`` are missing or rest on
+        other runs, configs or claims, and add them to the file; then fit each claim.  The table: ``curves``;
+        extras: ``fits`` and ``measured``."""
         from icmix.experiments.common import train_runs
         from icmix.io import atomic_write
 
@@ -364,6 +371,8 @@ class ClaimsScaling(Figure):
         return Result(curves(measured, table), extra={"fits": table, "measured": measured})
 
     def draw(self, result: Result, cfg: Config):
+        """A panel per claim: the measure at each budget, the fitted power law out to the paper's budget with the
+        extrapolation's interval, and the claim's threshold."""
         import matplotlib.pyplot as plt
 
         table = result.extra["fits"]
@@ -395,6 +404,8 @@ class ClaimsScaling(Figure):
         return fig
 
     def report(self, result: Result, cfg: Config) -> str:
+        """A Markdown row per claim: the measure at the largest budget, how far doubling moved it, whether it
+        converged, and the extrapolation with its verdict."""
         table = result.extra["fits"]
         lines = ["| claim | at the largest budget | doubling moved it by | converged | extrapolated to the paper's "
                  "budget | verdict there |", "|---|---|---|---|---|---|"]

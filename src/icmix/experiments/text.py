@@ -64,6 +64,13 @@ EXACT_WORK = 2 * 10**7  # exact Bayes where the DP costs at most this per window
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of ``text``: the corpus (``corpus``, ``vocab_size`` q, ``test_fraction``, ``split_seed``) and
+    ``kappa``, the additive smoothing of the fitted skip-bigrams; the MTD ``orders`` m and the prefix ``lengths``
+    T scored; ``md_steps``: the k of k-step MD; ``n_windows`` test and ``n_tune`` tuning windows;
+    ``prior_windows`` training windows of ``prior_length`` characters for the empirical prior; ``gibbs_samples``,
+    ``gibbs_burn_in``: Gibbs Bayes.  The two GPTs: ``model_order``, the order of the synthetic MTDg;
+    ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``steps``, ``batch_size``, ``lr``, ``warmup_steps``."""
+
     corpus: str = PYDOC
     vocab_size: int = 32
     kappa: float = 0.5
@@ -108,9 +115,11 @@ class Config:
 
     @property
     def length(self) -> int:
+        """The longest prefix length, ``max(lengths)``: the GPTs' training length."""
         return max(self.lengths)
 
     def corpus_fields(self) -> dict:
+        """The corpus fields of a task spec: ``corpus``, ``vocab_size``, ``test_fraction``, ``split_seed``."""
         return dict(corpus=self.corpus, vocab_size=self.vocab_size, test_fraction=self.test_fraction,
                     split_seed=self.split_seed)
 
@@ -149,6 +158,7 @@ class Unigram:
     probs: torch.Tensor
 
     def predict(self, tokens, task, lengths):
+        """``probs`` after every prefix of every window: ``(B, P, Q)``."""
         return self.probs.expand(tokens.shape[0], len(lengths), -1).clone()
 
 
@@ -167,6 +177,8 @@ class ModelPredictor:
     window: int | None = None
 
     def predict(self, tokens, task, lengths):
+        """``(B, P, Q)``: the model's next-character distribution after each prefix length, its attention cut to the
+        last ``window`` tokens where set."""
         from icmix.objectives import to_distribution
 
         if self.window is None:
@@ -201,6 +213,9 @@ def score(pred, tokens, targets, task, lengths) -> tuple[list[dict], torch.Tenso
 
 
 def compute(cfg: Config, out: Path, progress: bool = True) -> Result:
+    """Fit the training split (skip-bigrams, global ``lam`` and empirical prior at every order and matrices), train
+    or reuse the GPTs, and score every predictor by CE on the test windows: the table (``order, matrices,
+    estimator, length, ce_mean, ...``) and the ``lambda``, ``fit`` and ``gain`` extras."""
     corpus = load_corpus(cfg.corpus, cfg.vocab_size, cfg.test_fraction, cfg.split_seed)
     q, lengths = corpus.vocab_size, sorted(cfg.lengths)
     paths = trained_runs(out, cfg.runs(), cfg.jobs, progress)
@@ -291,6 +306,9 @@ def bayes_key(table: pd.DataFrame, order: int, prior: str) -> str:
 
 
 def draw(result: Result, cfg: Config):
+    """Three panels: CE against length of the baselines, MD, Bayes (at ``model_order``) and the trained GPTs; the
+    in-context gain over the global ``lam`` per order and matrices; the spread of the in-context ``lam`` across
+    test windows beside the global one."""
     t, lam = result.table, result.extra["lambda"]
     m = cfg.model_order if cfg.model_order in cfg.orders else cfg.orders[0]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
@@ -349,6 +367,8 @@ def draw(result: Result, cfg: Config):
 
 
 def report(result: Result, cfg: Config) -> str:
+    """Markdown: every predictor's CE at the shortest, a middle and the longest length, the fitted global ``lam``
+    and prior, and ``context_share``."""
     t = result.table
     picks = sorted({min(cfg.lengths), sorted(cfg.lengths)[len(cfg.lengths) // 2], max(cfg.lengths)})
     t = t.assign(row=t.estimator + np.where(t.matrices.isin(MATRICES), " [" + t.matrices + " π]", "")
@@ -393,17 +413,23 @@ def context_share(t: pd.DataFrame, cfg: Config) -> str:
 
 
 class Text(TrainedFigure):
+    """``text``: MTD and MTDg predictors and trained GPTs on held-out windows of a real character corpus."""
+
     name, Config, presets = NAME, Config, PRESETS
     # the demo evaluates the cpu runs at the trained models' order only (the fits at m = 8 take minutes)
     demo = dict(orders=(3,), n_windows=300, n_tune=100, prior_windows=64, gibbs_samples=150)
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
+        """CE of every predictor per order, matrices and length on the test windows, with the ``lambda``, ``fit``
+        and ``gain`` extras."""
         return compute(cfg, out, progress)
 
     def draw(self, result: Result, cfg: Config):
+        """CE against length, the in-context gain, and the spread of the in-context ``lam``."""
         return draw(result, cfg)
 
     def report(self, result: Result, cfg: Config) -> str:
+        """The CE table, the fitted global ``lam`` and prior, and the GPT's use of its context."""
         return report(result, cfg)
 
 
@@ -422,6 +448,8 @@ def _text_curve(t: pd.DataFrame, key: str, order: int, matrices: str) -> pd.Seri
               "m = {cfg.model_order}; the shortest length from which its 95% interval stays above 0 (value: that length, "
               "and the gain at the longest); holds if there is one")
 def text_in_context(c: Claim, out: Path, cfg) -> Claim:
+    """The shortest length from which the in-context gain (per-lag ``pi_g``, m = ``model_order``) stays
+    significantly above 0, and the gain at the longest length."""
     g = select(read(out, "text-gain"), "text-gain", order=cfg.model_order, matrices="per-lag").set_index("length")
     above = g.gain_mean - g.gain_ci > 0
     ahead = [L for L in g.index if above.loc[L:].all()]
@@ -440,6 +468,8 @@ def text_in_context(c: Claim, out: Path, cfg) -> Claim:
               "at the longest window (%); holds if ≤ 5",
               trained=lambda tc, cfg: tc.task.kind == "mtdg-text")
 def text_synthetic(c: Claim, out: Path, cfg) -> Claim:
+    """100 (CE(synthetic-trained GPT) / CE(Bayes, Dirichlet(1), per-lag ``pi_g``) - 1) at the longest length, per
+    seed."""
     from icmix.experiments.text import BAYES_UNIFORM, SYNTHETIC, bayes_key
 
     t, m = read(out, "text"), cfg.model_order

@@ -67,16 +67,25 @@ class Objective(ABC):
         return None
 
     @abstractmethod
-    def batch(self, step: int, size: int, generator: torch.Generator) -> dict: ...
+    def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        """One training batch of ``size`` examples for step ``step`` (a curriculum may grow the
+        examples with it), drawn with ``generator``: the dict ``loss`` reads."""
+        ...
 
     @abstractmethod
-    def eval_batch(self, size: int, generator: torch.Generator) -> dict: ...
+    def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        """The evaluation batch of ``size`` examples, drawn once per run from the fixed ``generator``."""
+        ...
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        """The scalar, differentiable training loss of ``model`` on ``batch``, computed on ``device``."""
+        ...
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        """The metrics of ``model`` on ``batch`` as floats: ``{"eval_loss": ..., other metrics}``."""
+        ...
 
 
 class TaskFamily(ABC):
@@ -131,12 +140,19 @@ class SequenceFamily(TaskFamily):
     """
 
     @abstractmethod
-    def sample(self, task, n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, Any]: ...
+    def sample(self, task, n: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+        """``n`` sequences of ``length`` tokens drawn with ``generator``, with the latent each was
+        drawn with: ``(tokens (n, length), latent)``."""
+        ...
 
     @abstractmethod
-    def true_predictive(self, task, tokens: torch.Tensor, latent, lengths) -> torch.Tensor: ...
+    def true_predictive(self, task, tokens: torch.Tensor, latent, lengths) -> torch.Tensor:
+        """``(B, P, Q)``: the next-token distribution after each prefix ``tokens[:, :L]``, ``L`` in
+        ``lengths``, given the sequences' ``latent``."""
+        ...
 
     def objective(self, task, cfg) -> Objective:
+        """Next-token prediction on this family's sequences (``NextTokenObjective``)."""
         return NextTokenObjective(self, task, cfg)
 
     def same_task(self, a, b) -> bool:
@@ -200,15 +216,20 @@ class NextTokenObjective(Objective):
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "latent": latent}
 
     def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        """A batch as ``batch`` draws it at the final step (``cfg.steps``)."""
         return self.batch(self.cfg.steps, size, generator)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        """``cfg.loss`` of the model's outputs ``(B, T, Q)`` against the next tokens, averaged over
+        the positions of ``mask``."""
         from icmix.objectives import loss_fn
 
         out = model(batch["inputs"].to(device))
         return loss_fn(out.float(), batch["targets"].to(device), self.mask.to(device), self.cfg.loss)
 
     def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        """Without gradients: ``eval_loss``, the training loss, and ``eval_kl``, the mean KL(true ‖ model)
+        of the token after the last position, the output read as a distribution as ``cfg.loss`` implies."""
         import torch
 
         from icmix.metrics import kl_divergence

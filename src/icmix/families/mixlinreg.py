@@ -69,6 +69,7 @@ class MixLinRegSpec:
                                  "set task.dims_start to task.dim (or task.dims_step to 0)")
 
     def model_fields(self) -> dict:
+        """The model config fields the task sets: ``dim`` and ``max_points`` (``n_points``)."""
         return {"dim": self.dim, "max_points": self.n_points}
 
     def stage(self, step: int) -> tuple[int, int]:
@@ -106,6 +107,9 @@ class RegressionObjective(Objective):
             self.prompts = xs.float(), ys.float()
 
     def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        """Float32 prompts ``xs (B, points, d)``, ``ys (B, points)`` at the curriculum's stage of
+        ``step``: fresh ones with ``dims`` active coordinates, or, with ``n_train``, prompts of the fixed
+        training set (with replacement), each with a random ``points`` of its pairs in random order."""
         dims, points = self.cfg.task.stage(step)
         if self.prompts is None:
             xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
@@ -119,16 +123,22 @@ class RegressionObjective(Objective):
         return {"xs": xs[rows, keep], "ys": ys[rows, keep]}
 
     def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        """Fresh float32 prompts ``xs (B, N, d)``, ``ys (B, N)`` at the curriculum's stage of the
+        final step (``cfg.steps``), never from the fixed training set."""
         dims, points = self.cfg.task.stage(self.cfg.steps)
         xs, ys = self.task.sample(size, points, generator, dtype=torch.float32, active_dims=dims)
         return {"xs": xs, "ys": ys}
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        """Mean squared error of the model's predictions ``(B, N)`` of ``ys``: over every position,
+        or at the last one only with ``loss_positions = last``."""
         ys = batch["ys"].to(device)
         err = (model(batch["xs"].to(device), ys).float() - ys) ** 2
         return err[:, -1].mean() if self.cfg.loss_positions == "last" else err.mean()
 
     def evaluate(self, model: nn.Module, batch: dict, device: torch.device) -> dict[str, float]:
+        """Without gradients: ``eval_loss``, the training loss, and ``eval_nmse_last``, the squared
+        error of the last prediction divided by ``d``."""
         with torch.no_grad():
             loss = self.loss(model, batch, device).item()
             ys = batch["ys"].to(device)
@@ -155,18 +165,26 @@ OLS, RIDGE, CONSTRUCTED = Key("ols"), Key("ridge", "bayesian"), Key("constructio
 
 
 class MixLinRegFamily(TaskFamily):
+    """Mixtures of linear regressions (SPEC §2), learned in context by the regression GPT
+    (``gpt-regression``) with the MSE loss; its Bayes-optimal predictor is the posterior mean with
+    the task's own components."""
+
     kind = "mixlinreg"
     spec = MixLinRegSpec
     models = ("gpt-regression",)
     losses = ("mse",)
 
     def build(self, spec: MixLinRegSpec) -> MixLinRegTask:
+        """The ``MixLinRegTask`` of the spec: ``n_components`` components in ``dim`` dimensions,
+        drawn from ``seed``, with response noise ``noise``."""
         return MixLinRegTask(spec.dim, spec.n_components, spec.noise, seed=spec.seed)
 
     def objective(self, task: MixLinRegTask, cfg) -> RegressionObjective:
+        """A ``RegressionObjective``: fresh prompts, or the fixed training set of ``task.n_train``."""
         return RegressionObjective(task, cfg)
 
     def run_name(self, cfg) -> str:
+        """``d{dim}-m{n_components}-noise{noise}``, with ``-n{n_train}`` for a fixed training set."""
         t = cfg.task
         return f"d{t.dim}-m{t.n_components}-noise{t.noise}" + (f"-n{t.n_train}" if t.n_train else "")
 

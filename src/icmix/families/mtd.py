@@ -76,9 +76,13 @@ class MTDObjective(NextTokenObjective):
     sequence's lag weights."""
 
     def loss_mask(self, length: int, positions: str) -> Tensor:
+        """``(T,)`` bool from ``MTDTask.loss_mask``: ``all`` marks every position ``i >= M`` (a full
+        lag history), ``last`` the final one."""
         return self.task.loss_mask(length, positions)
 
     def reference(self, batch: dict) -> Tensor:
+        """``(B, Q)``: the MTD predictive of the token after ``batch["inputs"]`` under the
+        sequences' true lag weights ``batch["latent"] (B, M)``."""
         from icmix.estimators.mtd import predictive
 
         return predictive(batch["inputs"], self.task.transition, batch["latent"])
@@ -150,6 +154,8 @@ def em_steps(tokens, transition, order: int, steps: int, lengths=None) -> Tensor
 
 
 def em_steps_predictor(steps: int):
+    """EM stopped after ``steps`` iterations from ``lam = 1/M`` (``em_steps``) as a
+    ``LagPredictor``, key ``em`` with ``steps``."""
     from icmix.predictors import LagPredictor
 
     return LagPredictor(Key("em", steps=steps), lambda x, pi, m, L: em_steps(x, pi, m, steps, L),
@@ -157,6 +163,8 @@ def em_steps_predictor(steps: int):
 
 
 def bayes_exact_predictor(alpha: float = 1.0):
+    """The exact posterior mean of the lag weights under a Dirichlet(``alpha``) prior
+    (``bayes_exact``'s dynamic programme) as a ``LagPredictor``, key ``BAYES``."""
     from icmix.predictors import LagPredictor
 
     return LagPredictor(BAYES, lambda x, pi, m, L: _est().bayes_exact(x, pi, m, alpha, L),
@@ -164,6 +172,8 @@ def bayes_exact_predictor(alpha: float = 1.0):
 
 
 def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
+    """The posterior mean of the lag weights by Gibbs sampling (``samples`` kept draws after
+    ``burn_in``, seeded by ``seed + Stream.GIBBS``) as a ``LagPredictor``, key ``BAYES_GIBBS``."""
     from icmix.predictors import LagPredictor
     from icmix.random import Stream, make_generator
 
@@ -172,12 +182,16 @@ def bayes_gibbs_predictor(alpha: float, samples: int, burn_in: int, seed: int):
 
 
 def mle_predictor(max_iter: int = 5000, tol: float = 1e-7):
+    """The maximum-likelihood lag weights by EM from ``lam = 1/M`` (at most ``max_iter`` iterations,
+    tolerance ``tol``) as a ``LagPredictor``, key ``MLE``."""
     from icmix.predictors import LagPredictor
 
     return LagPredictor(MLE, lambda x, pi, m, L: _est().em(x, pi, m, max_iter, tol, L), "MLE (EM)")
 
 
 def md_theorem1_predictor(order: int):
+    """One mirror-descent step from ``lam = 1/M`` at Theorem 1's step size ``eta = 1/(order + 1)``
+    as a ``LagPredictor``, key ``MD_THEOREM_1``."""
     from icmix.predictors import LagPredictor
 
     eta = 1.0 / (order + 1)
@@ -188,21 +202,30 @@ def md_theorem1_predictor(order: int):
 
 
 class MTDFamily(SequenceFamily):
+    """MTD (SPEC §1): one transition matrix ``pi`` shared by every lag, drawn from the task's seed, and lag
+    weights drawn per sequence from Dirichlet(alpha); learned by the disentangled transformer or GPT."""
+
     kind = "mtd"
     spec = MTDSpec
     models = ("disentangled", "gpt")
     construction_label = ConstructedMirrorDescent.name  # the construction's line in figures
 
     def build(self, spec: MTDSpec) -> MTDTask:
+        """The ``MTDTask`` of the spec: one ``(Q, Q)`` transition matrix, rows drawn from Dirichlet(1) by ``seed``."""
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed)
 
     def objective(self, task: MTDTask, cfg) -> MTDObjective:
+        """An ``MTDObjective``: next-token prediction, judged against the exact Bayes predictive."""
         return MTDObjective(self, task, cfg)
 
     def sample(self, task: MTDTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` sequences of ``length`` tokens from the task, with the lag weights each was drawn
+        with: ``(tokens (n, length), lam (n, order))``."""
         return task.sample(n, length, generator=generator)
 
     def true_predictive(self, task: MTDTask, tokens: Tensor, lam: Tensor, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, Q)``: the MTD predictive after each prefix length in ``lengths`` under the
+        sequences' true lag weights ``lam (B, M)``."""
         from icmix.predictors import true_predictive
 
         return true_predictive(tokens, lam, task, lengths)
@@ -212,9 +235,11 @@ class MTDFamily(SequenceFamily):
         return bayes_exact_predictor(task.alpha)
 
     def same_task(self, a: MTDTask, b: MTDTask) -> bool:
+        """Same order and the same transition matrix (or matrices); ``alpha`` and the seed are not compared."""
         return a.order == b.order and torch.equal(a.transition, b.transition)
 
     def run_name(self, cfg) -> str:
+        """``m{order}-T{length}-{loss}``."""
         return f"m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
 
     def predictors(
@@ -256,9 +281,12 @@ class MTDgFamily(MTDFamily):
     construction_label = "Construction (3 layers + ReLU MLPs, tuned β)"
 
     def build(self, spec: MTDgSpec) -> MTDTask:
+        """The ``MTDTask`` of the spec with ``per_lag``: ``M`` transition matrices ``(M, Q, Q)``,
+        rows drawn from Dirichlet(1) by ``seed``."""
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, per_lag=True)
 
     def run_name(self, cfg) -> str:
+        """``mtdg-m{order}-T{length}-{loss}``."""
         return f"mtdg-m{cfg.task.order}-T{cfg.task.length}-{cfg.loss}"
 
 

@@ -60,9 +60,11 @@ class TextSpec:
         check_positive("task.test_fraction", self.test_fraction)
 
     def model_fields(self) -> dict:
+        """The model config fields the task sets: ``vocab_size`` and ``max_length`` (``length``)."""
         return {"vocab_size": self.vocab_size, "max_length": self.length}
 
     def corpus_data(self) -> TextCorpus:
+        """The corpus, loaded, split and encoded once per process (``load_corpus``)."""
         return load_corpus(self.corpus, self.vocab_size, self.test_fraction, self.split_seed)
 
 
@@ -78,19 +80,26 @@ class TextObjective(Objective):
         self.mask = torch.ones(cfg.task.length, dtype=torch.bool)
 
     def batch(self, step: int, size: int, generator: torch.Generator) -> dict:
+        """``inputs (B, T)`` and ``targets (B, T)`` (the next character at each position) from
+        random training-split windows of ``T + 1`` characters; ``step`` is not used."""
         w = self.corpus.windows("train", size, self.cfg.task.length + 1, generator)
         return {"inputs": w[:, :-1], "targets": w[:, 1:]}
 
     def eval_batch(self, size: int, generator: torch.Generator) -> dict:
+        """A batch as ``batch`` draws it (training-split windows), from the evaluation ``generator``."""
         return self.batch(self.cfg.steps, size, generator)
 
     def loss(self, model, batch: dict, device: torch.device) -> Tensor:
+        """``cfg.loss`` of the model's outputs ``(B, T, Q)`` against the next characters,
+        averaged over every position."""
         from icmix.objectives import loss_fn
 
         return loss_fn(model(batch["inputs"].to(device)).float(), batch["targets"].to(device), self.mask.to(device),
                        self.cfg.loss)
 
     def evaluate(self, model, batch: dict, device: torch.device) -> dict[str, float]:
+        """``eval_loss``: the mean cross-entropy (nats/char) of the next character at every position, the
+        outputs read as distributions as ``cfg.loss`` implies (so in nats whichever loss trained)."""
         from icmix.objectives import to_distribution
 
         with torch.no_grad():
@@ -109,12 +118,15 @@ class TextFamily(TaskFamily):
     models = ("gpt", "disentangled")
 
     def build(self, spec: TextSpec) -> TextCorpus:
+        """The spec's ``TextCorpus``: the corpus split by document and encoded (cached per process)."""
         return spec.corpus_data()
 
     def objective(self, task: TextCorpus, cfg) -> TextObjective:
+        """A ``TextObjective`` on the corpus's training-split windows."""
         return TextObjective(task, cfg)
 
     def run_name(self, cfg) -> str:
+        """``text-{corpus}-q{vocab_size}-T{length}-{loss}``; a corpus given by path reads ``corpus``."""
         corpus = cfg.task.corpus if cfg.task.corpus == PYDOC else "corpus"
         return f"text-{corpus}-q{cfg.task.vocab_size}-T{cfg.task.length}-{cfg.loss}"
 
@@ -138,15 +150,22 @@ class FittedMTDgSpec(MTDgSpec):
 
 
 class FittedMTDgFamily(MTDgFamily):
+    """MTDg on real text's statistics (``mtdg-text``): synthetic sequences whose per-lag
+    matrices are the skip-bigrams fitted to a corpus's training split (``FittedMTDgSpec``), lag
+    weights from Dirichlet(alpha)."""
+
     kind = "mtdg-text"
     spec = FittedMTDgSpec
 
     def build(self, spec: FittedMTDgSpec) -> MTDTask:
+        """The per-lag ``MTDTask`` whose ``(M, Q, Q)`` matrices are the corpus's add-``kappa``
+        skip-bigrams (``fitted_transitions``, cached per process)."""
         pis = fitted_transitions(spec.corpus, spec.vocab_size, spec.order, spec.kappa, spec.test_fraction,
                                  spec.split_seed)
         return MTDTask(spec.vocab_size, spec.order, spec.alpha, seed=spec.seed, transition=pis, per_lag=True)
 
     def run_name(self, cfg) -> str:
+        """``mtdg-{corpus}-m{order}-T{length}-{loss}``; a corpus given by path reads ``corpus``."""
         return f"mtdg-{cfg.task.corpus if cfg.task.corpus == PYDOC else 'corpus'}-m{cfg.task.order}-" \
                f"T{cfg.task.length}-{cfg.loss}"
 

@@ -54,6 +54,10 @@ class Pretrained(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu"):
+        """The model ``save_pretrained`` wrote to ``path``: rebuilt from its own config, in the
+        saved dtype, with its weights, on ``map_location``.  ``ValueError`` if the folder is not a
+        saved model of this class's ``model_type``, its config asks for more memory than the machine
+        has, or the weights do not match the config."""
         path = Path(path)
         if not (path / CONFIG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
             raise ValueError(f"{path} is not a saved model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")

@@ -75,6 +75,7 @@ class DisentangledConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DisentangledConfig:
+        """The config from a dict (as ``config.json`` holds it), refusing unknown keys by name."""
         return config_from_dict(cls, d)
 
 
@@ -99,6 +100,7 @@ class StreamLayout:
         return name in self._slices
 
     def names(self) -> list[str]:
+        """The block names, in stream order."""
         return [n for n, _ in self.blocks]
 
     def __repr__(self) -> str:
@@ -129,6 +131,7 @@ class DisentangledAttention(nn.Module):
 
     @property
     def d_out(self) -> int:
+        """Width of the layer's output, ``H * (D + K)``: each head's average of its input and its offset block."""
         return self.n_heads * (self.A.shape[-1] + self.value_offsets)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -240,5 +243,7 @@ class DisentangledTransformer(Pretrained):
         return self
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
+        """The readout ``(B, T, Q)`` at every position; with ``return_attention`` also each layer's
+        ``(B, H, T, T)`` pattern."""
         out, cache = self.run_with_cache(tokens)
         return (out, cache["attention"]) if return_attention else out

@@ -53,10 +53,15 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
+        """The config from a dict (as ``config.json`` holds it), refusing unknown keys by name."""
         return config_from_dict(cls, d)
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention: a fused Q/K/V projection, scores scaled by ``1/sqrt(C/H)``
+    plus an optional additive ``bias (H, T, T)`` (relative positions, a window), an output
+    projection, and dropout on the weights and the output."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
@@ -119,6 +124,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
                 queries: slice | None = None) -> tuple[Tensor, Tensor | None]:
+        """``x (B, T, C)`` -> ``(B, T', C)`` and the layer's pattern (``None`` unless
+        ``need_weights``); with ``queries`` only those positions are computed."""
         a, attn = self.attn(self.ln1(x), bias, need_weights, queries)
         x = (x if queries is None else x[:, queries]) + a
         return x + self.mlp(self.ln2(x)), attn
@@ -213,6 +220,8 @@ class GPTTransformer(Pretrained):
             self.backbone.window = before
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
+        """``(B, T, Q)`` outputs at every position; with ``return_attention`` also each layer's
+        ``(B, H, T, T)`` pattern."""
         tokens = check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)
         h, patterns = self.backbone(self.embed(tokens), need_weights=return_attention)
         out = self.readout(h)
@@ -240,12 +249,15 @@ class RegressionGPTConfig:
         self.backbone_config()  # the decoder's own checks
 
     def backbone_config(self) -> GPTConfig:
+        """The decoder's ``GPTConfig``: ``max_length = 2 * max_points`` tokens and a placeholder
+        ``vocab_size`` of 1 (the read-in is linear)."""
         return GPTConfig(vocab_size=1, n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model,
                          max_length=2 * self.max_points, positions=self.positions, mlp_ratio=self.mlp_ratio,
                          dropout=self.dropout)
 
     @classmethod
     def from_dict(cls, d: dict) -> RegressionGPTConfig:
+        """The config from a dict (as ``config.json`` holds it), refusing unknown keys by name."""
         return config_from_dict(cls, d)
 
 
@@ -272,6 +284,8 @@ class RegressionGPT(Pretrained):
         self.apply(init_gpt_weights)
 
     def forward(self, xs: Tensor, ys: Tensor, return_attention: bool = False):
+        """``(B, N)``: the prediction of ``y_j`` read at the token of ``x_j``; with
+        ``return_attention`` also each layer's ``(B, H, 2N, 2N)`` pattern."""
         b, n, d = xs.shape
         if d != self.config.dim or ys.shape != (b, n):
             raise ValueError(f"expected xs (B, N, {self.config.dim}) and ys (B, N), got {tuple(xs.shape)} "

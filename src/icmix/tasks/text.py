@@ -61,10 +61,13 @@ class Alphabet:
 
     @property
     def size(self) -> int:
+        """``q``: the kept symbols plus the other symbol."""
         return len(self.symbols) + 1
 
     @classmethod
     def fit(cls, documents: list[str], q: int) -> Alphabet:
+        """The ``q - 1`` most frequent characters of the lower-cased ``documents``, ties broken by
+        code point; ``ValueError`` if they hold fewer distinct characters."""
         counts = collections.Counter()
         for d in documents:
             counts.update(d.lower())
@@ -83,6 +86,7 @@ class Alphabet:
         return table[codes]
 
     def decode(self, codes) -> str:
+        """The text of ``codes``, the other symbol printed as ``OTHER``."""
         return "".join(self.symbols[c] if c < len(self.symbols) else OTHER for c in np.asarray(codes).tolist())
 
 
@@ -117,9 +121,11 @@ class TextCorpus:
 
     @property
     def vocab_size(self) -> int:
+        """``q``, the size of the alphabet (its other symbol included)."""
         return self.alphabet.size
 
     def split(self, name: str) -> list[np.ndarray]:
+        """The encoded documents of the ``train`` or ``test`` split (``ValueError`` for another name)."""
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
         return self.train if name == "train" else self.test
@@ -139,6 +145,7 @@ class TextCorpus:
         return torch.from_numpy(out)
 
     def describe(self) -> str:
+        """One line: the corpus's name, the number of training and test documents and their characters, and ``q``."""
         n = lambda docs: sum(map(len, docs))  # noqa: E731
         return (f"{self.name}: {len(self.train)} training documents ({n(self.train):,} characters), "
                 f"{len(self.test)} test documents ({n(self.test):,}), q = {self.vocab_size}")

@@ -263,6 +263,11 @@ def step_dirs(root: Path) -> list[Path]:
 
 @dataclass
 class Checkpoint:
+    """One checkpoint as ``read_checkpoint`` validated it: its ``step_N`` folder ``path``, the
+    training ``step``, the model ``weights`` (a state dict), the ``trainer`` state (optimiser,
+    schedule, generators, running loss), the config the run was trained with as YAML
+    (``config_yaml``) and ``skipped``, the newer damaged checkpoints passed over to reach it."""
+
     path: Path
     step: int
     weights: dict

@@ -47,12 +47,21 @@ RegressionTaskSpec = MixLinRegSpec
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The ``model:`` section: the model ``kind`` (a key of ``icmix.models.MODELS``) and ``params``,
+    its other keys, passed to that model's config class together with the fields the task sets
+    (``TrainConfig.model_config``)."""
+
     kind: str = "disentangled"
     params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """The ``optim:`` section: Adam's ``lr``, ``betas`` and ``weight_decay`` (an L2 term, as
+    ``torch.optim.Adam`` adds it); the learning-rate ``schedule`` after ``warmup_steps`` of linear
+    warm-up (``constant``, or ``cosine`` or ``linear`` decay to 0 at the last step); ``grad_clip``,
+    the largest gradient norm (``None``: no clipping)."""
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -75,6 +84,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run, as ``icmix train`` reads it from YAML (module docstring): the ``task`` (the
+    spec of a registered family), ``model`` and ``optim`` sections, ``steps`` of ``batch_size``
+    examples, the ``loss`` (``mse`` or ``ce``) at ``loss_positions`` (``last`` or ``all``), an
+    evaluation every ``eval_every`` steps on one fixed batch of ``eval_size``, and a checkpoint
+    every ``checkpoint_every`` steps, the newest ``keep_checkpoints`` kept.  ``device``,
+    ``precision`` (autocast on CUDA), ``data_device``, ``tracking`` and ``threads`` say where and
+    how it runs; the last two change no number and are left out of its ``identity``."""
+
     task: object = field(default_factory=MTDSpec)  # the spec of a registered task family
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -170,6 +187,8 @@ class TrainConfig:
 
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The config as plain data in the YAML's layout: ``model`` flattened to ``{kind, **params}``, and
+        the fields added later left out where they hold their default, so older runs keep their names."""
         d = dataclasses.asdict(self)
         d["model"] = {"kind": self.model.kind, **self.model.params}
         for name, default in self._LATER_FIELDS.items():
@@ -181,6 +200,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config from plain data (parsed YAML): the task spec of the family ``task.kind`` names
+        (``mtd`` by default), then the ``optim`` and ``model`` sections; ``ValueError`` naming an
+        unknown key or a bad value."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
         d = dict(d)
@@ -196,6 +218,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        """The config in the YAML file ``path``, with the dotted ``overrides`` (``optim.lr=3e-4``)
+        applied; ``ValueError``, naming the file, for a missing, empty, unreadable or invalid config."""
         path = Path(path)
         if not path.exists():
             raise ValueError(f"config file not found: {path}")
@@ -217,6 +241,7 @@ class TrainConfig:
             raise ValueError(f"{path}: {err}") from None
 
     def to_yaml(self) -> str:
+        """``to_dict`` as YAML, the keys in field order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 

@@ -101,6 +101,8 @@ class Convergence:
                 f"({self.fall:.3g}, 95 % interval ±{self.interval:.2g})")
 
     def as_dict(self) -> dict:
+        """The fields plus ``excess_final``, ``improvement`` and ``converged`` (``status``: yes, no
+        or unknown), as tables and the zoo record them."""
         return {**asdict(self), "excess_final": self.excess, "improvement": self.improvement,
                 "converged": self.status}
 

@@ -32,13 +32,16 @@ class World:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the one process that writes the run directory."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether the job has more than one process."""
         return self.size > 1
 
     def barrier(self) -> None:
+        """Wait until every rank gets here (nothing when alone)."""
         if self.distributed:
             dist.barrier()
 

@@ -147,6 +147,8 @@ class TrainJob(_checkpointable()):
 
     def __call__(self, config_yaml: str, run_dir: str, log: str, group: str | None = None,
                  threads: int | None = None) -> str:
+        """Train the run ``run_dir`` of the YAML config with ``threads`` torch threads, resuming it if it
+        already has a ``config.yaml``; notes the job's start and end in ``log`` and returns ``run_dir``."""
         import torch
         import yaml
 
@@ -217,6 +219,8 @@ class LocalLauncher(Launcher):
             raise ValueError("--no-wait needs --launcher submitit-local or slurm (the local pool runs in this process)")
 
     def train(self, jobs: list[tuple], progress: bool = True, errors: str = "raise") -> dict[Path, str]:
+        """Train the jobs in this machine's process pool (``train_many``), ``max_parallel`` at a
+        time, each in its tracker group; ``{run directory: error}`` of the runs that failed."""
         from icmix.train.loop import train_many
 
         return train_many([(cfg, run) for cfg, run, _ in jobs], self.max_parallel, progress, errors,
@@ -383,6 +387,7 @@ class SubmititLocalLauncher(SubmititLauncher):
     name = "submitit-local"
 
     def executor(self):
+        """submitit's ``LocalExecutor``, its files under ``logs/submitit/<job id>``, with a 7-day time-out."""
         executor = _submitit().LocalExecutor(folder=self.logs / "submitit" / "%j")
         executor.update_parameters(timeout_min=7 * 24 * 60)
         return executor
@@ -412,14 +417,19 @@ class SlurmLauncher(SubmititLauncher):
     on_interrupt = "they keep running: scancel them to stop them"
 
     def check_options(self) -> None:
+        """Parse the ``--slurm`` options into ``self.parameters`` (``ValueError`` for an unknown key or a bad value)."""
         self.parameters = slurm_parameters(self.options)
 
     def check_environment(self) -> None:
+        """Refuse a machine without SLURM's ``sbatch`` and ``srun`` on ``PATH``."""
         if not (shutil.which("sbatch") and shutil.which("srun")):
             raise ValueError("--launcher slurm needs SLURM's sbatch and srun on PATH: run it on the cluster "
                              "(a login node), or try --launcher submitit-local here")
 
     def executor(self):
+        """submitit's ``SlurmExecutor``, its files under ``logs/submitit/<job id>``, a job requeued
+        after up to ``MAX_TIMEOUTS`` time-outs: job name ``icmix`` and 60 minutes unless the
+        ``--slurm`` parameters say otherwise."""
         executor = _submitit().SlurmExecutor(folder=self.logs / "submitit" / "%j", max_num_timeout=MAX_TIMEOUTS)
         executor.update_parameters(**{"job_name": "icmix", "time": 60, **self.parameters})
         return executor

@@ -42,6 +42,8 @@ from icmix.train.tracking import Trackers, require, trackers_of
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a config's ``device`` names: ``auto`` is CUDA where available, else the CPU;
+    ``ValueError`` for a CUDA device without CUDA."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -55,11 +57,14 @@ def build_task(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """A freshly initialised model of ``cfg.model.kind``, built from ``cfg.model_config()``."""
     _, model_class = MODELS[cfg.model.kind]
     return model_class(cfg.model_config())
 
 
 def lr_lambda(cfg: TrainConfig):
+    """The learning-rate factor of each step, for ``LambdaLR``: linear warm-up to 1 over ``warmup_steps``,
+    then 1 (``constant``) or a decay to 0 at ``cfg.steps`` (``cosine`` or ``linear``)."""
     warm, total, kind = cfg.optim.warmup_steps, cfg.steps, cfg.optim.schedule
 
     def factor(step: int) -> float:
@@ -87,6 +92,8 @@ def build_objective(task, cfg: TrainConfig) -> Objective:
 
 
 def autocast(device: torch.device, precision: str):
+    """CUDA autocast to bfloat16 (``bf16``) or float16 (``fp16``); a context that does nothing
+    on the CPU or at ``fp32``."""
     if device.type != "cuda" or precision == "fp32":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -235,6 +242,8 @@ def config_differences(a: TrainConfig, b: TrainConfig) -> dict[str, tuple]:
 
 
 def describe_differences(a: TrainConfig, b: TrainConfig, name_a: str, name_b: str) -> str:
+    """The differences of configs ``a`` and ``b`` in one line: ``key: A in name_a, B in name_b`` for
+    each, joined by semicolons."""
     return "; ".join(f"{k}: {va!r} in {name_a}, {vb!r} in {name_b}" for k, (va, vb) in config_differences(a, b).items())
 
 

@@ -53,6 +53,8 @@ class TrainedPredictor:
         return torch.cat(chunks)
 
     def predict(self, tokens: Tensor, task, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, Q)`` float64: the model's output at position ``L - 1`` for each length ``L``, read
+        as a distribution as its training loss implies; ``ValueError`` for a task other than its own."""
         if not self.family.same_task(task, self.task):
             raise ValueError(f"{self.name} was trained on a different task ({self.task!r}), not {task!r}")
         lengths = list(lengths)
@@ -76,12 +78,16 @@ class TrainedRegressor:
 
     @classmethod
     def from_run(cls, run_dir, name: str | None = None, key: Key | None = None) -> TrainedRegressor:
+        """The final model of a finished regression run (``ValueError`` if it is not a
+        ``RegressionGPT``); its key as in ``TrainedPredictor.from_run``."""
         cfg, model = load_run(run_dir)
         if not isinstance(model, RegressionGPT):
             raise ValueError(f"{run_dir} holds a {cfg.model.kind!r} model, not a regression transformer")
         return cls(name or f"transformer ({Path(run_dir).name})", model.eval(), key=key or trained_key(cfg))
 
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """``(B, N)`` float64, column j predicting ``ys[:, j]`` from the pairs before it and
+        ``xs[:, j]``; computed in batches of ``batch_size`` on the model's device, without gradients."""
         param = next(self.model.parameters())
         out = []
         with torch.no_grad():

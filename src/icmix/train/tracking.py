@@ -147,10 +147,12 @@ class Trackers:
             raise
 
     def log(self, row: dict) -> None:
+        """Send one evaluation row (``step`` and the metrics) to every tracker."""
         for backend in self.backends:
             backend.log(row)
 
     def close(self, failed: bool = False) -> None:
+        """Finish every tracker (a W&B run marked failed with ``failed``), then drop them."""
         for backend in self.backends:
             backend.close(failed)
         self.backends = []

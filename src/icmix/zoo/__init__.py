@@ -79,6 +79,7 @@ def default_root() -> Path:
 
 
 def zoo_dir(preset: str, root: Path | None = None) -> Path:
+    """The folder of ``preset``'s entries in the zoo at ``root`` (``default_root()`` when ``None``)."""
     return Path(root or default_root()) / preset
 
 
@@ -150,6 +151,7 @@ def git_commit(path: Path = ZOO_ROOT) -> str:
 
 
 def sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``, read in blocks of 1 MiB."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -226,6 +226,7 @@ class GibbsSampler:
         self._denom = (evidence.n_rows.to(evidence.c.dtype) + total)[None, :, None]
 
     def init(self) -> GibbsState:
+        """The chain's start: ``lam = 1/M`` for every sequence and prefix ``(B, P, M)``, step 0, no draws kept."""
         b, _, m = self.evidence.c.shape
         p = len(self.evidence.lengths)
         kw = dict(dtype=self.evidence.c.dtype, device=self.evidence.c.device)
@@ -250,6 +251,8 @@ class GibbsSampler:
         return counts, dirichlet(self.alpha + counts, self.generator)
 
     def step(self, state: GibbsState) -> GibbsState:
+        """One sweep (``draw``); past ``burn_in``, the draw's Rao-Blackwellised estimate
+        ``(alpha + counts) / (N + sum alpha)`` joins the running sums and its batch's sum."""
         counts, lam = self.draw(state.lam)
         if state.step < self.burn_in:
             return GibbsState(lam, state.step + 1, state.rb_sum, state.rb_sq, state.batch_sums, state.kept)

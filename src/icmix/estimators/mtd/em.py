@@ -33,17 +33,21 @@ class EM:
         self.evidence = evidence
 
     def init(self) -> EMState:
+        """``lam = 1/M`` for every sequence and prefix ``(B, P, M)``, at step 0."""
         b, _, m = self.evidence.c.shape
         p = len(self.evidence.lengths)
         lam = torch.full((b, p, m), 1.0 / m, dtype=self.evidence.c.dtype, device=self.evidence.c.device)
         return EMState(lam=lam, step=0)
 
     def step(self, state: EMState) -> EMState:
+        """One EM iteration, E- and M-step together: ``lam <- lam ⊙ grad l(lam) / N`` (``N`` the
+        prefix's rows), renormalised onto the simplex."""
         n = self.evidence.n_rows.to(state.lam.dtype)[None, :, None]
         lam = state.lam * self.evidence.gradient(state.lam) / n
         return EMState(lam=lam / lam.sum(-1, keepdim=True), step=state.step + 1)
 
     def readout(self, state: EMState) -> Tensor:
+        """``(B, P, M)``: the current iterate's lag weights."""
         return state.lam
 
     def run(self, max_iter: int = 1000, tol: float = 1e-10) -> EMState:

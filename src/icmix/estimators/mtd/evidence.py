@@ -44,6 +44,7 @@ class LagEvidence:
 
     @property
     def order(self) -> int:
+        """M, the number of lags (the last axis of ``c``)."""
         return self.c.shape[-1]
 
     @property

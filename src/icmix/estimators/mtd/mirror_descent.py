@@ -55,12 +55,16 @@ class MirrorDescent:
         self.eta = _as_eta(eta, evidence)
 
     def init(self) -> MDState:
+        """``log_lam = -log M`` (uniform weights) for every sequence and prefix ``(B, P, M)``, at step 0."""
         b, _, m = self.evidence.c.shape
         p = len(self.evidence.lengths)
         log_lam = torch.full((b, p, m), -math.log(m), dtype=self.evidence.c.dtype, device=self.evidence.c.device)
         return MDState(log_lam=log_lam, step=0)
 
     def step(self, state: MDState) -> MDState:
+        """One step ``log_lam + eta * grad l(lam)``, renormalised by a log-softmax; the first uses
+        the closed-form gradient at uniform ``lam``, ``M sum_t gamma_t(g)``, and an overflowing move
+        is capped so the softmax stays finite."""
         if state.step == 0:
             # At lam = 1/M, c_tg / s_t = M gamma_t(g): one cumulative sum serves every prefix.
             grad = self.evidence.order * self.evidence.responsibility_sums()
