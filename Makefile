@@ -17,7 +17,7 @@ VERIFY ?= disentangled3-m3-T8-mse-seed0-5a264d8a
 VERIFY_TAIL ?= disentangled3-m3-T32-mse-seed0-d59c24de gpt3-m3-T32-mse-seed0-4c2dbdad
 ZOO_OUT ?= results/demo-zoo
 
-.PHONY: install demo demo-quick demo-zoo test test-slow bench clean
+.PHONY: install demo demo-quick demo-zoo test test-slow bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,13 +58,26 @@ demo-zoo: $(STAMP)
 	@echo "Report of every figure of both papers from the model zoo, with the claims table: $(ZOO_OUT)/report.html"
 	@echo "Report: $(ZOO_OUT)/report.html"
 
-# The layers contract (pyproject.toml's [tool.importlinter]), then the tests.
+# The layers contract (pyproject.toml's [tool.importlinter]), the docstring check ([tool.ruff]),
+# then the tests.
 test: $(PLUGIN)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check --quiet src/icmix
 	ICMIX_TEST_PLUGIN_SITE=$(PLUGIN_SITE) $(PY) -m pytest -q -m "not slow"
 
 test-slow: $(PLUGIN)
 	ICMIX_TEST_PLUGIN_SITE=$(PLUGIN_SITE) $(PY) -m pytest -q -m slow
+
+# `make docs`: the documentation site in docs/_build/html (open index.html), warnings as errors;
+# the tutorials are executed as it builds (about 3 minutes on 2 cores).
+DOCS_STAMP := $(VENV)/.docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "Documentation: docs/_build/html/index.html"
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
@@ -75,4 +88,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_threads.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache docs/_build

@@ -21,6 +21,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx.ext.napoleon",  # the docstrings' Args: / Returns: / Raises: sections
     "sphinx.ext.viewcode",
     "sphinxarg.ext",
     "configschema",
@@ -52,3 +53,6 @@ html_theme = "furo"
 html_title = "icmix"
 html_static_path = ["_static"]
 html_theme_options = {"navigation_with_keys": True}
+
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False

@@ -53,7 +53,7 @@ from icmix.models.disentangled import DisentangledAttention, StreamLayout
 
 
 def three_way_interaction(transition: Tensor) -> float:
-    """Max |three-way interaction| of ``L[g, a, b] = log pi_g[a, b]`` (``(M, Q, Q)``): the
+    """The largest absolute three-way interaction of ``L[g, a, b] = log pi_g[a, b]`` (``(M, Q, Q)``): the
     part of ``L`` no sum ``u(a, b) + v(g, a) + w(g, b)`` explains (the ANOVA interaction
     term, its least-squares residual).  Zero iff the paper's single-head layer 1 can score
     lags exactly; ``nan`` if some entry is zero."""

@@ -223,6 +223,7 @@ def subspace_algorithm(xs, ys, n_components: int, noise: float, rounds: int = 10
     lowers ``sum_b min_j SSE_b(w_j)`` over the prompts is added until ``m`` are chosen.
 
     Choices of ours, where the paper leaves them open or assumes other data:
+
     - Every prompt serves as a "small" batch (subspace), a "medium" batch (filter and gradient)
       and as a candidate reference, and all prompts are reused in every round (the paper
       splits the batches across rounds for its proof and notes this "may not be necessary

@@ -1,6 +1,6 @@
 """Atomic, self-checking checkpoints.
 
-``checkpoints/step_NNNNNNN/`` holds
+``checkpoints/step_NNNNNNN/`` holds::
 
     model.safetensors   the model's weights
     trainer.safetensors the trainer's tensors: optimiser moments, RNG states

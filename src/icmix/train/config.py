@@ -1,4 +1,4 @@
-"""Training configuration: frozen dataclasses, loaded from YAML, validated before any work.
+"""Training configuration: frozen dataclasses, loaded from YAML, validated before any work::
 
     task:  {kind: mtd, vocab_size: 10, order: 3, alpha: 1.0, seed: 0, length: 64}
            # or {kind: mixlinreg, dim: 20, n_components: 5, noise: 0.0, n_points: 41,

@@ -1,6 +1,6 @@
 """Where training runs execute: this machine's process pool, submitit's local executor, or SLURM.
 
-``icmix sweep`` and ``icmix reproduce [all]`` take ``--launcher``:
+``icmix sweep`` and ``icmix reproduce [all]`` take ``--launcher``::
 
     local           the process pool of ``train_many`` (the default)
     submitit-local  submitit's local executor: each run a job of its own, as on a cluster

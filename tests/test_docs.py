@@ -1,0 +1,176 @@
+"""The README and the documentation site: every code block runs, each in a fresh temporary folder.
+
+A fenced block's language says what it is: ``bash`` and ``python`` are code, ``text``, ``toml`` and
+``yaml`` are shown, not run.  The HTML comment on the line before a code block says how it is tested:
+
+- none, or ``<!-- test: run -->``: it runs (bash with ``-euo pipefail``, the venv's ``icmix`` and
+  ``python`` first on the PATH, the repository's ``configs/`` copied beside it), and must succeed;
+- ``<!-- test: parse (why) -->``: its commands train for minutes to hours, so each ``icmix`` command
+  is checked without running it: the argument parser accepts it, and a figure, preset, ``--set`` key,
+  config file or zoo run it names exists;
+- ``<!-- test: skip (why) -->``: not run here, with the reason (the set-up commands themselves).
+
+The tutorials (``docs/tutorials/*.py``) are executed by ``make docs``, which CI runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)]
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[^\s`]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M)
+MARK = re.compile(r"<!--\s*test:\s*(?P<mode>run|parse|skip)\b(?P<why>[^>]*)-->\s*$")
+CODE = {"bash", "python"}
+SHOWN = {"text", "toml", "yaml"}
+DIRECTIVES = re.compile(r"^\{[\w-]+\}")  # MyST directives (```{toctree}): the site's structure, not code
+
+
+def blocks():
+    """``(page, line, lang, mode, why, body)`` of every fenced block."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            lang = m["lang"]
+            if DIRECTIVES.match(lang):
+                continue
+            line = text.count("\n", 0, m.start()) + 1
+            before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            mark = MARK.search(before)
+            mode, why = (mark["mode"], mark["why"].strip(" ()")) if mark else ("run", "")
+            found.append((page.relative_to(ROOT).as_posix(), line, lang, mode, why, m["body"]))
+    return found
+
+
+BLOCKS = blocks()
+CODE_BLOCKS = [b for b in BLOCKS if b[2] in CODE]
+
+
+def test_every_block_says_what_it_is_and_how_it_is_tested():
+    """An untagged fence would escape the tests: every block names its language, and every skip its reason."""
+    assert len(CODE_BLOCKS) >= 20, f"only {len(CODE_BLOCKS)} code blocks found"
+    untagged = [f"{p}:{n}" for p, n, lang, *_ in BLOCKS if lang not in CODE | SHOWN]
+    assert not untagged, f"fenced blocks without a language in {sorted(CODE | SHOWN)}: {untagged}"
+    unexplained = [f"{p}:{n}" for p, n, _, mode, why, _ in CODE_BLOCKS if mode != "run" and len(why) < 10]
+    assert not unexplained, f"parse or skip without a reason: {unexplained}"
+
+
+def test_no_link_leaves_the_repository_except_to_public_pages():
+    """Relative links resolve inside the clone; the rest are https pages (no ../shared, no file:)."""
+    bad = []
+    for page in [*PAGES, *sorted((DOCS / "tutorials").glob("*.py"))]:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("https://") or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            if target.startswith(("http:", "file:", "/")) or not path.is_relative_to(ROOT) or not path.exists():
+                bad.append(f"{page.relative_to(ROOT)}: {target}")
+        if "shared/SPEC" in text or "../shared" in text:
+            bad.append(f"{page.relative_to(ROOT)}: names ../shared")
+    assert not bad, bad
+
+
+def test_the_readme_fits_on_a_screen_and_opens_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, len(lines)
+    first = next(b for b in BLOCKS if b[0] == "README.md")
+    assert [line.split()[:2] for line in first[5].splitlines()] == [["make", "demo"], ["make", "test"]]
+
+
+def _environment(tmp: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MPLBACKEND"] = "Agg"
+    env.pop("ICMIX_ZOO", None)
+    shutil.copytree(ROOT / "configs", tmp / "configs")
+    return env
+
+
+def _ids(found):
+    return [f"{p}:{n}" for p, n, *_ in found]
+
+
+RUN = [b for b in CODE_BLOCKS if b[3] == "run"]
+
+
+@pytest.mark.parametrize("page, line, lang, mode, why, body", RUN, ids=_ids(RUN))
+def test_the_block_runs(page, line, lang, mode, why, body, tmp_path):
+    env = _environment(tmp_path)
+    if lang == "python":
+        script = tmp_path / "block.py"
+        script.write_text(body)
+        argv = [sys.executable, str(script)]
+    else:
+        argv = ["bash", "-euo", "pipefail", "-c", body]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{page}:{line} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def _commands(body: str) -> list[list[str]]:
+    """The ``icmix`` command lines of a bash block, continuation lines joined, ``$VAR``s of the block's
+    own ``VAR="…"`` assignments expanded, comments dropped."""
+    text = body.replace("\\\n", " ")
+    variables, commands = {}, []
+    for raw in text.splitlines():
+        words = shlex.split(raw, comments=True)
+        if not words:
+            continue
+        assignment = re.fullmatch(r"([A-Z_]+)=(.*)", words[0]) if len(words) == 1 else None
+        if assignment:
+            variables[assignment[1]] = assignment[2]
+            continue
+        expanded = []
+        for word in words:
+            name = word[1:] if word.startswith("$") else None
+            expanded += shlex.split(variables[name]) if name in variables else [word]
+        if expanded[0] == "icmix":
+            commands.append(expanded[1:])
+    return commands
+
+
+def check_command(argv: list[str]) -> None:
+    """Parse an ``icmix`` command line as the CLI does and resolve what it names, without running it."""
+    from icmix.cli import _load_plugins, build_parser
+
+    argv = _load_plugins(list(argv))
+    args = build_parser().parse_args(argv)
+    if args.command == "reproduce":
+        from icmix.report import configs_for
+
+        configs_for(args.preset, args.set, args.seeds, None if args.figure == "all" else [args.figure])
+    elif args.command in ("train", "sweep") and getattr(args, "config", None):
+        from icmix.train import TrainConfig
+
+        TrainConfig.from_yaml(ROOT / args.config, args.set)
+    elif args.command == "zoo" and args.zoo_command == "verify":
+        from icmix import zoo
+
+        zoo.lookup(args.run)  # ValueError where no shipped run has that name (or a unique prefix of it)
+
+
+PARSE = [b for b in CODE_BLOCKS if b[3] == "parse"]
+
+
+@pytest.mark.parametrize("page, line, lang, mode, why, body", PARSE, ids=_ids(PARSE))
+def test_the_block_parses(page, line, lang, mode, why, body):
+    assert lang == "bash", f"{page}:{line}: only bash blocks are checked by parsing"
+    commands = _commands(body)
+    assert commands, f"{page}:{line}: no icmix command to check"
+    for argv in commands:
+        try:
+            check_command(argv)
+        except SystemExit as exit_:  # argparse refused it
+            pytest.fail(f"{page}:{line}: icmix {shlex.join(argv)}: the parser refused it ({exit_.code})")
+        except Exception as err:  # noqa: BLE001 - any refusal names the command
+            pytest.fail(f"{page}:{line}: icmix {shlex.join(argv)}: {type(err).__name__}: {err}")
