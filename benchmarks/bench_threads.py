@@ -5,8 +5,10 @@
 Starts ``--runs`` ``icmix train`` processes at the same time on the same config (the GPT-style
 model on MTD, m = 3, T = 32, batch 64; each its own run folder), first without ``--threads``
 (each process takes torch's default, every core, so they oversubscribe the machine), then with
-``--threads 1``, and prints each setting's mean wall milliseconds per step over the runs and
-their ratio.  Run it on an otherwise idle machine: the point is how the runs share its cores.
+``--threads 1``; then the same runs as one ``icmix sweep --jobs RUNS`` (a grid over the seed),
+whose default shares the cores among its runs, with and without ``--threads 1``.  It prints each
+setting's wall milliseconds per step and its ratio to ``--threads 1``.  Run it on an otherwise idle
+machine: the point is how the runs share its cores.
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ def together(config: Path, out: Path, runs: int, threads: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def swept(config: Path, out: Path, runs: int, threads: list[str]) -> float:
+    """Wall seconds of one ``icmix sweep`` of ``runs`` seeds, ``runs`` at a time."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ICMIX_THREADS")}
+    seeds = ",".join(str(i) for i in range(runs))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "icmix", "sweep", str(config), "--grid", f"seed={seeds}", "--jobs",
+                           str(runs), "--out", str(out), "--no-progress", *threads], env=env, stdout=subprocess.DEVNULL)
+    if done.returncode:
+        raise SystemExit("the sweep failed")
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -53,15 +67,17 @@ def main() -> None:
         config = tmp / "config.yaml"
         config.write_text(CONFIG.replace("STEPS", str(args.steps)))
         rows = {}
-        for label, threads in (("default threads (torch: every core each)", []),
-                               ("--threads 1", ["--threads", "1"])):
-            seconds = together(config, tmp / label.split()[0].strip("-"), args.runs, threads)
-            rows[label] = 1000 * seconds / args.steps
-    base = rows["--threads 1"]
+        settings = (("separate `icmix train`s, torch's default threads", together, []),
+                    ("separate `icmix train`s, --threads 1", together, ["--threads", "1"]),
+                    ("`icmix sweep --jobs N`, its default", swept, []),
+                    ("`icmix sweep --jobs N`, --threads 1", swept, ["--threads", "1"]))
+        for i, (label, how, threads) in enumerate(settings):
+            rows[label] = 1000 * how(config, tmp / f"s{i}", args.runs, threads) / args.steps
     print(f"{args.runs} runs at once on {os.cpu_count()} cores, {args.steps} steps each (start-up included)")
-    print(f"{'setting':45s} {'ms/step':>8s} {'× --threads 1':>14s}")
-    for label, ms in rows.items():
-        print(f"{label:45s} {ms:8.1f} {ms / base:14.2f}")
+    print(f"{'setting':55s} {'ms/step':>8s} {'× --threads 1':>14s}")
+    for i, (label, ms) in enumerate(rows.items()):
+        base = list(rows.values())[i | 1]  # the same launch with --threads 1
+        print(f"{label:55s} {ms:8.1f} {ms / base:14.2f}")
 
 
 if __name__ == "__main__":
