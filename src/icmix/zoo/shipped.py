@@ -67,6 +67,8 @@ SHIPPED: dict[str, str] = {
     "long/disentangled5-m3-T32-mse-seed1-8cb503f2": "5410b82c68e9d50056398fba1c0ec61a02e5eeb97266c1ef92e05ea3dd48a4e7",
     "long/disentangled5-m3-T32-mse-seed2-9591cd18": "b73fd9041c12e7d19f640be7dbcc11e93a46af2f0559d1698a460e79367e6ae6",
     "long/disentangled5-m3-T32-mse-seed3-94e40761": "189edeeeb829bd0488c877352148b206a1117827a9edf2aa72d0c9e8d1912ea5",
+    "long/gpt-regression4-d8-m20-noise1.0-seed0-b907c575": "1c369b9a863d36074f42fb20e365fc9fbb63b5d881773ea09bcda08289933c4a",
+    "long/gpt-regression4-d8-m20-noise1.0-seed2-67dc6ae8": "a6ef6ad28dab1b441d0be6d7a50c059f4880a46ebfbdff3b402833ec457d5674",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed0-7d4811ae": "4004a72f67c5cc30eb1025e412095004087b243e92dcc1fd9fc45bb2caf0695f",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed1-e69715eb": "e6f57f04abb19f45f766ff3e2e2035d1d2308a68de0b42fa4afb1eb32fa3dcd7",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed2-26c6b5d5": "e18c9ff5533ef958ed65adeba80fd978daaa8cae31aff179fe2bfa2502f0c9ac",
