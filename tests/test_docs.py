@@ -174,3 +174,43 @@ def test_the_block_parses(page, line, lang, mode, why, body):
             pytest.fail(f"{page}:{line}: icmix {shlex.join(argv)}: the parser refused it ({exit_.code})")
         except Exception as err:  # noqa: BLE001 - any refusal names the command
             pytest.fail(f"{page}:{line}: icmix {shlex.join(argv)}: {type(err).__name__}: {err}")
+
+
+def _readme_claims():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_claims", ROOT / "tools" / "readme_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_claims_check_catches_a_changed_number_verdict_or_count():
+    """``tools/readme_claims.py``, which ``make demo`` runs on its own claims.csv: the README's table
+    as measured passes; a number 5 % off, another verdict, another tier or a construction's error above
+    1e-10 each fail, and a rounding change inside 2 % (or below 1e-10) does not."""
+    tool = _readme_claims()
+    readme = (ROOT / "README.md").read_text()
+    rows, _ = tool.readme_rows(readme)
+    assert len(rows) >= 15
+    basis = {"–": "–", "-": "–"}
+    claims = [{"measured": r["measured"], "verdict": r["verdict"],
+               "basis": basis.get(r["basis"], r["basis"].replace(",", " tier,", 1) if "," in r["basis"] else r["basis"] + " tier")}
+              for r in rows]
+    assert tool.mismatches(readme, claims) == []
+
+    def changed(i, **fields):
+        return [dict(c, **fields) if j == i else c for j, c in enumerate(claims)]
+
+    ratio = next(i for i, r in enumerate(rows) if r["measured"].startswith("1.04 ± 0.029"))
+    assert tool.mismatches(readme, changed(ratio, measured="1.0404 ± 0.0291 (4 seeds)")) == []
+    assert any("1.04 in the README" in m for m in tool.mismatches(readme, changed(ratio, measured="1.092 ± 0.029")))
+    verdict = claims[ratio]["verdict"]
+    other = "doesn't" if verdict == "holds" else "holds"
+    found = tool.mismatches(readme, changed(ratio, verdict=other))
+    assert any("verdict" in m for m in found) and any("count of verdicts" in m for m in found)
+    assert any("basis" in m for m in tool.mismatches(readme, changed(ratio, basis="cpu tier, 4 seeds")))
+    tiny = next(i for i, r in enumerate(rows) if r["measured"] == "2.8e-16")
+    assert tool.mismatches(readme, changed(tiny, measured="3.1e-16 (worst of 4 checks)")) == []
+    assert tool.mismatches(readme, changed(tiny, measured="2e-09 (worst of 4 checks)"))
+    assert tool.mismatches(readme, claims[:-1])  # a claim more or less

@@ -3,7 +3,8 @@
 Three sources, all read from the code at build time so the page cannot drift from it:
 ``TrainConfig`` and its sections (``optim``, one table per model ``kind`` and per task ``kind`` of
 the registered families), and every registered figure's ``Config`` with the presets it has.
-A field's description is the comment on its line in the source, or the comment lines above it.
+A field's description is the comment on its line in the source, or the comment lines above it, or
+its entry in the class docstring.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import re
 import tokenize
 import typing
 
@@ -45,6 +47,34 @@ def _comments(cls) -> dict[str, str]:
     return found
 
 
+def _documented(cls) -> dict[str, str]:
+    """``{field: text}`` from the class docstring: an ``Args:`` entry (``name: text`` and its
+    continuation lines), or a prose segment (between semicolons or sentences) naming the field in
+    double backticks: ``name``: text gives the text after the colon, otherwise the whole segment."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    doc = inspect.getdoc(cls) or ""
+    found, current = {}, None
+    for line in doc.splitlines():  # Args: sections
+        m = re.match(r"^\s+([a-z_][a-z0-9_]*):\s+(.+)$", line)
+        if m and m[1] in fields:
+            current = m[1]
+            found[current] = m[2].strip()
+        elif current and line.startswith("        ") and line.strip():
+            found[current] += " " + line.strip()
+        else:
+            current = None
+    prose = " ".join(line.strip() for line in doc.split("Args:")[0].splitlines())
+    for segment in re.split(r";\s+|\.\s+", prose):
+        names = [n for n in re.findall(r"``([a-z_][a-z0-9_]*)``", segment) if n in fields]
+        head, colon, tail = segment.partition(":")
+        for name in names:
+            if name in found:
+                continue
+            text = tail.strip() if colon and f"``{name}``" in head else segment.strip()
+            found[name] = text.replace("``", "`").rstrip(".")
+    return found
+
+
 def _type(tp) -> str:
     text = tp if isinstance(tp, str) else getattr(tp, "__name__", None) or repr(tp)
     return str(text).replace("typing.", "")
@@ -66,7 +96,7 @@ def _cell(text: str) -> str:
 def table(cls, skip=()) -> list[str]:
     """A Markdown table of the dataclass ``cls``'s public fields."""
     hints = typing.get_type_hints(cls) if not isinstance(cls, str) else {}
-    notes = _comments(cls)
+    notes = {**_documented(cls), **{k: v for k, v in _comments(cls).items() if v}}
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         if f.name.startswith("_") or f.name in skip:
