@@ -42,12 +42,12 @@ class MTDConfig:
     step-size scale (``eta = beta / (M N)``); ``n_sequences`` fresh sequences of ``length`` tokens per seed and
     order."""
 
-    vocab_size: int = 10
-    orders: tuple[int, ...] = (3, 5)
-    beta: float = 4.0
-    length: int = 128
-    n_sequences: int = 64
-    seeds: tuple[int, ...] = (0, 1)
+    vocab_size: int = 10  # Q, the token values (>= 2)
+    orders: tuple[int, ...] = (3, 5)  # the MTD orders M checked, one construction each
+    beta: float = 4.0  # step-size scale (> 0) of the construction and of the MD step it must equal: eta = beta / (M N)
+    length: int = 128  # tokens of each check sequence (> every order); the drawn attention shows at most 48
+    n_sequences: int = 64  # fresh sequences per seed and order in the differential check
+    seeds: tuple[int, ...] = (0, 1)  # seed s draws the transition matrix and the check sequences
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size, minimum=2)
@@ -65,13 +65,13 @@ class MLRConfig:
     the posterior mean assumes; ``n_prompts`` fresh prompts of ``n_points`` pairs per check; ``eps``: the GELU
     squaring knob of the construction."""
 
-    dim: int = 8
-    components: tuple[int, ...] = (5, 20)
-    noise: float = 1.0
-    n_points: int = 17
-    n_prompts: int = 256
-    eps: float = 1e-5
-    seeds: tuple[int, ...] = (0, 1)
+    dim: int = 8  # d, the covariate dimension
+    components: tuple[int, ...] = (5, 20)  # the numbers m of components checked, one construction each
+    noise: float = 1.0  # sigma > 0: the task's noise level and the one the posterior mean and construction assume
+    n_points: int = 17  # (x, y) pairs per prompt, and the construction's maximum
+    n_prompts: int = 256  # fresh prompts per seed, m and shift (unshifted, covariates x3, weights x3)
+    eps: float = 1e-5  # the GELU MLPs' input scale (> 0): a square's relative error is about (eps r)^2 / 6
+    seeds: tuple[int, ...] = (0, 1)  # seed s draws the components and the check prompts
 
     def __post_init__(self):
         for name in ("dim", "n_points", "n_prompts"):

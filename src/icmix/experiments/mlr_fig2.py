@@ -53,29 +53,29 @@ class Config:
     ``curriculum_every`` steps; ``n_layers``, ``d_model``, ``n_heads``: the GPT-style decoder; ``n_eval``:
     evaluation prompts per run; ``jobs``: training runs at once."""
 
-    dim: int = 8
-    components: tuple[int, ...] = (5, 20)
-    noises: tuple[float, ...] = (0.0, 1.0)
-    n_points: int = 17
-    curriculum_every: int = 500
-    dims_start: int = 4
-    points_start: int = 9
-    n_layers: int = 4
-    d_model: int = 64
-    n_heads: int = 4
-    steps: int = 4000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    schedule: str = "cosine"  # of the learning rate
+    dim: int = 8  # d, the covariate dimension
+    components: tuple[int, ...] = (5, 20)  # the numbers m of components: one run per seed, m and noise
+    noises: tuple[float, ...] = (0.0, 1.0)  # the noise levels sigma >= 0 trained, one run each
+    n_points: int = 17  # N, (x, y) pairs per prompt at full size (the curriculum's end, evaluation)
+    curriculum_every: int = 500  # steps between curriculum stages (+1 active dimension, +2 points each); 0: none
+    dims_start: int = 4  # active coordinates of x at the first stage (up to dim)
+    points_start: int = 9  # pairs per prompt at the first stage (up to n_points)
+    n_layers: int = 4  # the decoder's blocks
+    d_model: int = 64  # the decoder's width
+    n_heads: int = 4  # the decoder's attention heads per layer (dividing d_model)
+    steps: int = 4000  # training steps of every run
+    batch_size: int = 64  # prompts per training batch
+    lr: float = 1e-3  # Adam's peak learning rate (gradients clipped at norm 1)
+    warmup_steps: int = 200  # steps of linear learning-rate warm-up
+    schedule: str = "cosine"  # of the learning rate after warm-up: cosine or linear decay to 0, or constant
     tail: bool = False  # keep the checkpoint 1000 steps before the end (common.cadence; the long tier)
-    dropout: float = 0.0
-    n_eval: int = 1000
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "auto"
-    precision: str = "fp32"
-    data_device: str = "cpu"  # or "device": sample training batches on the GPU
-    jobs: int = 1
+    dropout: float = 0.0  # the decoder's dropout probability, in [0, 1)
+    n_eval: int = 1000  # evaluation prompts of n_points pairs per run (a seed's, shared by the regression figures)
+    seeds: tuple[int, ...] = (0, 1)  # seed s draws the components and seeds the run's training and evaluation
+    device: str = "auto"  # where the runs train: auto (CUDA where available, else the CPU), cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
+    data_device: str = "cpu"  # cpu, or device: sample training batches on the training device (another random stream)
+    jobs: int = 1  # training runs at once, each in its own process
 
     def __post_init__(self):
         for name in ("dim", "n_points", "steps", "batch_size", "n_eval", "jobs"):

@@ -44,17 +44,17 @@ class Config:
     evaluation and ``n_tune`` tuning sequences per seed; ``md_steps``: the k of k-step MD; ``gibbs_samples``,
     ``gibbs_burn_in``: Gibbs Bayes; ``em_max_iter``: the MLE's EM iterations."""
 
-    vocab_size: int = 10
-    order: int = 3
-    alpha: float = 1.0
-    lengths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
-    n_sequences: int = 1000
-    n_tune: int = 500
-    md_steps: tuple[int, ...] = (1, 2, 3, 4)
-    gibbs_samples: int = 1000
-    gibbs_burn_in: int = 200
-    em_max_iter: int = 5000
-    seeds: tuple[int, ...] = (0,)
+    vocab_size: int = 10  # Q, the token values (>= 2)
+    order: int = 3  # M, the number of lags (below every length)
+    alpha: float = 1.0  # Dirichlet concentration of the lag-weight prior: the task's, and the one Bayes assumes
+    lengths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)  # prefix lengths T at which every estimator is evaluated
+    n_sequences: int = 1000  # evaluation sequences per seed, of max(lengths) tokens (>= 2)
+    n_tune: int = 500  # a separate batch per seed on which the MD and construction step sizes are tuned per length
+    md_steps: tuple[int, ...] = (1, 2, 3, 4)  # the k of the k-step MD (tuned step size) and k-step EM lines
+    gibbs_samples: int = 1000  # Gibbs Bayes: draws kept per sequence
+    gibbs_burn_in: int = 200  # Gibbs Bayes: draws discarded before those kept (>= 0)
+    em_max_iter: int = 5000  # the MLE: most EM iterations from lam = 1/M
+    seeds: tuple[int, ...] = (0,)  # seed s draws its transition matrix and sequences; results are averaged over seeds
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size, minimum=2)

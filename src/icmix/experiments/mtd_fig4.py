@@ -62,32 +62,32 @@ class Config:
     ``n_sequences`` evaluation and ``n_tune`` tuning sequences; ``ablation_steps``, ``ablation_lr``: the layer-1
     lag-window ablation's fine-tuning (0 steps: none)."""
 
-    vocab_size: int = 10
-    order: int = 3
-    length: int = 64
-    eval_lengths: tuple[int, ...] = (8, 16, 32, 48, 64)
-    steps: int = 500_000
-    batch_size: int = 128
-    lr: float = 1e-2
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # of the learning rate
+    vocab_size: int = 10  # Q, the token values of the task
+    order: int = 3  # M, the number of lags
+    length: int = 64  # T, the training length; the agreement, attention maps and ablation are measured at it
+    eval_lengths: tuple[int, ...] = (8, 16, 32, 48, 64)  # prefix lengths T at which every predictor is evaluated
+    steps: int = 500_000  # training steps of the disentangled model (and of the GPT unless gpt_steps is set)
+    batch_size: int = 128  # sequences per training batch (both models)
+    lr: float = 1e-2  # Adam's peak learning rate (both models; gradients clipped at norm 1)
+    warmup_steps: int = 100  # steps of linear learning-rate warm-up
+    schedule: str = "cosine"  # of the learning rate after warm-up: cosine or linear decay to 0, or constant
     tail: bool = False  # keep the checkpoint 1000 steps before the end (common.cadence; the long tier)
-    loss: str = "mse"
-    loss_positions: str = "last"
-    positions: str = "onehot"
-    value_offsets: int | None = None
-    gpt_steps: int | None = None
-    gpt_layers: int = 3
-    gpt_width: int = 64
-    gpt_heads: int = 4
-    n_sequences: int = 1000
-    n_tune: int = 500
-    seeds: tuple[int, ...] = (0,)
-    device: str = "auto"
-    precision: str = "fp32"
-    data_device: str = "cpu"  # or "device": sample training batches on the GPU
+    loss: str = "mse"  # both models' training loss: mse (Brier score of the outputs) or ce (cross-entropy)
+    loss_positions: str = "last"  # last: the final position (the paper); all: every position with a full lag history
+    positions: str = "onehot"  # the disentangled model's absolute positions: onehot (the paper) or warmup (a marker)
+    value_offsets: int | None = None  # K: the disentangled model's value slots for offsets 0..K-1 (None: the length)
+    gpt_steps: int | None = None  # the GPT's training steps (None: steps)
+    gpt_layers: int = 3  # the GPT's blocks
+    gpt_width: int = 64  # the GPT's d_model
+    gpt_heads: int = 4  # the GPT's attention heads per layer
+    n_sequences: int = 1000  # evaluation sequences per seed (the KL table; the ablation's KL)
+    n_tune: int = 500  # sequences per seed on which the MD and construction step sizes are tuned per length
+    seeds: tuple[int, ...] = (0,)  # one disentangled and one GPT run per seed; seed s draws the task's matrix
+    device: str = "auto"  # where the runs train: auto (CUDA where available, else the CPU), cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
+    data_device: str = "cpu"  # cpu, or device: sample training batches on the training device (another random stream)
     ablation_steps: int = 0  # > 0: the layer-1 lag-window ablation, fine-tuning this many steps
-    ablation_lr: float = 1e-3
+    ablation_lr: float = 1e-3  # the ablation's fine-tuning learning rate, annealed from it to 0 (cosine)
     jobs: int = 1  # training runs at once (processes); >1 pays off on a GPU, where one small run leaves it idle
 
     def __post_init__(self):

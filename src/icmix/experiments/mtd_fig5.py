@@ -58,19 +58,41 @@ class Config(mtd_training.Recipe):
     """Settings of ``mtd-fig5``: the ``mtd_training.Recipe``, the task's ``order`` M and training ``length``,
     ``eval_lengths`` (the prefix lengths T evaluated), the ``depths`` and ``losses`` trained, and the main model
     (``depth``, ``loss``) that the tracking and the claim read; ``md_steps``: the k of k-step MD; ``n_sequences``
-    evaluation, ``n_tune`` tuning and ``n_readout`` step-size readout sequences."""
+    evaluation, ``n_tune`` tuning and ``n_readout`` step-size readout sequences.
 
-    order: int = 3
-    length: int = 32
-    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
-    depth: int = 5
-    depths: tuple[int, ...] = (3, 5)
-    loss: str = "mse"
-    losses: tuple[str, ...] = ("mse", "ce")
-    md_steps: tuple[int, ...] = (1, 2, 3, 4)
-    n_sequences: int = 500
-    n_tune: int = 250
-    n_readout: int = 256
+    The fields of the ``mtd_training.Recipe``:
+
+    Args:
+        vocab_size: Q, the token values of every run's MTD task.
+        steps: training steps of every run.
+        batch_size: sequences per training batch.
+        lr: Adam's peak learning rate (gradients clipped at norm 1).
+        warmup_steps: steps of linear learning-rate warm-up.
+        schedule: the learning rate's after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
+        tail: keep each run's checkpoint 1000 steps before its end (the long tier; ``steps`` a multiple of 1000).
+        loss_positions: ``all``: every position with a full lag history (the cpu recipe); ``last``: the final one
+            (the paper).
+        positions: the disentangled model's absolute positions: ``warmup`` (a marker on the first M tokens, with
+            value offsets 0..M, as in the construction) or ``onehot`` (the paper's).
+        seeds: one run per seed and setting; seed s draws its task's transition matrix and seeds its training
+            and evaluation.
+        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
+        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
+        jobs: training runs at once, each in its own process.
+    """
+
+    order: int = 3  # M, the number of lags of every run's task
+    length: int = 32  # T, the training length (>= every eval length); the step-size readout is taken at it
+    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)  # prefix lengths T at which every predictor and model is evaluated
+    depth: int = 5  # layers of the main model (one of depths): the one the tracking, the panels and the claim read
+    depths: tuple[int, ...] = (3, 5)  # layer counts of the disentangled models trained (one head a layer)
+    loss: str = "mse"  # the main model's training loss (one of losses)
+    losses: tuple[str, ...] = ("mse", "ce")  # training losses: one run per seed, depth and loss (mse, ce)
+    md_steps: tuple[int, ...] = (1, 2, 3, 4)  # the k of the k-step MD lines (step size tuned per length) and tracking
+    n_sequences: int = 500  # evaluation sequences per seed (the KL table and the tracking)
+    n_tune: int = 250  # sequences per seed on which the MD step sizes are tuned per length
+    n_readout: int = 256  # sequences per seed of the per-layer step-size readout
 
     def __post_init__(self):
         check_order(self.order, min(self.eval_lengths))

@@ -52,18 +52,42 @@ class Config(mtd_training.Recipe):
     """Settings of ``mtd-fig6`` and ``mtd-fig8`` (one set of runs): the ``mtd_training.Recipe``, the ``orders`` M,
     the training ``length`` and ``eval_lengths`` (the prefix lengths T evaluated); the GPT: ``gpt_steps``,
     ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``n_sequences`` evaluation and ``n_tune`` tuning sequences;
-    ``n_attention``: sequences for fig8's attention agreement."""
+    ``n_attention``: sequences for fig8's attention agreement.
 
-    orders: tuple[int, ...] = (3, 5)
-    length: int = 32
-    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
-    gpt_steps: int = 10_000  # the disentangled model's budget: the GPT claim compares equal budgets
-    gpt_layers: int = 3
-    gpt_width: int = 32
-    gpt_heads: int = 4
-    n_sequences: int = 500
-    n_tune: int = 250
-    n_attention: int = 256
+    The fields of the ``mtd_training.Recipe``:
+
+    Args:
+        vocab_size: Q, the token values of every run's MTD task.
+        steps: training steps of every run (the disentangled model's; the GPT's: ``gpt_steps``).
+        batch_size: sequences per training batch.
+        lr: Adam's peak learning rate (gradients clipped at norm 1).
+        warmup_steps: steps of linear learning-rate warm-up.
+        schedule: the learning rate's after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
+        tail: keep each run's checkpoint 1000 steps before its end (the long tier; ``steps`` a multiple of 1000).
+        loss: every run's training loss: ``mse`` (Brier score of the outputs) or ``ce`` (cross-entropy).
+        loss_positions: ``all``: every position with a full lag history (the cpu recipe); ``last``: the final one
+            (the paper).
+        positions: the disentangled model's absolute positions: ``warmup`` (a marker on the first M tokens, with
+            value offsets 0..M, as in the construction) or ``onehot`` (the paper's).
+        seeds: one run per seed and setting; seed s draws its task's transition matrix and seeds its training
+            and evaluation.
+        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
+        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
+        jobs: training runs at once, each in its own process.
+    """
+
+    orders: tuple[int, ...] = (3, 5)  # the MTD orders M: a disentangled and a GPT run per seed and order
+    length: int = 32  # T, the training length of every run; fig8's attention is read at it
+    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)  # prefix lengths T at which fig6 evaluates every predictor
+    # the GPT's training steps (the default is the disentangled runs' steps: the GPT claim compares equal budgets)
+    gpt_steps: int = 10_000
+    gpt_layers: int = 3  # the GPT's blocks
+    gpt_width: int = 32  # the GPT's d_model
+    gpt_heads: int = 4  # the GPT's attention heads per layer
+    n_sequences: int = 500  # evaluation sequences per seed and order (fig6's KL table)
+    n_tune: int = 250  # sequences that tune the MD and construction step sizes per length (and fig8's beta)
+    n_attention: int = 256  # sequences per seed and order on which fig8 compares attention with the construction's
 
     def __post_init__(self):
         for m in self.orders:

@@ -23,21 +23,23 @@ class Recipe:
     checkpoint 1000 steps before the end (``common.cadence``; the long tier).  ``jobs``: training
     runs at once, in separate processes."""
 
-    vocab_size: int = 10
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 6e-3
-    warmup_steps: int = 300
-    schedule: str = "cosine"
-    tail: bool = False
-    loss: str = "mse"
-    loss_positions: str = "all"
+    vocab_size: int = 10  # Q, the token values of every run's MTD task
+    steps: int = 10_000  # training steps of every run (a figure's GPT trains gpt_steps where it has that field)
+    batch_size: int = 128  # sequences per training batch
+    lr: float = 6e-3  # Adam's peak learning rate (gradients clipped at norm 1)
+    warmup_steps: int = 300  # steps of linear learning-rate warm-up
+    schedule: str = "cosine"  # the learning rate's after warm-up: cosine or linear decay to 0, or constant
+    tail: bool = False  # keep each run's checkpoint 1000 steps before its end (the long tier; steps: k * 1000)
+    loss: str = "mse"  # every run's training loss: mse (Brier score of the outputs) or ce (cross-entropy)
+    loss_positions: str = "all"  # all: every position with a full lag history (cpu recipe); last: the final one
+    # the disentangled model's absolute positions: warmup (a marker on the first M tokens, with value offsets
+    # 0..M, as in the construction) or onehot (the paper's)
     positions: str = "warmup"
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "auto"
-    precision: str = "fp32"
-    data_device: str = "cpu"  # or "device": sample training batches on the GPU
-    jobs: int = 1
+    seeds: tuple[int, ...] = (0, 1)  # one run per seed and setting; seed s draws its task's matrix and seeds training
+    device: str = "auto"  # where runs train: auto (CUDA where available, else the CPU), cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
+    data_device: str = "cpu"  # cpu, or device: sample training batches on the training device (another random stream)
+    jobs: int = 1  # training runs at once, each in its own process
 
     def check_recipe(self, *positive: str) -> None:
         """``ValueError`` unless ``steps``, ``batch_size``, ``jobs`` and the fields named in ``positive`` are

@@ -45,20 +45,43 @@ class Config(mtd_training.Recipe):
     """Settings of ``mtdg``: the ``mtd_training.Recipe`` (its runs on MTDg), the ``order`` M, the training
     ``length`` and ``eval_lengths`` (the prefix lengths T evaluated); ``md_steps``: the k of k-step MD; the GPT:
     ``gpt_steps``, ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``n_sequences`` evaluation and ``n_tune`` tuning
-    sequences; ``check_beta``, ``n_check``: the construction's differential check."""
+    sequences; ``check_beta``, ``n_check``: the construction's differential check.
 
-    order: int = 3
-    length: int = 32
-    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)
-    md_steps: tuple[int, ...] = (1, 2)
-    gpt_steps: int = 10_000
-    gpt_layers: int = 3
-    gpt_width: int = 32
-    gpt_heads: int = 4
-    n_sequences: int = 500
-    n_tune: int = 250
+    The fields of the ``mtd_training.Recipe``:
+
+    Args:
+        vocab_size: Q, the token values of every run's MTD task.
+        steps: training steps of every run (the disentangled model's; the GPT's: ``gpt_steps``).
+        batch_size: sequences per training batch.
+        lr: Adam's peak learning rate (gradients clipped at norm 1).
+        warmup_steps: steps of linear learning-rate warm-up.
+        schedule: the learning rate's after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
+        tail: keep each run's checkpoint 1000 steps before its end (the long tier; ``steps`` a multiple of 1000).
+        loss: every run's training loss: ``mse`` (Brier score of the outputs) or ``ce`` (cross-entropy).
+        loss_positions: ``all``: every position with a full lag history (the cpu recipe); ``last``: the final one
+            (the paper).
+        positions: the disentangled model's absolute positions: ``warmup`` (a marker on the first M tokens, with
+            value offsets 0..M, as in the construction) or ``onehot`` (the paper's).
+        seeds: one run per seed and setting; seed s draws its task's transition matrices (one per lag) and seeds
+            its training and evaluation.
+        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
+        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
+        jobs: training runs at once, each in its own process.
+    """
+
+    order: int = 3  # M, the number of lags (and of transition matrices) of every run's MTDg task
+    length: int = 32  # T, the training length; the construction's check uses sequences of it
+    eval_lengths: tuple[int, ...] = (8, 16, 24, 32)  # prefix lengths T at which every predictor is evaluated
+    md_steps: tuple[int, ...] = (1, 2)  # the k of the k-step MD (and k-step EM) lines, step size tuned per length
+    gpt_steps: int = 10_000  # the GPT's training steps (the default: the disentangled model's budget)
+    gpt_layers: int = 3  # the GPT's blocks
+    gpt_width: int = 32  # the GPT's d_model
+    gpt_heads: int = 4  # the GPT's attention heads per layer
+    n_sequences: int = 500  # evaluation sequences per seed
+    n_tune: int = 250  # sequences per seed on which the MD and construction step sizes are tuned per length
     check_beta: float = 8.0  # the construction's differential check (any beta: it is exact for each)
-    n_check: int = 64
+    n_check: int = 64  # fresh sequences per seed in the construction's differential check against one-step MD
 
     def __post_init__(self):
         check_order(self.order, min(self.eval_lengths))

@@ -69,8 +69,8 @@ class Config:
     figures: tuple[str, ...] = ()
     budgets: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2, 1.0)
     train: bool = True
-    n_boot: int = 400
-    seed: int = 0
+    n_boot: int = 400  # bootstrap refits per claim, on means redrawn from their t intervals (the 95% band)
+    seed: int = 0  # seeds the bootstrap's draws (numpy's default_rng)
 
     def __post_init__(self):
         if len(self.budgets) < 4 or not all(0 < q <= 1 for q in self.budgets) or 1.0 not in self.budgets:

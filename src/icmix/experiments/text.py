@@ -71,33 +71,33 @@ class Config:
     ``gibbs_burn_in``: Gibbs Bayes.  The two GPTs: ``model_order``, the order of the synthetic MTDg;
     ``gpt_layers``, ``gpt_width``, ``gpt_heads``; ``steps``, ``batch_size``, ``lr``, ``warmup_steps``."""
 
-    corpus: str = PYDOC
-    vocab_size: int = 32
-    kappa: float = 0.5
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    orders: tuple[int, ...] = (2, 3, 8)
-    lengths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
-    md_steps: tuple[int, ...] = (1, 2)
-    n_windows: int = 1000
-    n_tune: int = 300
-    prior_windows: int = 128
-    prior_length: int = 64
-    gibbs_samples: int = 300
-    gibbs_burn_in: int = 100
+    corpus: str = PYDOC  # pydoc (the standard library's documentation topics), or a text file's or directory's path
+    vocab_size: int = 32  # q: the q - 1 most frequent training characters, plus one "other" symbol
+    kappa: float = 0.5  # add-kappa smoothing (> 0) of the fitted skip-bigrams and unigram
+    test_fraction: float = 0.2  # in (0, 1): the share of the characters held out as whole test documents (scored)
+    split_seed: int = 0  # seeds the split by document, the test, tuning and prior windows, the prior's fit and Gibbs
+    orders: tuple[int, ...] = (2, 3, 8)  # MTD orders m of the fitted predictors; each scored at the lengths above it
+    lengths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)  # prefix lengths T after which the next character is scored
+    md_steps: tuple[int, ...] = (1, 2)  # the k of the k-step MD predictors (step size tuned per length)
+    n_windows: int = 1000  # test-split windows scored, of max(lengths) + 1 characters
+    n_tune: int = 300  # training-split windows on which the MD step sizes are tuned
+    prior_windows: int = 128  # training-split windows whose marginal likelihood fits the empirical Dirichlet prior
+    prior_length: int = 64  # characters of each prior window (> every order)
+    gibbs_samples: int = 300  # Gibbs Bayes (where the exact DP would cost too much): draws kept per window
+    gibbs_burn_in: int = 100  # Gibbs Bayes: draws discarded before those kept
     # the two trained GPTs (synthetic MTDg at ``model_order``; training-split windows)
-    model_order: int = 3
-    gpt_layers: int = 3
-    gpt_width: int = 64
-    gpt_heads: int = 4
-    steps: int = 6000
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 300
-    seeds: tuple[int, ...] = (0,)
-    device: str = "auto"
-    precision: str = "fp32"
-    jobs: int = 1
+    model_order: int = 3  # M of the synthetic mtdg-text task the first GPT trains on (one of orders)
+    gpt_layers: int = 3  # both GPTs' blocks
+    gpt_width: int = 64  # both GPTs' d_model
+    gpt_heads: int = 4  # both GPTs' attention heads per layer
+    steps: int = 6000  # training steps of each GPT (cross-entropy at every position, cosine schedule)
+    batch_size: int = 16  # sequences (windows) per training batch, of max(lengths) tokens
+    lr: float = 1e-3  # Adam's peak learning rate (gradients clipped at norm 1)
+    warmup_steps: int = 300  # steps of linear learning-rate warm-up
+    seeds: tuple[int, ...] = (0,)  # training seeds: both GPTs are trained and scored once per seed
+    device: str = "auto"  # where the GPTs train: auto (CUDA where available, else the CPU), cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
+    jobs: int = 1  # training runs at once, each in its own process
 
     def __post_init__(self):
         for name in ("vocab_size", "n_windows", "n_tune", "prior_windows", "prior_length", "gibbs_samples", "steps",

@@ -36,18 +36,18 @@ class MixLinRegSpec:
     ``n_train`` only the points curriculum is allowed.
     """
 
-    kind: str = "mixlinreg"
-    dim: int = 20
-    n_components: int = 5
-    noise: float = 0.0
-    seed: int = 0
-    n_points: int = 41
-    curriculum_every: int = 0
-    dims_start: int | None = None
-    points_start: int | None = None
-    dims_step: int = 1
-    points_step: int = 2
-    n_train: int | None = None
+    kind: str = "mixlinreg"  # the family's name, which selects this spec in a task: section
+    dim: int = 20  # d, the covariate dimension (x ~ N(0, I_d)); the model's dim
+    n_components: int = 5  # m, the regression vectors (norm sqrt(d)); each prompt uses one, drawn uniformly
+    noise: float = 0.0  # sigma >= 0, the standard deviation of the Gaussian noise added to each y
+    seed: int = 0  # seeds the components (and an n_train run's fixed prompts); the run's seed draws the batches
+    n_points: int = 41  # N, (x, y) pairs per prompt at full size (evaluation, the curriculum's end); sets max_points
+    curriculum_every: int = 0  # steps between curriculum stages; 0: full size (dim, n_points) from the first step
+    dims_start: int | None = None  # active coordinates of x at the first stage, 1..dim (None: dim)
+    points_start: int | None = None  # pairs per prompt at the first stage, 1..n_points (None: n_points)
+    dims_step: int = 1  # active coordinates added at each stage (>= 0), up to dim
+    points_step: int = 2  # pairs added at each stage (>= 0), up to n_points
+    n_train: int | None = None  # a fixed training set of this many prompts (points curriculum only); None: fresh ones
 
     def __post_init__(self):
         check_positive_int("task.dim", self.dim)

@@ -42,12 +42,12 @@ class MTDSpec:
     """An MTD task (SPEC §1) and the sequence length trained on."""
 
     KIND: ClassVar[str] = "mtd"
-    kind: str = "mtd"
-    vocab_size: int = 10
-    order: int = 3
-    alpha: float = 1.0
-    seed: int = 0
-    length: int = 64
+    kind: str = "mtd"  # the family's name in a task: section; must be mtd here
+    vocab_size: int = 10  # Q, the token values (>= 2)
+    order: int = 3  # M, the number of lags (1 <= M < length)
+    alpha: float = 1.0  # Dirichlet concentration (> 0) of each sequence's lag weights; 1: uniform on the simplex
+    seed: int = 0  # seeds the transition matrix (rows ~ Dirichlet(1)); the run's own seed draws the sequences
+    length: int = 64  # T, input tokens of a training sequence (T + 1 are drawn); the model's max_length
 
     def __post_init__(self):
         if self.kind != self.KIND:
@@ -64,10 +64,18 @@ class MTDSpec:
 
 @dataclass(frozen=True)
 class MTDgSpec(MTDSpec):
-    """An MTDg task (SPEC §3): one transition matrix per lag, each drawn from the seed."""
+    """An MTDg task (SPEC §3): one transition matrix per lag, each drawn from the seed.
+
+    Args:
+        vocab_size: Q, the token values (>= 2).
+        order: M, the number of lags, each with its own transition matrix (1 <= M < length).
+        alpha: Dirichlet concentration (> 0) of each sequence's lag weights; 1: uniform on the simplex.
+        seed: seeds the M transition matrices (rows ~ Dirichlet(1)); the run's own seed draws the sequences.
+        length: T, input tokens of a training sequence (T + 1 are drawn); the model's max_length.
+    """
 
     KIND: ClassVar[str] = "mtdg"
-    kind: str = "mtdg"
+    kind: str = "mtdg"  # the family's name in a task: section; must be mtdg here
 
 
 class MTDObjective(NextTokenObjective):

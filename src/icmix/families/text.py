@@ -45,12 +45,14 @@ def fitted_transitions(corpus: str, vocab_size: int, order: int, kappa: float, t
 class TextSpec:
     """Windows of ``length`` characters of a corpus (``pydoc`` or a path), ``vocab_size`` symbols."""
 
-    kind: str = "text"
+    kind: str = "text"  # the family's name in a task: section; must be text here
+    # pydoc (the standard library's documentation topics, shipped with Python), or the path of a text file
+    # (documents separated by blank lines) or of a directory (each *.txt file one document)
     corpus: str = PYDOC
-    vocab_size: int = 32
-    length: int = 256
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    vocab_size: int = 32  # q: the q - 1 most frequent characters of the training split, plus one "other" symbol
+    length: int = 256  # T, characters of a training window (T + 1 are read for the targets); the model's max_length
+    test_fraction: float = 0.2  # in (0, 1): the share of the characters held out, as whole documents, for testing
+    split_seed: int = 0  # seeds the permutation of the documents that picks the test split
 
     def __post_init__(self):
         if self.kind != "text":
@@ -139,14 +141,22 @@ class TextFamily(TaskFamily):
 @dataclass(frozen=True)
 class FittedMTDgSpec(MTDgSpec):
     """MTDg whose per-lag matrices are fitted to a corpus's training split (add-``kappa``
-    skip-bigrams at ``vocab_size`` symbols); the lag weights still come from Dirichlet(alpha)."""
+    skip-bigrams at ``vocab_size`` symbols); the lag weights still come from Dirichlet(alpha).
+
+    Args:
+        vocab_size: q: the q - 1 most frequent characters of the training split, plus one "other" symbol.
+        order: M, the number of lags; lag g's matrix is the skip-bigram of characters g apart (1 <= M < length).
+        alpha: Dirichlet concentration (> 0) of each sequence's lag weights; 1: uniform on the simplex.
+        seed: unused by the task (its matrices are fitted, not drawn); the run's own seed draws the sequences.
+        length: T, input tokens of a synthetic training sequence (T + 1 are drawn); the model's max_length.
+    """
 
     KIND: ClassVar[str] = "mtdg-text"
-    kind: str = "mtdg-text"
-    corpus: str = PYDOC
-    kappa: float = 0.5
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    kind: str = "mtdg-text"  # the family's name in a task: section; must be mtdg-text here
+    corpus: str = PYDOC  # pydoc (the standard library's documentation topics), or a text file's or directory's path
+    kappa: float = 0.5  # add-kappa smoothing (> 0) of the skip-bigram counts: pi_g[a, b] ~ count(a, b) + kappa
+    test_fraction: float = 0.2  # in (0, 1): the share of the characters held out as whole documents (not fitted)
+    split_seed: int = 0  # seeds the permutation of the documents that picks the test split
 
 
 class FittedMTDgFamily(MTDgFamily):

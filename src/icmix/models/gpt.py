@@ -31,14 +31,16 @@ class GPTConfig:
     """Configuration of a ``GPTTransformer``: ``vocab_size`` Q, ``n_layers``, ``n_heads``,
     ``d_model`` C, ``max_length``, ``positions`` (learned | relative), ``mlp_ratio``, ``dropout``."""
 
-    vocab_size: int
-    n_layers: int = 3
-    n_heads: int = 4
-    d_model: int = 64
-    max_length: int = 64
+    vocab_size: int  # Q, the token values (set by the task)
+    n_layers: int = 3  # transformer blocks, each attention then a GELU MLP (pre-LayerNorm)
+    n_heads: int = 4  # attention heads per layer; must divide d_model
+    d_model: int = 64  # C, the width of the residual stream
+    max_length: int = 64  # longest input in tokens (set by the task's length)
+    # learned: absolute position embeddings added to the input; relative: a learned bias per head and
+    # offset added to the attention scores
     positions: str = "learned"
-    mlp_ratio: int = 4
-    dropout: float = 0.0
+    mlp_ratio: int = 4  # the MLP's hidden width is mlp_ratio * d_model
+    dropout: float = 0.0  # dropout probability in [0, 1) on the input, attention weights and each block's outputs
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size, minimum=1)
@@ -234,14 +236,14 @@ class RegressionGPTConfig:
     reads 2N tokens), and the decoder's ``n_layers``, ``n_heads``, ``d_model``, ``positions``,
     ``mlp_ratio``, ``dropout`` (the paper: 12 layers, width 256, 8 heads)."""
 
-    dim: int
-    max_points: int = 41
-    n_layers: int = 12
-    n_heads: int = 8
-    d_model: int = 256
-    positions: str = "learned"
-    mlp_ratio: int = 4
-    dropout: float = 0.0
+    dim: int  # d, the covariate dimension of the linear read-in (set by the task's dim)
+    max_points: int = 41  # N, the most (x, y) pairs a prompt may hold: 2N tokens (set by the task's n_points)
+    n_layers: int = 12  # decoder blocks, each attention then a GELU MLP (pre-LayerNorm)
+    n_heads: int = 8  # attention heads per layer; must divide d_model
+    d_model: int = 256  # C, the width of the residual stream
+    positions: str = "learned"  # learned absolute embeddings, or relative: a learned bias per head and offset
+    mlp_ratio: int = 4  # the MLP's hidden width is mlp_ratio * d_model
+    dropout: float = 0.0  # dropout probability in [0, 1) on the input, attention weights and each block's outputs
 
     def __post_init__(self):
         check_positive_int("dim", self.dim)

@@ -62,12 +62,12 @@ class OptimConfig:
     warm-up (``constant``, or ``cosine`` or ``linear`` decay to 0 at the last step); ``grad_clip``,
     the largest gradient norm (``None``: no clipping)."""
 
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
+    lr: float = 1e-3  # Adam's peak learning rate (> 0), reached after warm-up and then scaled by the schedule
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (beta1, beta2), each in [0, 1)
+    weight_decay: float = 0.0  # L2 coefficient (>= 0) that torch.optim.Adam adds to the gradient (not AdamW's decay)
+    schedule: str = "constant"  # after warm-up: constant, or cosine / linear decay of the rate to 0 at the last step
+    warmup_steps: int = 0  # steps of linear warm-up, the rate rising from lr / warmup_steps to lr (0: none)
+    grad_clip: float | None = 1.0  # largest total gradient norm (clip_grad_norm_) before each step; None: no clipping
 
     def __post_init__(self):
         check_positive("optim.lr", self.lr)
@@ -93,19 +93,23 @@ class TrainConfig:
     how it runs; the last two change no number and are left out of its ``identity``."""
 
     task: object = field(default_factory=MTDSpec)  # the spec of a registered task family
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 1000
-    batch_size: int = 128
+    model: ModelSpec = field(default_factory=ModelSpec)  # kind (a key of icmix.models.MODELS) and its config's fields
+    optim: OptimConfig = field(default_factory=OptimConfig)  # Adam and its learning-rate schedule (table below)
+    steps: int = 1000  # optimiser steps of the run (>= 1); a cosine or linear schedule reaches 0 at the last
+    batch_size: int = 128  # sequences (or prompts) in each step's training batch
+    # mse: squared error against the one-hot next token (the Brier score; for regression, against y) or
+    # ce: cross-entropy of the logits; a family may allow only one (mixlinreg: mse)
     loss: str = "mse"
+    # last: the loss at the final position only (the MTD paper); all: at every position (MTD: every one with a
+    # full lag history; the text family always uses every position)
     loss_positions: str = "last"
-    seed: int = 0
-    eval_every: int = 100
-    eval_size: int = 512
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    device: str = "auto"
-    precision: str = "fp32"
+    seed: int = 0  # seeds initialisation, dropout, training batches and the evaluation batch (task.seed: the task's)
+    eval_every: int = 100  # steps between evaluations on the fixed batch (rows of metrics.jsonl); also at the last
+    eval_size: int = 512  # examples in the fixed evaluation batch, drawn once from the run's seed (>= 2)
+    checkpoint_every: int = 500  # steps between checkpoints (also at the last); a stopped run resumes from the newest
+    keep_checkpoints: int = 2  # how many of the newest checkpoints stay on disk; older ones are deleted
+    device: str = "auto"  # auto (CUDA where available, else the CPU), cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA (fp16 with loss scaling); the CPU runs fp32
     tensorboard: bool = False  # the older spelling of tracking: [tensorboard]
     # Where training batches are sampled: "cpu", or "device" (on the training device, with a
     # generator there, so a GPU is not starved by CPU sampling; a different random stream).
