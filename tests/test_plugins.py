@@ -154,17 +154,16 @@ def test_a_trained_run_of_a_family_without_bayes_reports_unknown(tmp_path):
 
 
 def test_a_plugin_loaded_with_dash_dash_plugin_runs_in_worker_processes_too(tmp_path):
-    """``reproduce all --jobs 2`` trains in spawned worker processes: the README's module, loaded
+    """``reproduce all --jobs 2`` trains in spawned worker processes: the tutorial's module, loaded
     with ``--plugin`` from the current folder (not installed), reaches them through
     ``ICMIX_PLUGINS``; its claim lands in the full report's ``claims.csv``."""
     import os
     import subprocess
     import sys
 
-    from test_readme_extending import blocks
+    from test_tutorial_extend import chain_example
 
-    python = blocks("python")
-    (tmp_path / "chain_example.py").write_text(python[0] + "\n" + python[1])
+    (tmp_path / "chain_example.py").write_text(chain_example())
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ICMIX_PLUGINS")}
     icmix = str(Path(sys.executable).parent / "icmix")
     done = subprocess.run([icmix, "--plugin", "chain_example", "reproduce", "all", "--preset", "quick", "--only", "chain",
