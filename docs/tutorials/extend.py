@@ -208,14 +208,15 @@ print(f"chain_example.py: {len((FAMILY + FIGURE).splitlines())} lines")
 # ## Run it
 #
 # Without installing anything, from the folder that holds `chain_example.py`: `--plugin` loads a
-# module for one command, as `pytest -p` does.
+# module for one command, as `pytest -p` does.  `--threads 1` trains each of these small models on
+# one core, the fastest for them, and leaves the others to whatever else the machine runs.
 
 # %%
 import subprocess
 import sys
 
 command = ["--plugin", "chain_example", "reproduce", "chain", "--preset", "quick", "--out", "results/chain",
-           "--no-progress"]
+           "--threads", "1", "--no-progress"]
 print("icmix " + " ".join(command))
 done = subprocess.run([sys.executable, "-m", "icmix", *command], capture_output=True, text=True, check=True)
 print(done.stdout)
