@@ -96,7 +96,11 @@ def _cell(text: str) -> str:
 def table(cls, skip=()) -> list[str]:
     """A Markdown table of the dataclass ``cls``'s public fields."""
     hints = typing.get_type_hints(cls) if not isinstance(cls, str) else {}
-    notes = {**_documented(cls), **{k: v for k, v in _comments(cls).items() if v}}
+    notes = {}
+    for klass in reversed(cls.__mro__):  # a base class's meanings first, the class's own over them
+        if dataclasses.is_dataclass(klass):
+            notes.update(_documented(klass))
+            notes.update({k: v for k, v in _comments(klass).items() if v})
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         if f.name.startswith("_") or f.name in skip:

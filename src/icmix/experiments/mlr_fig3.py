@@ -52,30 +52,14 @@ class Config(mlr_fig2.Config):
     """Settings of ``mlr-fig3``: fig2's, with ``n_trains``, the sizes n of the fixed training sets (one run each, no
     dimension curriculum), and ``dropouts``, one per n (empty: ``dropout`` for all).  Every noise must be > 0.
 
-    The fields of ``mlr_fig2.Config``:
+    Where a field of ``mlr_fig2.Config`` means something else here:
 
     Args:
-        dim: d, the covariate dimension.
         n_points: N, (x, y) pairs per prompt of the fixed training sets and of evaluation.
         curriculum_every: steps between stages of the points curriculum (+2 points each); 0: none.
         dims_start: unused: a fixed training set allows no dimension curriculum (every run starts at ``dim``).
-        points_start: pairs per prompt at the first stage (up to ``n_points``).
-        n_layers: the decoder's blocks.
-        d_model: the decoder's width.
-        n_heads: the decoder's attention heads per layer (dividing ``d_model``).
         steps: training steps of every run (one per seed, m, noise and n).
-        batch_size: prompts per training batch.
-        lr: Adam's peak learning rate (gradients clipped at norm 1).
-        warmup_steps: steps of linear learning-rate warm-up.
-        schedule: of the learning rate after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
-        tail: keep each run's checkpoint 1000 steps before its end (``common.cadence``; the long tier).
         dropout: the decoder's dropout probability, in [0, 1), for every n where ``dropouts`` is empty.
-        n_eval: evaluation prompts of ``n_points`` pairs per run (a seed's, shared by the regression figures).
-        seeds: seed s draws the components and seeds the run's training and evaluation.
-        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
-        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
-        jobs: training runs at once, each in its own process.
     """
 
     components: tuple[int, ...] = (5,)  # the numbers m of components: one run per seed, m, noise and n

@@ -39,32 +39,6 @@ NAME = "mlr-fig4"
 class Config(mlr_fig2.Config):
     """Settings of ``mlr-fig4``: fig2's (and so its runs; every noise must be > 0), with ``n_em``, the number of
     training prompts from which batch EM and SA estimate the components.
-
-    The fields of ``mlr_fig2.Config``:
-
-    Args:
-        dim: d, the covariate dimension.
-        components: the numbers m of components: one run per seed, m and noise.
-        n_points: N, (x, y) pairs per prompt at full size (the curriculum's end, evaluation).
-        curriculum_every: steps between curriculum stages (+1 active dimension, +2 points each); 0: none.
-        dims_start: active coordinates of x at the first stage (up to ``dim``).
-        points_start: pairs per prompt at the first stage (up to ``n_points``).
-        n_layers: the decoder's blocks.
-        d_model: the decoder's width.
-        n_heads: the decoder's attention heads per layer (dividing ``d_model``).
-        steps: training steps of every run.
-        batch_size: prompts per training batch.
-        lr: Adam's peak learning rate (gradients clipped at norm 1).
-        warmup_steps: steps of linear learning-rate warm-up.
-        schedule: of the learning rate after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
-        tail: keep each run's checkpoint 1000 steps before its end (``common.cadence``; the long tier).
-        dropout: the decoder's dropout probability, in [0, 1).
-        n_eval: evaluation prompts of ``n_points`` pairs per run (a seed's, shared by the regression figures).
-        seeds: seed s draws the components and seeds the run's training and evaluation.
-        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
-        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
-        jobs: training runs at once, each in its own process.
     """
 
     noises: tuple[float, ...] = (1.0,)  # the noise levels sigma trained (each > 0: batch EM assumes Gaussian noise)

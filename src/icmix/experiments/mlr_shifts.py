@@ -48,32 +48,10 @@ class Config(mlr_fig2.Config):
     """Settings of ``mlr-fig5`` to ``mlr-fig9``: fig2's (and so its runs), with the shift values evaluated:
     ``kappas`` (covariate scale), ``alphas`` (weight scale) and ``epsilons`` (norm of the additive weight shift).
 
-    The fields of ``mlr_fig2.Config``:
+    Where a field of ``mlr_fig2.Config`` means something else here:
 
     Args:
-        dim: d, the covariate dimension.
-        components: the numbers m of components: one run per seed, m and noise.
-        noises: the noise levels sigma >= 0 trained, one run each.
-        n_points: N, (x, y) pairs per prompt at full size (the curriculum's end, evaluation).
-        curriculum_every: steps between curriculum stages (+1 active dimension, +2 points each); 0: none.
-        dims_start: active coordinates of x at the first stage (up to ``dim``).
-        points_start: pairs per prompt at the first stage (up to ``n_points``).
-        n_layers: the decoder's blocks.
-        d_model: the decoder's width.
-        n_heads: the decoder's attention heads per layer (dividing ``d_model``).
-        steps: training steps of every run.
-        batch_size: prompts per training batch.
-        lr: Adam's peak learning rate (gradients clipped at norm 1).
-        warmup_steps: steps of linear learning-rate warm-up.
-        schedule: of the learning rate after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
-        tail: keep each run's checkpoint 1000 steps before its end (``common.cadence``; the long tier).
-        dropout: the decoder's dropout probability, in [0, 1).
         n_eval: prompts of ``n_points`` pairs per run and shift value (at no shift, fig2's evaluation prompts).
-        seeds: seed s draws the components and seeds the run's training and evaluation.
-        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
-        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
-        jobs: training runs at once, each in its own process.
     """
 
     kappas: tuple[float, ...] = (1 / 3, 0.5, 1.0, 2.0, 3.0)  # covariate scales kappa: x ~ N(0, kappa^2 I) (figs 5, 7)

@@ -60,26 +60,12 @@ class Config(mtd_training.Recipe):
     (``depth``, ``loss``) that the tracking and the claim read; ``md_steps``: the k of k-step MD; ``n_sequences``
     evaluation, ``n_tune`` tuning and ``n_readout`` step-size readout sequences.
 
-    The fields of the ``mtd_training.Recipe``:
+    Where a field of ``mtd_training.Recipe`` means something else here:
 
     Args:
-        vocab_size: Q, the token values of every run's MTD task.
         steps: training steps of every run.
-        batch_size: sequences per training batch.
-        lr: Adam's peak learning rate (gradients clipped at norm 1).
-        warmup_steps: steps of linear learning-rate warm-up.
-        schedule: the learning rate's after warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``.
-        tail: keep each run's checkpoint 1000 steps before its end (the long tier; ``steps`` a multiple of 1000).
-        loss_positions: ``all``: every position with a full lag history (the cpu recipe); ``last``: the final one
-            (the paper).
-        positions: the disentangled model's absolute positions: ``warmup`` (a marker on the first M tokens, with
-            value offsets 0..M, as in the construction) or ``onehot`` (the paper's).
         seeds: one run per seed and setting; seed s draws its task's transition matrix and seeds its training
             and evaluation.
-        device: where the runs train: ``auto`` (CUDA where available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on CUDA.
-        data_device: ``cpu``, or ``device``: sample training batches on the training device (another random stream).
-        jobs: training runs at once, each in its own process.
     """
 
     order: int = 3  # M, the number of lags of every run's task
