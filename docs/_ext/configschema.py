@@ -76,7 +76,8 @@ def _documented(cls) -> dict[str, str]:
 
 
 def _type(tp) -> str:
-    text = tp if isinstance(tp, str) else getattr(tp, "__name__", None) or repr(tp)
+    """A field's annotation as written: ``tuple[int, ...]``, ``int | None``, ``str``."""
+    text = tp if isinstance(tp, str) else inspect.formatannotation(tp)
     return str(text).replace("typing.", "")
 
 
