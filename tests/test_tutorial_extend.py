@@ -19,9 +19,8 @@ TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "extend.
 
 def cells() -> list[str]:
     """The tutorial's code cells (jupytext percent format), in order."""
-    parts = re.split(r"^# %%.*$", TUTORIAL.read_text(), flags=re.M)[1:]
-    markers = re.findall(r"^# %%.*$", TUTORIAL.read_text(), flags=re.M)
-    return [body for marker, body in zip(markers, parts) if "[markdown]" not in marker]
+    parts = re.split(r"^(# %%.*)$", TUTORIAL.read_text(), flags=re.M)[1:]  # marker, body, marker, body, …
+    return [body for marker, body in zip(parts[::2], parts[1::2]) if "[markdown]" not in marker]
 
 
 def _assigned(name: str):

@@ -9,10 +9,12 @@ its entry in the class docstring.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import io
 import re
+import textwrap
 import tokenize
 import typing
 
@@ -22,28 +24,25 @@ from sphinx.util.docutils import SphinxDirective
 
 
 def _comments(cls) -> dict[str, str]:
-    """``{field: comment}`` from the class's source: a trailing comment, else the comment block above."""
+    """``{field: comment}`` from the class's source: the comment on a field's line (the class body's own
+    annotated assignments, not a method's), else the comment lines right above it."""
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    found, above = {}, []
-    for line in source.splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string.lstrip("# ") for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        name = text.split(":", 1)[0].strip() if ":" in text and not text.startswith(("def ", "class ", "@")) else None
-        comment = ""
-        try:
-            for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-                if tok.type == tokenize.COMMENT:
-                    comment = tok.string.lstrip("# ")
-        except (tokenize.TokenError, IndentationError, SyntaxError):
-            pass
-        if name and name.isidentifier():
-            found[name] = comment or " ".join(above)
-        above = []
+        row, above = node.end_lineno, []
+        for up in range(node.lineno - 1, 0, -1):  # the comment block directly above the field
+            if not lines[up - 1].strip().startswith("#"):
+                break
+            above.insert(0, comments[up])
+        found[node.target.id] = comments.get(row, "") or " ".join(above)
     return found
 
 
