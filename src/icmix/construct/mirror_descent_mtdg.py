@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from icmix._checks import as_transitions, check_memory, check_model_tokens, check_order
 from icmix.construct.mirror_descent import LOG_ZERO, MASK
 from icmix.models.disentangled import DisentangledAttention, StreamLayout
+from icmix.models.hooks import BlockHooks, HookPoint
 
 
 def three_way_interaction(transition: Tensor) -> float:
@@ -70,12 +71,17 @@ class PerLagMirrorDescentTransformer(nn.Module):
     """The MTDg construction above: ``model(tokens (B, T)) -> (B, T, Q)``, the one-step-MD
     predictive of ``y_{i+1}`` at every position ``i >= M``.  ``run_with_cache`` also returns
     each attention layer's pattern ``(B, 1, T, T)`` and the final stream; ``layouts[l]``
-    names the stream's blocks before attention layer ``l + 1``."""
+    names the stream's blocks before attention layer ``l + 1``.  Hook points: ``hook_embed``
+    (one-hot tokens and positions), ``hook_features`` (the ``mlp_in`` features), the three
+    blocks' (``blocks.{l}.hook_resid_pre``, ``.attn.hook_attn_scores``, ``.attn.hook_pattern``,
+    ``.attn.hook_z``, ``.hook_attn_out``, ``.hook_resid_mid``, ``.hook_resid_post``), ``hook_gate``
+    (the gating units) and ``hook_out``."""
 
     def __init__(self, q: int, m: int, max_length: int):
         super().__init__()
         self.q, self.m, self.max_length = q, m, max_length
         blocks = [("token", q), ("position", max_length)]
+        self.hook_embed, self.hook_features = HookPoint(), HookPoint()
         self.mlp_in = nn.Linear(q + max_length, q * m + 1)  # token-phase features and the warmup marker
         blocks += [("token_phase", q * m), ("warmup", 1)]
         self.layouts = [StreamLayout(blocks)]
@@ -85,8 +91,11 @@ class PerLagMirrorDescentTransformer(nn.Module):
             self.attention.append(DisentangledAttention(prev.width, 1, max_length, m + 1))
             blocks = blocks + [(f"attn{layer}.0/{n}", w) for n, w in prev.blocks] + [(f"attn{layer}.0/offset", m + 1)]
             self.layouts.append(StreamLayout(blocks))
+        self.blocks = nn.ModuleList(BlockHooks(mlp=False) for _ in range(3))
         self.gate = nn.Linear(self.layouts[-1].width, m * q * m)  # hidden unit (r, a, s)
+        self.hook_gate = HookPoint()
         self.readout = nn.Linear(m * q * m, q, bias=False)
+        self.hook_out = HookPoint()
 
     @property
     def layout(self) -> StreamLayout:
@@ -103,13 +112,15 @@ class PerLagMirrorDescentTransformer(nn.Module):
         x = torch.cat([nn.functional.one_hot(tokens, self.q).to(dtype),
                        nn.functional.one_hot(torch.arange(t, device=tokens.device), self.max_length)
                        .to(dtype).expand(b, t, -1)], dim=-1)
-        h = torch.cat([x, torch.relu(self.mlp_in(x))], dim=-1)
+        x = self.hook_embed(x)
+        h = torch.cat([x, self.hook_features(torch.relu(self.mlp_in(x)))], dim=-1)
         patterns = []
-        for attn in self.attention:
-            out, a = attn(h)
+        for attn, hooks in zip(self.attention, self.blocks):
+            h = hooks.hook_resid_pre(h)
+            out, a = attn(h, hooks.attn)
             patterns.append(a)
-            h = torch.cat([h, out], dim=-1)
-        return self.readout(torch.relu(self.gate(h))), {"stream": h, "attention": patterns}
+            h = hooks.hook_resid_post(hooks.hook_resid_mid(torch.cat([h, hooks.hook_attn_out(out)], dim=-1)))
+        return self.hook_out(self.readout(self.hook_gate(torch.relu(self.gate(h))))), {"stream": h, "attention": patterns}
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
         """``(B, T, Q)``: the one-step-MD predictive of ``y_{i+1}`` at every position ``i >= M``;

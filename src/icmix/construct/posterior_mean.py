@@ -68,6 +68,7 @@ from torch.nn import functional as F
 
 from icmix._checks import as_components, check_memory, check_positive, check_positive_int
 from icmix.models.base import model_bytes
+from icmix.models.hooks import AttentionHooks, BlockHooks, HookPoint
 
 SHARP = 1000.0  # copy-attention margin: exp(-1000) == 0 in float64 and float32
 MASK = -1e8  # score of the prompt tokens in the softmax-over-components layer
@@ -119,16 +120,19 @@ class Attention(nn.Module):
         for lin in (self.q, self.k, self.v, self.o):
             nn.init.zeros_(lin.weight)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, hooks: AttentionHooks | None = None) -> tuple[Tensor, Tensor]:
         """``h (B, T, D)`` -> ``(o(heads' outputs) (B, T, D), weights (B, H, T, T))``, the weights
-        the causal softmax of ``q . k``."""
+        the causal softmax of ``q . k``.  ``hooks``: the layer's hook points (``hook_q``, ``hook_k``,
+        ``hook_v``, ``hook_z`` ``(B, T, H, d_head)``; ``hook_attn_scores``, ``hook_pattern``)."""
         b, t, _ = h.shape
-        split = lambda x: x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        hook = (lambda name, x: getattr(hooks, name)(x)) if hooks is not None else (lambda name, x: x)  # noqa: E731
+        split = lambda name, x: hook(name, x.view(b, t, self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731
+        q, k, v = split("hook_q", self.q(h)), split("hook_k", self.k(h)), split("hook_v", self.v(h))
         scores = q @ k.transpose(-1, -2)
         causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
-        weights = torch.softmax(scores.masked_fill(~causal, -torch.inf), dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(b, t, -1)
+        weights = hook("hook_pattern", torch.softmax(hook("hook_attn_scores", scores.masked_fill(~causal, -torch.inf)),
+                                                     dim=-1))
+        out = hook("hook_z", (weights @ v).transpose(1, 2)).reshape(b, t, -1)
         return self.o(out), weights
 
 
@@ -157,7 +161,10 @@ class PosteriorMeanTransformer(nn.Module):
     """The constructed model (see the module docstring).  ``model(xs (B, N, d), ys (B, N))``
     returns ``(B, N)``: column j is the posterior mean of ``y_j`` given pairs ``0..j-1`` and
     ``x_j``.  ``run_with_cache`` also returns the stream after each layer, the attention
-    weights and the MLPs' first linear maps."""
+    weights and the MLPs' first linear maps.  Hook points: ``hook_embed`` (the stream entering
+    block 0: registers, read-in and positions), each block's (``blocks.{l}.hook_resid_pre``,
+    ``.attn.hook_q``, ``_k``, ``_v``, ``_attn_scores``, ``_pattern``, ``_z``, ``.hook_attn_out``,
+    ``.hook_resid_mid``, ``.hook_mlp_out``, ``.hook_resid_post``) and ``hook_out``."""
 
     def __init__(self, dim: int, n_components: int, max_points: int, mlp: str, dtype: torch.dtype):
         super().__init__()
@@ -183,6 +190,9 @@ class PosteriorMeanTransformer(nn.Module):
         self.mlps = nn.ModuleList([MLP(width, per_square * m, mlp, dtype), MLP(width, per_product * m, mlp, dtype),
                                    MLP(width, per_product * d, mlp, dtype)])
         self.readout = nn.Linear(width, 1, bias=False, dtype=dtype)
+        self.hook_embed, self.hook_out = HookPoint(), HookPoint()
+        names = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
+        self.blocks = nn.ModuleList(BlockHooks(mlp=True, attn_names=names) for _ in self.attn)
         nn.init.zeros_(self.read_in.weight)
         nn.init.zeros_(self.readout.weight)
 
@@ -199,18 +209,20 @@ class PosteriorMeanTransformer(nn.Module):
         y_tokens = F.pad(ys.to(dtype)[..., None], (0, d - 1))
         tokens = torch.stack([xs.to(dtype), y_tokens], dim=2).reshape(b, 2 * n, d)
         m = self.n_components
-        h = torch.cat([self.registers.expand(b, -1, -1), self.read_in(tokens)], dim=1) + self.positions[: m + 2 * n]
+        h = self.hook_embed(torch.cat([self.registers.expand(b, -1, -1), self.read_in(tokens)], dim=1)
+                            + self.positions[: m + 2 * n])
         cache = {"stream": [h], "attention": [], "mlp_pre": []}
-        for attn, mlp in zip(self.attn, self.mlps):
-            a, weights = attn(h)
-            h = h + a
+        for attn, mlp, hooks in zip(self.attn, self.mlps, self.blocks):
+            h = hooks.hook_resid_pre(h)
+            a, weights = attn(h, hooks.attn)
+            h = hooks.hook_resid_mid(h + hooks.hook_attn_out(a))
             cache["attention"].append(weights)
             cache["stream"].append(h)
             u, pre = mlp(h)
-            h = h + u
+            h = hooks.hook_resid_post(h + hooks.hook_mlp_out(u))
             cache["mlp_pre"].append(pre)
             cache["stream"].append(h)
-        out = self.readout(h[:, m::2]).squeeze(-1)
+        out = self.hook_out(self.readout(h[:, m::2]).squeeze(-1))
         return out, cache
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:

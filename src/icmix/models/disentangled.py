@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from icmix._checks import check_model_tokens, check_positive_int
 from icmix.models.base import Pretrained, config_from_dict
+from icmix.models.hooks import AttentionHooks, BlockHooks, HookPoint
 
 POSITIONS = ("onehot", "warmup", "none")
 
@@ -134,15 +135,21 @@ class DisentangledAttention(nn.Module):
         """Width of the layer's output, ``H * (D + K)``: each head's average of its input and its offset block."""
         return self.n_heads * (self.A.shape[-1] + self.value_offsets)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``h (B, T, D)`` -> ``(out (B, T, H*(D+K)), attention (B, H, T, T))``."""
+    def forward(self, h: Tensor, hooks: AttentionHooks | None = None) -> tuple[Tensor, Tensor]:
+        """``h (B, T, D)`` -> ``(out (B, T, H*(D+K)), attention (B, H, T, T))``.  ``hooks``: the
+        layer's hook points, called on the masked scores (``hook_attn_scores``), the pattern
+        (``hook_pattern``) and each head's output ``(B, T, H, D+K)`` (``hook_z``)."""
         b, t, _ = h.shape
         offset, causal = offset_table(t, h.device)
         scores = torch.einsum("bid,hde,bje->bhij", h, self.A, h)
         by_offset = torch.einsum("bid,hod->bhio", h, self.R_A[:, :t])  # (B, H, T, T offsets)
         scores = scores + torch.gather(by_offset, -1, offset.expand(b, self.n_heads, t, t))
         scores = scores.masked_fill(~causal, float("-inf"))
+        if hooks is not None:
+            scores = hooks.hook_attn_scores(scores)
         attn = torch.softmax(scores, dim=-1)
+        if hooks is not None:
+            attn = hooks.hook_pattern(attn)
         copied = attn @ h[:, None]  # (B, H, T, D)
         k = min(self.value_offsets, t)
         ar = torch.arange(t, device=h.device)
@@ -151,8 +158,10 @@ class DisentangledAttention(nn.Module):
         by_off = torch.gather(attn, -1, key.clamp_min(0).expand(b, self.n_heads, t, k)) * valid
         if k < self.value_offsets:
             by_off = nn.functional.pad(by_off, (0, self.value_offsets - k))
-        out = torch.cat([copied, by_off], dim=-1)  # (B, H, T, D + K)
-        return out.transpose(1, 2).reshape(b, t, -1), attn
+        out = torch.cat([copied, by_off], dim=-1).transpose(1, 2)  # (B, T, H, D + K)
+        if hooks is not None:
+            out = hooks.hook_z(out)
+        return out.reshape(b, t, -1), attn
 
 
 class DisentangledTransformer(Pretrained):
@@ -162,6 +171,14 @@ class DisentangledTransformer(Pretrained):
     i sees tokens ``0..i``).  ``model.run_with_cache(tokens)`` also returns the final stream
     and each layer's attention; ``model.layouts[l]`` names the blocks of the stream after
     layer l (``layouts[0]`` is the input).
+
+    Hook points (``icmix.models.hooks``; ``icmix.interp.hook_names`` lists them): ``hook_embed``
+    (the input stream), per block ``l`` (0-based) ``blocks.{l}.hook_resid_pre``,
+    ``blocks.{l}.attn.hook_attn_scores``, ``.hook_pattern``, ``.hook_z`` (each head's output,
+    ``(B, T, H, D + K)``), ``blocks.{l}.hook_attn_out``, ``.hook_resid_mid``, ``.hook_mlp_out``
+    (with an MLP), ``.hook_resid_post``, and ``hook_out`` (the readout).  Queries, keys and values
+    have no hook: the query-key product is one matrix ``A`` and the value is the stream itself.
+    The blocks' hook points hold no weights (the parameters stay under ``attention`` and ``mlps``).
 
     Example:
         >>> model = DisentangledTransformer(DisentangledConfig(vocab_size=10, max_length=64))
@@ -175,6 +192,7 @@ class DisentangledTransformer(Pretrained):
     def __init__(self, config: DisentangledConfig):
         super().__init__()
         self.config = config
+        self.hook_embed = HookPoint()
         blocks = [("token", config.vocab_size)]
         if config.positions == "onehot":
             blocks.append(("position", config.max_length))
@@ -196,7 +214,9 @@ class DisentangledTransformer(Pretrained):
                                                nn.Linear(4 * config.mlp_width, config.mlp_width)))
                 blocks = blocks + [(f"mlp{layer}", config.mlp_width)]
             self.layouts.append(StreamLayout(blocks))
+        self.blocks = nn.ModuleList(BlockHooks(mlp=bool(config.mlp_width)) for _ in config.n_heads)
         self.readout = nn.Linear(self.layouts[-1].width, config.vocab_size, bias=False)
+        self.hook_out = HookPoint()
         # Zero readout: the output starts at 0 instead of a random read of every block,
         # so early gradients are not spent undoing initialisation noise.
         nn.init.zeros_(self.readout.weight)
@@ -221,15 +241,17 @@ class DisentangledTransformer(Pretrained):
     def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, dict]:
         """Readout ``(B, T, Q)`` and a cache with ``stream`` (final, ``(B, T, D)``) and
         ``attention`` (one ``(B, H, T, T)`` per layer)."""
-        h = self.embed(check_model_tokens(tokens, self.config.vocab_size, self.config.max_length))
+        h = self.hook_embed(self.embed(check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)))
         patterns = []
-        for layer, attn in enumerate(self.attention):
-            out, a = attn(h)
+        for layer, (attn, hooks) in enumerate(zip(self.attention, self.blocks)):
+            h = hooks.hook_resid_pre(h)
+            out, a = attn(h, hooks.attn)
             patterns.append(a)
-            h = torch.cat([h, out], dim=-1)
+            h = hooks.hook_resid_mid(torch.cat([h, hooks.hook_attn_out(out)], dim=-1))
             if self.config.mlp_width:
-                h = torch.cat([h, self.mlps[layer](h)], dim=-1)
-        return self.readout(h), {"stream": h, "attention": patterns}
+                h = torch.cat([h, hooks.hook_mlp_out(self.mlps[layer](h))], dim=-1)
+            h = hooks.hook_resid_post(h)
+        return self.hook_out(self.readout(h)), {"stream": h, "attention": patterns}
 
     @torch.no_grad()
     def restrict_offsets(self, layer: int, keep, penalty: float = 1e4) -> "DisentangledTransformer":

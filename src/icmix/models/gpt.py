@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from icmix._checks import check_model_tokens, check_positive_int
 from icmix.models.base import Pretrained, config_from_dict
+from icmix.models.hooks import HookPoint, any_watched, edited
 
 GPT_POSITIONS = ("learned", "relative")
 
@@ -62,13 +63,21 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention: a fused Q/K/V projection, scores scaled by ``1/sqrt(C/H)``
     plus an optional additive ``bias (H, T, T)`` (relative positions, a window), an output
-    projection, and dropout on the weights and the output."""
+    projection, and dropout on the weights and the output.
+
+    Hook points (``icmix.models.hooks``): ``hook_q``, ``hook_k``, ``hook_v`` and ``hook_z``
+    ``(B, T, H, d_head)``; ``hook_attn_scores`` and ``hook_pattern`` ``(B, H, T, T)``.  The
+    pattern is made explicit only when it is asked for or one of these two is watched; the
+    output then still comes from the fused kernel unless a hook edited the scores or pattern,
+    so a hook that only reads leaves the output bit-identical."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
+            self.add_module(name, HookPoint())
 
     def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
                 queries: slice | None = None) -> tuple[Tensor, Tensor | None]:
@@ -78,23 +87,33 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if queries is not None:
             return self._some_queries(x, bias, queries, p), None
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, c/H)
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, c // self.n_heads).unbind(2)  # each (B, T, H, c/H)
+        q, k, v = (hook(a).transpose(1, 2) for hook, a in ((self.hook_q, q), (self.hook_k, k), (self.hook_v, v)))
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        if need_weights:
+        attn, explicit = None, need_weights
+        if need_weights or self.hook_attn_scores.watched or self.hook_pattern.watched:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             if bias is not None:
                 scores = scores + bias
-            attn = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+            scores = scores.masked_fill(~causal, float("-inf"))
+            version = scores._version
+            hooked = self.hook_attn_scores(scores)
+            explicit = explicit or edited(scores, hooked, version)
+            attn = torch.softmax(hooked, dim=-1)
+            version = attn._version
+            hooked = self.hook_pattern(attn)
+            explicit = explicit or edited(attn, hooked, version)
+            attn = hooked
+        if explicit:
             y = F.dropout(attn, p, self.training) @ v
         else:
-            attn = None
             if bias is None:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
                 mask = bias.masked_fill(~causal, float("-inf")).to(q.dtype)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(b, t, c)
-        return F.dropout(self.proj(y), p, self.training), attn
+        y = self.hook_z(y.transpose(1, 2)).reshape(b, t, c)
+        return F.dropout(self.proj(y), p, self.training), attn if need_weights else None
 
     def _some_queries(self, x: Tensor, bias: Tensor | None, queries: slice, p: float) -> Tensor:
         """Attention output at the positions ``queries`` only: the query projection and the
@@ -115,7 +134,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.  Hook points:
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -123,18 +143,23 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
                                  nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            self.add_module(name, HookPoint())
 
     def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
                 queries: slice | None = None) -> tuple[Tensor, Tensor | None]:
         """``x (B, T, C)`` -> ``(B, T', C)`` and the layer's pattern (``None`` unless
         ``need_weights``); with ``queries`` only those positions are computed."""
+        x = self.hook_resid_pre(x)
         a, attn = self.attn(self.ln1(x), bias, need_weights, queries)
-        x = (x if queries is None else x[:, queries]) + a
-        return x + self.mlp(self.ln2(x)), attn
+        x = self.hook_resid_mid((x if queries is None else x[:, queries]) + self.hook_attn_out(a))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x)))), attn
 
 
 class GPTBackbone(nn.Module):
-    """Positions + blocks + final LayerNorm on input embeddings ``(B, T, C)``."""
+    """Positions + blocks + final LayerNorm on input embeddings ``(B, T, C)``.  Hook points:
+    ``hook_pos_embed`` (learned positions, ``(B, T, C)``), each block's, and ``hook_resid_final``
+    (after the final LayerNorm)."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -142,10 +167,12 @@ class GPTBackbone(nn.Module):
         if cfg.positions == "learned":
             self.pos = nn.Parameter(torch.zeros(cfg.max_length, cfg.d_model))
             nn.init.normal_(self.pos, std=0.02)
+            self.hook_pos_embed = HookPoint()
         else:
             self.rel = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_length))  # bias per head and offset
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.hook_resid_final = HookPoint()
         self.drop = nn.Dropout(cfg.dropout)
         self.window: int | None = None  # an intervention: attend only to offsets < window (``attention_window``)
 
@@ -154,14 +181,15 @@ class GPTBackbone(nn.Module):
         """``x (B, T, C)`` -> the final stream ``(B, T, C)`` and each layer's pattern (``None``
         unless ``need_weights``).  ``outputs``: the positions whose outputs are read (a slice);
         the last block then computes its queries, MLP and final LayerNorm there alone and the
-        stream is ``(B, T', C)``.  With ``need_weights`` every position is computed (each
-        pattern is whole) and the stream is sliced at the end."""
+        stream is ``(B, T', C)``.  With ``need_weights``, or a watched hook point in the last
+        block, every position is computed (each pattern and activation is whole) and the
+        stream is sliced at the end."""
         t = x.shape[1]
         if t > self.cfg.max_length:
             raise ValueError(f"input length {t} exceeds the model's max_length {self.cfg.max_length}")
         bias = None
         if self.cfg.positions == "learned":
-            x = x + self.pos[:t]
+            x = x + self.hook_pos_embed(self.pos[:t].expand(x.shape[0], -1, -1))
         else:
             ar = torch.arange(t, device=x.device)
             bias = self.rel[:, (ar[:, None] - ar[None, :]).clamp_min(0)]  # (H, T, T)
@@ -174,12 +202,13 @@ class GPTBackbone(nn.Module):
         x = self.drop(x)
         patterns = []
         last = len(self.blocks) - 1
+        whole = need_weights or outputs is None or any_watched(self.blocks[last])
         for i, block in enumerate(self.blocks):
-            x, attn = block(x, bias, need_weights, outputs if i == last and not need_weights else None)
+            x, attn = block(x, bias, need_weights, None if whole or i < last else outputs)
             patterns.append(attn)
-        if need_weights and outputs is not None:
+        if whole and outputs is not None:
             x = x[:, outputs]
-        return self.ln_f(x), patterns
+        return self.hook_resid_final(self.ln_f(x)), patterns
 
 
 def init_gpt_weights(module: nn.Module) -> None:
@@ -194,7 +223,8 @@ class GPTTransformer(Pretrained):
     """GPT-style decoder over tokens: embedding -> blocks -> linear readout to Q outputs.
 
     ``model(tokens (B, T))`` returns ``(B, T, Q)``; ``return_attention=True`` also returns one
-    ``(B, H, T, T)`` pattern per layer.
+    ``(B, H, T, T)`` pattern per layer.  Hook points: ``hook_embed``, the backbone's (prefixed
+    ``backbone.``) and ``hook_out`` (the logits); ``icmix.interp.hook_names`` lists them.
     """
 
     config_class = GPTConfig
@@ -204,8 +234,10 @@ class GPTTransformer(Pretrained):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.hook_embed = HookPoint()
         self.backbone = GPTBackbone(config)
         self.readout = nn.Linear(config.d_model, config.vocab_size)
+        self.hook_out = HookPoint()
         self.apply(init_gpt_weights)
 
     @contextlib.contextmanager
@@ -225,8 +257,8 @@ class GPTTransformer(Pretrained):
         """``(B, T, Q)`` outputs at every position; with ``return_attention`` also each layer's
         ``(B, H, T, T)`` pattern."""
         tokens = check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)
-        h, patterns = self.backbone(self.embed(tokens), need_weights=return_attention)
-        out = self.readout(h)
+        h, patterns = self.backbone(self.hook_embed(self.embed(tokens)), need_weights=return_attention)
+        out = self.hook_out(self.readout(h))
         return (out, patterns) if return_attention else out
 
 
@@ -271,7 +303,8 @@ class RegressionGPT(Pretrained):
     which sees the pairs before it and ``x_j`` alone.
 
     ``model(xs (B, N, d), ys (B, N))`` returns ``(B, N)``; ``return_attention=True`` also
-    returns one ``(B, H, 2N, 2N)`` pattern per layer.
+    returns one ``(B, H, 2N, 2N)`` pattern per layer.  Hook points: ``hook_embed`` (the read-in,
+    ``(B, 2N, C)``), the backbone's (prefixed ``backbone.``) and ``hook_out`` (``(B, N)``).
     """
 
     config_class = RegressionGPTConfig
@@ -281,8 +314,10 @@ class RegressionGPT(Pretrained):
         super().__init__()
         self.config = config
         self.read_in = nn.Linear(config.dim, config.d_model)
+        self.hook_embed = HookPoint()
         self.backbone = GPTBackbone(config.backbone_config())
         self.readout = nn.Linear(config.d_model, 1)
+        self.hook_out = HookPoint()
         self.apply(init_gpt_weights)
 
     def forward(self, xs: Tensor, ys: Tensor, return_attention: bool = False):
@@ -297,6 +332,7 @@ class RegressionGPT(Pretrained):
         dtype = self.read_in.weight.dtype
         y_tokens = F.pad(ys.to(dtype)[..., None], (0, d - 1))  # (B, N, d): y in the first coordinate
         tokens = torch.stack([xs.to(dtype), y_tokens], dim=2).reshape(b, 2 * n, d)
-        h, patterns = self.backbone(self.read_in(tokens), need_weights=return_attention, outputs=slice(0, None, 2))
-        out = self.readout(h).squeeze(-1)  # at the x tokens
+        h, patterns = self.backbone(self.hook_embed(self.read_in(tokens)), need_weights=return_attention,
+                                    outputs=slice(0, None, 2))
+        out = self.hook_out(self.readout(h).squeeze(-1))  # at the x tokens
         return (out, patterns) if return_attention else out
