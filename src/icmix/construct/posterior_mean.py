@@ -190,9 +190,10 @@ class PosteriorMeanTransformer(nn.Module):
         self.mlps = nn.ModuleList([MLP(width, per_square * m, mlp, dtype), MLP(width, per_product * m, mlp, dtype),
                                    MLP(width, per_product * d, mlp, dtype)])
         self.readout = nn.Linear(width, 1, bias=False, dtype=dtype)
-        self.hook_embed, self.hook_out = HookPoint(), HookPoint()
+        self.hook_embed = HookPoint()
         names = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
         self.blocks = nn.ModuleList(BlockHooks(mlp=True, attn_names=names) for _ in self.attn)
+        self.hook_out = HookPoint()
         nn.init.zeros_(self.read_in.weight)
         nn.init.zeros_(self.readout.weight)
 

@@ -1,0 +1,124 @@
+"""Circuit scores that work on any icmix model with ``blocks.{l}.attn.hook_pattern`` hook points.
+
+Shapes: B batch, L layers, H heads, T length.  Scores are averaged over the batch and over the
+query rows where they are defined, per layer and head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from icmix.agreement import attention_agreement
+from icmix.interp.hooks import hooks, run_with_cache
+
+
+def attention_patterns(model: nn.Module, *inputs, **kwargs) -> list[Tensor]:
+    """Each layer's attention pattern ``(B, H, T, T)`` on ``inputs`` (from ``blocks.{l}.attn.hook_pattern``)."""
+    _, cache = run_with_cache(model, *inputs, names=lambda n: n.endswith("attn.hook_pattern"), **kwargs)
+    return [cache[n] for n in cache.layers("attn.hook_pattern")]
+
+
+def offset_mass(pattern: Tensor, offsets: Sequence[int], start: int | None = None) -> Tensor:
+    """Per head ``(H,)``: the mean attention mass query ``i`` puts on the keys ``i - o``, ``o`` in
+    ``offsets``, over query rows ``i >= start`` (default: the largest offset, where every key
+    exists).  ``pattern``: ``(B, H, T, T)``."""
+    t = pattern.shape[-1]
+    start = max(offsets) if start is None else start
+    if not 0 <= start < t or min(offsets) < 0:
+        raise ValueError(f"offsets {list(offsets)} and start {start} do not fit length {t}")
+    i = torch.arange(start, t, device=pattern.device)
+    mass = sum(pattern[:, :, i, (i - o).clamp_min(0)] * (i >= o) for o in offsets)
+    return mass.double().mean(dim=(0, 2))
+
+
+def offset_profile(pattern: Tensor, max_offset: int, start: int | None = None) -> Tensor:
+    """``(H, max_offset + 1)``: the mean mass on each offset ``0..max_offset`` (query rows
+    ``i >= start``, default ``max_offset``)."""
+    start = max_offset if start is None else start
+    return torch.stack([offset_mass(pattern, [o], start) for o in range(max_offset + 1)], dim=-1)
+
+
+def previous_token_score(pattern: Tensor) -> Tensor:
+    """Per head ``(H,)``: the mean attention on the token just before the query (offset 1)."""
+    return offset_mass(pattern, [1], start=1)
+
+
+def repeated_sequences(vocab_size: int, period: int, batch: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(B, 2 * period)`` tokens: a uniformly random sequence of ``period`` tokens, then itself
+    again: the standard probe for induction heads."""
+    first = torch.randint(vocab_size, (batch, period), generator=generator)
+    return torch.cat([first, first], dim=1)
+
+
+def induction_score(pattern: Tensor, period: int) -> Tensor:
+    """Per head ``(H,)``: on a sequence repeated with ``period``, the mean attention that query
+    ``i`` in the second copy puts on key ``i - period + 1``, the token that followed the
+    current token's earlier occurrence (the induction target)."""
+    t = pattern.shape[-1]
+    if t < period + 1:
+        raise ValueError(f"length {t} holds no second copy of a period-{period} sequence")
+    i = torch.arange(period, t, device=pattern.device)
+    return pattern[:, :, i, i - period + 1].double().mean(dim=(0, 2))
+
+
+def head_scores(model: nn.Module, vocab_size: int, period: int = 16, batch: int = 64, lags: int | None = None,
+                seed: int = 0) -> pd.DataFrame:
+    """One row per layer and head of a token model: ``previous_token`` and ``induction`` on
+    repeated random sequences of ``period`` tokens, and with ``lags`` the ``lag_mass`` on offsets
+    ``1..lags`` (the MTD lags) on the same sequences' first copy."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = repeated_sequences(vocab_size, period, batch, g)
+    with torch.no_grad():
+        patterns = attention_patterns(model, tokens)
+    rows = []
+    for layer, p in enumerate(patterns):
+        prev, ind = previous_token_score(p), induction_score(p, period)
+        lag = offset_mass(p[..., :period, :period], range(1, lags + 1)) if lags else None
+        for h in range(p.shape[1]):
+            row = {"layer": layer, "head": h, "previous_token": prev[h].item(), "induction": ind[h].item()}
+            if lags:
+                row["lag_mass"] = lag[h].item()
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def construction_agreement(patterns: Sequence[Tensor], reference: Sequence[Tensor], start: int) -> pd.DataFrame:
+    """Layer by layer, each trained layer's pattern ``(B, H, T, T)`` against the construction's
+    ``(B, 1, T, T)`` (or ``(B, T, T)``), over query rows ``i >= start``: the best head's mean row
+    cosine and its mass on the construction's support (``agreement.attention_agreement``)."""
+    rows = []
+    for layer, (p, r) in enumerate(zip(patterns, reference)):
+        r = r[:, 0] if r.ndim == 4 else r
+        rows.append({"layer": layer, **attention_agreement(p, r, start)})
+    return pd.DataFrame(rows)
+
+
+def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, metric: Callable[[object], Tensor],
+                        names=None, **kwargs) -> pd.DataFrame:
+    """Patch each hook point's clean activation into the corrupt run, one at a time, and measure.
+
+    ``clean`` and ``corrupt`` are the model's inputs (tuples) for two runs of the same shapes;
+    ``metric(output) -> scalar``.  For each hook point ``names`` picks (default: every one whose
+    clean and corrupt activations have the same shape), one row: ``effect``, the metric of the
+    patched run minus the corrupt run's, and ``fraction``, that effect over the clean run's minus
+    the corrupt run's (1: the hook point carries everything the metric sees; 0: nothing).
+    """
+    with torch.no_grad():
+        clean_out, clean_cache = run_with_cache(model, *clean, names=names, **kwargs)
+        corrupt_out, corrupt_cache = run_with_cache(model, *corrupt, names=list(clean_cache), **kwargs)
+        m_clean, m_corrupt = float(metric(clean_out)), float(metric(corrupt_out))
+        rows = []
+        for name, patched in clean_cache.items():
+            if patched.shape != corrupt_cache[name].shape:
+                continue
+            with hooks(model, [(name, lambda t, n, patched=patched: patched)]):
+                out = model(*corrupt, **kwargs)
+            m = float(metric(out))
+            gap = m_clean - m_corrupt
+            rows.append({"hook": name, "metric": m, "effect": m - m_corrupt,
+                         "fraction": (m - m_corrupt) / gap if gap else float("nan")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,312 @@
+"""Hook points and ``icmix.interp``: every model class names its activations as TransformerLens
+does, a cache records them, a hook edits them, and scores read them.  References: the models'
+own ``return_attention`` patterns, a head ablated through the weights, hand-built patterns."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from icmix import interp
+from icmix.construct import mirror_descent_transformer, per_lag_mirror_descent_transformer, posterior_mean_transformer
+from icmix.models import (DisentangledConfig, DisentangledTransformer, GPTConfig, GPTTransformer, RegressionGPT,
+                          RegressionGPTConfig)
+from icmix.tasks.mtd import MTDTask
+
+STREAM = ("hook_resid_pre", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
+          "hook_resid_mid", "hook_resid_post")
+QKV = ("attn.hook_q", "attn.hook_k", "attn.hook_v")
+
+
+def _gpt(positions="learned"):
+    torch.manual_seed(0)
+    model = GPTTransformer(GPTConfig(vocab_size=5, n_layers=2, n_heads=2, d_model=16, max_length=12,
+                                     positions=positions)).eval()
+    return model, (torch.randint(5, (3, 12)),), "backbone.", 2, STREAM + QKV + ("hook_mlp_out",)
+
+
+def _regression():
+    torch.manual_seed(0)
+    model = RegressionGPT(RegressionGPTConfig(dim=3, max_points=6, n_layers=2, n_heads=2, d_model=16)).eval()
+    return model, (torch.randn(3, 6, 3), torch.randn(3, 6)), "backbone.", 2, STREAM + QKV + ("hook_mlp_out",)
+
+
+def _disentangled():
+    torch.manual_seed(0)
+    model = DisentangledTransformer(DisentangledConfig(vocab_size=4, n_layers=2, n_heads=(2, 1), max_length=10,
+                                                       mlp_width=3)).eval()
+    for p in model.parameters():  # the readout starts at zero: give every block a say
+        torch.nn.init.normal_(p, std=0.3)
+    return model, (torch.randint(4, (3, 10)),), "", 2, STREAM + ("hook_mlp_out",)
+
+
+def _md_construction():
+    task = MTDTask(vocab_size=3, order=2, seed=1)
+    model = mirror_descent_transformer(task.transition, 2, 5.0, 10)
+    return model, (torch.randint(3, (3, 10)),), "", 3, STREAM
+
+
+def _mtdg_construction():
+    pis = torch.softmax(torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(2)), -1)
+    model = per_lag_mirror_descent_transformer(pis, 2, 5.0, 10)
+    return model, (torch.randint(3, (3, 10)),), "", 3, STREAM
+
+
+def _pm_construction():
+    comps = torch.randn(2, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model = posterior_mean_transformer(comps, 0.5, 6)
+    g = torch.Generator().manual_seed(4)
+    return (model, (torch.randn(3, 6, 3, generator=g, dtype=torch.float64),
+                    torch.randn(3, 6, generator=g, dtype=torch.float64)), "", 3, STREAM + QKV + ("hook_mlp_out",))
+
+
+MODELS = {"gpt": _gpt, "gpt-relative": lambda: _gpt("relative"), "gpt-regression": _regression,
+          "disentangled": _disentangled, "md-construction": _md_construction, "mtdg-construction": _mtdg_construction,
+          "pm-construction": _pm_construction}
+
+
+def _patterns(model, inputs):
+    """The patterns the model gives without hooks (``return_attention`` or its own cache), and the
+    keyword that makes a hooked run take the same path (the GPTs' explicit attention)."""
+    with torch.no_grad():
+        if isinstance(model, (GPTTransformer, RegressionGPT)):
+            return model(*inputs, return_attention=True)[1], {"return_attention": True}
+        return model.run_with_cache(*inputs)[1]["attention"], {}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_every_model_names_its_activations_and_caches_them(kind):
+    model, inputs, prefix, layers, per_block = MODELS[kind]()
+    names = interp.hook_names(model)
+    expected = {f"{prefix}blocks.{layer}.{s}" for layer in range(layers) for s in per_block}
+    expected |= {"hook_embed", "hook_out"}
+    assert expected <= set(names), sorted(expected - set(names))
+    if kind == "gpt":
+        assert {"backbone.hook_pos_embed", "backbone.hook_resid_final"} <= set(names)
+    for name in names:  # each name is its module path
+        assert isinstance(model.get_submodule(name), torch.nn.Module)
+    with torch.no_grad():
+        plain = model(*inputs)
+        out, cache = interp.run_with_cache(model, *inputs)
+    assert torch.equal(out, plain)
+    assert set(cache) == set(names) - ({"backbone.hook_pos_embed"} if kind == "gpt-relative" else set())
+    reference, same_path = _patterns(model, inputs)
+    with torch.no_grad():
+        _, explicit = interp.run_with_cache(model, *inputs, names=lambda n: n.endswith("hook_pattern"), **same_path)
+    if kind in ("disentangled", "pm-construction"):  # layers with 2 and 1 heads
+        with pytest.raises(ValueError, match="differ in shape"):
+            cache.stack("attn.hook_pattern")
+        patterns = None
+    else:
+        patterns = cache.stack("attn.hook_pattern")
+    for layer in range(layers):
+        p = cache[f"{prefix}blocks.{layer}.attn.hook_pattern"]
+        t = p.shape[-1]
+        # a GPT's later layers read a stream the fused kernel made, so equal to rounding; on the
+        # path ``return_attention`` takes, bit for bit
+        assert torch.allclose(p, reference[layer], atol=1e-6)
+        assert torch.equal(explicit[f"{prefix}blocks.{layer}.attn.hook_pattern"], reference[layer])
+        assert torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype), atol=1e-6)
+        assert (p.triu(1) == 0).all()  # causal: no weight on later keys
+        s = cache[f"{prefix}blocks.{layer}.attn.hook_attn_scores"]
+        assert s.shape == p.shape and torch.isneginf(s.triu(1)[..., torch.ones(t, t).triu(1).bool()]).all()
+        z = cache[f"{prefix}blocks.{layer}.attn.hook_z"]
+        assert z.shape[:3] == (p.shape[0], t, p.shape[1])  # (B, T, H, d_head)
+        if f"{prefix}blocks.{layer}.attn.hook_q" in cache:
+            assert cache[f"{prefix}blocks.{layer}.attn.hook_q"].shape == z.shape
+    if patterns is not None:
+        assert patterns.shape[0] == layers
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_an_identity_hook_everywhere_leaves_the_output_bit_identical(kind):
+    model, inputs, *_ = MODELS[kind]()
+    seen = []
+
+    def identity(t, name):
+        seen.append(name)
+
+    def in_place_noop(t, name):
+        t.add_(0.0)  # an in-place edit that changes nothing: counted as an edit, still the same numbers
+        return None
+
+    with torch.no_grad():
+        plain = model(*inputs)
+        out = interp.run_with_hooks(model, *inputs, fwd_hooks=[(lambda n: True, identity)])
+        assert torch.equal(out, plain)
+        assert set(seen) == set(interp.hook_names(model)) - {n for n in interp.hook_names(model)
+                                                              if n.endswith("hook_pos_embed") and kind == "gpt-relative"}
+        out = interp.run_with_hooks(model, *inputs, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), in_place_noop)])
+        assert torch.allclose(out, plain, atol=1e-5)
+    assert not any(p._forward_hooks for p in interp.hook_points(model).values())  # all removed
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_zeroing_one_heads_output_changes_only_what_depends_on_it(kind):
+    model, inputs, prefix, layers, _ = MODELS[kind]()
+    layer = layers - 1
+    target = f"{prefix}blocks.{layer}.attn.hook_z"
+
+    def zero_head0(z, name):
+        return z.index_fill(2, torch.tensor([0]), 0.0)
+
+    with torch.no_grad():
+        plain, cache = interp.run_with_cache(model, *inputs)
+        out, ablated = interp.run_with_cache(model, *inputs, fwd_hooks=[(target, zero_head0)])
+    assert not torch.allclose(out, plain)
+    assert torch.equal(ablated[f"{prefix}blocks.{layer}.hook_resid_pre"], cache[f"{prefix}blocks.{layer}.hook_resid_pre"])
+    assert torch.equal(ablated[f"{prefix}blocks.{layer}.attn.hook_pattern"],
+                       cache[f"{prefix}blocks.{layer}.attn.hook_pattern"])
+    assert (ablated[target][:, :, 0] == 0).all() and torch.equal(ablated[target][:, :, 1:], cache[target][:, :, 1:])
+    assert not torch.equal(ablated[f"{prefix}blocks.{layer}.hook_attn_out"], cache[f"{prefix}blocks.{layer}.hook_attn_out"])
+
+
+def test_a_head_ablated_by_a_hook_equals_the_head_ablated_in_the_weights():
+    model, (tokens,), *_ = _gpt()
+    d_head = model.config.d_model // model.config.n_heads
+    with torch.no_grad():
+        hooked = interp.run_with_hooks(model, tokens, fwd_hooks=[
+            ("backbone.blocks.0.attn.hook_z", lambda z, n: z.index_fill(2, torch.tensor([1]), 0.0))])
+        model.backbone.blocks[0].attn.proj.weight[:, d_head:2 * d_head] = 0.0  # head 1's columns of W_O
+        assert torch.allclose(hooked, model(tokens), atol=1e-6)
+
+
+def test_an_edited_pattern_is_used_downstream_and_the_fused_kernel_when_it_is_only_read():
+    model, (tokens,), *_ = _gpt()
+    for block in model.backbone.blocks:  # sharp patterns, far from the uniform one forced below
+        torch.nn.init.normal_(block.attn.qkv.weight, std=1.0)
+    t = tokens.shape[1]
+    uniform = torch.ones(t, t).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    with torch.no_grad():
+        plain = model(tokens)
+        out = interp.run_with_hooks(model, tokens, fwd_hooks=[
+            (lambda n: n.endswith("hook_pattern"), lambda p, n: uniform.expand_as(p))])
+        _, cache = interp.run_with_cache(model, tokens, fwd_hooks=[
+            (lambda n: n.endswith("hook_pattern"), lambda p, n: uniform.expand_as(p))])
+
+        def in_place(p, n):
+            p.copy_(uniform.expand_as(p))
+
+        in_place_out = interp.run_with_hooks(model, tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), in_place)])
+        # the same model with the patterns forced by hand: every query averages its prefix's values
+        h = model.embed(tokens) + model.backbone.pos[:t]
+        for block in model.backbone.blocks:
+            x = block.ln1(h)
+            v = block.attn.qkv(x)[..., 2 * model.config.d_model:]
+            h = h + block.attn.proj(uniform @ v)
+            h = h + block.mlp(block.ln2(h))
+        by_hand = model.readout(model.backbone.ln_f(h))
+    assert not torch.allclose(out, plain, atol=1e-3)
+    assert torch.allclose(out, by_hand, atol=1e-5) and torch.allclose(in_place_out, by_hand, atol=1e-5)
+    assert torch.equal(cache["backbone.blocks.1.attn.hook_pattern"], uniform.expand(3, 2, t, t))
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    model, (tokens,), *_ = _gpt()
+
+    def boom(t, name):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        interp.run_with_hooks(model, tokens, fwd_hooks=[("backbone.blocks.1.hook_resid_post", boom)])
+    assert not any(p._forward_hooks for p in interp.hook_points(model).values())
+    with pytest.raises(ValueError, match="did you mean 'backbone.blocks.0.attn.hook_pattern'"):
+        interp.run_with_cache(model, tokens, names="blocks.0.attn.hook_pattern")
+
+
+def test_the_regression_gpt_computes_whole_blocks_when_its_last_block_is_watched():
+    model, (xs, ys), *_ = _regression()
+    with torch.no_grad():
+        plain = model(xs, ys)
+        out, cache = interp.run_with_cache(model, xs, ys, names="backbone.blocks.1.hook_resid_post")
+    assert torch.equal(out, plain)
+    assert cache["backbone.blocks.1.hook_resid_post"].shape == (3, 12, 16)  # every token, not only the x tokens
+
+
+def test_scores_read_hand_built_patterns():
+    b, h, t = 2, 3, 8
+    prev = torch.zeros(t, t)
+    prev[0, 0] = 1
+    prev[torch.arange(1, t), torch.arange(t - 1)] = 1  # head 0: the previous token
+    induct = torch.zeros(t, t)
+    induct[torch.arange(t), torch.arange(t)] = 1
+    period = 4
+    induct[torch.arange(period, t), torch.arange(1, t - period + 1)] = 1  # head 1: the induction target
+    induct[torch.arange(period, t), torch.arange(period, t)] = 0
+    uniform = torch.ones(t, t).tril() / torch.arange(1, t + 1)[:, None]  # head 2
+    pattern = torch.stack([prev, induct, uniform]).expand(b, h, t, t)
+    assert interp.previous_token_score(pattern).tolist() == pytest.approx([1.0, 0.0, (1 / torch.arange(2, t + 1)).mean().item()])
+    assert interp.induction_score(pattern, period).tolist() == pytest.approx([0.0, 1.0, (1 / torch.arange(5, t + 1)).mean().item()])
+    profile = interp.offset_profile(pattern, 3)
+    assert profile[0].tolist() == pytest.approx([0, 1, 0, 0]) and profile[2].tolist() == pytest.approx(
+        [(1 / torch.arange(4, t + 1)).mean().item()] * 4)
+    assert interp.offset_mass(pattern, [1, 2]).tolist()[0] == pytest.approx(1.0)
+
+
+def test_a_trained_previous_token_task_shows_in_the_scores():
+    """A GPT trained for a few hundred steps to copy the previous token: layer 0 holds a head whose
+    previous-token score is near 1, and patching that layer's output carries the whole metric."""
+    torch.manual_seed(0)
+    model = GPTTransformer(GPTConfig(vocab_size=6, n_layers=1, n_heads=2, d_model=32, max_length=10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        tokens = torch.randint(6, (32, 10))
+        loss = torch.nn.functional.cross_entropy(model(tokens)[:, 1:].reshape(-1, 6), tokens[:, :-1].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    scores = interp.head_scores(model, vocab_size=6, period=5, batch=32)
+    assert scores["previous_token"].max() > 0.9
+    g = torch.Generator().manual_seed(1)
+    clean, corrupt = torch.randint(6, (16, 10), generator=g), torch.randint(6, (16, 10), generator=g)
+
+    def metric(logits):  # log-probability of the clean run's previous tokens
+        return logits[:, 1:].log_softmax(-1).gather(-1, clean[:, :-1, None]).mean()
+
+    table = interp.activation_patching(model, (clean,), (corrupt,), metric).set_index("hook")
+    assert table.loc["hook_out", "fraction"] == pytest.approx(1.0)
+    assert table.loc["backbone.blocks.0.hook_resid_post", "fraction"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(table.loc["backbone.hook_pos_embed", "fraction"]) < 0.5  # the positions are the same in both runs
+
+
+needs_nnsight = pytest.mark.skipif(importlib.util.find_spec("nnsight") is None,
+                                   reason="the [interp] extra (nnsight) is not installed")
+
+
+@needs_nnsight
+@pytest.mark.parametrize("kind", ["gpt", "disentangled"])
+def test_nnsight_reaches_every_hook_point_by_its_name(kind, tmp_path):
+    """nnsight traces the same hook points: a saved pattern equals ``run_with_cache``'s, and a
+    zero-ablation written in nnsight equals ``run_with_hooks``'."""
+    script = tmp_path / "trace.py"  # nnsight reads a trace's body from its source file
+    script.write_text(f"""
+import torch
+from nnsight import NNsight
+from icmix import interp
+import test_interp as t
+model, inputs, prefix, layers, _ = t.MODELS[{kind!r}]()
+with torch.no_grad():
+    _, cache = interp.run_with_cache(model, *inputs)
+    ablated = interp.run_with_hooks(model, *inputs, fwd_hooks=[
+        (prefix + "blocks.1.attn.hook_z", lambda z, n: z.index_fill(2, torch.tensor([0]), 0.0))])
+traced = NNsight(model)
+with torch.no_grad(), traced.trace(*inputs):
+    saved = traced.get(prefix + "blocks.0.attn.hook_pattern").output.save()
+with torch.no_grad(), traced.trace(*inputs):
+    traced.get(prefix + "blocks.1.attn.hook_z").output[:, :, 0] = 0
+    out = traced.output.save()
+assert torch.equal(saved, cache[prefix + "blocks.0.attn.hook_pattern"]), "pattern"
+assert torch.equal(out, ablated), (out - ablated).abs().max()
+print("ok")
+""")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
