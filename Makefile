@@ -26,6 +26,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The tests also check the interpretability extras: nnsight ([interp]) and TransformerLens ([tl],
+# about 700 MB of dependencies), installed for `make test` only, not for `make demo`.
+INTERP := $(VENV)/.interp
+$(INTERP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test,interp,tl]"
+	touch $(INTERP)
+
 # `make install`: the venv with icmix installed (editable) for your own code and notebooks.
 install: $(STAMP)
 	@echo "icmix is installed in $(VENV): 'source $(VENV)/bin/activate', then 'import icmix' or 'icmix --help'"
@@ -33,7 +40,7 @@ install: $(STAMP)
 # The test plugin (tests/plugin): a separate distribution whose family, predictor, figure and
 # claim reach icmix only through its entry points.  It is installed into a folder of its own that
 # only the tests put on their path, so that `make demo` and your own reports never see it.
-$(PLUGIN): $(STAMP) tests/plugin/pyproject.toml $(wildcard tests/plugin/icmix_iid/*.py)
+$(PLUGIN): $(INTERP) tests/plugin/pyproject.toml $(wildcard tests/plugin/icmix_iid/*.py)
 	rm -rf $(PLUGIN_SITE)
 	$(PY) -m pip install --quiet --no-deps --target $(PLUGIN_SITE) ./tests/plugin
 	touch $(PLUGIN)

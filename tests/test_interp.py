@@ -310,3 +310,48 @@ print("ok")
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+
+
+needs_tl = pytest.mark.skipif(importlib.util.find_spec("transformer_lens") is None,
+                              reason="the [tl] extra (TransformerLens) is not installed")
+
+
+@needs_tl
+def test_a_zoo_gpt_exported_to_transformer_lens_computes_the_same_logits_and_patterns():
+    from icmix import zoo
+    from icmix.interp.lens import to_transformer_lens
+
+    model, cfg, task = zoo.load("long/gpt3-m3-T32-mse-seed0")
+    bridge = to_transformer_lens(model)
+    tokens, _ = task.sample(16, cfg.task.length, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, cache = interp.run_with_cache(model, tokens)
+        logits, tl_cache = bridge.run_with_cache(tokens)
+        assert (logits - ours).abs().max() < 1e-4
+        for layer in range(model.config.n_layers):
+            for name in ("attn.hook_pattern", "attn.hook_q", "attn.hook_z", "hook_resid_post"):
+                theirs, mine = tl_cache[f"blocks.{layer}.{name}"], cache[f"backbone.blocks.{layer}.{name}"]
+                assert theirs.shape == mine.shape, (layer, name)
+                if name == "attn.hook_pattern":  # weights in [0, 1]: absolutely
+                    assert (theirs - mine).abs().max() < 1e-5, layer
+                else:  # the stream grows to ~10: float32 rounding relative to its size
+                    assert torch.allclose(theirs, mine, rtol=1e-5, atol=1e-5), (layer, name)
+
+        def zero_head(z, hook=None):  # TransformerLens calls fn(tensor, hook=...), icmix fn(tensor, name)
+            z = z.clone()
+            z[:, :, 1] = 0
+            return z
+
+        tl_ablated = bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.2.attn.hook_z", zero_head)])
+        ablated = interp.run_with_hooks(model, tokens, fwd_hooks=[("backbone.blocks.2.attn.hook_z", zero_head)])
+    assert (tl_ablated - ablated).abs().max() < 1e-4 and (ablated - ours).abs().max() > 1e-3
+
+
+@needs_tl
+def test_transformer_lens_export_refuses_what_it_cannot_host():
+    from icmix.interp.lens import to_transformer_lens
+
+    with pytest.raises(ValueError, match="relative positions"):
+        to_transformer_lens(_gpt("relative")[0])
+    with pytest.raises(ValueError, match="cannot host a DisentangledTransformer"):
+        to_transformer_lens(_disentangled()[0])

@@ -48,6 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 ZOO_ROOT = Path(__file__).resolve().parent  # the shipped zoo; ICMIX_ZOO=DIR points icmix at another
 FILES = ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/config.json")
@@ -408,8 +409,12 @@ def entries(root: Path | None = None) -> dict[str, Entry]:
 
 
 def lookup(name: str, root: Path | None = None) -> Entry:
-    """The entry named ``name``, or the one whose name starts with it; ``ValueError`` otherwise."""
+    """The entry named ``name``, or the one whose name starts with it; ``ValueError`` otherwise.
+    ``preset/name`` (``long/gpt3-m3-T32-mse-seed0``) looks in that preset's tier only."""
     found = entries(root)
+    if "/" in name:
+        preset, name = name.split("/", 1)
+        found = {n: e for n, e in found.items() if e.preset == preset}
     if name in found:
         return found[name]
     hits = [n for n in found if n.startswith(name.rstrip(".…"))]
@@ -418,6 +423,33 @@ def lookup(name: str, root: Path | None = None) -> Entry:
     if hits:
         raise ValueError(f"{name!r} matches {len(hits)} zoo runs: {', '.join(hits[:6])}{' …' if len(hits) > 6 else ''}")
     raise ValueError(f"no zoo run named {name!r} ({len(found)} runs; see icmix zoo list)")
+
+
+class Loaded(NamedTuple):
+    """What ``load`` returns: the trained ``model`` (in eval mode), its run's ``config``
+    (``TrainConfig``) and the ``task`` it was trained on."""
+
+    model: object
+    config: object
+    task: object
+
+
+def load(name: str, root: Path | None = None) -> Loaded:
+    """A zoo run in one line: ``model, cfg, task = icmix.zoo.load("gpt3-m3-T32-mse-seed0")``.
+
+    ``name`` is a run name or a unique prefix of one, optionally after its tier
+    (``long/gpt3-m3-T32-mse-seed0``; see ``lookup``).  The entry is checked first,
+    as ``place`` checks one before using it: every file against its SHA-256, its provenance
+    against its digest and, in the shipped zoo, the package's manifest; a stale entry is a
+    ``ValueError`` saying why.  The weights are read from safetensors, never unpickled."""
+    from icmix.train.loop import build_task, load_run
+
+    entry = lookup(name, root)
+    problems = entry.problems(names=False)
+    if problems:
+        raise ValueError(f"zoo run {entry.name} cannot be used: {'; '.join(problems)}")
+    cfg, model = load_run(entry.path)
+    return Loaded(model.eval(), cfg, build_task(cfg))
 
 
 MARKER = "zoo.json"  # in a run directory taken from the zoo: the entry's provenance
