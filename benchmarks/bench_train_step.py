@@ -5,6 +5,8 @@
 
     python benchmarks/bench_train_step.py --preset paper [--repeats 20] [--device cuda]
 
+    python benchmarks/bench_train_step.py --hooks [--repeats 60]
+
 Prints the median step time of the 3-layer disentangled transformer and the standard
 GPT-style transformer side by side, measured in one run, with their ratio.  On CUDA each
 model is timed twice: batches sampled on the CPU and copied over (``data_device: cpu``), and
@@ -13,6 +15,12 @@ sampled on the GPU itself (``data_device: device``).
 ``--preset P`` instead times every distinct training run of ``icmix reproduce all --preset
 P`` (runs that differ only in seed, task seed or step count share a row) and projects the
 hours each figure's training needs at that speed, one run at a time.
+
+``--hooks`` prints what the named hook points (``icmix.models.hooks``) cost with nothing
+attached: each model's step beside the same model with every hook point replaced by a plain
+identity function (no module call, never watched), steps alternating so that both see the same
+machine load, and the ratio of the medians; an A/A column (the hooked model against a copy of
+itself) shows the noise floor.  Run it on idle cores.
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ def bench_preset(preset: str, repeats: int, device: torch.device, precision: str
 
     rows: dict[str, dict] = {}
     for figure, cfg in configs_for(preset).items():
-        for tc in figure_runs(cfg):
+        for tc in figure_runs(figure, cfg):
             tc = dataclasses.replace(tc, precision=precision, data_device=data_device)
             row = rows.setdefault(shape(tc), {"config": tc, "steps": {}, "figures": set()})
             row["steps"][run_name(tc)] = tc.steps  # a run shared by figures counts once
@@ -84,6 +92,81 @@ def bench_preset(preset: str, repeats: int, device: torch.device, precision: str
                    + (f", n {tc.task.n_train}" if tc.task.n_train else "")) + f", B {tc.batch_size}")
         print(f"{what[:57]:<58}{len(row['steps']):>5}{t * 1e3:>11.1f}{hours:>8.2f}  {', '.join(sorted(row['figures']))}")
     print(f"{'all runs, one at a time':<58}{sum(len(r['steps']) for r in rows.values()):>5}{'':>11}{total:>8.2f}")
+
+
+class _Bare:
+    """What replaces a hook point in ``without_hook_points``: an identity function, never watched."""
+
+    watched = False
+
+    def __call__(self, x):
+        return x
+
+
+def without_hook_points(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in place) with every ``HookPoint`` child replaced by a plain identity function."""
+    from icmix.models.hooks import HookPoint
+
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, HookPoint):
+                del parent._modules[name]
+                object.__setattr__(parent, name, _Bare())
+    return model
+
+
+def hook_overhead(cfg: TrainConfig, repeats: int, device: torch.device) -> tuple[float, float, float]:
+    """Median step times ``(with hook points, without, with again)`` of ``cfg``'s model: three
+    copies of one model, their steps taken in turn (the order rotating) on the same batches.  The
+    third is the noise floor: the same model as the first, timed as a separate copy."""
+    import copy
+
+    torch.manual_seed(0)
+    base = build_model(cfg)
+    models = [copy.deepcopy(base).to(device), without_hook_points(copy.deepcopy(base)).to(device),
+              copy.deepcopy(base).to(device)]
+    objective = build_objective(build_task(cfg), cfg)
+    pairs = [(m, torch.optim.Adam(m.parameters(), lr=1e-3)) for m in models]
+    gen = torch.Generator().manual_seed(0)
+    times: list[list[float]] = [[], [], []]
+    for i in range(repeats + 3):
+        batch = objective.batch(cfg.steps - 1, cfg.batch_size, gen)
+        for k in (i % 3, (i + 1) % 3, (i + 2) % 3):
+            model, opt = pairs[k]
+            start = time.perf_counter()
+            loss = objective.loss(model, batch, device)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 3:
+                times[k].append(time.perf_counter() - start)
+    return tuple(statistics.median(t) for t in times)
+
+
+HOOK_MODELS = [
+    ("disentangled 3-layer (MTD, T 32)", {"task": {"vocab_size": 10, "order": 3, "length": 32},
+                                          "model": {"kind": "disentangled", "n_layers": 3}}),
+    ("standard GPT 3x64, 4 heads (MTD, T 32)", {"task": {"vocab_size": 10, "order": 3, "length": 32},
+                                                "model": {"kind": "gpt", "n_layers": 3, "d_model": 64, "n_heads": 4}}),
+]
+
+
+def bench_hooks(repeats: int, device: torch.device) -> None:
+    """The hook points' cost per training step, model by model (``--hooks``)."""
+    from icmix.experiments.common import run_name  # noqa: F401 - registers the families
+    from icmix.report import configs_for, figure_runs
+
+    regression = figure_runs("mlr-fig2", configs_for("cpu")["mlr-fig2"])[0]
+    rows = [(name, TrainConfig.from_dict({**spec, "batch_size": 64})) for name, spec in HOOK_MODELS]
+    rows.append((f"regression GPT {regression.model_config().n_layers}x{regression.model_config().d_model} (cpu preset)",
+                 regression))
+    print(f"{'model':<44}{'hook points':>12}{'with (ms)':>11}{'without':>10}{'overhead':>10}{'A/A':>9}")
+    for name, cfg in rows:
+        n = sum(1 for m in build_model(cfg).modules() if type(m).__name__ == "HookPoint")
+        with_, without, again = hook_overhead(cfg, repeats, device)
+        print(f"{name:<44}{n:>12}{with_ * 1e3:>11.2f}{without * 1e3:>10.2f}{(with_ / without - 1) * 100:>9.2f}%"
+              f"{(again / with_ - 1) * 100:>8.2f}%")
+    print("overhead: with / without - 1; A/A: a second copy of the hooked model against the first, the noise floor")
 
 
 MODELS = [
@@ -105,9 +188,16 @@ def main() -> None:
     parser.add_argument("--preset", choices=("quick", "cpu", "paper"),
                         help="time the training runs of this reproduce-all preset instead")
     parser.add_argument("--data-device", choices=("cpu", "device"), default="cpu", help="with --preset")
+    parser.add_argument("--hooks", action="store_true",
+                        help="the cost of the hook points: each model with and without them, side by side")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    if args.hooks:
+        print(f"torch {torch.__version__}, {where}; steps alternate between the two models, medians of "
+              f"{args.repeats}")
+        bench_hooks(args.repeats, device)
+        return
     if args.preset:
         print(f"torch {torch.__version__}, {where}; the training runs of preset {args.preset!r}")
         bench_preset(args.preset, args.repeats, device, args.precision, args.data_device)

@@ -231,15 +231,25 @@ def test_scores_read_hand_built_patterns():
     prev = torch.zeros(t, t)
     prev[0, 0] = 1
     prev[torch.arange(1, t), torch.arange(t - 1)] = 1  # head 0: the previous token
-    induct = torch.zeros(t, t)
-    induct[torch.arange(t), torch.arange(t)] = 1
     period = 4
-    induct[torch.arange(period, t), torch.arange(1, t - period + 1)] = 1  # head 1: the induction target
+    induct = torch.eye(t)
     induct[torch.arange(period, t), torch.arange(period, t)] = 0
+    induct[torch.arange(period, t), torch.arange(1, t - period + 1)] = 1  # head 1: the induction target
     uniform = torch.ones(t, t).tril() / torch.arange(1, t + 1)[:, None]  # head 2
     pattern = torch.stack([prev, induct, uniform]).expand(b, h, t, t)
-    assert interp.previous_token_score(pattern).tolist() == pytest.approx([1.0, 0.0, (1 / torch.arange(2, t + 1)).mean().item()])
-    assert interp.induction_score(pattern, period).tolist() == pytest.approx([0.0, 1.0, (1 / torch.arange(5, t + 1)).mean().item()])
+    tokens = interp.repeated_sequences(10, period, b, torch.Generator().manual_seed(0))
+    assert (tokens[:, :period].sort(-1).values.diff(dim=-1) > 0).all()  # distinct tokens in the first copy
+    assert interp.previous_token_score(pattern).tolist() == pytest.approx(
+        [1.0, 0.0, (1 / torch.arange(2, t + 1)).mean().item()])
+    assert interp.induction_score(pattern, tokens, start=period).tolist() == pytest.approx(
+        [0.0, 1.0, (1 / torch.arange(5, t + 1)).mean().item()])
+    # a token seen twice before: both keys that followed it are targets
+    tokens = torch.tensor([[1, 2, 1, 3, 1]])
+    p = torch.zeros(1, 1, 5, 5)
+    p[0, 0, 4, 1], p[0, 0, 4, 3], p[0, 0, 4, 4] = 0.25, 0.5, 0.25  # 2 and 3 followed the earlier 1s
+    p[0, 0, 2, 1], p[0, 0, 2, 0] = 0.75, 0.25
+    p[0, 0, [0, 1, 3], [0, 1, 3]] = 1.0
+    assert interp.induction_score(p, tokens).item() == pytest.approx((0.75 + 0.75) / 2)  # queries 2 and 4
     profile = interp.offset_profile(pattern, 3)
     assert profile[0].tolist() == pytest.approx([0, 1, 0, 0]) and profile[2].tolist() == pytest.approx(
         [(1 / torch.arange(4, t + 1)).mean().item()] * 4)

@@ -457,6 +457,27 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _inspect(args) -> int:
+    import pandas as pd
+
+    from icmix.inspection import inspect, load_model
+    from icmix.io import output_folder
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    load_model(args.run)  # an unknown run is refused before anything is created
+    out = Path(args.out or f"inspect-{Path(args.run).name.replace('/', '-')}")
+    with output_folder(out):
+        written = inspect(args.run, out, batch=args.batch, seed=args.seed)
+    scores = pd.read_csv(written["head-scores.csv"])
+    print(_aligned(scores.round(3)))
+    if "construction.csv" in written:
+        print("\nagainst the mirror-descent construction (best head per layer):")
+        print(_aligned(pd.read_csv(written["construction.csv"]).round(3)))
+    print(f"\nwrote {', '.join(sorted(written))} to {out}")
+    return 0
+
+
 def _zoo_verify(args) -> int:
     import json
 
@@ -645,6 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_arguments(p)
     _threads_argument(p)
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("inspect", help="look inside a trained model: attention maps, per-head scores, and for MTD "
+                                       "models the comparison with the mirror-descent construction")
+    p.add_argument("run", help="a finished run folder, or a zoo run (name, unique prefix, or PRESET/NAME)")
+    p.add_argument("--out", help="where to write (default: inspect-<run name>)")
+    p.add_argument("--batch", type=int, default=64, help="sequences of the model's task the maps and scores average")
+    p.add_argument("--seed", type=int, default=0, help="draws the batch (and the induction probe)")
+    p.set_defaults(func=_inspect)
 
     p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")
     zsub = p.add_subparsers(dest="zoo_command", required=True)

@@ -48,27 +48,42 @@ def previous_token_score(pattern: Tensor) -> Tensor:
 
 
 def repeated_sequences(vocab_size: int, period: int, batch: int, generator: torch.Generator | None = None) -> Tensor:
-    """``(B, 2 * period)`` tokens: a uniformly random sequence of ``period`` tokens, then itself
-    again: the standard probe for induction heads."""
-    first = torch.randint(vocab_size, (batch, period), generator=generator)
+    """``(B, 2 * period)`` tokens: a random sequence of ``period`` tokens, then itself again: the
+    standard probe for induction heads.  The first copy draws without replacement where the
+    vocabulary allows (so each token's earlier occurrence is unique), uniformly otherwise."""
+    if vocab_size >= period:
+        first = torch.rand(batch, vocab_size, generator=generator).argsort(-1)[:, :period]
+    else:
+        first = torch.randint(vocab_size, (batch, period), generator=generator)
     return torch.cat([first, first], dim=1)
 
 
-def induction_score(pattern: Tensor, period: int) -> Tensor:
-    """Per head ``(H,)``: on a sequence repeated with ``period``, the mean attention that query
-    ``i`` in the second copy puts on key ``i - period + 1``, the token that followed the
-    current token's earlier occurrence (the induction target)."""
-    t = pattern.shape[-1]
-    if t < period + 1:
-        raise ValueError(f"length {t} holds no second copy of a period-{period} sequence")
-    i = torch.arange(period, t, device=pattern.device)
-    return pattern[:, :, i, i - period + 1].double().mean(dim=(0, 2))
+def induction_score(pattern: Tensor, tokens: Tensor, start: int = 1) -> Tensor:
+    """Per head ``(H,)``: the mean attention mass query ``i`` puts on the keys ``j`` whose
+    *previous* token equals its own (``tokens[j - 1] == tokens[i]``, ``1 <= j <= i``): the tokens
+    that followed the current token before, which an induction head copies (Olsson et al. 2022;
+    on a Markov chain, the "statistical induction head" of Edelman et al. 2024).  Averaged over
+    queries ``i >= start`` that have at least one such key.  On a repeated sequence of distinct
+    tokens with period ``P`` the only such key is ``i - P + 1``, the classic induction target.
+    ``pattern``: ``(B, H, T, T)``; ``tokens``: ``(B, T)``."""
+    b, h, t, _ = pattern.shape
+    if tokens.shape != (b, t):
+        raise ValueError(f"tokens {tuple(tokens.shape)} do not match the pattern's (B, T) = ({b}, {t})")
+    targets = torch.zeros(b, t, t, dtype=torch.bool, device=pattern.device)
+    targets[:, :, 1:] = tokens[:, None, :-1] == tokens[:, :, None]  # [b, i, j]: tokens[j - 1] == tokens[i]
+    targets &= torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()
+    targets[:, :start] = False
+    rows = targets.any(-1)  # (B, T): queries with a target
+    if not rows.any():
+        raise ValueError("no query has an earlier occurrence of its token")
+    mass = (pattern.double() * targets[:, None]).sum(-1)  # (B, H, T)
+    return (mass * rows[:, None]).sum(dim=(0, 2)) / rows.sum()
 
 
 def head_scores(model: nn.Module, vocab_size: int, period: int = 16, batch: int = 64, lags: int | None = None,
                 seed: int = 0) -> pd.DataFrame:
-    """One row per layer and head of a token model: ``previous_token`` and ``induction`` on
-    repeated random sequences of ``period`` tokens, and with ``lags`` the ``lag_mass`` on offsets
+    """One row per layer (from 0) and head of a token model: ``previous_token`` and ``induction``
+    (in the second copy) on repeated random sequences of ``period`` tokens, and with ``lags`` the ``lag_mass`` on offsets
     ``1..lags`` (the MTD lags) on the same sequences' first copy."""
     g = torch.Generator().manual_seed(seed)
     tokens = repeated_sequences(vocab_size, period, batch, g)
@@ -76,7 +91,7 @@ def head_scores(model: nn.Module, vocab_size: int, period: int = 16, batch: int 
         patterns = attention_patterns(model, tokens)
     rows = []
     for layer, p in enumerate(patterns):
-        prev, ind = previous_token_score(p), induction_score(p, period)
+        prev, ind = previous_token_score(p), induction_score(p, tokens, start=period)
         lag = offset_mass(p[..., :period, :period], range(1, lags + 1)) if lags else None
         for h in range(p.shape[1]):
             row = {"layer": layer, "head": h, "previous_token": prev[h].item(), "induction": ind[h].item()}
@@ -98,14 +113,16 @@ def construction_agreement(patterns: Sequence[Tensor], reference: Sequence[Tenso
 
 
 def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, metric: Callable[[object], Tensor],
-                        names=None, **kwargs) -> pd.DataFrame:
+                        names=None, position: int | None = None, **kwargs) -> pd.DataFrame:
     """Patch each hook point's clean activation into the corrupt run, one at a time, and measure.
 
     ``clean`` and ``corrupt`` are the model's inputs (tuples) for two runs of the same shapes;
-    ``metric(output) -> scalar``.  For each hook point ``names`` picks (default: every one whose
-    clean and corrupt activations have the same shape), one row: ``effect``, the metric of the
-    patched run minus the corrupt run's, and ``fraction``, that effect over the clean run's minus
-    the corrupt run's (1: the hook point carries everything the metric sees; 0: nothing).
+    ``metric(output) -> scalar``.  ``position``: patch only that sequence position (the query
+    position of scores and patterns), e.g. ``-1``; default, the whole activation.  For each hook
+    point ``names`` picks (default: all; one whose clean and corrupt shapes differ is skipped),
+    one row: ``metric`` of the patched run, ``effect`` (that minus the corrupt run's metric) and
+    ``fraction``, the effect over the clean run's metric minus the corrupt run's (1: the hook point
+    carries all the difference the metric sees; 0: none of it).
     """
     with torch.no_grad():
         clean_out, clean_cache = run_with_cache(model, *clean, names=names, **kwargs)
@@ -115,7 +132,16 @@ def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, me
         for name, patched in clean_cache.items():
             if patched.shape != corrupt_cache[name].shape:
                 continue
-            with hooks(model, [(name, lambda t, n, patched=patched: patched)]):
+            if position is None:
+                hook = (lambda t, n, patched=patched: patched)
+            else:
+                dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+
+                def hook(t, n, patched=patched, dim=dim):
+                    out = t.clone()
+                    out.select(dim, position).copy_(patched.select(dim, position))
+                    return out
+            with hooks(model, [(name, hook)]):
                 out = model(*corrupt, **kwargs)
             m = float(metric(out))
             gap = m_clean - m_corrupt
