@@ -365,3 +365,70 @@ def test_transformer_lens_export_refuses_what_it_cannot_host():
         to_transformer_lens(_gpt("relative")[0])
     with pytest.raises(ValueError, match="cannot host a DisentangledTransformer"):
         to_transformer_lens(_disentangled()[0])
+
+
+def test_zoo_load_gives_model_config_and_task_and_refuses_a_damaged_entry(tmp_path):
+    import shutil
+
+    from icmix import zoo
+    from icmix.models.base import Pretrained
+    from icmix.tasks.mtd import MTDTask
+
+    name = "long/disentangled3-m3-T32-mse-seed0"
+    model, cfg, task = zoo.load(name)
+    entry = zoo.lookup(name)
+    assert not model.training and isinstance(task, MTDTask) and cfg.task.order == task.order == 3
+    again = DisentangledTransformer.from_pretrained(entry.path / "model")
+    tokens = torch.randint(10, (2, 32))
+    assert isinstance(model, Pretrained) and torch.equal(model(tokens), again(tokens))
+    copy = tmp_path / "long" / entry.name
+    shutil.copytree(entry.path, copy)
+    weights = copy / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model/model.safetensors differs"):
+        zoo.load(entry.name, root=tmp_path)
+    with pytest.raises(ValueError, match="matches 2 zoo runs"):
+        zoo.load("disentangled3-m3-T32-mse-seed0")  # the cpu and long tiers both hold one
+
+
+def test_icmix_inspect_writes_maps_scores_and_the_construction_comparison(tmp_path, capsys):
+    from icmix import agreement, zoo
+    from icmix.cli import main
+    from icmix.inspection import model_inputs
+    from icmix.train.loop import build_objective
+
+    out = tmp_path / "inspect"
+    assert main(["inspect", "long/disentangled3-m3-T32-mse-seed0", "--out", str(out), "--batch", "16"]) == 0
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert files == ["attention-layer1.png", "attention-layer2.png", "attention-layer3.png", "construction.csv",
+                     "construction.png", "head-scores.csv"]
+    import pandas as pd
+
+    scores, cons = pd.read_csv(out / "head-scores.csv"), pd.read_csv(out / "construction.csv")
+    # the lag mass again, from the model's own return_attention and agreement.lag_offset_mass
+    model, cfg, task = zoo.load("long/disentangled3-m3-T32-mse-seed0")
+    batch = build_objective(task, cfg).eval_batch(16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, patterns = model(*model_inputs(batch), return_attention=True)
+    assert scores.loc[scores.layer == 1, "lag_mass"].item() == pytest.approx(agreement.lag_offset_mass(patterns[0], 3),
+                                                                               abs=1e-5)
+    assert list(cons.layer) == [1, 2, 3] and cons.cosine.between(-1, 1).all() and (cons.beta > 0).all()
+    assert "against the mirror-descent construction" in capsys.readouterr().out
+    assert main(["inspect", "no-such-run", "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()
+
+
+def test_icmix_inspect_reads_a_regression_gpt_run_folder(tmp_path):
+    from icmix import zoo
+    from icmix.cli import main
+
+    entry = next(e for n, e in sorted(zoo.entries().items()) if n.startswith("gpt-regression4") and e.preset == "cpu")
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(entry.path), "--out", str(out), "--batch", "8"]) == 0
+    import pandas as pd
+
+    scores = pd.read_csv(out / "head-scores.csv")
+    assert "induction" not in scores and "lag_mass" not in scores and not (out / "construction.csv").exists()
+    assert len(scores) == 4 * 4 and scores.previous_token.between(0, 1).all()
