@@ -76,6 +76,8 @@ SHIPPED: dict[str, str] = {
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed2-26c6b5d5": "e18c9ff5533ef958ed65adeba80fd978daaa8cae31aff179fe2bfa2502f0c9ac",
     "long/gpt-regression4-d8-m5-noise1.0-n500-seed3-36508c0a": "cdd6c5162e3dc308b7ba65c35b1d7a05e95dbafac9544406daa76c1b3b7db92f",
     "long/gpt-regression4-d8-m5-noise1.0-seed0-8e4e07d9": "93af6940c07a098ff8b1dc3dbe16a164d04fdc778b984f99aae8b26870ce7d91",
+    "long/gpt-regression4-d8-m5-noise1.0-seed1-2dcd0082": "e233d49d4907b12ae8df4f076e7913dd61557b4a94d355b55c4f3059edafb053",
+    "long/gpt-regression4-d8-m5-noise1.0-seed2-8e63c751": "fb8f4b4258b10b1573713a92c5e5389541df6e3029a9778b408aa89bd9860366",
     "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "23fbbcbfbb8333613cec294c0d4f6e38997a5f47c119bce2574c0b9556e546df",
     "long/gpt3-m3-T32-mse-seed1-81f4ded6": "cc004bee892b214a15dbedd1f4dad6e98d90d625614b12a9ca797e83e4e0f466",
     "long/gpt3-m3-T32-mse-seed2-b54d4464": "32d33db4a6b95098f73555c2fcbd1f82887a5e43858ced1893bb80937de4c3b9",
