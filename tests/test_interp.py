@@ -146,21 +146,29 @@ def test_an_identity_hook_everywhere_leaves_the_output_bit_identical(kind):
 @pytest.mark.parametrize("kind", MODELS)
 def test_zeroing_one_heads_output_changes_only_what_depends_on_it(kind):
     model, inputs, prefix, layers, _ = MODELS[kind]()
-    layer = layers - 1
-    target = f"{prefix}blocks.{layer}.attn.hook_z"
+    for layer in range(layers):
+        target = f"{prefix}blocks.{layer}.attn.hook_z"
 
-    def zero_head0(z, name):
-        return z.index_fill(2, torch.tensor([0]), 0.0)
+        def zero_head0(z, name):
+            return z.index_fill(2, torch.tensor([0]), 0.0)
 
-    with torch.no_grad():
-        plain, cache = interp.run_with_cache(model, *inputs)
-        out, ablated = interp.run_with_cache(model, *inputs, fwd_hooks=[(target, zero_head0)])
-    assert not torch.allclose(out, plain)
-    assert torch.equal(ablated[f"{prefix}blocks.{layer}.hook_resid_pre"], cache[f"{prefix}blocks.{layer}.hook_resid_pre"])
-    assert torch.equal(ablated[f"{prefix}blocks.{layer}.attn.hook_pattern"],
-                       cache[f"{prefix}blocks.{layer}.attn.hook_pattern"])
-    assert (ablated[target][:, :, 0] == 0).all() and torch.equal(ablated[target][:, :, 1:], cache[target][:, :, 1:])
-    assert not torch.equal(ablated[f"{prefix}blocks.{layer}.hook_attn_out"], cache[f"{prefix}blocks.{layer}.hook_attn_out"])
+        with torch.no_grad():
+            plain, cache = interp.run_with_cache(model, *inputs)
+            out, ablated = interp.run_with_cache(model, *inputs, fwd_hooks=[(target, zero_head0)])
+        assert not torch.allclose(out, plain)
+        # everything computed before the head's output is untouched: the earlier blocks, the embedding,
+        # and this layer's stream, queries, keys, values, scores and pattern
+        upstream = [n for n in cache if n.startswith(("hook_embed", f"{prefix}hook_pos_embed"))
+                    or any(n.startswith(f"{prefix}blocks.{earlier}.") for earlier in range(layer))
+                    or n.startswith(tuple(f"{prefix}blocks.{layer}.{s}" for s in (
+                        "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+                        "attn.hook_pattern")))]
+        assert len(upstream) >= 3
+        for name in upstream:
+            assert torch.equal(ablated[name], cache[name]), name
+        assert (ablated[target][:, :, 0] == 0).all()
+        assert torch.equal(ablated[target][:, :, 1:], cache[target][:, :, 1:])  # the other heads (if any)
+        assert not torch.equal(ablated[f"{prefix}blocks.{layer}.hook_attn_out"], cache[f"{prefix}blocks.{layer}.hook_attn_out"])
 
 
 def test_a_head_ablated_by_a_hook_equals_the_head_ablated_in_the_weights():
@@ -202,6 +210,52 @@ def test_an_edited_pattern_is_used_downstream_and_the_fused_kernel_when_it_is_on
     assert not torch.allclose(out, plain, atol=1e-3)
     assert torch.allclose(out, by_hand, atol=1e-5) and torch.allclose(in_place_out, by_hand, atol=1e-5)
     assert torch.equal(cache["backbone.blocks.1.attn.hook_pattern"], uniform.expand(3, 2, t, t))
+
+
+def test_the_fused_kernel_runs_unless_a_hook_changes_a_value(monkeypatch):
+    from icmix.models import gpt
+
+    model, (tokens,), *_ = _gpt()
+    calls = []
+    fused = gpt.F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(gpt.F, "scaled_dot_product_attention", counted)
+    patterns = lambda n: n.endswith(("hook_pattern", "hook_attn_scores"))  # noqa: E731
+    with torch.no_grad():
+        plain = model(tokens)
+        assert len(calls) == 2
+        calls.clear()
+        _, cache = interp.run_with_cache(model, tokens, names=patterns)  # reads only
+        assert len(calls) == 2 and len(cache) == 4
+
+        def through_data(p, name):  # an edit no version counter sees
+            p.data[..., 0] = 0.5
+        calls.clear()
+        edited = interp.run_with_hooks(model, tokens, fwd_hooks=[("backbone.blocks.0.attn.hook_pattern", through_data)])
+        assert len(calls) == 1 and not torch.allclose(edited, plain)  # layer 0 explicit, layer 1 fused
+    with torch.inference_mode():
+        out, cache = interp.run_with_cache(model, tokens, names=patterns)
+        assert torch.equal(out, plain) and len(cache) == 4
+
+
+def test_a_predicate_that_picks_nothing_is_refused_and_the_cache_survives_later_edits():
+    model, (tokens,), *_ = _gpt()
+    with pytest.raises(ValueError, match="picks none of the"):
+        interp.run_with_hooks(model, tokens, fwd_hooks=[(lambda n: n.endswith("hook_patern"), lambda t, n: t * 0)])
+
+    def zero_in_place(t, name):
+        t.zero_()
+
+    with torch.no_grad():
+        _, clean = interp.run_with_cache(model, tokens)
+        _, cache = interp.run_with_cache(model, tokens, fwd_hooks=[("backbone.blocks.1.hook_resid_pre", zero_in_place)])
+    # block 0's output is the very tensor block 1 receives: its cached copy keeps what flowed out of block 0
+    assert torch.equal(cache["backbone.blocks.0.hook_resid_post"], clean["backbone.blocks.0.hook_resid_post"])
+    assert (cache["backbone.blocks.1.hook_resid_pre"] == 0).all()
 
 
 def test_hooks_are_removed_when_the_forward_raises():
@@ -250,6 +304,10 @@ def test_scores_read_hand_built_patterns():
     p[0, 0, 2, 1], p[0, 0, 2, 0] = 0.75, 0.25
     p[0, 0, [0, 1, 3], [0, 1, 3]] = 1.0
     assert interp.induction_score(p, tokens).item() == pytest.approx((0.75 + 0.75) / 2)  # queries 2 and 4
+    itself = torch.eye(5)[None, None]  # a head on its own token, where the token repeats the previous one
+    assert interp.induction_score(itself, torch.tensor([[1, 1, 1, 1, 1]])).item() == 0.0
+    with pytest.raises(ValueError, match="start must be in"):
+        interp.induction_score(itself, tokens, start=5)
     profile = interp.offset_profile(pattern, 3)
     assert profile[0].tolist() == pytest.approx([0, 1, 0, 0]) and profile[2].tolist() == pytest.approx(
         [(1 / torch.arange(4, t + 1)).mean().item()] * 4)
@@ -280,7 +338,18 @@ def test_a_trained_previous_token_task_shows_in_the_scores():
     table = interp.activation_patching(model, (clean,), (corrupt,), metric).set_index("hook")
     assert table.loc["hook_out", "fraction"] == pytest.approx(1.0)
     assert table.loc["backbone.blocks.0.hook_resid_post", "fraction"] == pytest.approx(1.0, abs=1e-5)
-    assert abs(table.loc["backbone.hook_pos_embed", "fraction"]) < 0.5  # the positions are the same in both runs
+    assert table.loc["backbone.hook_pos_embed", "effect"] == 0.0  # the positions are the same in both runs
+    # at the last position only: the last logits carry it all, layer 0's attention output at the
+    # last query as well (a one-layer model), the position embedding nothing
+    last = interp.activation_patching(model, (clean,), (corrupt,), lambda o: o[:, -1].log_softmax(-1).gather(
+        -1, clean[:, -2, None]).mean(), position=-1).set_index("hook")
+    assert last.loc["hook_out", "fraction"] == pytest.approx(1.0)
+    assert last.loc["backbone.blocks.0.hook_resid_post", "fraction"] == pytest.approx(1.0, abs=1e-5)
+    assert last.loc["backbone.hook_pos_embed", "effect"] == 0.0
+    # the regression GPT's predictions are N long, its stream 2N: one position would mean two tokens
+    reg, (xs, ys), *_ = _regression()
+    with pytest.raises(ValueError, match="position=-1 is ambiguous"):
+        interp.activation_patching(reg, (xs, ys), (xs, -ys), lambda o: o.mean(), position=-1)
 
 
 needs_nnsight = pytest.mark.skipif(importlib.util.find_spec("nnsight") is None,
@@ -414,9 +483,12 @@ def test_icmix_inspect_writes_maps_scores_and_the_construction_comparison(tmp_pa
         _, patterns = model(*model_inputs(batch), return_attention=True)
     assert scores.loc[scores.layer == 1, "lag_mass"].item() == pytest.approx(agreement.lag_offset_mass(patterns[0], 3),
                                                                                abs=1e-5)
-    assert list(cons.layer) == [1, 2, 3] and cons.cosine.between(-1, 1).all() and (cons.beta > 0).all()
+    assert list(cons.layer) == [1, 2, 3] and list(cons.block) == [0, 1, 2]
+    assert cons.cosine.between(-1, 1).all() and (cons.beta > 0).all()
     assert "against the mirror-descent construction" in capsys.readouterr().out
     assert main(["inspect", "no-such-run", "--out", str(tmp_path / "never")]) == 2
+    assert main(["inspect", "runs/typo", "--out", str(tmp_path / "never")]) == 2
+    assert "runs/typo is not a run folder, and 'runs' is not a zoo tier" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
 

@@ -465,10 +465,10 @@ def _inspect(args) -> int:
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    load_model(args.run)  # an unknown run is refused before anything is created
+    loaded = load_model(args.run)  # an unknown run is refused before anything is created
     out = Path(args.out or f"inspect-{Path(args.run).name.replace('/', '-')}")
     with output_folder(out):
-        written = inspect(args.run, out, batch=args.batch, seed=args.seed)
+        written = inspect(args.run, out, batch=args.batch, seed=args.seed, loaded=loaded)
     scores = pd.read_csv(written["head-scores.csv"])
     print(_aligned(scores.round(3)))
     if "construction.csv" in written:

@@ -4,11 +4,17 @@ It writes, for the model's own task data (the run's evaluation batch, drawn agai
 
 - ``attention-layer{l}.png``: each head's attention map, averaged over the batch;
 - ``head-scores.csv``: one row per layer and head: ``previous_token`` (mass on offset 1),
-  ``self`` (offset 0), ``entropy`` (nats, mean over rows), ``lag_mass`` (offsets ``1..m`` of an
-  MTD task) and, for token models, ``induction`` on repeated random sequences;
+  ``self`` (offset 0), ``entropy`` (nats, mean over rows), for an MTD task ``lag_mass``
+  (offsets ``1..m``: the tokens before each position, where the construction's layer 1 reads
+  the evidence; ``agreement.lag_offset_mass``) and ``next_lag_mass`` (offsets ``0..m-1``: the
+  tokens the next prediction mixes, where a GPT's layer-1 heads often look) and, for token
+  models, ``induction`` on repeated random sequences;
 - for an MTD model, ``construction.csv`` and ``construction.png``: each layer's best head
   against the layer of the hand-built mirror-descent transformer (``β`` tuned on the same
   batch), the row cosine and the mass on the construction's support (``agreement``).
+
+``layer`` counts from 1, as the papers do; ``block`` is the index in the hook names
+(``blocks.{block}.attn.hook_pattern``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ def load_model(run: str):
             raise ValueError(f"{path} is not a training run (no config.yaml) and not a zoo run")
         cfg, model = load_run(path)
         return cfg, model.eval(), str(path)
+    tiers = {e.preset for e in zoo.entries().values()}
+    if "/" in run and run.split("/", 1)[0] not in tiers:
+        raise ValueError(f"{run} is not a run folder, and {run.split('/', 1)[0]!r} is not a zoo tier "
+                         f"({', '.join(sorted(tiers))})")
     model, cfg, _ = zoo.load(run)
     return cfg, model, f"zoo {zoo.lookup(run).key}"
 
@@ -58,11 +68,12 @@ def head_table(model, task, patterns: list[torch.Tensor], tokens: bool, seed: in
     for layer, p in enumerate(patterns):
         prev, own, ent = interp.previous_token_score(p), interp.offset_mass(p, [0], 0), _entropy(p)
         lag = interp.offset_mass(p, range(1, order + 1)) if order else None
+        next_lag = interp.offset_mass(p, range(order), start=order) if order else None
         for h in range(p.shape[1]):
-            row = {"layer": layer + 1, "head": h, "previous_token": prev[h].item(), "self": own[h].item(),
-                   "entropy": ent[h].item()}
+            row = {"layer": layer + 1, "block": layer, "head": h, "previous_token": prev[h].item(),
+                   "self": own[h].item(), "entropy": ent[h].item()}
             if order:
-                row["lag_mass"] = lag[h].item()
+                row["lag_mass"], row["next_lag_mass"] = lag[h].item(), next_lag[h].item()
             rows.append(row)
     table = pd.DataFrame(rows)
     if tokens:
@@ -88,14 +99,16 @@ def construction_comparison(task, tokens: torch.Tensor, latent: torch.Tensor, pa
         reference = interp.attention_patterns(cons, tokens)
     layers = min(len(patterns), len(reference))
     table = interp.construction_agreement(patterns[:layers], reference[:layers], start=task.order)
+    table.insert(1, "block", table["layer"])
     table["layer"] += 1
     table.insert(1, "beta", beta)
     return table, reference, beta
 
 
-def inspect(run: str, out: Path, batch: int = 64, seed: int = 0, log=print) -> dict[str, Path]:
+def inspect(run: str, out: Path, batch: int = 64, seed: int = 0, log=print, loaded=None) -> dict[str, Path]:
     """Write ``icmix inspect``'s files for ``run`` into ``out`` (all of them, or none: they are
-    staged and moved in together) and return them by name."""
+    staged and moved in together; maps of layers an earlier, deeper model left there are
+    removed) and return them by name.  ``loaded``: ``load_model(run)``'s result, if at hand."""
     import matplotlib.pyplot as plt
 
     from icmix.figures.attention import draw_head_maps, draw_pattern_comparison
@@ -103,7 +116,7 @@ def inspect(run: str, out: Path, batch: int = 64, seed: int = 0, log=print) -> d
     from icmix.tasks.mtd import MTDTask
     from icmix.train.loop import build_objective, build_task
 
-    cfg, model, label = load_model(run)
+    cfg, model, label = loaded or load_model(run)
     task = build_task(cfg)
     data = build_objective(task, cfg).eval_batch(batch, torch.Generator().manual_seed(seed))
     inputs = model_inputs(data)
@@ -131,5 +144,11 @@ def inspect(run: str, out: Path, batch: int = 64, seed: int = 0, log=print) -> d
             plt.close(fig)
             written["construction.csv"] = out / "construction.csv"
             written["construction.png"] = out / "construction.png"
+    for stale in out.glob("attention-layer*.png"):
+        if stale.name not in written:
+            stale.unlink()
+    if "construction.csv" not in written:
+        for name in ("construction.csv", "construction.png"):
+            (out / name).unlink(missing_ok=True)
     log(f"{label}: {type(model).__name__}, {len(patterns)} layers, {cfg.task.kind} task; {batch} sequences, seed {seed}")
     return written

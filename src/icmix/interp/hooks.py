@@ -24,7 +24,7 @@ from icmix.models.hooks import HookPoint
 
 HookFn = Callable[[Tensor, str], "Tensor | None"]
 Selector = "str | Callable[[str], bool]"
-_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.(.+)$")
+_LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.(.+)$")  # the match starts at the prefix's end
 
 
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:
@@ -39,7 +39,8 @@ def hook_names(model: nn.Module) -> list[str]:
 
 def select(model: nn.Module, which) -> list[str]:
     """The hook names ``which`` picks: ``None`` (all), a name, a predicate ``name -> bool``, or an
-    iterable of names and predicates.  An unknown name is a ``ValueError`` naming the closest."""
+    iterable of names and predicates.  An unknown name is a ``ValueError`` naming the closest, and
+    so is a predicate that picks nothing."""
     points = hook_names(model)
     if which is None:
         return points
@@ -48,7 +49,11 @@ def select(model: nn.Module, which) -> list[str]:
     chosen: list[str] = []
     for w in which:
         if callable(w):
-            chosen += [n for n in points if w(n) and n not in chosen]
+            picked = [n for n in points if w(n)]
+            if not picked:  # a typo in a predicate must not pass for a hook that did nothing
+                raise ValueError(f"{getattr(w, '__name__', 'a predicate')} picks none of the {len(points)} hook points "
+                                 f"of {type(model).__name__} ({', '.join(points[:4])}, ...)")
+            chosen += [n for n in picked if n not in chosen]
         elif w in points:
             chosen += [] if w in chosen else [w]
         else:
@@ -84,15 +89,20 @@ class ActivationCache(Mapping):
         return f"ActivationCache({len(self)} activations: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"
 
     def layers(self, suffix: str) -> list[str]:
-        """The cached names ``[prefix.]blocks.{l}.<suffix>``, by layer ``l``."""
-        found = {}
+        """The cached names ``[prefix.]blocks.{l}.<suffix>``, by layer ``l``.  ``ValueError`` if they
+        come from more than one stack of blocks (two prefixes): select one with ``names``."""
+        found: dict[str, dict[int, str]] = {}
         for name in self._store:
             m = _LAYER.search(name)
             if m and m.group(2) == suffix:
-                found[int(m.group(1))] = name
+                found.setdefault(name[:m.start()], {})[int(m.group(1))] = name
         if not found:
             raise KeyError(f"nothing cached ends in blocks.<l>.{suffix}")
-        return [found[l] for l in sorted(found)]
+        if len(found) > 1:
+            raise ValueError(f"blocks.<l>.{suffix} is cached under {len(found)} prefixes "
+                             f"({', '.join(repr(p) for p in found)}): cache one of them")
+        (by_layer,) = found.values()
+        return [by_layer[layer] for layer in sorted(by_layer)]
 
     def stack(self, suffix: str) -> Tensor:
         """One activation of every layer, stacked on a new first dimension: ``stack("attn.hook_pattern")``
@@ -150,11 +160,15 @@ def run_with_cache(model: nn.Module, *inputs, names=None, fwd_hooks: Iterable[tu
                    **kwargs) -> tuple[object, ActivationCache]:
     """``(output, cache)``: ``model(*inputs, **kwargs)`` and the activations at the hook points
     ``names`` picks (``None``: all), detached, as they flowed on (after any edit of
-    ``fwd_hooks``, which run first).  Gradients are not tracked unless the caller tracks them."""
+    ``fwd_hooks``, which run first).  With ``fwd_hooks`` each is also copied, since a later hook
+    may edit in place a tensor an earlier hook point passed on (``blocks.{l}.hook_resid_post`` is
+    ``blocks.{l+1}.hook_resid_pre``); without, the cache holds the activations themselves."""
     store: dict[str, Tensor] = {}
+    fwd_hooks = list(fwd_hooks)
+    copy = bool(fwd_hooks)
 
     def record(tensor: Tensor, name: str) -> None:
-        store[name] = tensor.detach()
+        store[name] = tensor.detach().clone() if copy else tensor.detach()
 
     chosen = select(model, names)
     with hooks(model, [*fwd_hooks, *((n, record) for n in chosen)]):

@@ -62,16 +62,19 @@ def induction_score(pattern: Tensor, tokens: Tensor, start: int = 1) -> Tensor:
     """Per head ``(H,)``: the mean attention mass query ``i`` puts on the keys ``j`` whose
     *previous* token equals its own (``tokens[j - 1] == tokens[i]``, ``1 <= j <= i``): the tokens
     that followed the current token before, which an induction head copies (Olsson et al. 2022;
-    on a Markov chain, the "statistical induction head" of Edelman et al. 2024).  Averaged over
+    on a Markov chain, the "statistical induction head" of Edelman et al. 2024).  The query's own
+    key is left out (``j < i``), so a head that attends to itself never counts.  Averaged over
     queries ``i >= start`` that have at least one such key.  On a repeated sequence of distinct
     tokens with period ``P`` the only such key is ``i - P + 1``, the classic induction target.
     ``pattern``: ``(B, H, T, T)``; ``tokens``: ``(B, T)``."""
     b, h, t, _ = pattern.shape
     if tokens.shape != (b, t):
         raise ValueError(f"tokens {tuple(tokens.shape)} do not match the pattern's (B, T) = ({b}, {t})")
+    if not 0 <= start < t:
+        raise ValueError(f"start must be in 0..{t - 1}, got {start}")
     targets = torch.zeros(b, t, t, dtype=torch.bool, device=pattern.device)
     targets[:, :, 1:] = tokens[:, None, :-1] == tokens[:, :, None]  # [b, i, j]: tokens[j - 1] == tokens[i]
-    targets &= torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril()
+    targets &= torch.ones(t, t, dtype=torch.bool, device=pattern.device).tril(-1)
     targets[:, :start] = False
     rows = targets.any(-1)  # (B, T): queries with a target
     if not rows.any():
@@ -112,13 +115,20 @@ def construction_agreement(patterns: Sequence[Tensor], reference: Sequence[Tenso
     return pd.DataFrame(rows)
 
 
+def _position_dim(name: str) -> int:
+    """The sequence (query) dimension of the activation at hook point ``name``."""
+    return 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+
+
 def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, metric: Callable[[object], Tensor],
                         names=None, position: int | None = None, **kwargs) -> pd.DataFrame:
     """Patch each hook point's clean activation into the corrupt run, one at a time, and measure.
 
     ``clean`` and ``corrupt`` are the model's inputs (tuples) for two runs of the same shapes;
     ``metric(output) -> scalar``.  ``position``: patch only that sequence position (the query
-    position of scores and patterns), e.g. ``-1``; default, the whole activation.  For each hook
+    position of scores and patterns), e.g. ``-1``; default, the whole activation.  The hook
+    points must then agree on the sequence's length (``ValueError`` otherwise: the regression GPT's
+    ``hook_out`` holds N predictions, its stream 2N tokens).  For each hook
     point ``names`` picks (default: all; one whose clean and corrupt shapes differ is skipped),
     one row: ``metric`` of the patched run, ``effect`` (that minus the corrupt run's metric) and
     ``fraction``, the effect over the clean run's metric minus the corrupt run's (1: the hook point
@@ -128,6 +138,15 @@ def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, me
         clean_out, clean_cache = run_with_cache(model, *clean, names=names, **kwargs)
         corrupt_out, corrupt_cache = run_with_cache(model, *corrupt, names=list(clean_cache), **kwargs)
         m_clean, m_corrupt = float(metric(clean_out)), float(metric(corrupt_out))
+        if position is not None:  # one position must mean one token at every hook point
+            lengths = {n: t.shape[_position_dim(n)] for n, t in clean_cache.items() if t.ndim > 1}
+            if len(set(lengths.values())) > 1:
+                by_length = {}
+                for n, length in lengths.items():
+                    by_length.setdefault(length, n)
+                raise ValueError(f"position={position} is ambiguous: the hook points' sequences differ in length "
+                                 f"({', '.join(f'{n}: {k}' for k, n in by_length.items())}); pick hook points "
+                                 "of one length with names")
         rows = []
         for name, patched in clean_cache.items():
             if patched.shape != corrupt_cache[name].shape:
@@ -135,7 +154,7 @@ def activation_patching(model: nn.Module, clean: Sequence, corrupt: Sequence, me
             if position is None:
                 hook = (lambda t, n, patched=patched: patched)
             else:
-                dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+                dim = _position_dim(name)
 
                 def hook(t, n, patched=patched, dim=dim):
                     out = t.clone()

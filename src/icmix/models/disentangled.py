@@ -240,7 +240,8 @@ class DisentangledTransformer(Pretrained):
 
     def run_with_cache(self, tokens: Tensor) -> tuple[Tensor, dict]:
         """Readout ``(B, T, Q)`` and a cache with ``stream`` (final, ``(B, T, D)``) and
-        ``attention`` (one ``(B, H, T, T)`` per layer)."""
+        ``attention`` (one ``(B, H, T, T)`` per layer).  For every activation by its hook name,
+        use ``icmix.interp.run_with_cache(model, tokens)``."""
         h = self.hook_embed(self.embed(check_model_tokens(tokens, self.config.vocab_size, self.config.max_length)))
         patterns = []
         for layer, (attn, hooks) in enumerate(zip(self.attention, self.blocks)):

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from icmix._checks import check_model_tokens, check_positive_int
 from icmix.models.base import Pretrained, config_from_dict
-from icmix.models.hooks import HookPoint, any_watched, edited
+from icmix.models.hooks import HookPoint, any_watched, call_and_compare
 
 GPT_POSITIONS = ("learned", "relative")
 
@@ -68,8 +68,8 @@ class CausalSelfAttention(nn.Module):
     Hook points (``icmix.models.hooks``): ``hook_q``, ``hook_k``, ``hook_v`` and ``hook_z``
     ``(B, T, H, d_head)``; ``hook_attn_scores`` and ``hook_pattern`` ``(B, H, T, T)``.  The
     pattern is made explicit only when it is asked for or one of these two is watched; the
-    output then still comes from the fused kernel unless a hook edited the scores or pattern,
-    so a hook that only reads leaves the output bit-identical."""
+    output then still comes from the fused kernel unless a hook changed a value of the scores or
+    pattern (compared with a copy), so a hook that only reads leaves the output bit-identical."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -95,15 +95,9 @@ class CausalSelfAttention(nn.Module):
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             if bias is not None:
                 scores = scores + bias
-            scores = scores.masked_fill(~causal, float("-inf"))
-            version = scores._version
-            hooked = self.hook_attn_scores(scores)
-            explicit = explicit or edited(scores, hooked, version)
-            attn = torch.softmax(hooked, dim=-1)
-            version = attn._version
-            hooked = self.hook_pattern(attn)
-            explicit = explicit or edited(attn, hooked, version)
-            attn = hooked
+            scores, changed = call_and_compare(self.hook_attn_scores, scores.masked_fill(~causal, float("-inf")))
+            attn, edited = call_and_compare(self.hook_pattern, torch.softmax(scores, dim=-1))
+            explicit = explicit or changed or edited
         if explicit:
             y = F.dropout(attn, p, self.training) @ v
         else:

@@ -23,13 +23,16 @@ The names every model uses (``L`` layers; a model wrapping a backbone prefixes t
 ``blocks.{l}.hook_resid_mid``             the stream after the attention layer
 ``blocks.{l}.hook_mlp_out``               what the MLP writes (models with an MLP)
 ``blocks.{l}.hook_resid_post``            the stream leaving block ``l``
-``hook_resid_final``                      the stream the readout reads
-``hook_out``                              the model's output
+``hook_resid_final``                      the stream the readout reads (GPTs: after the final
+                                          LayerNorm, TransformerLens's ``ln_final.hook_normalized``)
+``hook_out``                              the model's output (icmix's own name: TransformerLens has
+                                          no hook on the logits)
 ========================================  ===========================================================
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
@@ -57,10 +60,15 @@ def any_watched(module: nn.Module) -> bool:
     return any(m.watched for m in module.modules() if isinstance(m, HookPoint))
 
 
-def edited(before: Tensor, after: Tensor, version: int) -> bool:
-    """Whether a hook point's output ``after`` differs from its input ``before``: another tensor,
-    or the same one changed in place since its version counter read ``version``."""
-    return after is not before or after._version != version
+def call_and_compare(hook: HookPoint, x: Tensor) -> tuple[Tensor, bool]:
+    """``(hook(x), edited)``: the hook point's output and whether it differs from ``x`` in any
+    value, however it was changed (a replacement, an in-place edit, a write through ``.data``).
+    The copy this needs is made only when the hook point is watched."""
+    if not hook.watched:
+        return x, False
+    before = x.clone()
+    after = hook(x)
+    return after, not torch.equal(after, before)
 
 
 class AttentionHooks(nn.Module):
