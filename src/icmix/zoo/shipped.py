@@ -78,6 +78,7 @@ SHIPPED: dict[str, str] = {
     "long/gpt-regression4-d8-m5-noise1.0-seed0-8e4e07d9": "93af6940c07a098ff8b1dc3dbe16a164d04fdc778b984f99aae8b26870ce7d91",
     "long/gpt-regression4-d8-m5-noise1.0-seed1-2dcd0082": "e233d49d4907b12ae8df4f076e7913dd61557b4a94d355b55c4f3059edafb053",
     "long/gpt-regression4-d8-m5-noise1.0-seed2-8e63c751": "fb8f4b4258b10b1573713a92c5e5389541df6e3029a9778b408aa89bd9860366",
+    "long/gpt-regression4-d8-m5-noise1.0-seed3-e9e15df4": "4b42458de6b4ba5afc2b52c52f1110272dc1f3f2f612885e3a8fb5a3b2e7d69b",
     "long/gpt3-m3-T32-mse-seed0-4c2dbdad": "23fbbcbfbb8333613cec294c0d4f6e38997a5f47c119bce2574c0b9556e546df",
     "long/gpt3-m3-T32-mse-seed1-81f4ded6": "cc004bee892b214a15dbedd1f4dad6e98d90d625614b12a9ca797e83e4e0f466",
     "long/gpt3-m3-T32-mse-seed2-b54d4464": "32d33db4a6b95098f73555c2fcbd1f82887a5e43858ced1893bb80937de4c3b9",
