@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from icmix.models.hooks import HookPoint
 
 HookFn = Callable[[Tensor, str], "Tensor | None"]
-Selector = "str | Callable[[str], bool]"
 _LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.(.+)$")  # the match starts at the prefix's end
 
 
