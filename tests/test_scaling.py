@@ -43,6 +43,58 @@ def test_the_power_law_with_a_floor_is_recovered_and_extrapolated():
     assert wide["hi"] - wide["lo"] > 5 * (f["hi"] - f["lo"])
 
 
+def test_the_fit_keeps_the_floor_and_the_extrapolation_within_the_measures_range():
+    # A ratio of errors near its floor: unconstrained, bootstrap refits put the floor (and the
+    # extrapolation's interval) below 0, which a ratio cannot take.  Within [0, ∞) the interval
+    # stays there and still covers the truth.
+    steps, n = np.array([2500, 5000, 10_000, 20_000]), np.full(4, 4)
+    truth = lambda s: 0.1 + 0.8 * (s / 20_000) ** -0.5  # noqa: E731
+    ci = np.full(4, 0.15)
+    free = scaling.fit(steps, truth(steps), ci, n, 500_000, n_boot=100)
+    assert free["lo"] < 0  # what this guards against
+    ratio = scaling.fit(steps, truth(steps), ci, n, 500_000, n_boot=100, bounds=(0.0, np.inf))
+    assert ratio["floor"] == pytest.approx(0.1, abs=1e-3) and ratio["extrapolated"] == pytest.approx(truth(500_000))
+    assert 0 <= ratio["lo"] <= truth(500_000) <= ratio["hi"]
+    # Points heading below 0 (a ratio falling log-linearly): the free fit's floor is negative; within
+    # the range the floor would end on 0, which is no fit (no extrapolation, an inconclusive verdict).
+    steep = np.array([2.0, 1.55, 1.2, 0.9])
+    assert scaling.fit(steps, steep, ci, n, 500_000, n_boot=20)["floor"] < 0
+    none = scaling.fit(steps, steep, ci, n, 500_000, n_boot=20, bounds=(0.0, np.inf))
+    assert np.isnan(none["floor"]) and np.isnan(none["extrapolated"]) and np.isnan(none["lo"])
+    # A cosine rising towards a ceiling below 1 is fitted; one whose limit would pass 1 is not.
+    rising = lambda s: 0.95 - 0.4 * (s / 20_000) ** -0.6  # noqa: E731
+    cosine = scaling.fit(steps, rising(steps), np.full(4, 0.02), n, 500_000, n_boot=50, bounds=(0.0, 1.0))
+    assert cosine["floor"] == pytest.approx(0.95, abs=1e-3) and cosine["hi"] <= 1
+    past = scaling.fit(steps, np.array([0.3, 0.6, 0.8, 0.95]), np.full(4, 0.02), n, 500_000, n_boot=20,
+                       bounds=(0.0, 1.0))
+    assert np.isnan(past["floor"])
+    with pytest.raises(ValueError, match="bounds"):
+        scaling.fit(steps, steep, ci, n, 500_000, bounds=(1.0, 0.0))
+
+
+def test_each_scaled_claim_declares_the_range_of_its_measure_and_fits_use_it():
+    # Every claim the scaling figure measures says what values its measure can take; a ratio
+    # of errors is ≥ 0, a cosine or an attention mass at most 1.
+    figures = scaling.long_figures(scaling.Config())
+    specs = {spec.blank(scaling.budget_config(f, 1.0)).claim: spec for f in figures for spec in f.claims
+             if spec.trained}
+    ratios = [s for s in specs.values() if s.test.startswith(("KL(", "NMSE(")) and ") / " in s.test]
+    assert len(ratios) >= 8 and all(s.bounds == (0.0, np.inf) for s in ratios)
+    maps = [s for s in specs.values() if "attention maps" in s.text or "attends" in s.text]
+    assert len(maps) == 2 and all(s.bounds == (0.0, 1.0) for s in maps)
+    # fits() looks each claim's range up: the steep ratio above, measured for the GPT-on-MTDg claim.
+    claim = next(c for c, s in specs.items() if s.figure == "mtdg" and "GPT" in c)
+    assert specs[claim].bounds == (0.0, np.inf)
+    rows = [{"claim": claim, "figure": "mtdg", "fraction": q, "steps": int(q * 20_000), "mean": m, "ci": 0.15,
+             "n": 4, "threshold": 1.25, "side": "<=", "verdict": "inconclusive", "runs": "x"}
+            for q, m in ((0.125, 2.0), (0.25, 1.55), (0.5, 1.2), (1.0, 0.9))]
+    t = scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20))
+    assert np.isnan(t.floor[0]) and t.verdict_extrapolated[0] == "inconclusive"
+    # The same points under a claim the figure does not declare (unbounded): the negative floor.
+    t = scaling.fits(pd.DataFrame(rows).assign(claim="another claim"), scaling.Config(n_boot=20))
+    assert t.floor[0] < 0
+
+
 def test_the_extrapolated_verdict_is_decided_from_the_interval_at_its_edges():
     v = scaling.interval_verdict
     assert v(0.8, 0.95, 1.0, "<") == "holds" and v(0.8, 1.0, 1.0, "<") == "inconclusive"

@@ -28,6 +28,7 @@ recomputing anything.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -115,7 +116,9 @@ class ClaimSpec:
     (= 2 × ``cfg.dim``) and ``{n}`` (the smallest of ``cfg.n_trains``).  ``trained(tc, cfg,
     **extra)`` selects, among ``figure``'s training runs, those the claim rests on: their
     convergence fills the ``converged`` column, and a failing claim on unconverged runs reads
-    ``not converged``."""
+    ``not converged``.  ``bounds``: the values the measure can take (a ratio of errors ``(0, inf)``,
+    a cosine ``(-1, 1)``, an attention mass ``(0, 1)``); the claims-scaling fit keeps its limit
+    within them."""
 
     fn: Callable
     paper: str
@@ -125,6 +128,7 @@ class ClaimSpec:
     figures: tuple[str, ...]
     trained: Callable | None = None
     extra: dict = field(default_factory=dict)
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     def keys(self, cfg) -> dict:
         """The names ``text`` and ``test`` may use."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -99,17 +100,20 @@ class Figure(ABC):
         """The claims this figure declares (``claim``), in order: ``ClaimSpec`` entries."""
         return self.__dict__.setdefault("_claims", [])
 
-    def claim(self, paper: str, text: str, test: str, needs: tuple[str, ...] = (), trained=None, **extra):
+    def claim(self, paper: str, text: str, test: str, needs: tuple[str, ...] = (), trained=None,
+              bounds: tuple[float, float] = (-math.inf, math.inf), **extra):
         """Declare a claim this figure measures: a decorator of ``fn(c, out, cfg, **extra) -> c``,
         which fills in the ``icmix.experiments.claims.Claim`` ``c`` from the tables under ``out``
         (``cfg``: this figure's config).  ``needs``: other figures whose tables it reads;
         ``trained(tc, cfg, **extra)``: which of this figure's training runs it rests on;
+        ``bounds``: the values its measure can take (``ClaimSpec.bounds``);
         ``extra``: keywords for ``fn`` and the statements (one function declared twice with
         different ``extra`` gives two claims).  See ``icmix.experiments.claims``."""
         from icmix.experiments.claims import ClaimSpec
 
         def declare(fn):
-            self.claims.append(ClaimSpec(fn, paper, text, test, self.name, (self.name, *needs), trained, extra))
+            self.claims.append(ClaimSpec(fn, paper, text, test, self.name, (self.name, *needs), trained, extra,
+                                         tuple(bounds)))
             return fn
 
         return declare

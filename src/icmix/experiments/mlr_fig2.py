@@ -16,6 +16,7 @@ The paper's claim: the transformer tracks the posterior mean, far below OLS befo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -260,6 +261,7 @@ for m in (5, 20):
     FIGURE.claim("MLR",
                  "The trained transformer is as good as the posterior mean (m = {m}, σ = 1)",
                  "NMSE(transformer) / NMSE(posterior mean, oracle weights) at k = 2d = {k}; holds if ≤ 1.2",
+                 bounds=(0.0, math.inf),
                  trained=lambda tc, cfg, m: tc.task.n_components == m and tc.task.noise == 1.0,
                  m=m)(transformer_vs_pm)
 del m  # (the loop's name, not part of the module)

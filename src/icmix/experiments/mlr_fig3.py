@@ -18,6 +18,7 @@ algorithms at the same n.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -209,6 +210,7 @@ FIGURE = Fig3()
               "Trained on a fixed set of n prompts, the transformer is as sample-efficient as EM / SA plug-ins",
               "NMSE(transformer) / NMSE(best of the EM and SA posterior-mean plug-ins fitted on the same prompts) "
               "at k = 2d, smallest n = {n}; holds if ≤ 1.2",
+              bounds=(0.0, math.inf),
               trained=lambda tc, cfg: tc.task.n_train == min(cfg.n_trains))
 def sample_efficiency(c: Claim, out: Path, cfg) -> Claim:
     """NMSE of the transformer over the best of the EM and SA plug-ins at k = 2d and the smallest n, per seed; the

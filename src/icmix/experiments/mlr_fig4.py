@@ -156,6 +156,7 @@ for m in (5, 20):
                  "The transformer is closest (d²) to the posterior mean with the true weights (m = {m})",
                  "share of k ≥ d/2 where no other of the six posterior-mean/argmin variants is significantly closer "
                  "(paired interval of the excess d², pooled over seeds); holds if 100%",
+                 bounds=(0.0, 1.0),
                  trained=lambda tc, cfg, m: tc.task.n_components == m,
                  m=m)(d2_ranking)
 del m  # (the loop's name, not part of the module)

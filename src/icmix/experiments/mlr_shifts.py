@@ -15,6 +15,7 @@ distribution does on the shifted one.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -170,6 +171,7 @@ LARGE = {"covariate scale": (1 / 3, 3.0), "weight scale": (1 / 3, 3.0), "weight 
             "of the small shifts (κ, α ∈ {{1/2, 2}}; ε = 1/4) and of the large (κ, α ∈ {{1/3, 3}}; ε = 1); "
             "holds if small ≤ 1.5 < large",
             needs=("mlr-fig6", "mlr-fig7", "mlr-fig8", "mlr-fig9"),
+            bounds=(0.0, math.inf),
             trained=lambda tc, cfg: tc.task.n_components == 5 and tc.task.noise == 1.0)
 def shift_robustness(c: Claim, out: Path, cfg) -> Claim:
     """The worst NMSE(transformer) / NMSE(oracle posterior mean, same shift) at k = 2d (m = 5, sigma = 1) over the

@@ -18,6 +18,7 @@ layer-1 token scores next to ``pi``.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,6 +358,7 @@ def _fig4_agreement(out: Path, metric: str, **where) -> pd.DataFrame:
 @FIGURE.claim("MTD",
               "A trained 3-layer disentangled transformer predicts like the construction (one MD step)",
               "KL(true ‖ trained) / KL(true ‖ one-step MD, tuned η) at the training length T={cfg.length}; holds if ≤ 1.1",
+              bounds=(0.0, math.inf),
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
     """KL of the trained disentangled model over one-step MD's (tuned eta) at the training length, per seed;
@@ -371,6 +373,7 @@ def trained_vs_construction(c: Claim, out: Path, cfg) -> Claim:
               "Its attention maps are the construction's, layer by layer",
               "cosine of the trained model's attention rows with the construction's, worst layer (mean over "
               "sequences); holds if ≥ 0.9",
+              bounds=(0.0, 1.0),
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
     """The cosine of the trained disentangled model's attention with the construction's, worst layer per seed; each
@@ -386,6 +389,7 @@ def attention_vs_construction(c: Claim, out: Path, cfg) -> Claim:
 @FIGURE.claim("MTD",
               "Layer 1 attends to the m lagged tokens (the construction's support)",
               "layer-1 attention mass on lag offsets 1..m; holds if ≥ 0.9",
+              bounds=(0.0, 1.0),
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def layer1_lag_mass(c: Claim, out: Path, cfg) -> Claim:
     """The trained disentangled model's layer-1 attention mass on the lag offsets 1..m, per seed."""

@@ -20,6 +20,7 @@ per-layer step-size table) and ``mtd-fig5-losses.csv`` (CE vs MSE at every lengt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,6 +354,7 @@ FIGURE = Fig5()
               "A 5-layer transformer implements more than one MD step (it beats one-step MD)",
               "KL(5-layer) / KL(one-step MD, tuned η) at T={cfg.length}, and the k-step MD its predictions are "
               "closest to; holds if the ratio is below 1",
+              bounds=(0.0, math.inf),
               trained=lambda tc, cfg: tc.model.params.get("n_layers") == cfg.depth and tc.loss == cfg.loss)
 def deeper_is_multistep(c: Claim, out: Path, cfg) -> Claim:
     """KL of the main model (``depth``, ``loss``) over one-step MD's (tuned eta) at the training length, per seed;

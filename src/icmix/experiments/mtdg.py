@@ -18,6 +18,7 @@ the paper's layer 1 cannot score.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,7 @@ def mtdg_construction(c: Claim, out: Path, cfg) -> Claim:
 @FIGURE.claim("MTDg (beyond)",
               "A standard GPT-style transformer learns MTDg in context",
               "KL(trained GPT) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; holds if ≤ 1.25",
+              bounds=(0.0, math.inf),
               trained=lambda tc, cfg: tc.model.kind == "gpt")
 def mtdg_standard(c: Claim, out: Path, cfg) -> Claim:
     """KL of the trained GPT over one-step MD's (per-lag ``pi_g``, tuned eta) at the training length, per seed."""
@@ -201,6 +203,7 @@ def mtdg_standard(c: Claim, out: Path, cfg) -> Claim:
               "The paper's 3-layer single-head disentangled transformer predicts MTDg like one-step MD",
               "KL(trained 3-layer disentangled) / KL(one-step MD with the per-lag π_g, tuned η) at T={cfg.length}; "
               "holds if ≤ 1.1 (as on MTD)",
+              bounds=(0.0, math.inf),
               trained=lambda tc, cfg: tc.model.kind == "disentangled")
 def mtdg_disentangled(c: Claim, out: Path, cfg) -> Claim:
     """KL of the trained 3-layer disentangled model over one-step MD's (per-lag ``pi_g``, tuned eta) at the training

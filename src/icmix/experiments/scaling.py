@@ -146,8 +146,9 @@ WHERE_FIELDS = ("jobs", "device")  # of a figure's config: where it runs, not wh
 
 
 def _code(fn) -> str:
-    """What a claim's function computes: its syntax tree (comments, layout and docstring left out),
-    or its name where its source cannot be read (a function made at run time)."""
+    """What a claim's function computes: its syntax tree (comments, layout and docstring left out,
+    and its declaration's ``bounds``, which only the fit reads), or its name where its source cannot
+    be read (a function made at run time)."""
     import ast
     import textwrap
 
@@ -158,6 +159,8 @@ def _code(fn) -> str:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node) is not None:
                 node.body = node.body[1:] or [ast.Pass()]
+            if isinstance(node, ast.Call):  # the measure's range shapes the fit, not what is measured
+                node.keywords = [k for k in node.keywords if k.arg != "bounds"]
         return ast.dump(tree)
     except (OSError, TypeError, SyntaxError):  # (a lambda's source is its whole statement: SyntaxError
         return getattr(fn, "__qualname__", repr(fn))  # where that statement is cut mid-expression)
@@ -206,26 +209,37 @@ def power_law(steps, floor, amplitude, exponent, scale):
     return floor + amplitude * (np.asarray(steps, float) / scale) ** (-exponent)
 
 
-def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> dict:
+def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0,
+        bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
     """Fit ``floor + amplitude · (steps / max steps) ^ (−exponent)`` to per-budget means, weighted
     by their standard errors (95 % half-width / t), and extrapolate it to ``target`` steps.
     ``lo``/``hi``: the 2.5 / 97.5 % points of the extrapolation over ``n_boot`` refits on means
-    redrawn from their Student-t intervals.  Parameters NaN where the fit fails."""
+    redrawn from their Student-t intervals.  Parameters NaN where the fit fails.
+
+    ``bounds``: the values the measure can take (``ClaimSpec.bounds``: a ratio of errors is ≥ 0, a
+    cosine ≤ 1).  The floor, the curve's limit, is fitted within them, so the extrapolation (between
+    the fitted value at the largest budget and the floor) stays within them too, and each
+    extrapolation is clipped to them as well.  A best fit whose floor ends on one of them is no fit:
+    the points head beyond what the measure can take."""
     from scipy import optimize, stats
 
+    low, high = (float(b) for b in bounds)
+    if not low < high:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
     steps, mean, ci, n = (np.asarray(a, float) for a in (steps, mean, ci, n))
     scale = steps.max()
     t = stats.t.ppf(0.975, np.maximum(n - 1, 1))
     se = np.where(np.isfinite(ci) & (ci > 0), ci / t, np.nan)
     se = np.where(np.isfinite(se), se, np.nanmax(np.r_[se, 1e-12]))
     se = np.maximum(se, 1e-9 * max(np.abs(mean).max(), 1e-12))
-    bounds = ([-np.inf, -np.inf, EXPONENT_BOUNDS[0]], [np.inf, np.inf, EXPONENT_BOUNDS[1]])
+    limits = ([low, -np.inf, EXPONENT_BOUNDS[0]], [high, np.inf, EXPONENT_BOUNDS[1]])
 
     def one(values):
-        p0 = (values[-1], values[0] - values[-1], 0.5)
+        start = float(np.clip(values[-1], np.nextafter(low, high), np.nextafter(high, low)))  # strictly inside
+        p0 = (start, values[0] - values[-1], 0.5)
         try:
             p, _ = optimize.curve_fit(lambda s, a, b, c: power_law(s, a, b, c, scale), steps, values, p0=p0,
-                                      sigma=se, absolute_sigma=True, bounds=bounds, maxfev=20_000)
+                                      sigma=se, absolute_sigma=True, bounds=limits, maxfev=20_000)
         except (RuntimeError, ValueError):
             return None
         return p
@@ -234,10 +248,12 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> 
     out = {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
            "hi": np.nan, "target_steps": target}
     # No fit where the power law does not describe the data: its exponent pinned at a bound (a
-    # trend that is not a power law, or points that do not decrease towards a floor), or budgets
-    # without an interval (one seed) to weight it and bound the extrapolation.
+    # trend that is not a power law, or points that do not decrease towards a floor), its floor
+    # pinned at the end of the measure's range (points that head beyond what the measure can take),
+    # or budgets without an interval (one seed) to weight it and bound the extrapolation.
+    tol = 1e-6 * max(np.abs(mean).max(), 1.0)
     if best is None or not (EXPONENT_BOUNDS[0] + 1e-3 < best[2] < EXPONENT_BOUNDS[1] - 1e-3) \
-            or not np.isfinite(np.asarray(ci, float)).any():
+            or not low + tol < best[0] < high - tol or not np.isfinite(np.asarray(ci, float)).any():
         return out
     rng = np.random.default_rng(seed)
     draws = []
@@ -245,9 +261,18 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0) -> 
         p = one(mean + se * rng.standard_t(np.maximum(n - 1, 1)))
         if p is not None:
             draws.append(power_law(target, *p, scale))
-    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
+    lo, hi = np.clip(np.percentile(draws, [2.5, 97.5]), low, high) if draws else (np.nan, np.nan)
     return {**out, "floor": best[0], "amplitude": best[1], "exponent": best[2],
-            "extrapolated": float(power_law(target, *best, scale)), "lo": float(lo), "hi": float(hi)}
+            "extrapolated": float(np.clip(power_law(target, *best, scale), low, high)), "lo": float(lo), "hi": float(hi)}
+
+
+def measure_bounds(figure: Figure, claim: str) -> tuple[float, float]:
+    """The values the measure of ``figure``'s claim ``claim`` (its statement, as measured) can take:
+    its ``ClaimSpec.bounds``; unbounded for a claim the figure no longer declares."""
+    for spec in figure.claims:
+        if spec.blank(budget_config(figure, 1.0)).claim == claim:
+            return spec.bounds
+    return (-np.inf, np.inf)
 
 
 def interval_verdict(lo: float, hi: float, threshold: float, side: str) -> str:
@@ -271,7 +296,8 @@ def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         # the paper's budget (the figure's paper preset), else ten times the largest measured
         target = float(getattr(figure.presets.get("paper"), "steps", 10 * t.steps.max()))
         ok = t[np.isfinite(t["mean"])]
-        f = fit(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed) if len(ok) >= 4 else \
+        f = fit(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed, measure_bounds(figure, claim)) \
+            if len(ok) >= 4 else \
             {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
              "hi": np.nan, "target_steps": target}
         moved = abs(last["mean"] - half["mean"].iloc[0]) if len(half) else np.nan

@@ -25,6 +25,7 @@ empirical prior), paired over the same windows, with its 95% interval).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -466,6 +467,7 @@ def text_in_context(c: Claim, out: Path, cfg) -> Claim:
               "exact Bayes on the real text",
               "100 (CE(synthetic-trained GPT) / CE(exact Bayes, Dirichlet(1), per-lag π_g, m = {cfg.model_order}) − 1) "
               "at the longest window (%); holds if ≤ 5",
+              bounds=(-100.0, math.inf),
               trained=lambda tc, cfg: tc.task.kind == "mtdg-text")
 def text_synthetic(c: Claim, out: Path, cfg) -> Claim:
     """100 (CE(synthetic-trained GPT) / CE(Bayes, Dirichlet(1), per-lag ``pi_g``) - 1) at the longest length, per
