@@ -478,6 +478,26 @@ def _inspect(args) -> int:
     return 0
 
 
+def _baselines(args) -> int:
+    from icmix.families import RegressionFamily, SequenceFamily, get_family
+    from icmix.families.baselines import baselines
+
+    names = [n.strip() for n in (args.predictors or "").split(",") if n.strip()] or None
+    table = baselines(args.family, args.set or [], names, args.samples, args.seed, progress=not args.no_progress)
+    if args.format == "csv":
+        print(table.to_csv(index=False, float_format="%.6g"), end="")
+        return 0
+    print(_aligned(table.assign(loss=table["loss"].map("{:.5g}".format), stderr=table["stderr"].map("{:.2g}".format))))
+    family = get_family(args.family)
+    loss = ("squared error at the query" if isinstance(family, RegressionFamily) else
+            "mean next-token cross-entropy (nats) over the positions predicted" if isinstance(family, SequenceFamily)
+            else "the family's loss")
+    skipped = list(family.slow_predictors) if names is None else []
+    print(f"\nloss: {loss}, on {args.samples} fresh examples (seed {args.seed}); stderr: its standard error"
+          + (f"\nnot scored (slow; name them with --predictors): {', '.join(skipped)}" if skipped else ""))
+    return 0
+
+
 def _zoo_verify(args) -> int:
     import json
 
@@ -674,6 +694,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64, help="sequences of the model's task the maps and scores average")
     p.add_argument("--seed", type=int, default=0, help="draws the batch (and the induction probe)")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("baselines", help="each predictor's expected loss on a task family's fresh examples, "
+                                         "before you train")
+    p.add_argument("family", help="a task family (linreg, mixlinreg, mtd, mtdg, ... or a plugin's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a field of the family's task spec")
+    p.add_argument("--predictors", metavar="A,B", help="the predictors to score (key ids; default: all but the slow)")
+    p.add_argument("--samples", type=int, default=1000, help="fresh examples every predictor is scored on")
+    p.add_argument("--seed", type=int, default=0, help="draws the examples")
+    p.add_argument("--format", choices=("table", "csv"), default="table",
+                   help="csv: the header predictor,loss,stderr and one row per predictor")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_baselines)
 
     p = sub.add_parser("zoo", help="the shipped model zoo: list, verify or build its runs")
     zsub = p.add_subparsers(dest="zoo_command", required=True)

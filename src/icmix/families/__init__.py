@@ -4,7 +4,8 @@ standard predictors and run-name fragment (``TaskFamily``), and registers under 
     from icmix.families import TaskFamily, register_family, get_family
 """
 
-from icmix.families.base import (NextTokenObjective, Objective, SequenceFamily, TaskFamily, families, get_family,
-                                 register_family)
+from icmix.families.base import (NextTokenObjective, Objective, RegressionFamily, SequenceFamily, TaskFamily, families,
+                                 get_family, register_family)
 
-__all__ = ["NextTokenObjective", "Objective", "SequenceFamily", "TaskFamily", "families", "get_family", "register_family"]
+__all__ = ["NextTokenObjective", "Objective", "RegressionFamily", "SequenceFamily", "TaskFamily", "families",
+           "get_family", "register_family"]

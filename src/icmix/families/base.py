@@ -95,6 +95,8 @@ class TaskFamily(ABC):
     spec: ClassVar[type]
     models: ClassVar[tuple[str, ...]]
     losses: ClassVar[tuple[str, ...]] = ("mse", "ce")
+    # key ids of predictors too slow for `icmix baselines` to score unless named (--predictors)
+    slow_predictors: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build(self, spec) -> Any:
@@ -119,11 +121,36 @@ class TaskFamily(ABC):
         of the family's runs is ``unknown``."""
         return None
 
+    def baseline_losses(self, task, spec, predictors, n: int, generator: torch.Generator) -> dict:
+        """Each predictor's loss on the same ``n`` fresh examples drawn with ``generator``: ``{key
+        id: (n,) float64 array}`` (``icmix baselines``).  ``RegressionFamily`` scores the squared
+        error at the query, ``SequenceFamily`` the mean next-token cross-entropy in nats over the
+        positions predicted; another family says how its losses are scored here."""
+        raise ValueError(f"the {self.kind!r} family does not say how its predictors' losses are scored "
+                         "(TaskFamily.baseline_losses)")
+
     def check(self, cfg) -> None:
         """Refuse a training config this family cannot train (``ValueError``)."""
         if cfg.loss not in self.losses:
             raise ValueError(f"a {self.kind!r} task trains with loss {' or '.join(map(repr, self.losses))}, "
                              f"got {cfg.loss!r}")
+
+
+class RegressionFamily(TaskFamily):
+    """A family of regression prompts ``xs (B, N, d)``, ``ys (B, N)`` whose predictors answer
+    ``predict(xs, ys) -> (B, N)`` (column ``j`` predicts ``y_j`` from the pairs before it); its task
+    draws prompts with ``sample(n, points, generator)``.  The loss of ``icmix baselines`` is the
+    squared error at the query, the last of ``query_points(spec)`` points."""
+
+    def query_points(self, spec) -> int:
+        """Points of a prompt whose last is the query: ``spec.n_points`` unless a family says otherwise."""
+        return spec.n_points
+
+    def baseline_losses(self, task, spec, predictors, n: int, generator: torch.Generator) -> dict:
+        """``(ŷ − y)²`` at the query of ``n`` fresh prompts, per predictor."""
+        xs, ys = task.sample(n, self.query_points(spec), generator)
+        return {p.key.id: ((p.predict(xs, ys)[:, -1].double() - ys[:, -1].double()) ** 2).numpy()
+                for p in predictors}
 
 
 class SequenceFamily(TaskFamily):
@@ -158,6 +185,38 @@ class SequenceFamily(TaskFamily):
     def same_task(self, a, b) -> bool:
         """Whether tasks ``a`` and ``b`` are the same (a trained model refuses another task)."""
         return a == b
+
+    def first_predicted(self, spec) -> int:
+        """The shortest prefix whose next token the family's predictors predict (1; MTD's: its order + 1)."""
+        return 1
+
+    def baseline_losses(self, task, spec, predictors, n: int, generator: torch.Generator) -> dict:
+        """The mean next-token cross-entropy (nats) over the prefixes ``first_predicted(spec)`` to
+        ``spec.length`` of ``n`` fresh sequences of ``spec.length + 1`` tokens, per predictor, and
+        ``true``'s (the sequences' own next-token distributions: the floor).  A tunable predictor is
+        tuned first on ``min(n, 500)`` other sequences, drawn after them."""
+        import torch
+
+        from icmix.predictors import Tunable
+
+        lengths = list(range(self.first_predicted(spec), spec.length + 1))
+        tokens, latent = self.sample(task, n, spec.length + 1, generator)
+        targets = tokens[:, lengths]  # the token after each prefix
+        seen = tokens[:, :-1]  # (no predictor sees the last token)
+
+        def ce(p):  # (B, P, Q) -> (B,): the mean over prefixes of -log p(next token)
+            picked = p.double().gather(-1, targets[..., None])[..., 0]
+            return -torch.log(picked.clamp_min(torch.finfo(torch.float64).tiny)).mean(1).numpy()
+
+        out, tune = {}, None
+        for pred in predictors:
+            if isinstance(pred, Tunable):
+                if tune is None:
+                    tune = self.sample(task, min(n, 500), spec.length, generator)
+                pred.tune(tune[0], tune[1], task, lengths)
+            out[pred.key.id] = ce(pred.predict(seen, task, lengths))
+        out["true"] = ce(self.true_predictive(task, seen, latent, lengths))
+        return out
 
     def evaluate(self, task, predictors, lengths, n_sequences: int, n_tune: int = 500, seed: int = 0,
                  progress: bool = False):

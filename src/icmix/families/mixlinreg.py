@@ -11,7 +11,7 @@ import torch
 
 from icmix._checks import check_positive_int
 from icmix.predictors import Key
-from icmix.families.base import Objective, TaskFamily, register_family
+from icmix.families.base import Objective, RegressionFamily, register_family
 from icmix.random import Stream, stream
 from icmix.tasks import MixLinRegTask
 
@@ -164,7 +164,7 @@ PM_EM, PM_SA = Key("posterior-mean", "em"), Key("posterior-mean", "sa")
 OLS, RIDGE, CONSTRUCTED = Key("ols"), Key("ridge", "bayesian"), Key("construction", "posterior-mean")
 
 
-class MixLinRegFamily(TaskFamily):
+class MixLinRegFamily(RegressionFamily):
     """Mixtures of linear regressions (SPEC §2), learned in context by the regression GPT
     (``gpt-regression``) with the MSE loss; its Bayes-optimal predictor is the posterior mean with
     the task's own components."""

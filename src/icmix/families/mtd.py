@@ -217,6 +217,7 @@ class MTDFamily(SequenceFamily):
     spec = MTDSpec
     models = ("disentangled", "gpt")
     construction_label = ConstructedMirrorDescent.name  # the construction's line in figures
+    slow_predictors = ("bayes/variant=gibbs", "em")  # (a chain, and EM to convergence, at every prefix)
 
     def build(self, spec: MTDSpec) -> MTDTask:
         """The ``MTDTask`` of the spec: one ``(Q, Q)`` transition matrix, rows drawn from Dirichlet(1) by ``seed``."""
@@ -237,6 +238,11 @@ class MTDFamily(SequenceFamily):
         from icmix.predictors import true_predictive
 
         return true_predictive(tokens, lam, task, lengths)
+
+    def first_predicted(self, spec: MTDSpec) -> int:
+        """``M + 1``: the shortest prefix holding one full lag history (``x_1..x_M`` → ``x_{M+1}``)
+        to estimate the lag weights from."""
+        return spec.order + 1
 
     def bayes_predictor(self, task: MTDTask):
         """The exact posterior mean of the lag weights under the task's Dirichlet prior."""

@@ -1,0 +1,10 @@
+"""The field's classic in-context-learning testbeds, beside the two papers' systems.
+
+- ``linreg``: linear regression in context (Garg et al. 2022), with its optimal and classic
+  baselines (``icmix.testbeds.linreg``).
+
+Each testbed is a task family (and, in time, a figure with its claims) that reaches icmix only
+through its plugin seams: the package's own entry points in the ``icmix.families`` and
+``icmix.figures`` groups, exactly as another distribution's plugin would.  Nothing in
+``icmix`` imports this package; the registries find it.
+"""
