@@ -1,0 +1,189 @@
+"""The ``markov`` task family: in-context learning of random Markov chains, the testbed of
+statistical induction heads (Edelman et al. 2024).
+
+Each sequence draws its own transition matrix ``P``, every row from Dirichlet(α) over the ``k =
+vocab_size`` states, starts from ``P``'s stationary distribution (``start = stationary``, the
+testbed's) or uniformly (``start = uniform``), and runs the chain.  A predictor must infer ``P``
+from the prefix: the next token after a prefix ending in state ``a`` is ``P[a]``.
+
+Predictors (keys as named here), each on the prefix contract ``predict(tokens (B, T), task,
+lengths) -> (B, P, k)``:
+
+- ``uniform``: ``1/k``;
+- ``unigram``: the in-context unigram posterior predictive under Dirichlet(α),
+  ``(n_b + α) / (L + k α)`` with ``n_b`` the count of state ``b`` in the prefix;
+- ``bigram``: the in-context bigram posterior predictive under Dirichlet(α) rows,
+  ``(n_{ab} + α) / (n_{a·} + k α)`` with ``a`` the prefix's last state and ``n_{ab}`` its
+  transitions ``a → b``.  It is the exact posterior predictive, the Bayes-optimal predictor, when
+  the first state carries no evidence about ``P`` (``start = uniform``).  Under the stationary
+  start the first state is one more observation, of ``P``'s stationary distribution, which the
+  bigram ignores: the tests measure the difference by quadrature (k = 2), largest on short prefixes
+  and shrinking as the transitions pile up.
+
+``true`` (the chain's own row ``P[a]``) is the floor ``icmix baselines`` adds for every sequence
+family; the family's evaluation scores KL(true ‖ predicted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from icmix._checks import check_positive, check_positive_int
+from icmix.families.base import SequenceFamily, register_family
+from icmix.predictors import Key
+from icmix.random import categorical, dirichlet
+
+STARTS = ("stationary", "uniform")
+UNIFORM, UNIGRAM, BIGRAM = Key("uniform"), Key("unigram"), Key("bigram")
+
+
+@dataclass(frozen=True)
+class MarkovSpec:
+    """A ``markov`` task: ``vocab_size`` states, rows of ``P`` from Dirichlet(``alpha``),
+    sequences of ``length`` input tokens (``length + 1`` are drawn in training) from ``start``."""
+
+    kind: str = "markov"
+    vocab_size: int = 3  # k, the states
+    length: int = 100  # T, input tokens of a training sequence; the model's max_length
+    alpha: float = 1.0  # Dirichlet concentration of each row of P
+    start: str = "stationary"  # the first state: from P's stationary distribution, or uniform
+
+    def __post_init__(self):
+        if check_positive_int("task.vocab_size", self.vocab_size) < 2:
+            raise ValueError(f"task.vocab_size must be at least 2, got {self.vocab_size}")
+        check_positive_int("task.length", self.length)
+        check_positive("task.alpha", self.alpha)
+        if self.start not in STARTS:
+            raise ValueError(f"task.start must be one of {', '.join(STARTS)}, got {self.start!r}")
+
+    def model_fields(self) -> dict:
+        """The model config fields the task sets: ``vocab_size`` and ``max_length``."""
+        return {"vocab_size": self.vocab_size, "max_length": self.length}
+
+
+@dataclass(frozen=True)
+class MarkovTask:
+    """The prior over chains: ``vocab_size`` states, Dirichlet(``alpha``) rows, and the start."""
+
+    vocab_size: int
+    alpha: float = 1.0
+    start: str = "stationary"
+
+
+def stationary(P: Tensor) -> Tensor:
+    """``(B, k)``: the stationary distribution of each ``(B, k, k)`` row-stochastic ``P``, the
+    solution of ``π (P − I) = 0`` with ``Σ π = 1`` (unique: Dirichlet rows are positive)."""
+    b, k, _ = P.shape
+    eye = torch.eye(k, dtype=P.dtype)
+    system = torch.cat([(P - eye).transpose(1, 2), torch.ones(b, 1, k, dtype=P.dtype)], dim=1)  # (B, k + 1, k)
+    rhs = torch.zeros(b, k + 1, 1, dtype=P.dtype)
+    rhs[:, -1] = 1
+    pi = torch.linalg.lstsq(system, rhs).solution[..., 0]
+    return pi.clamp_min(0) / pi.clamp_min(0).sum(-1, keepdim=True)
+
+
+def sample_chains(task: MarkovTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` sequences of ``length`` states and the transition matrix each was drawn with:
+    ``(tokens (n, length) int64, P (n, k, k) float64)``."""
+    n, length = check_positive_int("n", n), check_positive_int("length", length)
+    k = task.vocab_size
+    P = dirichlet(torch.full((n, k, k), float(task.alpha), dtype=torch.float64), generator)
+    first = stationary(P) if task.start == "stationary" else torch.full((n, k), 1 / k, dtype=torch.float64)
+    tokens = torch.empty(n, length, dtype=torch.int64)
+    tokens[:, 0] = categorical(first, generator)
+    rows = torch.arange(n)
+    for t in range(1, length):
+        tokens[:, t] = categorical(P[rows, tokens[:, t - 1]], generator)
+    return tokens, P
+
+
+def _lengths(tokens: Tensor, lengths: Sequence[int]) -> Tensor:
+    lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
+    if lengths.numel() == 0 or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
+        raise ValueError(f"lengths must be between 1 and the sequences' length {tokens.shape[1]}, got "
+                         f"{lengths.tolist()}")
+    return lengths
+
+
+class Uniform:
+    """``1/k`` for every next state."""
+
+    key, name = UNIFORM, "uniform"
+
+    def predict(self, tokens: Tensor, task: MarkovTask, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, k)`` of ``1/k``."""
+        lengths = _lengths(tokens, lengths)
+        return torch.full((tokens.shape[0], len(lengths), task.vocab_size), 1 / task.vocab_size, dtype=torch.float64)
+
+
+class Unigram:
+    """The unigram posterior predictive under Dirichlet(α): ``(n_b + α) / (L + k α)``."""
+
+    key, name = UNIGRAM, "unigram (Dirichlet posterior)"
+
+    def predict(self, tokens: Tensor, task: MarkovTask, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, k)``: the counts of each state in each prefix, smoothed by ``alpha``."""
+        lengths = _lengths(tokens, lengths)
+        counts = torch.nn.functional.one_hot(tokens, task.vocab_size).double().cumsum(1)[:, lengths - 1]
+        return (counts + task.alpha) / (lengths[None, :, None].double() + task.vocab_size * task.alpha)
+
+
+class Bigram:
+    """The bigram posterior predictive under Dirichlet(α) rows: ``(n_{ab} + α) / (n_{a·} + k α)``
+    with ``a`` the prefix's last state."""
+
+    key, name = BIGRAM, "bigram (Dirichlet posterior)"
+
+    def predict(self, tokens: Tensor, task: MarkovTask, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, k)``: the transitions out of each prefix's last state within the prefix, smoothed."""
+        lengths = _lengths(tokens, lengths)
+        b, t = tokens.shape
+        last = tokens[:, lengths - 1]  # (B, P)
+        inside = torch.arange(t - 1)[None, :] < (lengths - 1)[:, None]  # (P, T-1): transition i -> i+1 in the prefix
+        from_last = (tokens[:, None, :-1] == last[..., None]) & inside[None]  # (B, P, T-1)
+        nxt = torch.nn.functional.one_hot(tokens[:, 1:], task.vocab_size).double()  # (B, T-1, k)
+        counts = from_last.double() @ nxt  # (B, P, k)
+        return (counts + task.alpha) / (counts.sum(-1, keepdim=True) + task.vocab_size * task.alpha)
+
+
+class MarkovFamily(SequenceFamily):
+    """Random Markov chains learned in context (Edelman et al. 2024), by a GPT (``gpt``) trained on
+    next-token prediction; the bigram posterior predictive is its Bayes predictor."""
+
+    kind = "markov"
+    spec = MarkovSpec
+    models = ("gpt",)
+
+    def build(self, spec: MarkovSpec) -> MarkovTask:
+        """The ``MarkovTask`` (the prior over chains) of the spec."""
+        return MarkovTask(spec.vocab_size, spec.alpha, spec.start)
+
+    def sample(self, task: MarkovTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(tokens (n, length), P (n, k, k))`` (``sample_chains``)."""
+        return sample_chains(task, n, length, generator)
+
+    def true_predictive(self, task: MarkovTask, tokens: Tensor, P: Tensor, lengths: Sequence[int]) -> Tensor:
+        """``(B, P, k)``: the chain's own row ``P[a]`` of each prefix's last state ``a``."""
+        lengths = _lengths(tokens, lengths)
+        last = tokens[:, lengths - 1]  # (B, P)
+        return torch.gather(P, 1, last[..., None].expand(-1, -1, task.vocab_size))
+
+    def bayes_predictor(self, task: MarkovTask):
+        """The bigram posterior predictive (exact Bayes under the uniform start; see the module docstring)."""
+        return Bigram()
+
+    def predictors(self, task: MarkovTask) -> list:
+        """``uniform``, ``unigram`` and ``bigram``."""
+        return [Uniform(), Unigram(), Bigram()]
+
+    def run_name(self, cfg) -> str:
+        """``markov-k{vocab_size}-T{length}-{loss}`` (``-uniform-start`` for the uniform start)."""
+        t = cfg.task
+        return f"markov-k{t.vocab_size}-T{t.length}-{cfg.loss}" + ("-uniform-start" if t.start == "uniform" else "")
+
+
+register_family(MarkovFamily())
