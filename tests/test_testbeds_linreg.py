@@ -194,7 +194,7 @@ def test_the_baselines_command_prints_the_table_and_csv_and_refuses_bad_input(ca
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "predictor,loss,stderr"
     assert [line.split(",")[0] for line in lines[1:]] == ["least_squares", "posterior_mean", "averaging", "knn",
-                                                           "gd_step", "zero"]
+                                                           "gd_step", "zero", "lsa_gd"]
     assert main(["baselines", "mtd", "--set", "length=8", "--samples", "50", "--no-progress"]) == 0
     out = capsys.readouterr().out
     rows = [line.split()[0] for line in out.splitlines()[1:] if line.strip() and not line.startswith(("loss", "not"))]
@@ -206,3 +206,25 @@ def test_the_baselines_command_prints_the_table_and_csv_and_refuses_bad_input(ca
                         (["baselines", "nope"], "unknown task kind 'nope'")):
         assert main(argv) == 2
         assert match in capsys.readouterr().err
+
+
+def test_the_lsa_construction_computes_the_gd_step():
+    from icmix.testbeds.lsa import LinearSelfAttention, construction, effective_weights, weight_cosine
+
+    for spec in (dict(dim=5, points=9), dict(dim=3, points=12, x_dist="uniform", x_range=2.0, noise_std=0.3)):
+        family, task = family_and_task(**spec)
+        xs, ys = task.sample(500, spec["points"] + 1, make_generator(7))
+        p = by_key(family, task)
+        built, gd = p["lsa_gd"].predict(xs, ys), p["gd_step"].predict(xs, ys)
+        assert torch.allclose(built, gd, rtol=1e-6, atol=1e-9)
+        assert (built - gd).abs().max() <= 1e-6 * gd.abs().max()
+    # The symmetry A -> cA, v -> v/c leaves the function and the effective weights' direction alone;
+    # a random layer is far from the construction.
+    a, b = construction(4, 0.3), construction(4, 0.3)
+    with torch.no_grad():
+        b.w_q.mul_(2.0)
+        b.w_v.div_(2.0)
+    xs, ys = torch.randn(3, 6, 4, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    assert torch.allclose(a(xs, ys), b(xs, ys)) and weight_cosine(a, b) == pytest.approx(1.0)
+    assert effective_weights(a).shape == (5, 5, 4)
+    assert abs(weight_cosine(a, LinearSelfAttention(4, std=1.0, generator=make_generator(0)))) < 0.5

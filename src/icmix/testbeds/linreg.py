@@ -18,7 +18,9 @@ Predictors (keys as named here):
 - ``gd_step``: one step of gradient descent from ``w = 0`` on ``½ (1/n) Σ (w·x_i − y_i)²``,
   ``ŵ = η_n (1/n) Σ y_i x_i``, with the step size ``η_n`` that minimises the expected loss
   (``gd_step_size``, derived in ``docs/testbeds/linreg.md``);
-- ``zero``: ``ŷ = 0``.
+- ``zero``: ``ŷ = 0``;
+- ``lsa_gd``: one layer of linear self-attention with the weights of von Oswald et al. that
+  compute ``gd_step`` (``icmix.testbeds.lsa``).
 
 With ``s² = E[x_k²]`` and ``μ₄ = E[x_k⁴]`` (Gaussian: 1 and 3; uniform on ``[−r, r]``: ``r²/3``
 and ``r⁴/5``), the expected squared error of ``ŵ = η (1/n) Σ y_i x_i`` at the query is
@@ -53,7 +55,7 @@ X_DISTS = ("gaussian", "uniform")
 KNN_NEIGHBOURS = 3
 
 LEAST_SQUARES, POSTERIOR_MEAN, AVERAGING = Key("least_squares"), Key("posterior_mean"), Key("averaging")
-KNN, GD_STEP, ZERO = Key("knn"), Key("gd_step"), Key("zero")
+KNN, GD_STEP, ZERO, LSA_GD = Key("knn"), Key("gd_step"), Key("zero"), Key("lsa_gd")
 
 
 @dataclass(frozen=True)
@@ -263,13 +265,17 @@ class LinRegFamily(RegressionFamily):
         return RegressionPredictor(POSTERIOR_MEAN, partial(posterior_mean, task=task), "posterior mean")
 
     def predictors(self, task: LinRegTask) -> list:
-        """``least_squares``, ``posterior_mean``, ``averaging``, ``knn``, ``gd_step`` and ``zero``."""
+        """``least_squares``, ``posterior_mean``, ``averaging``, ``knn``, ``gd_step``, ``zero`` and
+        ``lsa_gd``, the linear self-attention layer built to compute ``gd_step`` (``icmix.testbeds.lsa``)."""
+        from icmix.testbeds.lsa import lsa_gd
+
         return [RegressionPredictor(LEAST_SQUARES, reg.ols, "least squares"),
                 self.bayes_predictor(task),
                 RegressionPredictor(AVERAGING, averaging, "averaging"),
                 RegressionPredictor(KNN, knn, f"{KNN_NEIGHBOURS}-nearest neighbours"),
                 RegressionPredictor(GD_STEP, partial(gd_step, task=task), "one GD step (optimal η)"),
-                RegressionPredictor(ZERO, zero, "zero")]
+                RegressionPredictor(ZERO, zero, "zero"),
+                RegressionPredictor(LSA_GD, partial(lsa_gd, task=task), "linear self-attention (built: one GD step)")]
 
     def query_points(self, spec: LinRegSpec) -> int:
         """Points of a prompt whose last is the query: ``points + 1``."""

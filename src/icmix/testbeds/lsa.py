@@ -1,0 +1,111 @@
+"""Linear self-attention that performs one step of gradient descent (von Oswald et al. 2023).
+
+A prompt's pairs are the tokens ``e_i = (x_i, y_i) ∈ R^{d+1}`` and its query ``e_q = (x_q, 0)``.
+One layer of linear self-attention (no softmax) adds to the query
+
+    Δe_q = P W_V (1/n) Σ_i e_i (e_iᵀ W_Kᵀ W_Q e_q),
+
+and the prediction is the last coordinate of ``e_q + Δe_q``.  With
+
+    W_K = W_Q = [[I_d, 0], [0, 0]],   W_V = [[0, 0], [0, η]],   P = I_{d+1},
+
+``e_iᵀ W_Kᵀ W_Q e_q = x_i·x_q`` and ``P W_V e_i = (0, η y_i)``, so the prediction is
+``η (1/n) Σ_i y_i x_i·x_q``: exactly one gradient step from ``w = 0`` on ``½ (1/n) Σ (w·x_i −
+y_i)²`` with step size ``η``, the ``linreg`` family's ``gd_step`` at ``η = η_n*``
+(``construction``).  ``LinearSelfAttention`` is the layer with free weights; applied to a prompt
+``xs (B, N, d)``, ``ys (B, N)`` it predicts every ``y_j`` from the ``j`` pairs before it (the
+query ``(x_j, 0)`` attends to them, normalised by ``j``), the regression predictors' contract.
+
+The function depends on the weights only through ``v = (P W_V)[d]`` (the row that writes the
+prediction) and ``A = W_Kᵀ W_Q`` restricted to the query's ``x`` columns: ``ŷ = (1/n) Σ_i (v·e_i)
+(e_iᵀ A x_q)``.  Their outer product ``v ⊗ A`` (``effective_weights``) is what a trained layer
+and the construction can be compared by: it is unchanged by the symmetry ``A → c A``,
+``v → v / c`` that leaves the function alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from icmix._checks import as_prompts, check_positive_int
+
+
+class LinearSelfAttention(nn.Module):
+    """One layer of linear self-attention on ``(x, y)`` tokens of width ``dim + 1``: ``W_K``, ``W_Q``,
+    ``W_V`` and the projection ``P``, each ``(dim + 1, dim + 1)``, initialised small and random
+    (``std``) or set by ``construction``."""
+
+    def __init__(self, dim: int, std: float = 0.02, generator: torch.Generator | None = None):
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        width = dim + 1
+
+        def weight():
+            return nn.Parameter(std * torch.randn(width, width, generator=generator, dtype=torch.float64))
+
+        self.w_k, self.w_q, self.w_v, self.proj = weight(), weight(), weight(), weight()
+
+    def tokens(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        """The pairs' tokens ``(x_i, y_i)`` and the queries ``(x_j, 0)``, each ``(B, N, d + 1)``."""
+        zeros = torch.zeros_like(ys)[..., None]
+        return torch.cat([xs, ys[..., None]], -1), torch.cat([xs, zeros], -1)
+
+    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """``(B, N)``: column ``j`` predicts ``y_j`` from the ``j`` pairs before it (0 at ``j = 0``)."""
+        xs, ys = xs.to(self.w_k.dtype), ys.to(self.w_k.dtype)
+        pairs, queries = self.tokens(xs, ys)
+        keys, values = pairs @ self.w_k.T, pairs @ self.w_v.T  # (B, N, d+1)
+        scores = queries @ self.w_q.T @ keys.transpose(1, 2)  # (B, N queries, N pairs)
+        n = xs.shape[1]
+        before = torch.ones(n, n, dtype=torch.bool, device=xs.device).tril(-1)
+        count = torch.arange(n, device=xs.device).clamp(min=1).to(scores.dtype)
+        update = (scores * before) @ values / count[:, None]  # (B, N, d+1)
+        return (queries + update @ self.proj.T)[..., -1]
+
+
+def construction(dim: int, eta: float) -> LinearSelfAttention:
+    """The layer whose prediction is one gradient step of size ``eta`` from ``w = 0`` (von Oswald
+    et al.): ``W_K = W_Q = diag(I_d, 0)``, ``W_V = diag(0, …, 0, eta)``, ``P = I``."""
+    layer = LinearSelfAttention(dim, std=0.0)
+    with torch.no_grad():
+        eye = torch.eye(dim + 1, dtype=torch.float64)
+        x_block = eye.clone()
+        x_block[dim, dim] = 0
+        layer.w_k.copy_(x_block)
+        layer.w_q.copy_(x_block)
+        layer.w_v.zero_()
+        layer.w_v[dim, dim] = float(eta)
+        layer.proj.copy_(eye)
+    return layer
+
+
+def effective_weights(layer: LinearSelfAttention) -> Tensor:
+    """``v ⊗ A``, ``(d + 1, d + 1, d)``: the outer product of the row of ``P W_V`` that writes the
+    prediction with ``W_Kᵀ W_Q``'s columns that read the query's ``x`` (all the function depends on)."""
+    d = layer.dim
+    v = (layer.proj @ layer.w_v)[d]
+    a = (layer.w_k.T @ layer.w_q)[:, :d]
+    return v[:, None, None] * a[None]
+
+
+def weight_cosine(a: LinearSelfAttention, b: LinearSelfAttention) -> float:
+    """The cosine of two layers' ``effective_weights``: 1 when they compute the same function up to scale."""
+    with torch.no_grad():
+        u, v = effective_weights(a).flatten(), effective_weights(b).flatten()
+        return float(u @ v / (u.norm() * v.norm()))
+
+
+def lsa_gd(xs, ys, task) -> Tensor:
+    """The construction's prediction at every column ``j``, each with the step size ``η_j*`` of
+    the ``linreg`` task's ``gd_step``: column ``j`` of ``construction(d, η_j*)`` applied to the prompt."""
+    from icmix.testbeds.linreg import gd_step_size
+
+    xs, ys = as_prompts(xs, ys)
+    n = xs.shape[1]
+    etas = gd_step_size(task, torch.arange(n))
+    out = torch.zeros_like(ys)
+    with torch.no_grad():
+        for j in range(1, n):
+            out[:, j] = construction(xs.shape[-1], float(etas[j]))(xs[:, : j + 1], ys[:, : j + 1])[:, j]
+    return out
