@@ -50,6 +50,7 @@ from icmix.families.base import RegressionFamily, register_family
 from icmix.families.mixlinreg import RegressionObjective
 from icmix.predictors import Key, RegressionPredictor
 from icmix.random import make_generator
+from icmix.testbeds.lsa import lsa_gd
 
 X_DISTS = ("gaussian", "uniform")
 KNN_NEIGHBOURS = 3
@@ -267,15 +268,14 @@ class LinRegFamily(RegressionFamily):
     def predictors(self, task: LinRegTask) -> list:
         """``least_squares``, ``posterior_mean``, ``averaging``, ``knn``, ``gd_step``, ``zero`` and
         ``lsa_gd``, the linear self-attention layer built to compute ``gd_step`` (``icmix.testbeds.lsa``)."""
-        from icmix.testbeds.lsa import lsa_gd
-
         return [RegressionPredictor(LEAST_SQUARES, reg.ols, "least squares"),
                 self.bayes_predictor(task),
                 RegressionPredictor(AVERAGING, averaging, "averaging"),
                 RegressionPredictor(KNN, knn, f"{KNN_NEIGHBOURS}-nearest neighbours"),
                 RegressionPredictor(GD_STEP, partial(gd_step, task=task), "one GD step (optimal η)"),
                 RegressionPredictor(ZERO, zero, "zero"),
-                RegressionPredictor(LSA_GD, partial(lsa_gd, task=task), "linear self-attention (built: one GD step)")]
+                RegressionPredictor(LSA_GD, partial(lsa_gd, step_size=partial(gd_step_size, task)),
+                                    "linear self-attention (built: one GD step)")]
 
     def query_points(self, spec: LinRegSpec) -> int:
         """Points of a prompt whose last is the query: ``points + 1``."""

@@ -96,14 +96,13 @@ def weight_cosine(a: LinearSelfAttention, b: LinearSelfAttention) -> float:
         return float(u @ v / (u.norm() * v.norm()))
 
 
-def lsa_gd(xs, ys, task) -> Tensor:
-    """The construction's prediction at every column ``j``, each with the step size ``η_j*`` of
-    the ``linreg`` task's ``gd_step``: column ``j`` of ``construction(d, η_j*)`` applied to the prompt."""
-    from icmix.testbeds.linreg import gd_step_size
-
+def lsa_gd(xs, ys, step_size) -> Tensor:
+    """The construction's prediction at every column ``j``, with the step size ``step_size(j)``
+    (the ``linreg`` family passes its ``gd_step_size``, so ``lsa_gd`` is its ``gd_step`` computed by
+    attention): column ``j`` of ``construction(d, step_size(j))`` applied to the prompt."""
     xs, ys = as_prompts(xs, ys)
     n = xs.shape[1]
-    etas = gd_step_size(task, torch.arange(n))
+    etas = step_size(torch.arange(n))
     out = torch.zeros_like(ys)
     with torch.no_grad():
         for j in range(1, n):
