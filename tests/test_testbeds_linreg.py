@@ -209,7 +209,7 @@ def test_the_baselines_command_prints_the_table_and_csv_and_refuses_bad_input(ca
 
 
 def test_the_lsa_construction_computes_the_gd_step():
-    from icmix.testbeds.lsa import LinearSelfAttention, construction, effective_weights, weight_cosine
+    from icmix.testbeds.lsa import LinearSelfAttention, LSAConfig, construction, effective_weights, weight_cosine
 
     for spec in (dict(dim=5, points=9), dict(dim=3, points=12, x_dist="uniform", x_range=2.0, noise_std=0.3)):
         family, task = family_and_task(**spec)
@@ -227,4 +227,35 @@ def test_the_lsa_construction_computes_the_gd_step():
     xs, ys = torch.randn(3, 6, 4, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     assert torch.allclose(a(xs, ys), b(xs, ys)) and weight_cosine(a, b) == pytest.approx(1.0)
     assert effective_weights(a).shape == (5, 5, 4)
-    assert abs(weight_cosine(a, LinearSelfAttention(4, std=1.0, generator=make_generator(0)))) < 0.5
+    random = LinearSelfAttention(LSAConfig(4, init_std=1.0), generator=make_generator(0), dtype=torch.float64)
+    assert abs(weight_cosine(a, random)) < 0.5
+
+
+def test_a_trained_lsa_layer_learns_the_gd_step(tmp_path):
+    # One layer of linear self-attention trained on linreg prompts of n pairs comes to compute
+    # (nearly) the optimal GD step: its loss close to lsa_gd's, its effective weights aligned.
+    from icmix.testbeds.lsa import construction, weight_cosine
+    from icmix.testbeds.linreg import gd_step_size
+    from icmix.train import TrainConfig, load_run, train
+
+    cfg = TrainConfig.from_dict({
+        "task": {"kind": "linreg", "dim": 4, "points": 10},
+        "model": {"kind": "lsa"}, "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 20},
+        "loss_positions": "last", "steps": 600, "batch_size": 256, "eval_every": 200, "eval_size": 1000,
+        "checkpoint_every": 600, "seed": 0})
+    run = train(cfg, tmp_path / "lsa", progress=False)
+    _, model = load_run(run)
+    family = get_family("linreg")
+    task = family.build(cfg.task)
+    xs, ys = task.sample(20_000, 11, make_generator(9))
+    with torch.no_grad():
+        trained = ((model(xs, ys)[:, -1].double() - ys[:, -1]) ** 2).mean().item()
+    built = query_errors(by_key(family, task)["lsa_gd"], xs, ys).mean()
+    assert trained / built < 1.1
+    assert weight_cosine(model, construction(4, float(gd_step_size(task, 10)))) > 0.9
+    # its hook points, as on every icmix model
+    from icmix.interp import hook_names, run_with_cache
+
+    assert hook_names(model) == ["hook_attn_scores", "hook_update", "hook_out"]
+    out, cache = run_with_cache(model, xs[:3].float(), ys[:3].float())
+    assert cache["hook_attn_scores"].shape == (3, 11, 11) and torch.equal(cache["hook_out"], out)

@@ -241,11 +241,12 @@ def posterior_mean(xs, ys, task: LinRegTask) -> Tensor:
 
 
 class LinRegFamily(RegressionFamily):
-    """Linear regression in context (Garg et al. 2022), learned by the regression GPT."""
+    """Linear regression in context (Garg et al. 2022), learned by the regression GPT
+    (``gpt-regression``) or by one layer of linear self-attention (``lsa``, von Oswald et al.)."""
 
     kind = "linreg"
     spec = LinRegSpec
-    models = ("gpt-regression",)
+    models = ("gpt-regression", "lsa")
     losses = ("mse",)
 
     def build(self, spec: LinRegSpec) -> LinRegTask:

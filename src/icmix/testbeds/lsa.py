@@ -25,26 +25,62 @@ and the construction can be compared by: it is unchanged by the symmetry ``A →
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from icmix._checks import as_prompts, check_positive_int
+from icmix._checks import as_prompts, check_nonnegative, check_positive_int
+from icmix.models import register_model
+from icmix.models.base import Pretrained, config_from_dict
+from icmix.models.hooks import HookPoint
 
 
-class LinearSelfAttention(nn.Module):
+@dataclass(frozen=True)
+class LSAConfig:
+    """A ``LinearSelfAttention`` layer (model kind ``lsa``): the covariate ``dim`` and the longest
+    prompt ``max_points`` (both set by a ``linreg`` task), and the random initialisation's ``init_std``."""
+
+    dim: int
+    max_points: int = 41
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        check_positive_int("dim", self.dim)
+        check_positive_int("max_points", self.max_points)
+        check_nonnegative("init_std", self.init_std)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LSAConfig:
+        """The config from a dict (as ``config.json`` holds it), refusing unknown keys by name."""
+        return config_from_dict(cls, d)
+
+
+class LinearSelfAttention(Pretrained):
     """One layer of linear self-attention on ``(x, y)`` tokens of width ``dim + 1``: ``W_K``, ``W_Q``,
-    ``W_V`` and the projection ``P``, each ``(dim + 1, dim + 1)``, initialised small and random
-    (``std``) or set by ``construction``."""
+    ``W_V`` and the projection ``P``, each ``(dim + 1, dim + 1)``, initialised from ``N(0,
+    init_std²)`` (with ``generator``, or torch's) or set by ``construction``.  ``dtype``: the
+    weights' (float32 to train, float64 for the construction).
 
-    def __init__(self, dim: int, std: float = 0.02, generator: torch.Generator | None = None):
+    Hook points (``icmix.interp``): ``hook_attn_scores`` ``(B, N, N)`` (query ``j``'s score on the pair
+    ``i < j``, zero elsewhere), ``hook_update`` ``(B, N, d + 1)`` (what the layer adds to each query)
+    and ``hook_out`` ``(B, N)``."""
+
+    config_class = LSAConfig
+    model_type = "lsa"
+
+    def __init__(self, config: LSAConfig | int, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.dim = check_positive_int("dim", dim)
-        width = dim + 1
+        self.config = config if isinstance(config, LSAConfig) else LSAConfig(dim=config)
+        self.dim = self.config.dim
+        width = self.dim + 1
 
         def weight():
-            return nn.Parameter(std * torch.randn(width, width, generator=generator, dtype=torch.float64))
+            return nn.Parameter(self.config.init_std * torch.randn(width, width, generator=generator, dtype=dtype))
 
         self.w_k, self.w_q, self.w_v, self.proj = weight(), weight(), weight(), weight()
+        self.hook_attn_scores, self.hook_update, self.hook_out = HookPoint(), HookPoint(), HookPoint()
 
     def tokens(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
         """The pairs' tokens ``(x_i, y_i)`` and the queries ``(x_j, 0)``, each ``(B, N, d + 1)``."""
@@ -56,18 +92,18 @@ class LinearSelfAttention(nn.Module):
         xs, ys = xs.to(self.w_k.dtype), ys.to(self.w_k.dtype)
         pairs, queries = self.tokens(xs, ys)
         keys, values = pairs @ self.w_k.T, pairs @ self.w_v.T  # (B, N, d+1)
-        scores = queries @ self.w_q.T @ keys.transpose(1, 2)  # (B, N queries, N pairs)
         n = xs.shape[1]
         before = torch.ones(n, n, dtype=torch.bool, device=xs.device).tril(-1)
+        scores = self.hook_attn_scores((queries @ self.w_q.T @ keys.transpose(1, 2)) * before)  # (B, N queries, N pairs)
         count = torch.arange(n, device=xs.device).clamp(min=1).to(scores.dtype)
-        update = (scores * before) @ values / count[:, None]  # (B, N, d+1)
-        return (queries + update @ self.proj.T)[..., -1]
+        update = self.hook_update(scores @ values / count[:, None] @ self.proj.T)  # (B, N, d+1)
+        return self.hook_out((queries + update)[..., -1])
 
 
 def construction(dim: int, eta: float) -> LinearSelfAttention:
     """The layer whose prediction is one gradient step of size ``eta`` from ``w = 0`` (von Oswald
-    et al.): ``W_K = W_Q = diag(I_d, 0)``, ``W_V = diag(0, …, 0, eta)``, ``P = I``."""
-    layer = LinearSelfAttention(dim, std=0.0)
+    et al.), in float64: ``W_K = W_Q = diag(I_d, 0)``, ``W_V = diag(0, …, 0, eta)``, ``P = I``."""
+    layer = LinearSelfAttention(LSAConfig(dim, init_std=0.0), dtype=torch.float64)
     with torch.no_grad():
         eye = torch.eye(dim + 1, dtype=torch.float64)
         x_block = eye.clone()
@@ -92,7 +128,7 @@ def effective_weights(layer: LinearSelfAttention) -> Tensor:
 def weight_cosine(a: LinearSelfAttention, b: LinearSelfAttention) -> float:
     """The cosine of two layers' ``effective_weights``: 1 when they compute the same function up to scale."""
     with torch.no_grad():
-        u, v = effective_weights(a).flatten(), effective_weights(b).flatten()
+        u, v = effective_weights(a).double().flatten(), effective_weights(b).double().flatten()
         return float(u @ v / (u.norm() * v.norm()))
 
 
@@ -108,3 +144,6 @@ def lsa_gd(xs, ys, step_size) -> Tensor:
         for j in range(1, n):
             out[:, j] = construction(xs.shape[-1], float(etas[j]))(xs[:, : j + 1], ys[:, : j + 1])[:, j]
     return out
+
+
+register_model("lsa", LSAConfig, LinearSelfAttention)
