@@ -107,8 +107,8 @@ def test_a_claim_without_its_rows_fails_loudly(tmp_path):
 def test_registries_name_what_they_hold():
     from icmix.families import get_family
 
-    with pytest.raises(ValueError, match="unknown task kind 'markov'; registered: .*mixlinreg, mtd.*entry-points"):
-        get_family("markov")
+    with pytest.raises(ValueError, match="unknown task kind 'hmm'; registered: .*markov, mixlinreg, mtd.*entry-points"):
+        get_family("hmm")
     with pytest.raises(ValueError, match="unknown figure 'mtd-fig99'; registered: mtd-construction.*entry-points"):
         get_figure("mtd-fig99")
     for name in BUILTIN:
