@@ -114,3 +114,30 @@ def test_the_baselines_order_the_predictors_and_the_gpt_config_is_the_task_s():
         family.spec(start="random")
     with pytest.raises(ValueError, match="vocab_size"):
         family.spec(vocab_size=1)
+
+
+def test_an_attention_only_gpt_trains_on_markov_chains(tmp_path):
+    # The testbed's model: a 2-layer attention-only transformer (no MLPs), trained on next-token
+    # prediction; its hook points are TransformerLens's for an attention-only block.
+    import json
+
+    from icmix.interp import hook_names
+    from icmix.train import TrainConfig, load_run, train
+
+    cfg = TrainConfig.from_dict({
+        "task": {"kind": "markov", "vocab_size": 3, "length": 24},
+        "model": {"kind": "gpt", "n_layers": 2, "n_heads": 1, "d_model": 16, "attn_only": True},
+        "optim": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 5}, "loss": "ce", "loss_positions": "all",
+        "steps": 40, "batch_size": 32, "eval_every": 20, "eval_size": 256, "checkpoint_every": 20, "seed": 0})
+    run = train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40] and all(np.isfinite(r["eval_kl"]) for r in rows)
+    _, model = load_run(run)
+    assert not any("mlp" in k or "ln2" in k for k in model.state_dict())
+    names = hook_names(model)
+    assert "backbone.blocks.1.hook_attn_out" in names and "backbone.blocks.1.hook_resid_post" in names
+    assert not any("mlp" in n or "resid_mid" in n for n in names)
+    # the full GPT of the same config keeps its MLPs
+    full = TrainConfig.from_dict({**json.loads(json.dumps(cfg.to_dict())),
+                                  "model": {"kind": "gpt", "n_layers": 2, "n_heads": 1, "d_model": 16}})
+    assert full.model_config().attn_only is False

@@ -72,6 +72,8 @@ def to_transformer_lens(model: GPTTransformer):
     cfg = model.config
     if cfg.positions != "learned":
         raise ValueError("TransformerLens 4 cannot host relative positions (a per-head score bias per offset)")
+    if cfg.attn_only:
+        raise ValueError("the export covers GPTs with MLPs; an attention-only GPT is not exported yet")
     if cfg.dropout:
         raise ValueError("export a model without dropout (TransformerLens's native GPT has none)")
     try:

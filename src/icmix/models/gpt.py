@@ -30,7 +30,9 @@ GPT_POSITIONS = ("learned", "relative")
 @dataclass(frozen=True)
 class GPTConfig:
     """Configuration of a ``GPTTransformer``: ``vocab_size`` Q, ``n_layers``, ``n_heads``,
-    ``d_model`` C, ``max_length``, ``positions`` (learned | relative), ``mlp_ratio``, ``dropout``."""
+    ``d_model`` C, ``max_length``, ``positions`` (learned | relative), ``mlp_ratio``, ``dropout``,
+    and ``attn_only`` (blocks without MLPs, the interpretability literature's attention-only
+    transformers)."""
 
     vocab_size: int  # Q, the token values (set by the task)
     n_layers: int = 3  # transformer blocks, each attention then a GELU MLP (pre-LayerNorm)
@@ -42,9 +44,12 @@ class GPTConfig:
     positions: str = "learned"
     mlp_ratio: int = 4  # the MLP's hidden width is mlp_ratio * d_model
     dropout: float = 0.0  # dropout probability in [0, 1) on the input, attention weights and each block's outputs
+    attn_only: bool = False  # blocks of attention alone: no MLP (nor its LayerNorm and hook points)
 
     def __post_init__(self):
         check_positive_int("vocab_size", self.vocab_size, minimum=1)
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"attn_only must be true or false, got {self.attn_only!r}")
         for name in ("n_layers", "n_heads", "d_model", "max_length", "mlp_ratio"):
             check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
@@ -129,15 +134,23 @@ class CausalSelfAttention(nn.Module):
 
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.  Hook points:
-    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``."""
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``;
+    attention-only (``attn_only``): ``x + attn(ln(x))`` with ``hook_resid_pre``, ``hook_attn_out``
+    and ``hook_resid_post``, as TransformerLens names an attention-only block's."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn_only = cfg.attn_only
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        if not cfg.attn_only:
+            self.ln2 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
-                                 nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
-        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+        if not cfg.attn_only:
+            self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
+                                     nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+        names = ("hook_resid_pre", "hook_attn_out", "hook_resid_post") if cfg.attn_only else \
+            ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+        for name in names:
             self.add_module(name, HookPoint())
 
     def forward(self, x: Tensor, bias: Tensor | None, need_weights: bool,
@@ -146,7 +159,10 @@ class Block(nn.Module):
         ``need_weights``); with ``queries`` only those positions are computed."""
         x = self.hook_resid_pre(x)
         a, attn = self.attn(self.ln1(x), bias, need_weights, queries)
-        x = self.hook_resid_mid((x if queries is None else x[:, queries]) + self.hook_attn_out(a))
+        x = (x if queries is None else x[:, queries]) + self.hook_attn_out(a)
+        if self.attn_only:
+            return self.hook_resid_post(x), attn
+        x = self.hook_resid_mid(x)
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x)))), attn
 
 
