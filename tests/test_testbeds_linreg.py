@@ -259,3 +259,28 @@ def test_a_trained_lsa_layer_learns_the_gd_step(tmp_path):
     assert hook_names(model) == ["hook_attn_scores", "hook_update", "hook_out"]
     out, cache = run_with_cache(model, xs[:3].float(), ys[:3].float())
     assert cache["hook_attn_scores"].shape == (3, 11, 11) and torch.equal(cache["hook_out"], out)
+
+
+def test_the_lsa_gd_figure_comes_through_its_entry_point_and_decides_its_claim(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+    from icmix.experiments import get_figure
+
+    fig = get_figure("lsa-gd")
+    assert type(fig).__module__ == "icmix.testbeds.lsa_gd" and "quick" in fig.presets
+    out = tmp_path / "lsa"
+    assert main(["reproduce", "lsa-gd", "--preset", "quick", "--set", "steps=800", "--set", "seeds=0,1",
+                 "--set", "n_prompts=3000", "--set", "dim=3", "--set", "points=6", "--out", str(out),
+                 "--no-progress"]) == 0
+    layers = pd.read_csv(out / "lsa-gd-layers.csv")
+    table = pd.read_csv(out / "lsa-gd.csv")
+    # the ratio is the two rows' losses divided, per seed
+    for r in layers.itertuples():
+        t = table[table.seed == r.seed].set_index("predictor").loss
+        assert r.loss_ratio == pytest.approx(t["lsa/trained"] / t["lsa_gd"], rel=1e-9)
+        assert t["lsa_gd"] == pytest.approx(t["gd_step"], rel=1e-6)
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.figures) == ["lsa-gd"]
+    ok = (layers.loss_ratio <= 1.05).all() and (layers.weight_cosine >= 0.95).all()
+    assert claims.verdict[0] in (("holds", "inconclusive") if ok else ("doesn't", "inconclusive"))

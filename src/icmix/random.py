@@ -31,6 +31,7 @@ class Stream:
     TEXT_TUNE = 100_000  # the text figure's tuning windows (training split)
     TEXT_PRIOR = 110_000  # the text figure's windows for the empirical prior (training split)
     BASELINES = 120_000  # `icmix baselines`' fresh examples (and, after them, its tuning batch)
+    TESTBEDS = 130_000  # the testbeds' figures' evaluation prompts and sequences
     TRAINING_EVALUATION = 1_000_003  # a training run's fixed evaluation batch
     TRAINING_SET = 2_000_003  # a fixed-training-set run's prompts (mlr-fig3)
 
