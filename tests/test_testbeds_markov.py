@@ -141,3 +141,35 @@ def test_an_attention_only_gpt_trains_on_markov_chains(tmp_path):
     full = TrainConfig.from_dict({**json.loads(json.dumps(cfg.to_dict())),
                                   "model": {"kind": "gpt", "n_layers": 2, "n_heads": 1, "d_model": 16}})
     assert full.model_config().attn_only is False
+
+
+def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+    from icmix.experiments import get_figure
+    from icmix.random import Stream, stream
+    from icmix.train import load_run
+
+    assert type(get_figure("markov")).__module__ == "icmix.testbeds.markov_icl"
+    out = tmp_path / "markov"
+    assert main(["reproduce", "markov", "--preset", "quick", "--set", "steps=200", "--set", "checkpoint_every=100",
+                 "--set", "seeds=0,1", "--set", "length=30", "--set", "n_sequences=200", "--set", "n_score=16",
+                 "--out", str(out), "--no-progress"]) == 0
+    heads = pd.read_csv(out / "markov-heads.csv")
+    assert sorted(heads.step.unique()) == [100, 200] and len(heads) == 2 * 2 * 2  # seeds x checkpoints x layers
+    assert heads[["previous_token", "induction"]].stack().between(0, 1).all()
+    final = pd.read_csv(out / "markov-final.csv").set_index(["seed", "predictor"])
+    assert final.loss[0, "uniform"] == pytest.approx(np.log(3))
+    # the trained model's cross-entropy, recomputed from its outputs on the same fresh sequences
+    family = get_family("markov")
+    task = family.build(family.spec(vocab_size=3, length=30))
+    tokens, _ = family.sample(task, 200, 31, stream(0, Stream.TESTBEDS))
+    _, model = load_run(next((out / "runs").glob("gpt2-markov-k3-T30-ce-seed0-*")))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(tokens[:, :-1]).double(), -1)
+    ce = -logp.gather(-1, tokens[:, 1:, None])[..., 0].mean().item()
+    assert final.loss[0, "trained"] == pytest.approx(ce, rel=1e-6)
+    assert final.excess_over_bigram[0, "trained"] == pytest.approx(ce - final.loss[0, "bigram"], rel=1e-6)
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.figures) == ["markov"] and claims.verdict[0] in ("holds", "doesn't", "inconclusive")
