@@ -284,3 +284,27 @@ def test_the_lsa_gd_figure_comes_through_its_entry_point_and_decides_its_claim(t
     assert list(claims.figures) == ["lsa-gd"]
     ok = (layers.loss_ratio <= 1.05).all() and (layers.weight_cosine >= 0.95).all()
     assert claims.verdict[0] in (("holds", "inconclusive") if ok else ("doesn't", "inconclusive"))
+
+
+def test_the_linreg_figure_compares_the_gpt_with_every_predictor(tmp_path):
+    import pandas as pd
+
+    from icmix.cli import main
+
+    out = tmp_path / "linreg"
+    assert main(["reproduce", "linreg", "--preset", "quick", "--set", "steps=20", "--set", "seeds=0,1",
+                 "--set", "dim=4", "--set", "points=8", "--set", "dims_start=2", "--set", "points_start=5",
+                 "--set", "n_prompts=400", "--set", "n_layers=1", "--set", "d_model=16", "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(out / "linreg.csv")
+    assert set(table.key) == {"gpt", "least_squares", "posterior_mean", "averaging", "knn", "gd_step", "zero", "lsa_gd"}
+    assert sorted(table.k.unique()) == list(range(9)) and set(table.seed) == {0, 1}
+    ls = table[(table.key == "least_squares") & (table.k == 2)].nmse.mean()
+    assert ls == pytest.approx(1 - 2 / 4, abs=0.08)  # the closed form, on 400 prompts per seed
+    ratio = pd.read_csv(out / "linreg-ratio.csv")
+    assert sorted(ratio.k.unique()) == [2, 4, 8] and ratio[ratio.k >= 4].ratio.isna().all()
+    row = ratio[(ratio.seed == 0) & (ratio.k == 2)].iloc[0]
+    got = table[(table.seed == 0) & (table.k == 2)].set_index("key").nmse
+    assert (row.gpt, row.least_squares) == (pytest.approx(got["gpt"]), pytest.approx(got["least_squares"]))
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.figures) == ["linreg"]
