@@ -189,11 +189,17 @@ def test_quick_preset_fits_the_budget():
     from icmix.experiments.common import run_name
     from icmix.report import figure_runs
 
-    runs = {}
+    from icmix.experiments import get_figure
+
+    runs, testbeds = {}, {}
     for name, cfg in configs_for("quick").items():
-        runs.update({run_name(tc): tc for tc in figure_runs(name, cfg)})
+        into = testbeds if get_figure(name).__module__.startswith("icmix.testbeds.") else runs
+        into.update({run_name(tc): tc for tc in figure_runs(name, cfg)})
     assert len(runs) == 28
     assert sum(tc.steps for tc in runs.values()) <= 67_400
+    # The classic testbeds' quick figures (issue 35): 4 one-layer LSA runs of 1000 steps (seconds each),
+    # 2 attention-only GPTs on Markov chains of 3000 and 2 regression GPTs of 4000 (minutes each).
+    assert len(testbeds) == 8 and sum(tc.steps for tc in testbeds.values()) <= 18_000
 
 
 CHECK = """<script>
