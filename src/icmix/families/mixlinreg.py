@@ -12,6 +12,7 @@ import torch
 from icmix._checks import check_positive_int
 from icmix.predictors import Key
 from icmix.families.base import Objective, RegressionFamily, register_family
+from icmix.families.curriculum import Curriculum
 from icmix.random import Stream, stream
 from icmix.tasks import MixLinRegTask
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class MixLinRegSpec:
+class MixLinRegSpec(Curriculum):
     """A mixture of linear regressions (SPEC §2) and its curriculum (Garg et al. 2022).
 
     Every ``curriculum_every`` steps the active dimensions grow by ``dims_step`` from
@@ -55,32 +56,12 @@ class MixLinRegSpec:
         check_positive_int("task.n_points", self.n_points)
         if not self.noise >= 0:
             raise ValueError(f"task.noise must be >= 0, got {self.noise}")
-        check_positive_int("task.curriculum_every", self.curriculum_every, minimum=0)
-        check_positive_int("task.dims_step", self.dims_step, minimum=0)
-        check_positive_int("task.points_step", self.points_step, minimum=0)
-        for name, top in (("dims_start", self.dim), ("points_start", self.n_points)):
-            value = getattr(self, name)
-            if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
-                raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
+        self.check_curriculum()
         if self.n_train is not None:
             check_positive_int("task.n_train", self.n_train)
             if self.curriculum_every and self.dims_step and (self.dims_start or self.dim) < self.dim:
                 raise ValueError("task.n_train (a fixed training set) allows only the points curriculum: "
                                  "set task.dims_start to task.dim (or task.dims_step to 0)")
-
-    def model_fields(self) -> dict:
-        """The model config fields the task sets: ``dim`` and ``max_points`` (``n_points``)."""
-        return {"dim": self.dim, "max_points": self.n_points}
-
-    def stage(self, step: int) -> tuple[int, int]:
-        """``(active dims, prompt points)`` at training step ``step``."""
-        dims, points = self.dims_start or self.dim, self.points_start or self.n_points
-        if self.curriculum_every:
-            k = step // self.curriculum_every
-            dims, points = dims + k * self.dims_step, points + k * self.points_step
-        return min(dims, self.dim), min(points, self.n_points)
-
-
 
 
 def training_set(task: MixLinRegTask, n_prompts: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

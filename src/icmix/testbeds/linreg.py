@@ -47,6 +47,7 @@ from torch import Tensor
 from icmix._checks import as_prompts, check_nonnegative, check_positive, check_positive_int
 from icmix.estimators import regression as reg
 from icmix.families.base import RegressionFamily, register_family
+from icmix.families.curriculum import Curriculum
 from icmix.families.mixlinreg import RegressionObjective
 from icmix.predictors import Key, RegressionPredictor
 from icmix.random import make_generator
@@ -60,7 +61,7 @@ KNN, GD_STEP, ZERO, LSA_GD = Key("knn"), Key("gd_step"), Key("zero"), Key("lsa_g
 
 
 @dataclass(frozen=True)
-class LinRegSpec:
+class LinRegSpec(Curriculum):
     """A ``linreg`` task (see the module docstring) and its curriculum.
 
     ``points`` (n) is the number of in-context pairs before the query, so a prompt holds
@@ -89,30 +90,12 @@ class LinRegSpec:
         check_positive("task.x_range", self.x_range)
         check_positive("task.w_std", self.w_std)
         check_nonnegative("task.noise_std", self.noise_std)
-        check_positive_int("task.curriculum_every", self.curriculum_every, minimum=0)
-        check_positive_int("task.dims_step", self.dims_step, minimum=0)
-        check_positive_int("task.points_step", self.points_step, minimum=0)
-        for name, top in (("dims_start", self.dim), ("points_start", self.points + 1)):
-            value = getattr(self, name)
-            if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
-                raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
+        self.check_curriculum()
 
     @property
     def n_points(self) -> int:
         """Points per prompt at full size: the ``points`` pairs and the query."""
         return self.points + 1
-
-    def model_fields(self) -> dict:
-        """The model config fields the task sets: ``dim`` and ``max_points`` (``points + 1``)."""
-        return {"dim": self.dim, "max_points": self.n_points}
-
-    def stage(self, step: int) -> tuple[int, int]:
-        """``(active dims, prompt points)`` at training step ``step``."""
-        dims, points = self.dims_start or self.dim, self.points_start or self.n_points
-        if self.curriculum_every:
-            k = step // self.curriculum_every
-            dims, points = dims + k * self.dims_step, points + k * self.points_step
-        return min(dims, self.dim), min(points, self.n_points)
 
 
 @dataclass(frozen=True)
