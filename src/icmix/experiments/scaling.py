@@ -157,10 +157,12 @@ def _code(fn) -> str:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node) is not None:
-                node.body = node.body[1:] or [ast.Pass()]
-            if isinstance(node, ast.Call):  # the measure's range shapes the fit, not what is measured
-                node.keywords = [k for k in node.keywords if k.arg != "bounds"]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if ast.get_docstring(node) is not None:
+                    node.body = node.body[1:] or [ast.Pass()]
+                for call in node.decorator_list:  # the measure's range shapes the fit, not what is measured
+                    if isinstance(call, ast.Call):
+                        call.keywords = [k for k in call.keywords if k.arg != "bounds"]
         return ast.dump(tree)
     except (OSError, TypeError, SyntaxError):  # (a lambda's source is its whole statement: SyntaxError
         return getattr(fn, "__qualname__", repr(fn))  # where that statement is cut mid-expression)

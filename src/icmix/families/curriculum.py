@@ -21,6 +21,10 @@ class Curriculum:
             value = getattr(self, name)
             if value is not None and not 1 <= check_positive_int(f"task.{name}", value) <= top:
                 raise ValueError(f"task.{name} must be between 1 and {top}, got {value}")
+            if value is not None and value < top and not self.curriculum_every:
+                raise ValueError(f"task.{name} = {value} is below the full size {top}, but task.curriculum_every is 0 "
+                                 "(no curriculum: every prompt is full size): set task.curriculum_every, or drop "
+                                 f"task.{name}")
 
     def model_fields(self) -> dict:
         """The model config fields the task sets: ``dim`` and ``max_points`` (``n_points``)."""

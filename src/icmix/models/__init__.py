@@ -26,8 +26,11 @@ def register_model(kind: str, config_class: type, model_class: type, replace: bo
     if not hasattr(config_class, "from_dict"):
         raise ValueError(f"model config {config_class!r} has no from_dict")
     taken = MODELS.get(kind)
-    if taken is not None and not replace and (taken[0].__qualname__, taken[1].__qualname__) != (
-            config_class.__qualname__, model_class.__qualname__):
+    def where(c: type) -> tuple[str, str]:
+        return c.__module__, c.__qualname__
+
+    if taken is not None and not replace and (where(taken[0]), where(taken[1])) != (where(config_class),
+                                                                                    where(model_class)):
         raise ValueError(f"a model kind {kind!r} is already registered ({taken[1].__name__}); pass replace=True to "
                          "replace it")
     MODELS[kind] = (config_class, model_class)

@@ -35,7 +35,7 @@ class GPTConfig:
     transformers)."""
 
     vocab_size: int  # Q, the token values (set by the task)
-    n_layers: int = 3  # transformer blocks, each attention then a GELU MLP (pre-LayerNorm)
+    n_layers: int = 3  # transformer blocks, each attention then a GELU MLP (pre-LayerNorm; attention alone with attn_only)
     n_heads: int = 4  # attention heads per layer; must divide d_model
     d_model: int = 64  # C, the width of the residual stream
     max_length: int = 64  # longest input in tokens (set by the task's length)

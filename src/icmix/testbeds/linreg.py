@@ -154,6 +154,7 @@ def gd_step_size(task: LinRegTask, n) -> Tensor:
 def gd_step_loss(task: LinRegTask, n: int, eta: float) -> float:
     """The expected squared error at the query of ``ŵ = η (1/n) Σ y_i x_i`` after ``n ≥ 1`` pairs
     (the closed form ``gd_step_size`` minimises)."""
+    n = check_positive_int("n", n)
     s2, mu4 = task.moments
     d, tau2, sigma2 = task.dim, task.w_std**2, task.noise_std**2
     return s2 * (tau2 * (d - 2 * eta * d * s2 + eta**2 * d * (mu4 + (d + n - 2) * s2**2) / n)
@@ -163,7 +164,7 @@ def gd_step_loss(task: LinRegTask, n: int, eta: float) -> float:
 def _mean_moment(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     """``(1/j) Σ_{i<j} y_i x_i`` for every column ``j`` (zero at ``j = 0``) and ``j`` itself, ``(B, N, d)`` and ``(N,)``."""
     moment = torch.cumsum(xs * ys[..., None], dim=1) - xs * ys[..., None]  # exclusive: the pairs before j
-    count = torch.arange(xs.shape[1], dtype=torch.float64)
+    count = torch.arange(xs.shape[1], dtype=torch.float64, device=xs.device)
     return moment / count.clamp(min=1)[:, None], count
 
 
@@ -184,10 +185,11 @@ def gd_step(xs, ys, task: LinRegTask) -> Tensor:
 def knn(xs, ys, k: int = KNN_NEIGHBOURS) -> Tensor:
     """The mean ``y`` of the ``k`` pairs before column ``j`` whose ``x`` is nearest ``x_j`` (all of
     them while ``j < k``); 0 at ``j = 0``."""
+    k = check_positive_int("k", k)
     xs, ys = as_prompts(xs, ys)
     n = xs.shape[1]
     dist = torch.cdist(xs, xs)  # (B, N, N): row j, column i
-    before = torch.ones(n, n, dtype=torch.bool).tril(-1)  # i < j
+    before = torch.ones(n, n, dtype=torch.bool, device=xs.device).tril(-1)  # i < j
     dist = dist.masked_fill(~before, math.inf)
     k = min(k, max(n - 1, 1))
     near, idx = dist.topk(k, dim=-1, largest=False)  # (B, N, k)

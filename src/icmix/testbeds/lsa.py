@@ -89,6 +89,10 @@ class LinearSelfAttention(Pretrained):
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         """``(B, N)``: column ``j`` predicts ``y_j`` from the ``j`` pairs before it (0 at ``j = 0``)."""
+        if xs.ndim != 3 or xs.shape[-1] != self.dim or ys.shape != xs.shape[:2]:
+            raise ValueError(f"expected xs (B, N, {self.dim}) and ys (B, N), got {tuple(xs.shape)} and {tuple(ys.shape)}")
+        if xs.shape[1] > self.config.max_points:
+            raise ValueError(f"a prompt of {xs.shape[1]} points is longer than max_points = {self.config.max_points}")
         xs, ys = xs.to(self.w_k.dtype), ys.to(self.w_k.dtype)
         pairs, queries = self.tokens(xs, ys)
         keys, values = pairs @ self.w_k.T, pairs @ self.w_v.T  # (B, N, d+1)
@@ -100,10 +104,10 @@ class LinearSelfAttention(Pretrained):
         return self.hook_out((queries + update)[..., -1])
 
 
-def construction(dim: int, eta: float) -> LinearSelfAttention:
+def construction(dim: int, eta: float, max_points: int = 41) -> LinearSelfAttention:
     """The layer whose prediction is one gradient step of size ``eta`` from ``w = 0`` (von Oswald
     et al.), in float64: ``W_K = W_Q = diag(I_d, 0)``, ``W_V = diag(0, …, 0, eta)``, ``P = I``."""
-    layer = LinearSelfAttention(LSAConfig(dim, init_std=0.0), dtype=torch.float64)
+    layer = LinearSelfAttention(LSAConfig(dim, max_points, init_std=0.0), dtype=torch.float64)
     with torch.no_grad():
         eye = torch.eye(dim + 1, dtype=torch.float64)
         x_block = eye.clone()
@@ -142,7 +146,7 @@ def lsa_gd(xs, ys, step_size) -> Tensor:
     out = torch.zeros_like(ys)
     with torch.no_grad():
         for j in range(1, n):
-            out[:, j] = construction(xs.shape[-1], float(etas[j]))(xs[:, : j + 1], ys[:, : j + 1])[:, j]
+            out[:, j] = construction(xs.shape[-1], float(etas[j]), n)(xs[:, : j + 1], ys[:, : j + 1])[:, j]
     return out
 
 

@@ -168,7 +168,7 @@ FIGURE = LSAGD()
               bounds=(0.0, float("inf")),
               trained=lambda tc, cfg: True)
 def trained_lsa_is_gd(c: Claim, out: Path, cfg: Config) -> Claim:
-    """Per seed, the loss ratio (≤ 1.05) and the weight cosine (≥ 0.95)."""
+    """The loss ratio (≤ 1.05) and the weight cosine (≥ 0.95), each decided from its interval over seeds."""
     layers = pd.read_csv(Path(out) / f"{NAME}-layers.csv")
     c.value = (f"ratio {layers.loss_ratio.mean():.3f}, cosine {layers.weight_cosine.mean():.3f} "
                f"({len(layers)} seeds)")

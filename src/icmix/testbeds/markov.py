@@ -74,28 +74,35 @@ class MarkovTask:
     start: str = "stationary"
 
 
-def stationary(P: Tensor) -> Tensor:
-    """``(B, k)``: the stationary distribution of each ``(B, k, k)`` row-stochastic ``P``, the
-    solution of ``π (P − I) = 0`` with ``Σ π = 1`` (unique: Dirichlet rows are positive)."""
-    b, k, _ = P.shape
-    eye = torch.eye(k, dtype=P.dtype)
-    system = torch.cat([(P - eye).transpose(1, 2), torch.ones(b, 1, k, dtype=P.dtype)], dim=1)  # (B, k + 1, k)
-    rhs = torch.zeros(b, k + 1, 1, dtype=P.dtype)
-    rhs[:, -1] = 1
-    pi = torch.linalg.lstsq(system, rhs).solution[..., 0]
-    return pi.clamp_min(0) / pi.clamp_min(0).sum(-1, keepdim=True)
+def stationary(P: Tensor, squarings: int = 64) -> Tensor:
+    """``(B, k)``: a stationary distribution of each ``(B, k, k)`` row-stochastic ``P``, by repeated
+    squaring of the lazy chain ``(P + I) / 2`` (the same ``π``, and aperiodic, so that a periodic
+    ``P`` converges too): its ``2^64``-th power, rows renormalised after each product, then the mean
+    of its rows.
+
+    For an irreducible chain every row of the power is ``π``.  A chain that is nearly reducible in
+    floating point (small ``alpha``: rows whose entries underflow) may not mix within ``2^64``
+    steps; the rows are then its classes' own stationary distributions, and their mean is
+    stationary up to the underflowed transition probabilities.  (A linear solve of ``π (P − I) =
+    0`` fails there: it returned uniform ``π`` for chains with a transient state.)"""
+    m = (P + torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)) / 2  # lazy: the same π, and aperiodic
+    for _ in range(squarings):
+        m = m @ m
+        m = m / m.sum(-1, keepdim=True)
+    pi = m.mean(1)
+    return pi / pi.sum(-1, keepdim=True)
 
 
 def sample_chains(task: MarkovTask, n: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``n`` sequences of ``length`` states and the transition matrix each was drawn with:
     ``(tokens (n, length) int64, P (n, k, k) float64)``."""
     n, length = check_positive_int("n", n), check_positive_int("length", length)
-    k = task.vocab_size
-    P = dirichlet(torch.full((n, k, k), float(task.alpha), dtype=torch.float64), generator)
-    first = stationary(P) if task.start == "stationary" else torch.full((n, k), 1 / k, dtype=torch.float64)
-    tokens = torch.empty(n, length, dtype=torch.int64)
+    k, dev = task.vocab_size, generator.device  # sampled where the generator lives
+    P = dirichlet(torch.full((n, k, k), float(task.alpha), dtype=torch.float64, device=dev), generator)
+    first = stationary(P) if task.start == "stationary" else torch.full((n, k), 1 / k, dtype=torch.float64, device=dev)
+    tokens = torch.empty(n, length, dtype=torch.int64, device=dev)
     tokens[:, 0] = categorical(first, generator)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=dev)
     for t in range(1, length):
         tokens[:, t] = categorical(P[rows, tokens[:, t - 1]], generator)
     return tokens, P
