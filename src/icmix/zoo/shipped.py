@@ -45,7 +45,7 @@ SHIPPED: dict[str, str] = {
     "cpu/gpt3-mtdg-m3-T32-mse-seed1-7c3dfeed": "139d27fa6d5e587c7bf3795a1e3ee4b700237a5fad1c9a8e546b1046ab32a8ad",
     "cpu/gpt3-mtdg-pydoc-m3-T256-ce-seed0-dcefec8c": "0eabd74b3eb8990e6aae0e23ca80f1af112c6376af63747869ba16b32ab6ab1a",
     "cpu/gpt3-text-pydoc-q32-T256-ce-seed0-6d871eac": "4c336805fa4ae15f025870f7bb8ced1fb13dc0401f486aebc27e6587ea821a36",
-    "long/claims-scaling-measured.csv": "b3e81cbaa796a3d1fddfeef0eb5b37b9c3e61cd3d802650decafdc01fb2c8e1b",
+    "long/claims-scaling-measured.csv": "0ccb9b1396aeafa4ad9c554cb8a8d45161514fd0b8acc5b7af712a87c797ab68",
     "long/disentangled3-m3-T16-mse-seed0-9cfadffe": "e39aa82e81554bfa15db02c646db7a13a2b1672da8dbac94ec3b69b6c2bc493a",
     "long/disentangled3-m3-T16-mse-seed1-6b2c87f6": "0466e358bc795b446453be60f5963daaf4e6a8d440e17a50c850598c229c1730",
     "long/disentangled3-m3-T16-mse-seed2-d3f53eb4": "431e67b9147ea49924349476fb5b052d8c5b6443557a2255be918abe0ff065b9",
