@@ -440,3 +440,19 @@ def test_zoo_verify_tail_on_another_cpu_needs_the_last_steps_redone(tmp_path, mo
     monkeypatch.setattr(icmix.train, "train", fake(lambda: near))
     r = zoo.verify(run.name, tmp_path / "v2", root, progress=False, tail=True)
     assert r["status"] == "pass" and r["tail_closer"] == pytest.approx(1e-3, rel=1e-3) and "another CPU" in r["reason"]
+
+
+def test_measuring_one_figure_keeps_the_other_figures_rows(tmp_path, monkeypatch):
+    # `icmix reproduce claims-scaling --preset long --set figures=F` adds F's rows to the file; the
+    # figure's saved outputs must not replace the file with F's rows alone (they did: the extra
+    # table "measured" is written to the same claims-scaling-measured.csv).
+    from icmix.experiments import common
+
+    shipped = pd.read_csv(Path(scaling.__file__).parent.parent / "zoo" / "long" / scaling.MEASURED, dtype={"runs": str})
+    new = shipped[shipped.figure == "mtd-fig5"]
+    shipped[shipped.figure != "mtd-fig5"].to_csv(tmp_path / scaling.MEASURED, index=False)
+    monkeypatch.setattr(scaling, "measure", lambda cfg, out, progress=True: new.reset_index(drop=True))
+    monkeypatch.setattr(common, "train_runs", lambda *args, **kwargs: [])
+    scaling.FIGURE.run(scaling.Config(figures=("mtd-fig5",), n_boot=10), tmp_path, progress=False)
+    after = pd.read_csv(tmp_path / scaling.MEASURED, dtype={"runs": str})
+    assert after.figure.value_counts().to_dict() == shipped.figure.value_counts().to_dict()

@@ -390,13 +390,14 @@ class ClaimsScaling(Figure):
             train_runs(out, list(self.runs(more).values()), progress=progress)  # reused where finished
             new = measure(more, out, progress)
             measured = new if measured is None else pd.concat([measured, new], ignore_index=True)
-            whole = new if kept is None else pd.concat([kept, new], ignore_index=True)
+            kept = new if kept is None else pd.concat([kept, new], ignore_index=True)
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda p: whole.to_csv(p, index=False))
+            atomic_write(path, lambda p: kept.to_csv(p, index=False))
         if measured is None or measured.empty:
             raise ValueError(f"{path} holds no measurements of {', '.join(f.name for f in figures)}")
         table = fits(measured, cfg).assign(measurements=origin(out))
-        return Result(curves(measured, table), extra={"fits": table, "measured": measured})
+        # ("measured" is saved as claims-scaling-measured.csv itself: the whole file, every figure's rows)
+        return Result(curves(measured, table), extra={"fits": table, "measured": kept})
 
     def draw(self, result: Result, cfg: Config):
         """A panel per claim: the measure at each budget, the fitted power law out to the paper's budget with the
