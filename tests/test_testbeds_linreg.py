@@ -69,9 +69,10 @@ def test_the_gd_step_size_and_loss_closed_forms_agree_with_samples(spec):
     # the expected loss of eta * m, at a few step sizes
     for eta in (0.1, 0.3, 1.0):
         assert within((eta * m - y) ** 2, gd_step_loss(task, n, eta))
-    # the closed-form step size against a grid search of the sample loss
+    # the closed-form step size against a grid search of the sample loss, a quadratic in eta:
+    # mean((eta m - y)^2) = eta^2 mean(m^2) - 2 eta mean(m y) + mean(y^2)
     grid = np.linspace(0.01, 1.5, 1491)
-    losses = ((grid[:, None] * m[None, :] - y[None, :]) ** 2).mean(1)
+    losses = grid**2 * (m**2).mean() - 2 * grid * (m * y).mean() + (y**2).mean()
     best = grid[losses.argmin()]
     eta = float(gd_step_size(task, n))
     assert abs(best - eta) < 0.03 * eta
