@@ -16,6 +16,8 @@ VERIFY ?= disentangled3-m3-T8-mse-seed0-5a264d8a
 # two long-tier runs checked from the checkpoint they ship 1,000 steps before their end (seconds each)
 VERIFY_TAIL ?= disentangled3-m3-T32-mse-seed0-d59c24de gpt3-m3-T32-mse-seed0-4c2dbdad
 ZOO_OUT ?= results/demo-zoo
+# `make test` runs the tests in this many worker processes (pytest-xdist), each with its share of the cores
+TEST_JOBS ?= 2
 
 .PHONY: install demo demo-quick demo-zoo test test-slow bench docs clean
 
@@ -72,7 +74,7 @@ demo-zoo: $(STAMP)
 test: $(PLUGIN)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check --quiet src/icmix
-	ICMIX_TEST_PLUGIN_SITE=$(PLUGIN_SITE) $(PY) -m pytest -q -m "not slow"
+	ICMIX_TEST_PLUGIN_SITE=$(PLUGIN_SITE) $(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS)
 
 test-slow: $(PLUGIN)
 	ICMIX_TEST_PLUGIN_SITE=$(PLUGIN_SITE) $(PY) -m pytest -q -m slow

@@ -14,6 +14,10 @@ if PLUGIN_SITE.is_dir() and str(PLUGIN_SITE) not in sys.path:
     sys.path.insert(0, str(PLUGIN_SITE))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_SITE), os.environ.get("PYTHONPATH")) if p)
 
+# Under pytest-xdist (`make test` runs -n 2) each worker takes its share of the cores, not all of them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture
 def small_task():

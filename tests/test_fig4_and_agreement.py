@@ -130,7 +130,7 @@ def test_fig4_never_mixes_runs_of_another_config(tmp_path):
     runs beside the first, which stay untouched."""
     base = ["reproduce", "mtd-fig4", "--out", str(tmp_path), "--no-progress", "--seeds", "1", "--set", "gpt_steps=4",
             "--set", "length=10", "--set", "eval_lengths=(5,10)", "--set", "n_sequences=20", "--set", "n_tune=10",
-            "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=1"]
+            "--set", "gpt_width=8", "--set", "gpt_heads=2", "--set", "gpt_layers=1", "--set", "ablation_steps=2"]
     assert main(base + ["--set", "steps=4"]) == 0
     (first,) = (tmp_path / "runs").glob("disentangled3-*")
     mtime = (first / "model" / "model.safetensors").stat().st_mtime

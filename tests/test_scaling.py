@@ -382,15 +382,16 @@ def test_zoo_verify_tail_resumes_from_the_shipped_checkpoint_and_ends_bit_identi
     from icmix.cli import main
     from icmix.train import train
 
-    tc = dataclasses.replace(tiny_run(5, 2000), checkpoint_every=1000)  # the long tier's cadence: 1000, 2000 kept
+    # the long tier's cadence, a tenth as long: a checkpoint every 100 steps, the last two (100, 200) kept
+    tc = dataclasses.replace(tiny_run(5, 200), checkpoint_every=100)
     run = train(tc, tmp_path / "work" / run_name(tc), progress=False)
     root = tmp_path / "zoo"
-    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=1000)
+    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=100)
     assert (entry / "tail" / "trainer.safetensors").exists() and json.loads((entry / "provenance.json").read_text())[
-        "tail_step"] == 1000
+        "tail_step"] == 100
     assert main(["zoo", "verify", "--tail", run.name, "--root", str(root), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "PASS (bit-identical weights)" in text and "resumed from its tail (step 1000)" in text
+    assert "PASS (bit-identical weights)" in text and "resumed from its tail (step 100)" in text
     # A damaged tail is an integrity failure, named, before any training.
     with open(entry / "tail" / "trainer.safetensors", "r+b") as fh:
         fh.seek(-4, 2)
@@ -416,10 +417,10 @@ def test_zoo_verify_tail_on_another_cpu_needs_the_last_steps_redone(tmp_path, mo
     from icmix import zoo
     from icmix.train import train
 
-    tc = dataclasses.replace(tiny_run(6, 2000), checkpoint_every=1000)
+    tc = dataclasses.replace(tiny_run(6, 200), checkpoint_every=100)
     run = train(tc, tmp_path / "work" / run_name(tc), progress=False)
     root = tmp_path / "zoo"
-    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=1000)
+    entry = zoo.export(run, root / "long" / run.name, {"run": run.name, "steps": tc.steps, "threads": 1}, tail=100)
     monkeypatch.setattr(zoo, "cpu_model", lambda: "another CPU")
 
     def fake(weights):

@@ -159,12 +159,27 @@ def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path)
 
     assert type(get_figure("markov")).__module__ == "icmix.testbeds.markov_icl"
     out = tmp_path / "markov"
-    assert main(["reproduce", "markov", "--preset", "quick", "--set", "steps=200", "--set", "checkpoint_every=100",
+    assert main(["reproduce", "markov", "--preset", "quick", "--set", "steps=200", "--set", "eval_every=100",
                  "--set", "seeds=0,1", "--set", "length=30", "--set", "n_sequences=200", "--set", "n_score=16",
                  "--out", str(out), "--no-progress"]) == 0
     heads = pd.read_csv(out / "markov-heads.csv")
-    assert sorted(heads.step.unique()) == [100, 200] and len(heads) == 2 * 2 * 2  # seeds x checkpoints x layers
+    assert sorted(heads.step.unique()) == [100, 200] and len(heads) == 2 * 2 * 2  # seeds x evaluations x layers
     assert heads[["previous_token", "induction"]].stack().between(0, 1).all()
+    # the scores training logged at the last step: the final model's, recomputed here on the run's evaluation batch
+    from icmix.interp.scores import attention_patterns, induction_score, previous_token_score
+    from icmix.testbeds.markov import HEAD_SEQUENCES
+    from icmix.train.loop import build_objective, build_task
+
+    run = next((out / "runs").glob("gpt2-markov-k3-T30-ce-seed1-*"))
+    cfg, model = load_run(run)
+    batch = build_objective(build_task(cfg), cfg).eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
+    tokens = batch["inputs"][:HEAD_SEQUENCES]
+    with torch.no_grad():
+        patterns = attention_patterns(model.eval(), tokens)
+    last = heads[(heads.seed == 1) & (heads.step == 200)].set_index("layer")
+    for layer, p in enumerate(patterns):
+        assert last.previous_token[layer] == pytest.approx(previous_token_score(p)[0].item(), abs=1e-6)
+        assert last.induction[layer] == pytest.approx(induction_score(p, tokens)[0].item(), abs=1e-6)
     final = pd.read_csv(out / "markov-final.csv").set_index(["seed", "predictor"])
     assert final.loss[0, "uniform"] == pytest.approx(np.log(3))
     # the trained model's cross-entropy, recomputed from its outputs on the same fresh sequences

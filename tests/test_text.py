@@ -172,3 +172,33 @@ def test_reproduce_text_tiny(tmp_path):
     lam = pd.read_csv(out / "text-lambda.csv")
     assert np.allclose(lam.groupby(["order", "matrices", "window"]).lam.sum(), 1.0)
     assert set(pd.read_csv(out / "text-fit.csv").matrices) == {"shared", "per-lag"}
+
+
+def test_the_text_baselines_score_held_out_windows_under_the_training_split_counts(tmp_path):
+    # `icmix baselines text`: uniform, unigram and bigram fitted (add-1/2) on the training split, each
+    # scored by the cross-entropy of the next character of held-out windows; recomputed here by hand.
+    from icmix.families import get_family
+    from icmix.families.baselines import baselines
+    from icmix.random import Stream, stream
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(pydoc_documents()[:30]))
+    overrides = [f"corpus={corpus}", "vocab_size=6", "length=10"]
+    table = baselines("text", overrides, samples=300, seed=2).set_index("predictor")
+    assert list(table.index) == ["uniform", "unigram", "bigram"]
+    family = get_family("text")
+    text = family.build(family.spec(corpus=str(corpus), vocab_size=6, length=10))
+    windows = text.windows("test", 300, 11, stream(2, Stream.BASELINES)).numpy()
+    uni, pair = np.full(6, 0.5), np.full((6, 6), 0.5)
+    for doc in text.train:
+        for i, a in enumerate(doc):
+            uni[a] += 1
+            if i:
+                pair[doc[i - 1], a] += 1
+    uni, pair = uni / uni.sum(), pair / pair.sum(1, keepdims=True)
+    ce = {"uniform": np.full((300, 10), np.log(6)), "unigram": -np.log(uni[windows[:, 1:]]),
+          "bigram": -np.log(pair[windows[:, :-1], windows[:, 1:]])}
+    for name, c in ce.items():
+        assert table.loss[name] == pytest.approx(c.mean(), rel=1e-10)
+        assert table.stderr[name] == pytest.approx(c.mean(1).std(ddof=1) / np.sqrt(300), rel=1e-8, abs=1e-15)
+    assert table.loss["bigram"] < table.loss["unigram"] < table.loss["uniform"]

@@ -111,9 +111,43 @@ class TextObjective(Objective):
         return {"eval_loss": ce}
 
 
+KAPPA = 0.5  # add-kappa smoothing of the baselines' counts (the text figure's default)
+
+
+class Fitted:
+    """A baseline of next characters fitted on the corpus's training split, under the prefix
+    contract ``predict(tokens (B, T), corpus, lengths (P,)) -> (B, P, Q)``: ``uniform`` (``1/Q``),
+    ``unigram`` (the split's add-``KAPPA`` character frequencies) or ``bigram`` (its add-``KAPPA``
+    transitions ``pi_1[a, b]`` out of the prefix's last character ``a``)."""
+
+    def __init__(self, name: str, corpus: TextCorpus):
+        from icmix.estimators.mtd.fit import skip_bigrams, unigram
+        from icmix.predictors import Key
+
+        if name not in ("uniform", "unigram", "bigram"):
+            raise ValueError(f"a fitted text baseline is uniform, unigram or bigram, got {name!r}")
+        q = corpus.vocab_size
+        self.key, self.name = Key(name), f"{name} (training split)" if name != "uniform" else name
+        self.table = (torch.full((q,), 1 / q, dtype=torch.float64) if name == "uniform"
+                      else unigram(corpus.train, q, KAPPA) if name == "unigram"
+                      else skip_bigrams(corpus.train, q, 1, KAPPA)[0])
+
+    def predict(self, tokens: Tensor, corpus: TextCorpus, lengths) -> Tensor:
+        """``(B, P, Q)``: the fitted distribution of the character after each prefix."""
+        lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
+        if lengths.numel() == 0 or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
+            raise ValueError(f"lengths must be between 1 and the windows' length {tokens.shape[1]}, got "
+                             f"{lengths.tolist()}")
+        if self.table.dim() == 1:
+            return self.table.expand(tokens.shape[0], len(lengths), -1)
+        return self.table[tokens[:, lengths - 1]]
+
+
 class TextFamily(TaskFamily):
     """Next-character prediction on real text.  The text's own distribution is unknown, so the
-    family names no Bayes-optimal predictor and its runs' convergence is ``unknown``."""
+    family names no Bayes-optimal predictor and its runs' convergence is ``unknown``; its
+    baselines (``icmix baselines text``) are fitted on the training split and scored on
+    held-out windows (``Fitted``)."""
 
     kind = "text"
     spec = TextSpec
@@ -126,6 +160,20 @@ class TextFamily(TaskFamily):
     def objective(self, task: TextCorpus, cfg) -> TextObjective:
         """A ``TextObjective`` on the corpus's training-split windows."""
         return TextObjective(task, cfg)
+
+    def predictors(self, task: TextCorpus) -> list:
+        """``uniform``, ``unigram`` and ``bigram``, fitted on the training split (``Fitted``)."""
+        return [Fitted(name, task) for name in ("uniform", "unigram", "bigram")]
+
+    def baseline_losses(self, task: TextCorpus, spec: TextSpec, predictors, n: int, generator: torch.Generator) -> dict:
+        """The mean cross-entropy (nats/char) of the observed next character over every prefix (1 to
+        ``spec.length``) of ``n`` windows of ``spec.length + 1`` characters of the *test* split, per
+        predictor (there is no true distribution to add)."""
+        windows = task.windows("test", n, spec.length + 1, generator)
+        lengths = range(1, spec.length + 1)
+        seen, targets = windows[:, :-1], windows[:, 1:]
+        return {p.key.id: cross_entropy(p.predict(seen, task, lengths), targets).double().mean(1).numpy()
+                for p in predictors}
 
     def run_name(self, cfg) -> str:
         """``text-{corpus}-q{vocab_size}-T{length}-{loss}``; a corpus given by path reads ``corpus``."""

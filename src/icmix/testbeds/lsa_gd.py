@@ -70,13 +70,18 @@ class Config:
             "seed": s, **cadence(self.steps, False)}) for s in self.seeds}
 
 
-PRESETS = {"quick": Config(steps=1000, seeds=(0, 1, 2, 3), n_prompts=10_000)}
+PRESETS = {
+    "quick": Config(steps=1000, seeds=(0, 1, 2, 3), n_prompts=10_000),
+    # shipped in the zoo: 4 layers of 4000 steps (seconds each)
+    "cpu": Config(steps=4000, seeds=(0, 1, 2, 3)),
+}
+DEMO = {"n_prompts": 10_000}
 
 
 class LSAGD(TrainedFigure):
     """``lsa-gd``: trained linear self-attention against the layer built to take one GD step."""
 
-    name, Config, presets = NAME, Config, PRESETS
+    name, Config, presets, demo = NAME, Config, PRESETS, DEMO
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         """Per seed: every ``linreg`` predictor's and the trained layer's query loss on the same fresh

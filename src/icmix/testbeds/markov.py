@@ -22,6 +22,13 @@ lengths) -> (B, P, k)``:
 
 ``true`` (the chain's own row ``P[a]``) is the floor ``icmix baselines`` adds for every sequence
 family; the family's evaluation scores KL(true ‖ predicted).
+
+Training (``MarkovObjective``) also logs, at every evaluation, each attention head's
+previous-token and induction score (``icmix.interp.scores``) on the first ``HEAD_SEQUENCES``
+chains of the run's evaluation batch, as ``L{layer}H{head}_previous_token`` and
+``L{layer}H{head}_induction`` in ``metrics.jsonl``: the heads' course over training, which the
+plateaus of the loss follow, kept with the run (and shipped with it in the zoo) without keeping its
+checkpoints.
 """
 
 from __future__ import annotations
@@ -33,12 +40,13 @@ import torch
 from torch import Tensor
 
 from icmix._checks import check_positive, check_positive_int
-from icmix.families.base import SequenceFamily, register_family
+from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
 from icmix.predictors import Key
 from icmix.random import categorical, dirichlet
 
 STARTS = ("stationary", "uniform")
 UNIFORM, UNIGRAM, BIGRAM = Key("uniform"), Key("unigram"), Key("bigram")
+HEAD_SEQUENCES = 64  # chains of the evaluation batch the heads' scores are measured on
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,29 @@ class Bigram:
         return (counts + task.alpha) / (counts.sum(-1, keepdim=True) + task.vocab_size * task.alpha)
 
 
+def head_metric(layer: int, head: int, score: str) -> str:
+    """The ``metrics.jsonl`` key of one head's score (``previous_token`` or ``induction``)."""
+    return f"L{layer}H{head}_{score}"
+
+
+class MarkovObjective(NextTokenObjective):
+    """Next-token prediction on Markov chains; ``evaluate`` adds each head's previous-token and
+    induction score on the evaluation batch's first ``HEAD_SEQUENCES`` chains (``head_metric``)."""
+
+    def evaluate(self, model, batch: dict, device) -> dict[str, float]:
+        """``NextTokenObjective.evaluate``'s metrics and every head's two scores."""
+        from icmix.interp.scores import attention_patterns, induction_score, previous_token_score
+
+        row = super().evaluate(model, batch, device)
+        tokens = batch["inputs"][:HEAD_SEQUENCES].to(device)
+        with torch.no_grad():
+            patterns = attention_patterns(model, tokens)
+        for layer, p in enumerate(patterns):
+            for name, score in (("previous_token", previous_token_score(p)), ("induction", induction_score(p, tokens))):
+                row.update({head_metric(layer, h, name): float(v) for h, v in enumerate(score.tolist())})
+        return row
+
+
 class MarkovFamily(SequenceFamily):
     """Random Markov chains learned in context (Edelman et al. 2024), by a GPT (``gpt``) trained on
     next-token prediction; the bigram posterior predictive is its Bayes predictor."""
@@ -178,6 +209,10 @@ class MarkovFamily(SequenceFamily):
         lengths = _lengths(tokens, lengths)
         last = tokens[:, lengths - 1]  # (B, P)
         return torch.gather(P, 1, last[..., None].expand(-1, -1, task.vocab_size))
+
+    def objective(self, task: MarkovTask, cfg) -> MarkovObjective:
+        """Next-token prediction, evaluated with the heads' scores too (``MarkovObjective``)."""
+        return MarkovObjective(self, task, cfg)
 
     def bayes_predictor(self, task: MarkovTask):
         """The bigram posterior predictive (exact Bayes under the uniform start; see the module docstring)."""

@@ -9,7 +9,8 @@ figure shows:
   levels (``icmix baselines`` on the same task) drawn as lines, so the plateaus show;
 - each head's previous-token score and induction score (``icmix.interp``: the attention mass on
   the previous position, and on the positions that followed earlier occurrences of the current
-  state) on fresh chains, at every checkpoint, beside the mass uniform attention would put there.
+  state) at every evaluation of training (``MarkovObjective`` logs them on the evaluation batch's
+  chains), beside the mass uniform attention would put there.
 
 Tables: the loss curve (``markov.csv``), the heads over training (``markov-heads.csv``) and the
 final model's cross-entropy beside the predictors', on the same fresh sequences
@@ -43,9 +44,9 @@ LEVELS = ("uniform", "unigram", "bigram")
 class Config:
     """Settings of ``markov``: the task (``vocab_size`` k, ``length`` T, ``alpha``), the model
     (``n_layers`` attention-only blocks of ``n_heads`` heads, width ``d_model``), the recipe
-    (``steps``, ``batch_size``, ``lr`` after ``warmup_steps``, constant), a checkpoint (and the
-    heads' scores) every ``checkpoint_every`` steps, one run per seed, and ``n_sequences`` fresh
-    sequences for the final comparison (``n_score`` of them for the heads' scores)."""
+    (``steps``, ``batch_size``, ``lr`` after ``warmup_steps``, constant), an evaluation (the loss
+    and the heads' scores) every ``eval_every`` steps, one run per seed, and ``n_sequences`` fresh
+    sequences for the final comparison (``n_score`` of them for the scores of uniform attention)."""
 
     vocab_size: int = 3
     length: int = 100
@@ -57,17 +58,15 @@ class Config:
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
-    checkpoint_every: int = 250
+    eval_every: int = 100
     seeds: tuple[int, ...] = (0, 1)
     n_sequences: int = 2000
     n_score: int = 64
     jobs: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "n_sequences", "n_score", "jobs"):
+        for name in ("steps", "batch_size", "eval_every", "n_sequences", "n_score", "jobs"):
             check_positive_int(name, getattr(self, name))
-        if self.steps % self.checkpoint_every:
-            raise ValueError(f"steps ({self.steps}) must be a multiple of checkpoint_every ({self.checkpoint_every})")
         if not self.seeds:
             raise ValueError("seeds must be non-empty")
         self.runs()
@@ -77,43 +76,38 @@ class Config:
         return {"kind": "markov", "vocab_size": self.vocab_size, "length": self.length, "alpha": self.alpha}
 
     def runs(self) -> dict[int, TrainConfig]:
-        """``seed -> TrainConfig``: the attention-only GPT, every checkpoint kept for the heads' scores."""
-        keep = self.steps // self.checkpoint_every
+        """``seed -> TrainConfig``: the attention-only GPT, evaluated (with its heads' scores) every ``eval_every`` steps."""
         return {s: TrainConfig.from_dict({
             "task": self.task(),
             "model": {"kind": "gpt", "n_layers": self.n_layers, "n_heads": self.n_heads, "d_model": self.d_model,
                       "attn_only": True},
             "optim": {"lr": self.lr, "schedule": "constant", "warmup_steps": self.warmup_steps, "grad_clip": 1.0},
             "loss": "ce", "loss_positions": "all", "steps": self.steps, "batch_size": self.batch_size,
-            "eval_every": min(100, self.checkpoint_every), "eval_size": 512,
-            "checkpoint_every": self.checkpoint_every, "keep_checkpoints": keep, "seed": s}) for s in self.seeds}
+            "eval_every": self.eval_every, "eval_size": 512, "seed": s}) for s in self.seeds}
 
 
-PRESETS = {"quick": Config()}
+PRESETS = {
+    # minutes on 2 cores
+    "quick": Config(),
+    # 4 seeds of 8000 steps (about 7 minutes each on one core of an AMD EPYC); shipped in the zoo
+    "cpu": Config(steps=8000, seeds=(0, 1, 2, 3), n_sequences=4000),
+}
+DEMO = {"n_sequences": 2000}
 
 
-def head_scores_over_training(run: Path, tokens) -> pd.DataFrame:
-    """Each kept checkpoint's previous-token and induction score per layer and head on ``tokens``."""
-    import torch
+def head_scores_over_training(metrics: list[dict], n_layers: int, n_heads: int) -> pd.DataFrame:
+    """Each evaluation's previous-token and induction score per layer and head, as training logged
+    them (``icmix.testbeds.markov.MarkovObjective``) in the rows of ``metrics.jsonl``."""
+    from icmix.testbeds.markov import head_metric
 
-    from icmix.interp.scores import attention_patterns, induction_score, previous_token_score
-    from icmix.train import load_run
-    from icmix.train.checkpoint import read_checkpoint, step_dirs
-
-    _, model = load_run(run)
     rows = []
-    for path in reversed(step_dirs(run / "checkpoints")):  # oldest first
-        checkpoint = read_checkpoint(path, model)
-        model.load_state_dict(checkpoint.weights)
-        step = checkpoint.step
-        model.eval()
-        with torch.no_grad():
-            patterns = attention_patterns(model, tokens)
-        for layer, p in enumerate(patterns):
-            prev, ind = previous_token_score(p), induction_score(p, tokens)
-            for h in range(p.shape[1]):
-                rows.append({"step": step, "layer": layer, "head": h, "previous_token": prev[h].item(),
-                             "induction": ind[h].item()})
+    for r in metrics:
+        if head_metric(0, 0, "induction") not in r:
+            continue
+        for layer in range(n_layers):
+            for h in range(n_heads):
+                rows.append({"step": r["step"], "layer": layer, "head": h,
+                             **{s: r[head_metric(layer, h, s)] for s in ("previous_token", "induction")}})
     return pd.DataFrame(rows)
 
 
@@ -132,7 +126,7 @@ def uniform_attention_levels(tokens) -> dict[str, float]:
 class MarkovICL(TrainedFigure):
     """``markov``: the loss plateaus and the heads of attention-only transformers on random Markov chains."""
 
-    name, Config, presets = NAME, Config, PRESETS
+    name, Config, presets, demo = NAME, Config, PRESETS, DEMO
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         """The loss curve per seed, the heads over training, and the final comparison with the predictors."""
@@ -144,10 +138,10 @@ class MarkovICL(TrainedFigure):
         task = family.build(spec)
         curves, heads, final = [], [], []
         for seed in cfg.seeds:
-            for line in (paths[seed] / "metrics.jsonl").read_text().splitlines():
-                r = json.loads(line)
-                if "eval_loss" in r:
-                    curves.append({"seed": seed, "step": r["step"], "eval_loss": r["eval_loss"], "eval_kl": r["eval_kl"]})
+            metrics = [json.loads(line) for line in (paths[seed] / "metrics.jsonl").read_text().splitlines()]
+            curves += [{"seed": seed, "step": r["step"], "eval_loss": r["eval_loss"], "eval_kl": r["eval_kl"]}
+                       for r in metrics if "eval_loss" in r]
+            heads.append(head_scores_over_training(metrics, cfg.n_layers, cfg.n_heads).assign(seed=seed))
             gen = stream(seed, Stream.TESTBEDS)
             preds = family.predictors(task) + [TrainedPredictor.from_run(paths[seed], "trained", key=Key("trained"))]
             losses = family.baseline_losses(task, spec, preds, cfg.n_sequences, gen)
@@ -156,7 +150,6 @@ class MarkovICL(TrainedFigure):
                               "stderr": float(np.std(v, ddof=1) / np.sqrt(len(v))),
                               "excess_over_bigram": float(np.mean(v - losses["bigram"]))})
             tokens, _ = family.sample(task, cfg.n_score, cfg.length, gen)
-            heads.append(head_scores_over_training(paths[seed], tokens).assign(seed=seed))
         levels = uniform_attention_levels(tokens)
         return Result(pd.DataFrame(curves), extra={"heads": pd.concat(heads, ignore_index=True).assign(
             uniform_previous_token=levels["previous_token"], uniform_induction=levels["induction"]),
@@ -183,7 +176,7 @@ class MarkovICL(TrainedFigure):
         ax.legend(fontsize=7)
         for ax, score in zip(axes[1:], ("previous_token", "induction")):
             for (seed, layer, head), t in heads.groupby(["seed", "layer", "head"]):
-                ax.plot(t.step, t[score], marker=".", label=f"seed {seed}, layer {layer}, head {head}")
+                ax.plot(t.step, t[score], lw=1, label=f"seed {seed}, layer {layer}, head {head}")
             ax.axhline(heads[f"uniform_{score}"].iloc[0], color="black", ls=":", lw=1, label="uniform attention")
             ax.set(xlabel="training step", ylabel=f"{score.replace('_', '-')} score", ylim=(0, 1),
                    title=f"{score.replace('_', '-')} score of each head")
