@@ -50,7 +50,7 @@ class Config:
     dims_start: int = 4
     points_start: int = 9
     steps: int = 1500
-    batch_size: int = 256  # (at 64 prompts a step the GPT sat on a plateau for thousands of steps)
+    batch_size: int = 256  # (at 64 prompts a step the GPT sits on a plateau for thousands of steps)
     lr: float = 1e-3
     warmup_steps: int = 200
     seeds: tuple[int, ...] = (0, 1)
