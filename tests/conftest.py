@@ -16,7 +16,7 @@ if PLUGIN_SITE.is_dir() and str(PLUGIN_SITE) not in sys.path:
 
 # Under pytest-xdist (`make test` runs -n 2) each worker takes its share of the cores, not all of them.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture

@@ -197,3 +197,44 @@ def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path)
     claims = pd.read_csv(out / "claims.csv")
     mean, ci, n, _ = seeds(final.excess_over_bigram[:, "trained"])
     assert list(claims.figures) == ["markov"] and claims.verdict[0] == decide(mean, ci, n, 0.01, "<=")
+
+
+def test_training_logs_every_heads_scores_where_they_can_be_scored():
+    # MarkovObjective.evaluate: each head's previous-token and induction score under its own key, as
+    # icmix.interp scores the model's patterns (two layers of two heads); none where no query's state
+    # occurred before its previous position (chains of 2 states, or too many states to recur).
+    from icmix.interp.scores import attention_patterns, induction_score, previous_token_score
+    from icmix.testbeds.markov import HEAD_SEQUENCES, MarkovObjective, head_metric
+    from icmix.testbeds.markov_icl import head_scores_over_training
+    from icmix.train import TrainConfig
+    from icmix.train.loop import build_model, build_objective, build_task
+
+    def setup(vocab_size, length):
+        cfg = TrainConfig.from_dict({
+            "task": {"kind": "markov", "vocab_size": vocab_size, "length": length},
+            "model": {"kind": "gpt", "n_layers": 2, "n_heads": 2, "d_model": 16, "attn_only": True},
+            "loss": "ce", "loss_positions": "all", "steps": 1, "batch_size": 4, "seed": 0})
+        torch.manual_seed(0)
+        objective = build_objective(build_task(cfg), cfg)
+        return objective, build_model(cfg).eval(), objective.eval_batch(100, make_generator(3))
+
+    objective, model, batch = setup(3, 12)
+    assert isinstance(objective, MarkovObjective)
+    row = objective.evaluate(model, batch, torch.device("cpu"))
+    tokens = batch["inputs"][:HEAD_SEQUENCES]
+    with torch.no_grad():
+        patterns = attention_patterns(model, tokens)
+    for layer, p in enumerate(patterns):
+        prev, ind = previous_token_score(p), induction_score(p, tokens)
+        for h in range(2):
+            assert row[head_metric(layer, h, "previous_token")] == pytest.approx(prev[h].item(), abs=1e-7)
+            assert row[head_metric(layer, h, "induction")] == pytest.approx(ind[h].item(), abs=1e-7)
+    heads = head_scores_over_training([{"step": 5, **row}], 2, 2).set_index(["layer", "head"])
+    assert heads.loc[(1, 0), "induction"] == row["L1H0_induction"] and heads.loc[(0, 1), "previous_token"] == row[
+        "L0H1_previous_token"]
+    for vocab_size, length in ((3, 2), (500, 3)):
+        objective, model, batch = setup(vocab_size, length)
+        row = objective.evaluate(model, batch, torch.device("cpu"))
+        assert "eval_kl" in row and not any(k.startswith("L0H0") for k in row)
+    with pytest.raises(ValueError, match="no head scores"):
+        head_scores_over_training([{"step": 5, "eval_loss": 1.0}], 2, 2)

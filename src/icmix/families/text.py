@@ -2,7 +2,8 @@
 
 - ``text``: next-character prediction on windows of a corpus's training split
   (``icmix.tasks.text``).  There is no true next-token distribution, so training is judged by
-  the cross-entropy of held-out characters (``eval_loss``, nats/char).
+  the cross-entropy of the next character (``eval_loss``, nats/char) on a fixed batch of
+  training-split windows; the figures and ``icmix baselines text`` score the held-out test split.
 - ``mtdg-text``: synthetic MTDg sequences whose per-lag matrices are the skip-bigrams fitted to a
   corpus's training split (``icmix.estimators.mtd.fit.skip_bigrams``); a model trained on it
   and evaluated on the real text is "synthetic to real".
@@ -134,12 +135,16 @@ class Fitted:
 
     def predict(self, tokens: Tensor, corpus: TextCorpus, lengths) -> Tensor:
         """``(B, P, Q)``: the fitted distribution of the character after each prefix."""
+        q = self.table.shape[-1]
+        if tokens.ndim != 2 or corpus.vocab_size != q:
+            raise ValueError(f"expected tokens (B, T) of a corpus of {q} symbols, got {tuple(tokens.shape)} of "
+                             f"{corpus.vocab_size}")
         lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
         if lengths.numel() == 0 or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
             raise ValueError(f"lengths must be between 1 and the windows' length {tokens.shape[1]}, got "
                              f"{lengths.tolist()}")
         if self.table.dim() == 1:
-            return self.table.expand(tokens.shape[0], len(lengths), -1)
+            return self.table.expand(tokens.shape[0], len(lengths), -1).clone()
         return self.table[tokens[:, lengths - 1]]
 
 
@@ -168,7 +173,8 @@ class TextFamily(TaskFamily):
     def baseline_losses(self, task: TextCorpus, spec: TextSpec, predictors, n: int, generator: torch.Generator) -> dict:
         """The mean cross-entropy (nats/char) of the observed next character over every prefix (1 to
         ``spec.length``) of ``n`` windows of ``spec.length + 1`` characters of the *test* split, per
-        predictor (there is no true distribution to add)."""
+        predictor (there is no true distribution to add).  The windows are drawn from the one test
+        split, so their standard error is conditional on that split."""
         windows = task.windows("test", n, spec.length + 1, generator)
         lengths = range(1, spec.length + 1)
         seen, targets = windows[:, :-1], windows[:, 1:]

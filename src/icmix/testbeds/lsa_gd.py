@@ -72,7 +72,7 @@ class Config:
 
 PRESETS = {
     "quick": Config(steps=1000, seeds=(0, 1, 2, 3), n_prompts=10_000),
-    # shipped in the zoo: 4 layers of 4000 steps (seconds each)
+    # shipped in the zoo: 4 seeds, one layer each, 4000 steps (seconds each)
     "cpu": Config(steps=4000, seeds=(0, 1, 2, 3)),
 }
 DEMO = {"n_prompts": 10_000}

@@ -172,7 +172,8 @@ def head_metric(layer: int, head: int, score: str) -> str:
 
 class MarkovObjective(NextTokenObjective):
     """Next-token prediction on Markov chains; ``evaluate`` adds each head's previous-token and
-    induction score on the evaluation batch's first ``HEAD_SEQUENCES`` chains (``head_metric``)."""
+    induction score on the evaluation batch's first ``HEAD_SEQUENCES`` chains (``head_metric``),
+    where they can be scored: chains of 2 states or more in which some state recurs."""
 
     def evaluate(self, model, batch: dict, device) -> dict[str, float]:
         """``NextTokenObjective.evaluate``'s metrics and every head's two scores."""
@@ -180,6 +181,11 @@ class MarkovObjective(NextTokenObjective):
 
         row = super().evaluate(model, batch, device)
         tokens = batch["inputs"][:HEAD_SEQUENCES].to(device)
+        t = tokens.shape[1]
+        earlier = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril(-2)  # [i, j]: j <= i - 2
+        # the induction score needs a query whose state occurred before its previous position
+        if not ((tokens[:, :, None] == tokens[:, None, :]) & earlier).any():  # (chains too short, or too varied)
+            return row
         with torch.no_grad():
             patterns = attention_patterns(model, tokens)
         for layer, p in enumerate(patterns):

@@ -2,8 +2,8 @@
 testbed of statistical induction heads (Edelman et al. 2024).
 
 Per seed one model is trained on next-token cross-entropy over every position of ``markov``
-sequences (``k`` states, ``T`` tokens), keeping a checkpoint every ``checkpoint_every`` steps.  The
-figure shows:
+sequences (``k`` states, ``T`` tokens), evaluated (the loss and every head's scores) every
+``eval_every`` steps.  The figure shows:
 
 - its evaluation loss against the training step, with the ``uniform``, ``unigram`` and ``bigram``
   levels (``icmix baselines`` on the same task) drawn as lines, so the plateaus show;
@@ -108,6 +108,9 @@ def head_scores_over_training(metrics: list[dict], n_layers: int, n_heads: int) 
             for h in range(n_heads):
                 rows.append({"step": r["step"], "layer": layer, "head": h,
                              **{s: r[head_metric(layer, h, s)] for s in ("previous_token", "induction")}})
+    if not rows:
+        raise ValueError("the run's metrics.jsonl holds no head scores: it was trained before training logged them "
+                         "(or on chains too short to score); train it again")
     return pd.DataFrame(rows)
 
 
@@ -167,10 +170,10 @@ class MarkovICL(TrainedFigure):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         ax = axes[0]
         for seed, t in curves.groupby("seed"):
-            ax.plot(t.step, t.eval_loss, label=f"trained (seed {seed})")
+            ax.plot(t.step, t.eval_loss, label=f"trained (seed {seed}; its evaluation batch)")
         for name, style in zip(LEVELS, (":", "--", "-.")):
-            ax.axhline(levels[name], color="black", ls=style, lw=1, label=f"{name} {levels[name]:.3f}")
-        ax.axhline(levels["true"], color="tab:green", lw=1, label=f"true row {levels['true']:.3f}")
+            ax.axhline(levels[name], color="black", ls=style, lw=1, label=f"{name} {levels[name]:.3f} (fresh chains)")
+        ax.axhline(levels["true"], color="tab:green", lw=1, label=f"true row {levels['true']:.3f} (fresh chains)")
         ax.set(xlabel="training step", ylabel="cross-entropy (nats)",
                title=f"k={cfg.vocab_size}, T={cfg.length}: {cfg.n_layers}-layer attention-only")
         ax.legend(fontsize=7)
