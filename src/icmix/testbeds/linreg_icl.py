@@ -136,9 +136,9 @@ class LinRegICL(TrainedFigure):
         t = result.table.groupby(["key", "label", "k"], sort=False)[["nmse", "nmse_ci"]].mean().reset_index()
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (key, label), g in t.groupby(["key", "label"], sort=False):
-            style = dict(color="tab:red", lw=2.5) if key == GPT else dict(lw=1.2)
+            style = dict(color="black", lw=2.5) if key == GPT else dict(lw=1.2)
             ax.plot(g.k, g.nmse, label=label, **style)
-            ax.fill_between(g.k, g.nmse - g.nmse_ci, g.nmse + g.nmse_ci, alpha=0.2, **({"color": "tab:red"} if key == GPT
+            ax.fill_between(g.k, g.nmse - g.nmse_ci, g.nmse + g.nmse_ci, alpha=0.2, **({"color": "black"} if key == GPT
                                                                                        else {}))
         ax.axvline(cfg.dim, color="gray", ls=":", lw=1)
         ax.set(xlabel="in-context pairs seen (k)", ylabel="squared error / d", ylim=(0, 1.6),
