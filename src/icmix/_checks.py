@@ -115,15 +115,9 @@ def as_tokens(tokens, vocab_size: int, order: int, predict_only: bool = False) -
     return t
 
 
-def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int, predict_only: bool = False) -> list[int]:
-    """Resolve the prefix lengths to evaluate: ``None`` (the full sequence), ``"all"``
-    (every prefix with at least one lag-complete transition, ``order+1 .. T``) or a list."""
-    if lengths is None:
-        return [length]
-    if isinstance(lengths, str):
-        if lengths != "all":
-            raise ValueError(f"lengths must be None, 'all' or a list of ints, got {lengths!r}")
-        return list(range(order + 1, length + 1))
+def _integers(lengths) -> list[int]:
+    """The prefix lengths as ints (integral floats and one-element tensors accepted); ``ValueError``
+    for another value or none at all."""
     out = []
     for x in lengths:
         if isinstance(x, Tensor) and x.numel() == 1:
@@ -133,6 +127,29 @@ def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int, pre
         out.append(int(x))
     if not out:
         raise ValueError("lengths is empty")
+    return out
+
+
+def prefix_lengths(lengths: Sequence[int], length: int) -> Tensor:
+    """The prefix lengths ``lengths`` of sequences of ``length`` tokens, as an int64 tensor: each an
+    integer from 1 to ``length`` (``ValueError`` otherwise).  The check of every predictor that
+    reads a prefix's last token."""
+    out = _integers(lengths)
+    if min(out) < 1 or max(out) > length:
+        raise ValueError(f"lengths must be between 1 and the sequences' length {length}, got {out}")
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def as_lengths(lengths: Sequence[int] | str | None, length: int, order: int, predict_only: bool = False) -> list[int]:
+    """Resolve the prefix lengths to evaluate: ``None`` (the full sequence), ``"all"``
+    (every prefix with at least one lag-complete transition, ``order+1 .. T``) or a list."""
+    if lengths is None:
+        return [length]
+    if isinstance(lengths, str):
+        if lengths != "all":
+            raise ValueError(f"lengths must be None, 'all' or a list of ints, got {lengths!r}")
+        return list(range(order + 1, length + 1))
+    out = _integers(lengths)
     for x in out:
         if x > length:
             raise ValueError(f"prefix length {x} exceeds the sequence length {length}")

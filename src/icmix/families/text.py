@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from icmix._checks import check_positive, check_positive_int
+from icmix._checks import check_positive, check_positive_int, prefix_lengths
 from icmix.families.base import Objective, TaskFamily, register_family
 from icmix.families.mtd import MTDgFamily, MTDgSpec
 from icmix.metrics import cross_entropy
@@ -139,10 +139,7 @@ class Fitted:
         if tokens.ndim != 2 or corpus.vocab_size != q:
             raise ValueError(f"expected tokens (B, T) of a corpus of {q} symbols, got {tuple(tokens.shape)} of "
                              f"{corpus.vocab_size}")
-        lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
-        if lengths.numel() == 0 or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
-            raise ValueError(f"lengths must be between 1 and the windows' length {tokens.shape[1]}, got "
-                             f"{lengths.tolist()}")
+        lengths = prefix_lengths(lengths, tokens.shape[1])
         if self.table.dim() == 1:
             return self.table.expand(tokens.shape[0], len(lengths), -1).clone()
         return self.table[tokens[:, lengths - 1]]

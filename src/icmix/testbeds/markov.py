@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from icmix._checks import check_positive, check_positive_int
+from icmix._checks import check_positive, check_positive_int, prefix_lengths
 from icmix.families.base import NextTokenObjective, SequenceFamily, register_family
 from icmix.predictors import Key
 from icmix.random import categorical, dirichlet
@@ -117,11 +117,7 @@ def sample_chains(task: MarkovTask, n: int, length: int, generator: torch.Genera
 
 
 def _lengths(tokens: Tensor, lengths: Sequence[int]) -> Tensor:
-    lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
-    if lengths.numel() == 0 or lengths.min() < 1 or lengths.max() > tokens.shape[1]:
-        raise ValueError(f"lengths must be between 1 and the sequences' length {tokens.shape[1]}, got "
-                         f"{lengths.tolist()}")
-    return lengths
+    return prefix_lengths(lengths, tokens.shape[1])
 
 
 class Uniform:
