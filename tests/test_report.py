@@ -84,6 +84,11 @@ def test_claims_are_recomputed_from_the_figures_tables(report_dir):
     for c, r in by_test.items():
         if set(r.figures.split(", ")) - set(FIGURES):
             assert r.verdict == "not run" and "figure not available" in r.note
+    # ... with their statements filled in from the figure's config of the same preset.
+    placeholder = r"\{(?:cfg\.)?\w+\}"  # {cfg.dim}, {m}: not the set {1/2, 2} of the shift claim
+    assert not table.claim.str.contains(placeholder).any() and not table.test.str.contains(placeholder).any()
+    linreg = next(r for r in table.itertuples() if r.claim.startswith("A transformer trained with a curriculum"))
+    assert linreg.verdict == "not run" and f"d={get_figure('linreg').preset('quick').dim};" in linreg.test
     m20 = by_test["The trained transformer is as good as the posterior mean (m = 20, σ = 1)"]
     assert m20.verdict == "no data" and "n_components = 20" in m20.note
     measured = table[~table.verdict.isin(["not run", "no data"])]

@@ -408,7 +408,7 @@ def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | 
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     if figures is None:
         figures = figures_with(manifest["preset"])
-    claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures])
+    claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures], manifest["preset"])
     tiers = {n: e.get("tier", manifest["preset"]) for n, e in figs.items()}
     claims_table = claims_mod.table(claims, tiers)
     runs = runs_table(out, configs)
