@@ -45,7 +45,7 @@ from icmix.predictors import Key, LagPredictor, TunedMirrorDescent
 from icmix.train import TrainedPredictor
 from icmix.experiments.common import trained_runs
 from icmix.experiments.figure import Result, TrainedFigure
-from icmix.families.text import load_corpus
+from icmix.families.text import KAPPA, load_corpus
 from icmix.metrics import cross_entropy, mean_ci
 from icmix.random import Stream, stream
 from icmix.tasks import MTDTask
@@ -74,7 +74,7 @@ class Config:
 
     corpus: str = PYDOC  # pydoc (the standard library's documentation topics), or a text file's or directory's path
     vocab_size: int = 32  # q: the q - 1 most frequent training characters, plus one "other" symbol
-    kappa: float = 0.5  # add-kappa smoothing (> 0) of the fitted skip-bigrams and unigram
+    kappa: float = KAPPA  # add-kappa smoothing (> 0) of the fitted skip-bigrams and unigram (`icmix baselines text`'s)
     test_fraction: float = 0.2  # in (0, 1): the share of the characters held out as whole test documents (scored)
     split_seed: int = 0  # seeds the split by document, the test, tuning and prior windows, the prior's fit and Gibbs
     orders: tuple[int, ...] = (2, 3, 8)  # MTD orders m of the fitted predictors; each scored at the lengths above it

@@ -112,7 +112,7 @@ class TextObjective(Objective):
         return {"eval_loss": ce}
 
 
-KAPPA = 0.5  # add-kappa smoothing of the baselines' counts (the text figure's default)
+KAPPA = 0.5  # add-kappa smoothing of the fitted baselines' counts (and the text figure's default kappa)
 
 
 class Fitted:
