@@ -160,7 +160,7 @@ def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path)
     assert type(get_figure("markov")).__module__ == "icmix.testbeds.markov_icl"
     out = tmp_path / "markov"
     assert main(["reproduce", "markov", "--preset", "quick", "--set", "steps=200", "--set", "eval_every=100",
-                 "--set", "seeds=0,1", "--set", "length=30", "--set", "n_sequences=200", "--set", "n_score=16",
+                 "--set", "seeds=0,1", "--set", "length=30", "--set", "n_sequences=200",
                  "--out", str(out), "--no-progress"]) == 0
     heads = pd.read_csv(out / "markov-heads.csv")
     assert sorted(heads.step.unique()) == [100, 200] and len(heads) == 2 * 2 * 2  # seeds x evaluations x layers
@@ -180,6 +180,16 @@ def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path)
     for layer, p in enumerate(patterns):
         assert last.previous_token[layer] == pytest.approx(previous_token_score(p)[0].item(), abs=1e-6)
         assert last.induction[layer] == pytest.approx(induction_score(p, tokens)[0].item(), abs=1e-6)
+    # uniform attention's scores on the same chains, by hand: query i puts 1/(i + 1) on each j <= i, so
+    # the previous token gets 1/(i + 1), and the keys after earlier occurrences of its state n_i/(i + 1)
+    x = tokens.numpy()
+    t = x.shape[1]
+    previous = np.mean([1 / (i + 1) for i in range(1, t)])
+    counts = [(sum(x[b, j - 1] == x[b, i] for j in range(1, i)), i) for b in range(len(x)) for i in range(1, t)]
+    induction = np.mean([n / (i + 1) for n, i in counts if n])
+    seed1 = heads[heads.seed == 1]
+    assert seed1.uniform_previous_token.unique() == pytest.approx([previous], abs=1e-12)
+    assert seed1.uniform_induction.unique() == pytest.approx([induction], abs=1e-12)
     final = pd.read_csv(out / "markov-final.csv").set_index(["seed", "predictor"])
     assert final.loss[0, "uniform"] == pytest.approx(np.log(3))
     # the trained model's cross-entropy, recomputed from its outputs on the same fresh sequences

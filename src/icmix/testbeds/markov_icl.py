@@ -10,7 +10,7 @@ sequences (``k`` states, ``T`` tokens), evaluated (the loss and every head's sco
 - each head's previous-token score and induction score (``icmix.interp``: the attention mass on
   the previous position, and on the positions that followed earlier occurrences of the current
   state) at every evaluation of training (``MarkovObjective`` logs them on the evaluation batch's
-  chains), beside the mass uniform attention would put there.
+  chains), beside the mass uniform attention would put there (on the same chains).
 
 Tables: the loss curve (``markov.csv``), the heads over training (``markov-heads.csv``) and the
 final model's cross-entropy beside the predictors', on the same fresh sequences
@@ -46,7 +46,7 @@ class Config:
     (``n_layers`` attention-only blocks of ``n_heads`` heads, width ``d_model``), the recipe
     (``steps``, ``batch_size``, ``lr`` after ``warmup_steps``, constant), an evaluation (the loss
     and the heads' scores) every ``eval_every`` steps, one run per seed, and ``n_sequences`` fresh
-    sequences for the final comparison (``n_score`` of them for the scores of uniform attention)."""
+    sequences for the final comparison."""
 
     vocab_size: int = 3
     length: int = 100
@@ -61,11 +61,10 @@ class Config:
     eval_every: int = 100
     seeds: tuple[int, ...] = (0, 1)
     n_sequences: int = 2000
-    n_score: int = 64
     jobs: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "n_sequences", "n_score", "jobs"):
+        for name in ("steps", "batch_size", "eval_every", "n_sequences", "jobs"):
             check_positive_int(name, getattr(self, name))
         if not self.seeds:
             raise ValueError("seeds must be non-empty")
@@ -119,7 +118,7 @@ def uniform_attention_levels(tokens) -> dict[str, float]:
     import torch
 
     t = tokens.shape[1]
-    uniform = torch.ones(t, t).tril() / torch.arange(1, t + 1)[:, None]
+    uniform = torch.ones(t, t, dtype=torch.float64).tril() / torch.arange(1, t + 1, dtype=torch.float64)[:, None]
     pattern = uniform.expand(tokens.shape[0], 1, t, t)
     from icmix.interp.scores import induction_score, previous_token_score
 
@@ -133,7 +132,8 @@ class MarkovICL(TrainedFigure):
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         """The loss curve per seed, the heads over training, and the final comparison with the predictors."""
-        from icmix.train import TrainedPredictor
+        from icmix.testbeds.markov import HEAD_SEQUENCES
+        from icmix.train import TrainedPredictor, build_objective, evaluation_batch
 
         paths = trained_runs(out, cfg.runs(), cfg.jobs, progress)
         family = get_family("markov")
@@ -144,7 +144,11 @@ class MarkovICL(TrainedFigure):
             metrics = [json.loads(line) for line in (paths[seed] / "metrics.jsonl").read_text().splitlines()]
             curves += [{"seed": seed, "step": r["step"], "eval_loss": r["eval_loss"], "eval_kl": r["eval_kl"]}
                        for r in metrics if "eval_loss" in r]
-            heads.append(head_scores_over_training(metrics, cfg.n_layers, cfg.n_heads).assign(seed=seed))
+            # uniform attention scored on the chains training scored the heads on (the run's evaluation batch's first)
+            tc = cfg.runs()[seed]
+            levels = uniform_attention_levels(evaluation_batch(build_objective(task, tc), tc)["inputs"][:HEAD_SEQUENCES])
+            heads.append(head_scores_over_training(metrics, cfg.n_layers, cfg.n_heads).assign(
+                seed=seed, uniform_previous_token=levels["previous_token"], uniform_induction=levels["induction"]))
             gen = stream(seed, Stream.TESTBEDS)
             preds = family.predictors(task) + [TrainedPredictor.from_run(paths[seed], "trained", key=Key("trained"))]
             losses = family.baseline_losses(task, spec, preds, cfg.n_sequences, gen)
@@ -152,11 +156,8 @@ class MarkovICL(TrainedFigure):
                 final.append({"seed": seed, "predictor": name, "loss": float(np.mean(v)),
                               "stderr": float(np.std(v, ddof=1) / np.sqrt(len(v))),
                               "excess_over_bigram": float(np.mean(v - losses["bigram"]))})
-            tokens, _ = family.sample(task, cfg.n_score, cfg.length, gen)
-        levels = uniform_attention_levels(tokens)
-        return Result(pd.DataFrame(curves), extra={"heads": pd.concat(heads, ignore_index=True).assign(
-            uniform_previous_token=levels["previous_token"], uniform_induction=levels["induction"]),
-            "final": pd.DataFrame(final)})
+        return Result(pd.DataFrame(curves), extra={"heads": pd.concat(heads, ignore_index=True),
+                                                   "final": pd.DataFrame(final)})
 
     def draw(self, result: Result, cfg: Config):
         """The loss against the step with the predictors' levels, and each head's scores over training."""
@@ -180,7 +181,9 @@ class MarkovICL(TrainedFigure):
         for ax, score in zip(axes[1:], ("previous_token", "induction")):
             for (seed, layer, head), t in heads.groupby(["seed", "layer", "head"]):
                 ax.plot(t.step, t[score], lw=1, label=f"seed {seed}, layer {layer}, head {head}")
-            ax.axhline(heads[f"uniform_{score}"].iloc[0], color="black", ls=":", lw=1, label="uniform attention")
+            uniform = heads.groupby("seed")[f"uniform_{score}"].first()  # per seed, on the chains its heads were scored on
+            ax.axhline(uniform.mean(), color="black", ls=":", lw=1, label=f"uniform attention {uniform.mean():.3f} "
+                       f"(the runs' scored chains{', mean of the seeds' if len(uniform) > 1 else ''})")
             ax.set(xlabel="training step", ylabel=f"{score.replace('_', '-')} score", ylim=(0, 1),
                    title=f"{score.replace('_', '-')} score of each head")
             ax.legend(fontsize=6)

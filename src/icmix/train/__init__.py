@@ -8,7 +8,7 @@ import importlib
 _HOMES = {
     "config": ["ModelSpec", "OptimConfig", "TaskSpec", "TrainConfig"],
     "launch": ["Launcher", "make_launcher"],
-    "loop": ["TrainState", "build_model", "build_objective", "build_task", "evaluate", "fine_tune", "load_run",
+    "loop": ["TrainState", "build_model", "build_objective", "build_task", "evaluate", "evaluation_batch", "fine_tune", "load_run",
              "restore", "train", "train_many", "train_step", "write_checkpoint"],
     "predictors": ["TrainedPredictor", "TrainedRegressor", "trained_key"],
 }

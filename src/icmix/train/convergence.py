@@ -126,15 +126,14 @@ _OPTIMA: dict[str, float | None] = {}  # what the eval batch depends on -> optim
 
 def _optimum(cfg) -> float | None:
     """The objective's optimum on the run's evaluation batch (``None`` where the family has none)."""
-    from icmix.random import Stream, stream
-    from icmix.train.loop import build_objective, build_task
+    from icmix.train.loop import build_objective, build_task, evaluation_batch
 
     # The evaluation batch depends on the task, its size, the seed and (a curriculum) the steps,
     # not on the model: models trained on one task share it.
     key = repr((cfg.task, cfg.eval_size, cfg.seed, cfg.steps))
     if key not in _OPTIMA:
         objective = build_objective(build_task(cfg), cfg)
-        value = objective.optimum(objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION)))
+        value = objective.optimum(evaluation_batch(objective, cfg))
         _OPTIMA[key] = None if value is None else float(value)
     return _OPTIMA[key]
 

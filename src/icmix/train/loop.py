@@ -91,6 +91,13 @@ def build_objective(task, cfg: TrainConfig) -> Objective:
     return cfg.family.objective(task, cfg)
 
 
+def evaluation_batch(objective: Objective, cfg: TrainConfig) -> dict:
+    """The run's fixed evaluation batch (``cfg.eval_size`` examples drawn from its seed), the one
+    training evaluates on every ``eval_every`` steps.  Always drawn on the CPU, so its numbers do
+    not depend on where training sampled."""
+    return objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
+
+
 def autocast(device: torch.device, precision: str):
     """CUDA autocast to bfloat16 (``bf16``) or float16 (``fp16``); a context that does nothing
     on the CPU or at ``fp32``."""
@@ -568,9 +575,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, device: to
     if compile:
         model = _compiled(model)
     state = TrainState.create(cfg, raw, model.parameters(), device)
-    # The evaluation batch is always drawn on the CPU, so its numbers do not depend on where
-    # training sampled.
-    eval_batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
+    eval_batch = evaluation_batch(objective, cfg)
     if resume:
         restore(state, cfg, run, world, device)
     if world.is_main:
@@ -797,8 +802,7 @@ def reevaluate(run_dir: str | Path) -> tuple[dict[str, float], dict[str, float]]
             raise ValueError(f"{run}/metrics.jsonl has no evaluation at the run's last step ({cfg.steps})")
         recorded = {k: float(v) for k, v in rows[-1].items() if k not in ("step", "train_loss", "lr")}
         objective = build_objective(build_task(cfg), cfg)
-        batch = objective.eval_batch(cfg.eval_size, stream(cfg.seed, Stream.TRAINING_EVALUATION))
-        measured = _evaluate(objective, model, batch, torch.device("cpu"))
+        measured = _evaluate(objective, model, evaluation_batch(objective, cfg), torch.device("cpu"))
     return recorded, {k: float(v) for k, v in measured.items()}
 
 
