@@ -154,9 +154,13 @@ def test_the_shipped_zoo_is_sound_and_within_its_caps():
         assert entry.problems() == [], (name, entry.problems())
         tc = tiers[entry.preset][name][0]
         assert entry.provenance["steps"] == tc.steps
-        # the long tier's first-seed runs ship their checkpoint 1000 steps before the end, the others none
+        # the long tier's first-seed runs ship their checkpoint 1000 steps before the end where it is
+        # at most 2 MiB (not the regression GPT's), the others none
         assert entry.provenance.get("tail_step") == (tc.steps - zoo.TAIL_STEPS if zoo.ships_tail(entry.preset, tc)
                                                      else None), name
+        if "tail_step" in entry.provenance:  # the estimate the rule uses, against the files shipped
+            shipped = sum((entry.path / zoo.TAIL / f).stat().st_size for f in ("model.safetensors", "trainer.safetensors"))
+            assert zoo.tail_bytes(tc) <= shipped <= 1.05 * zoo.tail_bytes(tc) + 20_000, (name, shipped)
     total, files = zoo.sizes(zoo.ZOO_ROOT)
     assert total <= zoo.SIZE_CAP and all(size <= zoo.FILE_CAP for _, size in files)
 

@@ -55,8 +55,11 @@ FILES = ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/confi
 PROVENANCE = "provenance.json"
 # A long-tier entry's *tail*: its checkpoint TAIL_STEPS before the end (weights, optimiser and
 # generators), from which ``verify --tail`` resumes and must end on the shipped weights.  Shipped
-# for the first seed of each long config: every seed's would not fit the zoo's size cap.
+# for the first seed of each long config whose tail is at most TAIL_MAX_BYTES: every seed's would
+# not fit the zoo's size cap, nor would the regression GPT's (2.4 MB each); those are verified by
+# retraining them from the start (``verify`` without ``--tail``).
 TAIL = "tail"
+TAIL_MAX_BYTES = 2 * 2**20
 from icmix.experiments.common import TAIL_STEPS  # noqa: E402 - one number for the figures' cadence and the zoo
 TAIL_FILES = tuple(f"{TAIL}/{f}" for f in ("model.safetensors", "trainer.safetensors", "trainer.json", "config.yaml",
                                             "checksums.json"))
@@ -69,8 +72,21 @@ def entry_files(provenance: dict) -> tuple[str, ...]:
 
 def ships_tail(preset: str, tc) -> bool:
     """Whether the zoo entry of run ``tc`` in tier ``preset`` ships its tail: the long tier's
-    runs of the first seed."""
-    return preset == "long" and tc.seed == 0 and tc.steps > TAIL_STEPS
+    runs of the first seed whose tail (``tail_bytes``) is at most ``TAIL_MAX_BYTES``."""
+    return preset == "long" and tc.seed == 0 and tc.steps > TAIL_STEPS and tail_bytes(tc) <= TAIL_MAX_BYTES
+
+
+def tail_bytes(tc) -> int:
+    """The size of run ``tc``'s tail checkpoint, to within its small JSON files: float32 weights and
+    the optimiser's two moments (Adam), 12 bytes a parameter.  The model is built on the meta
+    device: nothing is allocated."""
+    import torch
+
+    from icmix.train import build_model
+
+    with torch.device("meta"):
+        model = build_model(tc)
+    return 12 * sum(p.numel() for p in model.parameters())
 
 
 def default_root() -> Path:
@@ -237,6 +253,19 @@ def add_convergence(entry: "Entry", record: dict | None = None) -> None:
     provenance[CONVERGENCE] = record if record is not None else convergence_record(entry.path)
     provenance["digest"] = digest(provenance)
     atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(provenance, indent=2) + "\n"))
+
+
+def drop_tail(entry: "Entry") -> None:
+    """Stop shipping an entry's tail (after ``ships_tail`` changed): its provenance loses the tail's
+    step and hashes and is digested again, then ``tail/`` goes (then ``icmix zoo manifest --write``
+    seals it)."""
+    from icmix.io import atomic_write
+
+    provenance = {k: v for k, v in entry.provenance.items() if k not in ("digest", "tail_step")}
+    provenance["sha256"] = {rel: h for rel, h in provenance["sha256"].items() if rel not in TAIL_FILES}
+    provenance["digest"] = digest(provenance)
+    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(provenance, indent=2) + "\n"))
+    shutil.rmtree(entry.path / TAIL)
 
 
 def train_entry(name: str, tc, figures: list[str], work: Path, dest: Path, threads: int = 1,
@@ -631,7 +660,7 @@ def prepare_tail(entry: Entry, run: Path) -> int:
     step = entry.provenance.get("tail_step")
     if step is None:
         shipped = sorted(n for n, e in entries(entry.path.parent.parent).items() if "tail_step" in e.provenance)
-        raise ValueError(f"zoo run {entry.name} ships no tail checkpoint (the long tier's first-seed runs do"
+        raise ValueError(f"zoo run {entry.name} ships no tail checkpoint (the long tier's first-seed runs of small models do"
                          + (f": {', '.join(shipped)}" if shipped else "") + ")")
     ckpt = Path(run) / "checkpoints" / f"step_{int(step):07d}"
     ckpt.mkdir(parents=True)
