@@ -398,6 +398,13 @@ def test_zoo_verify_tail_resumes_from_the_shipped_checkpoint_and_ends_bit_identi
         fh.write(b"\0\0\0\1")
     assert main(["zoo", "verify", "--tail", run.name, "--root", str(root), "--no-progress"]) == 1
     assert "tail/trainer.safetensors differs from the file shipped" in capsys.readouterr().out
+    # An entry that stops shipping its tail (ships_tail changed) is sound without it, and says so.
+    zoo.drop_tail(zoo.lookup(run.name, root))
+    dropped = zoo.lookup(run.name, root)
+    assert not (entry / "tail").exists() and "tail_step" not in dropped.provenance
+    assert not set(zoo.TAIL_FILES) & set(dropped.provenance["sha256"]) and dropped.problems(manifest=False) == []
+    assert main(["zoo", "verify", "--tail", run.name, "--root", str(root), "--no-progress"]) == 2
+    assert "ships no tail checkpoint" in capsys.readouterr().err
     # A run that ships no tail is refused with the runs that do.
     plain = zoo.export(run, root / "long" / "other-run", {"run": "other-run"})
     assert main(["zoo", "verify", "--tail", plain.name, "--root", str(root), "--no-progress"]) == 2

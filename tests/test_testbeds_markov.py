@@ -180,16 +180,20 @@ def test_the_markov_figure_traces_the_loss_and_the_heads_over_training(tmp_path)
     for layer, p in enumerate(patterns):
         assert last.previous_token[layer] == pytest.approx(previous_token_score(p)[0].item(), abs=1e-6)
         assert last.induction[layer] == pytest.approx(induction_score(p, tokens)[0].item(), abs=1e-6)
-    # uniform attention's scores on the same chains, by hand: query i puts 1/(i + 1) on each j <= i, so
-    # the previous token gets 1/(i + 1), and the keys after earlier occurrences of its state n_i/(i + 1)
-    x = tokens.numpy()
-    t = x.shape[1]
-    previous = np.mean([1 / (i + 1) for i in range(1, t)])
-    counts = [(sum(x[b, j - 1] == x[b, i] for j in range(1, i)), i) for b in range(len(x)) for i in range(1, t)]
-    induction = np.mean([n / (i + 1) for n, i in counts if n])
-    seed1 = heads[heads.seed == 1]
-    assert seed1.uniform_previous_token.unique() == pytest.approx([previous], abs=1e-12)
-    assert seed1.uniform_induction.unique() == pytest.approx([induction], abs=1e-12)
+    # uniform attention's scores on each seed's own scored chains, by hand: query i puts 1/(i + 1) on each
+    # j <= i, so the previous token gets 1/(i + 1), and the keys after earlier occurrences of its state n_i/(i + 1)
+    for seed in (0, 1):
+        cfg_s, _ = load_run(next((out / "runs").glob(f"gpt2-markov-k3-T30-ce-seed{seed}-*")))
+        x = build_objective(build_task(cfg_s), cfg_s).eval_batch(
+            cfg_s.eval_size, stream(cfg_s.seed, Stream.TRAINING_EVALUATION))["inputs"][:HEAD_SEQUENCES].numpy()
+        t = x.shape[1]
+        previous = np.mean([1 / (i + 1) for i in range(1, t)])
+        counts = [(sum(x[b, j - 1] == x[b, i] for j in range(1, i)), i) for b in range(len(x)) for i in range(1, t)]
+        induction = np.mean([n / (i + 1) for n, i in counts if n])
+        mine = heads[heads.seed == seed]
+        assert mine.uniform_previous_token.unique() == pytest.approx([previous], abs=1e-12)
+        assert mine.uniform_induction.unique() == pytest.approx([induction], abs=1e-12)
+    assert heads.groupby("seed").uniform_induction.first().nunique() == 2  # each its own chains
     final = pd.read_csv(out / "markov-final.csv").set_index(["seed", "predictor"])
     assert final.loss[0, "uniform"] == pytest.approx(np.log(3))
     # the trained model's cross-entropy, recomputed from its outputs on the same fresh sequences

@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--root", help="zoo folder (default: the package's)")
     z.add_argument("--tail", action="store_true",
                    help="resume from the checkpoint the run ships 1,000 steps before its end, instead of retraining "
-                        "from scratch (long-tier runs of the first seed; seconds)")
+                        "from scratch (long-tier runs of the first seed whose tail is at most 2 MiB; seconds)")
     z.add_argument("--no-progress", action="store_true")
     z.set_defaults(func=_zoo_verify)
     z = zsub.add_parser("manifest", help="compare the shipped zoo with the package's manifest of it (or rewrite it)")

@@ -408,7 +408,10 @@ def write_report(out: Path, manifest: dict, configs: dict, figures: list[str] | 
     available = {n for n, e in figs.items() if e["status"] in ("ok", "cached")}
     if figures is None:
         figures = figures_with(manifest["preset"])
-    claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures], manifest["preset"])
+    # a figure not run states its claims with the config the preset would have run it with
+    unrun = [n for n in figures if n not in configs and get_figure(n).has_preset(manifest["preset"])]
+    statements = configs_for(manifest["preset"], figures=unrun) if unrun else {}
+    claims = claims_mod.evaluate(out, configs, available, [get_figure(name) for name in figures], statements)
     tiers = {n: e.get("tier", manifest["preset"]) for n, e in figs.items()}
     claims_table = claims_mod.table(claims, tiers)
     runs = runs_table(out, configs)

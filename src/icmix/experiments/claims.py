@@ -236,11 +236,11 @@ def read(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(Path(out) / f"{name}.csv")
 
 
-def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable, preset: str | None = None) -> list[Claim]:
+def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable, statements: dict | None = None) -> list[Claim]:
     """Every claim the ``figures`` (``Figure`` objects, in report order) declare, read off the CSVs
     under ``out``, each with its figure's config from ``configs``.  A claim needing a figure not
     in ``available`` (failed, or not run) comes back ``not run`` (its statements filled in from
-    its figure's ``preset`` config where the figure was not configured), and one whose figure ran
+    the config ``statements`` gives its figure where ``configs`` has none), and one whose figure ran
     without the rows it needs (``MissingRows``: other settings) ``no data``, each with the
     reason in its note.  Any other error in a claim propagates: it is a bug, not a verdict."""
     claims = []
@@ -248,8 +248,7 @@ def evaluate(out: Path, configs: dict, available: set[str], figures: Iterable, p
     for fig in figures:
         for spec in fig.claims:
             cfg = configs.get(spec.figure)
-            c = spec.blank(cfg if cfg is not None or preset is None or not fig.has_preset(preset)
-                           else fig.preset(preset))
+            c = spec.blank(cfg if cfg is not None else (statements or {}).get(spec.figure))
             missing = sorted(set(spec.figures) - available) + ([spec.figure] if cfg is None else [])
             if missing:
                 c.note = "figure not available: " + ", ".join(sorted(set(missing)))

@@ -26,6 +26,8 @@ from icmix.metrics import cross_entropy
 from icmix.tasks.mtd import MTDTask
 from icmix.tasks.text import PYDOC, TextCorpus
 
+KAPPA = 0.5  # add-kappa smoothing of fitted counts: the baselines', and the default of fitted MTDg and the text figure
+
 
 @functools.lru_cache(maxsize=8)
 def load_corpus(corpus: str, vocab_size: int, test_fraction: float, split_seed: int) -> TextCorpus:
@@ -110,9 +112,6 @@ class TextObjective(Objective):
         p = to_distribution(out, self.cfg.loss)
         ce = cross_entropy(p, batch["targets"]).mean().item()
         return {"eval_loss": ce}
-
-
-KAPPA = 0.5  # add-kappa smoothing of the fitted baselines' counts (and the text figure's default kappa)
 
 
 class Fitted:
@@ -205,7 +204,7 @@ class FittedMTDgSpec(MTDgSpec):
     KIND: ClassVar[str] = "mtdg-text"
     kind: str = "mtdg-text"  # the family's name in a task: section; must be mtdg-text here
     corpus: str = PYDOC  # pydoc (the standard library's documentation topics), or a text file's or directory's path
-    kappa: float = 0.5  # add-kappa smoothing (> 0) of the skip-bigram counts: pi_g[a, b] ~ count(a, b) + kappa
+    kappa: float = KAPPA  # add-kappa smoothing (> 0) of the skip-bigram counts: pi_g[a, b] ~ count(a, b) + kappa
     test_fraction: float = 0.2  # in (0, 1): the share of the characters held out as whole documents (not fitted)
     split_seed: int = 0  # seeds the permutation of the documents that picks the test split
 

@@ -133,22 +133,25 @@ class MarkovICL(TrainedFigure):
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
         """The loss curve per seed, the heads over training, and the final comparison with the predictors."""
         from icmix.testbeds.markov import HEAD_SEQUENCES
-        from icmix.train import TrainedPredictor, build_objective, evaluation_batch
+        from icmix.train import TrainedPredictor, build_objective, build_task, evaluation_batch
 
         paths = trained_runs(out, cfg.runs(), cfg.jobs, progress)
         family = get_family("markov")
         spec = family.spec(**{k: v for k, v in cfg.task().items() if k != "kind"})
         task = family.build(spec)
         curves, heads, final = [], [], []
+        runs = cfg.runs()
         for seed in cfg.seeds:
             metrics = [json.loads(line) for line in (paths[seed] / "metrics.jsonl").read_text().splitlines()]
             curves += [{"seed": seed, "step": r["step"], "eval_loss": r["eval_loss"], "eval_kl": r["eval_kl"]}
                        for r in metrics if "eval_loss" in r]
+            scores = head_scores_over_training(metrics, cfg.n_layers, cfg.n_heads)
             # uniform attention scored on the chains training scored the heads on (the run's evaluation batch's first)
-            tc = cfg.runs()[seed]
-            levels = uniform_attention_levels(evaluation_batch(build_objective(task, tc), tc)["inputs"][:HEAD_SEQUENCES])
-            heads.append(head_scores_over_training(metrics, cfg.n_layers, cfg.n_heads).assign(
-                seed=seed, uniform_previous_token=levels["previous_token"], uniform_induction=levels["induction"]))
+            tc = runs[seed]
+            chains = evaluation_batch(build_objective(build_task(tc), tc), tc)["inputs"][:HEAD_SEQUENCES]
+            levels = uniform_attention_levels(chains)
+            heads.append(scores.assign(seed=seed, uniform_previous_token=levels["previous_token"],
+                                       uniform_induction=levels["induction"]))
             gen = stream(seed, Stream.TESTBEDS)
             preds = family.predictors(task) + [TrainedPredictor.from_run(paths[seed], "trained", key=Key("trained"))]
             losses = family.baseline_losses(task, spec, preds, cfg.n_sequences, gen)

@@ -77,8 +77,8 @@ def ships_tail(preset: str, tc) -> bool:
 
 
 def tail_bytes(tc) -> int:
-    """The size of run ``tc``'s tail checkpoint, to within its small JSON files: float32 weights and
-    the optimiser's two moments (Adam), 12 bytes a parameter.  The model is built on the meta
+    """The size of run ``tc``'s tail checkpoint, to within its JSON files, generator states and
+    per-tensor step counts: float32 weights and the optimiser's two moments (Adam), 12 bytes a parameter.  The model is built on the meta
     device: nothing is allocated."""
     import torch
 
