@@ -272,6 +272,39 @@ def test_claims_scaling_end_to_end_on_a_tiny_figure(tiny_figure, tmp_path):
     assert after.iloc[:len(before)].equals(before) and list(after.iloc[len(before):].steps) == [4, 8, 16, 32]
 
 
+def test_a_claim_reading_other_figures_is_measured_with_them(tmp_path):
+    # The shift claim is declared by mlr-fig5 and reads mlr-fig6 to fig9 too: measuring its figure
+    # runs the figures it needs at every budget (it used to be skipped, "not run", leaving no rows).
+    class Needed(TinyLong):
+        name, presets = "tiny-needed", {"long": TinyConfig(steps=32, seeds=(0, 1))}
+
+    class Reader(TinyLong):
+        name, presets = "tiny-reader", {"long": TinyConfig(steps=32, seeds=(0, 1))}
+
+    needed, reader = Needed(), Reader()
+
+    @reader.claim("Tiny", "The needed figure's KL is below 10", "final eval KL of tiny-needed; holds if < 10",
+                  needs=("tiny-needed",), trained=lambda tc, cfg: True)
+    def reads_needed(c: Claim, out: Path, cfg) -> Claim:
+        return measured(c, read(out, "tiny-needed").kl, 10, "<")
+
+    for f in (needed, reader):
+        register_figure(f)
+    try:
+        cfg = scaling.Config(figures=("tiny-reader",), n_boot=20)
+        assert {key[0] for key in get_figure("claims-scaling").runs(cfg)} == {"tiny-reader", "tiny-needed"}
+        out = tmp_path / "out"
+        get_figure("claims-scaling").run(cfg, out, progress=False)
+    finally:
+        for name in ("tiny-needed", "tiny-reader"):
+            figure_mod._FIGURES.pop(name, None)
+    m = pd.read_csv(out / scaling.MEASURED)
+    assert list(m.figure) == ["tiny-reader"] * 4 and list(m.steps) == [4, 8, 16, 32] and set(m.n) == {2}
+    for _, row in m.iterrows():  # the needed figure's runs at each budget, by hand
+        kls = [final_kl(out / "runs" / run_name(tiny_run(s, int(row.steps)))) for s in (0, 1)]
+        assert row["mean"] == pytest.approx(np.mean(kls), rel=1e-9)
+
+
 def test_the_measurements_digest_covers_runs_evaluation_and_claims():
     """What measurements rest on: another evaluation config (same runs), another claim or a
     claim's changed code each give another digest; the same figure the same one, and a docstring

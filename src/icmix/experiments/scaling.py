@@ -86,6 +86,15 @@ def long_figures(cfg: Config) -> list[Figure]:
     return [get_figure(n) for n in names]
 
 
+def figures_run(cfg: Config) -> list[Figure]:
+    """The figures run at every budget: those whose claims are measured, then the other figures
+    their claims read (``needs``: the shift claim of ``mlr-fig5`` reads ``mlr-fig6`` to ``fig9``)."""
+    figures = long_figures(cfg)
+    names = [f.name for f in figures]
+    needed = [n for f in figures for spec in f.claims for n in spec.figures if n not in names]
+    return figures + [get_figure(n) for n in dict.fromkeys(needed)]
+
+
 def origin(out: Path) -> str:
     """Where ``OUT``'s measurements come from: ``zoo`` (a copy of the package's zoo's, unchanged),
     ``unlisted zoo`` (copied, in whole or in part, from a zoo the package's manifest does not
@@ -174,19 +183,19 @@ def measure(cfg: Config, out: Path, progress: bool = True) -> pd.DataFrame:
     the digest of the runs it rests on."""
     from tqdm.auto import tqdm
 
-    figures = long_figures(cfg)
+    figures, ran = long_figures(cfg), figures_run(cfg)
     digests = {f.name: runs_digest(f, cfg) for f in figures}
     runs = Path(out) / "runs"
     rows = []
-    bar = tqdm(total=len(cfg.budgets) * len(figures), desc=NAME, disable=not progress)
+    bar = tqdm(total=len(cfg.budgets) * len(ran), desc=NAME, disable=not progress)
     for q in sorted(cfg.budgets):
         view = Path(out) / "scaling" / f"{q:.4g}"
         view.mkdir(parents=True, exist_ok=True)
         if not (view / "runs").exists():  # every budget's figures share OUT/runs
             (view / "runs").symlink_to(Path("..") / ".." / "runs", target_is_directory=True)
-        configs = {f.name: budget_config(f, q) for f in figures}
+        configs = {f.name: budget_config(f, q) for f in ran}
         steps = {f.name: max(tc.steps for tc in f.runs(configs[f.name]).values()) for f in figures}
-        for f in figures:
+        for f in ran:
             with contextlib.redirect_stdout(io.StringIO()):  # each figure prints its summary
                 f.run(configs[f.name], view, progress=False)
             bar.update()
@@ -348,7 +357,7 @@ class ClaimsScaling(Figure):
         """Every budget's training runs of every figure measured (none with ``train=False``)."""
         if not cfg.train:
             return {}
-        return {(f.name, q, key): tc for f in long_figures(cfg) for q in cfg.budgets
+        return {(f.name, q, key): tc for f in figures_run(cfg) for q in cfg.budgets
                 for key, tc in f.runs(budget_config(f, q)).items()}
 
     def compute(self, cfg: Config, out: Path, progress: bool = True) -> Result:
