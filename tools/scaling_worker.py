@@ -5,7 +5,7 @@ its tail checkpoint where it ships one, and committed with the package's manifes
 the smaller budgets' runs stay under OUT/runs (the zoo ships their measurements, not their weights).
 A finished run is skipped, an unfinished one resumes from its checkpoint.
 
-    .venv/bin/python tools/scaling_worker.py --list [FIGURE ...] > runs.txt   # what is left, cheapest first
+    .venv/bin/python tools/scaling_worker.py --list [FIGURE ...] > runs.txt   # what is left (see --list)
     OMP_NUM_THREADS=1 .venv/bin/python tools/scaling_worker.py runs.txt OUT    # one worker per core
 
 Then ``icmix reproduce claims-scaling --preset long --out OUT`` measures the claims (the cpu tier's
@@ -64,10 +64,10 @@ def main(argv: list[str]) -> int:
     from icmix import zoo
     from icmix.train import train
 
-    if argv and argv[0] == "--list":
-        runs = scaling_runs(argv[1:])
-        have = set(zoo.entries())
-        for name, tc in sorted(runs.items(), key=lambda item: item[1].steps):
+    if argv and argv[0] == "--list":  # the long tier's runs first (they ship, and move the demo to the long
+        runs = scaling_runs(argv[1:])  # tier once a figure has them all), then the smaller budgets', cheapest first
+        have, long = set(zoo.entries()), zoo.preset_runs("long")
+        for name, tc in sorted(runs.items(), key=lambda item: (item[0] not in long, item[1].steps)):
             if name not in have:
                 print(name)
         return 0
