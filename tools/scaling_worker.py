@@ -1,5 +1,5 @@
 """Maintainers: train the claims-scaling figure's runs (the long tier's recipe at every budget), one
-process per core on disjoint lists, so that an interrupted build (a session's end) loses at most the
+process per core (on one list: a run another worker holds is skipped, its lock says so), so that an interrupted build (a session's end) loses at most the
 run in flight.  A run of the long tier itself (the full budget) is exported to the shipped zoo with
 its tail checkpoint where it ships one, and committed with the package's manifest, as it finishes;
 the smaller budgets' runs stay under OUT/runs (the zoo ships their measurements, not their weights).
