@@ -73,6 +73,7 @@ SHIPPED: dict[str, str] = {
     "long/disentangled3-m5-T32-mse-seed0-d20d722e": "f4138217a5aeb97cda15e9a5b06b6bbeb18a526aa38884d123f5fcfacf86bddd",
     "long/disentangled3-m5-T32-mse-seed1-903f2d21": "9beaff1b311e309b76533c1630001ab6c6c6f09f2152656510bd2747461c16f9",
     "long/disentangled3-m5-T32-mse-seed2-6748eec0": "5c77add3598e25063b4984ce24b16ba1d0d154f289b952c0091a1befae0f2690",
+    "long/disentangled3-m5-T32-mse-seed3-7aa789b9": "389adc8981fb947ee539b98f7c8bc44e60d45e36920ebe2bbadff9a8e3036c65",
     "long/disentangled3-mtdg-m3-T32-mse-seed0-af6bd566": "39daed61784d5e8ebcd0b8283f5513b08fdebb93bacc647c6363ec881f211077",
     "long/disentangled3-mtdg-m3-T32-mse-seed1-ef097822": "70eb3e4119e111d5bd1c799f0450e5bb93ed3f62dbb45cf1565ef2df4f782b46",
     "long/disentangled3-mtdg-m3-T32-mse-seed2-41a7a585": "76d9b5dcc874a6563d236a43ea486252489203b310b5b23352c3e2ce005b3f12",
