@@ -78,8 +78,8 @@ def ships_tail(preset: str, tc) -> bool:
 
 def tail_bytes(tc) -> int:
     """The size of run ``tc``'s tail checkpoint, to within its JSON files, generator states and
-    per-tensor step counts: float32 weights and the optimiser's two moments (Adam), 12 bytes a parameter.  The model is built on the meta
-    device: nothing is allocated."""
+    per-tensor step counts: float32 weights and the optimiser's two moments (Adam), 12 bytes a
+    parameter.  The model is built on the meta device: nothing is allocated."""
     import torch
 
     from icmix.train import build_model
@@ -244,27 +244,29 @@ def stored_convergence(provenance: dict):
         return None
 
 
-def add_convergence(entry: "Entry", record: dict | None = None) -> None:
-    """Record an entry's convergence data (``convergence_record``, or ``record``), rewriting its
-    provenance and digest (then ``icmix zoo manifest --write`` seals it)."""
+def rewrite_provenance(entry: "Entry", provenance: dict) -> None:
+    """Write ``provenance`` (its old digest, if any, dropped) as the entry's, digested again (then
+    ``icmix zoo manifest --write`` seals it)."""
     from icmix.io import atomic_write
 
-    provenance = {k: v for k, v in entry.provenance.items() if k != "digest"}
-    provenance[CONVERGENCE] = record if record is not None else convergence_record(entry.path)
-    provenance["digest"] = digest(provenance)
-    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(provenance, indent=2) + "\n"))
+    record = {k: v for k, v in provenance.items() if k != "digest"}
+    record["digest"] = digest(record)
+    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def add_convergence(entry: "Entry", record: dict | None = None) -> None:
+    """Record an entry's convergence data (``convergence_record``, or ``record``) in its provenance."""
+    rewrite_provenance(entry, {**entry.provenance,
+                               CONVERGENCE: record if record is not None else convergence_record(entry.path)})
 
 
 def drop_tail(entry: "Entry") -> None:
     """Stop shipping an entry's tail (after ``ships_tail`` changed): its provenance loses the tail's
     step and hashes and is digested again, then ``tail/`` goes (then ``icmix zoo manifest --write``
     seals it)."""
-    from icmix.io import atomic_write
-
-    provenance = {k: v for k, v in entry.provenance.items() if k not in ("digest", "tail_step")}
+    provenance = {k: v for k, v in entry.provenance.items() if k != "tail_step"}
     provenance["sha256"] = {rel: h for rel, h in provenance["sha256"].items() if rel not in TAIL_FILES}
-    provenance["digest"] = digest(provenance)
-    atomic_write(entry.path / PROVENANCE, lambda p: Path(p).write_text(json.dumps(provenance, indent=2) + "\n"))
+    rewrite_provenance(entry, provenance)
     shutil.rmtree(entry.path / TAIL)
 
 
