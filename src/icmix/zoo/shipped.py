@@ -101,6 +101,7 @@ SHIPPED: dict[str, str] = {
     "long/gpt3-m5-T32-mse-seed0-49094f3d": "1ffa31f6d64b3bb494e8ec9970c4d6672dff7b0781f5f4cab21145e1532c5c39",
     "long/gpt3-m5-T32-mse-seed1-dffd1d8d": "95c957b599397085630b238270f704a3361387d9823274bb39e26a29b8903ba2",
     "long/gpt3-m5-T32-mse-seed2-0c89bd4b": "8a3c2d140467753bdd6f0bed316dde4b959f510889f7d3a9b8cd25ab4af310b7",
+    "long/gpt3-m5-T32-mse-seed3-ea3cb6a5": "192d7486fd6bedaf890f61ac3d056a9e960c3d1bec8c338cec625622f400bd54",
     "long/gpt3-mtdg-m3-T32-mse-seed0-99724af1": "c437622262980f11c5f1592fa138408529ac5a26ec3d524aaefe8e052c850929",
     "long/gpt3-mtdg-m3-T32-mse-seed1-aa0c1aba": "e5ccf2ac5cd4b5b15044e479ae53aa3c5f6a18f2d24960acd955380c23c0a86f",
     "long/gpt3-mtdg-m3-T32-mse-seed2-595bd080": "6b0968be117c1b83a1c3668788a6b77e15fce68b909aec82bf65c1b99fe48c13",
