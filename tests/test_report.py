@@ -327,6 +327,26 @@ def test_claims_table_has_the_converged_column(report_dir):
     assert row.basis == "quick tier, 2 seeds" and rows["construction_md", None].basis == "–"
 
 
+def test_one_figure_at_the_demo_preset_names_the_tier_it_rests_on(report_dir, tmp_path):
+    """``icmix reproduce FIGURE --preset demo`` evaluates the figure on its demo tier's runs (long
+    or cpu), and its claims' ``basis`` names that tier, as ``reproduce all`` does: "demo" is a
+    preset of evaluation sizes, not a tier of training runs."""
+    import dataclasses
+
+    from icmix.report import demo_tier, write_figure_report
+
+    out = tmp_path / "one"
+    shutil.copytree(report_dir, out)
+    cfg = json.loads((report_dir / "manifest.json").read_text())["figures"]["mlr-fig2"]["config"]
+    cfg = dataclasses.replace(configs_for("quick")["mlr-fig2"], **{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in cfg.items()})
+    write_figure_report(out, "mlr-fig2", cfg, {}, "demo", None, 1.0)
+    table = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    bases = set(table[table.figures == "mlr-fig2"].basis) - {"–"}
+    tier = demo_tier("mlr-fig2")  # the d² claim names no seeds (it reads the seeds' mean curve)
+    assert tier in ("long", "cpu") and bases == {f"{tier} tier, 2 seeds", f"{tier} tier"}, bases
+
+
 def test_verdicts_are_decided_from_the_interval_at_its_edges():
     """holds when the whole 95 % interval is on the claim's side, doesn't when it is all on the
     other side, inconclusive when it straddles the threshold (``claims.RULE``)."""

@@ -97,6 +97,12 @@ def demo_tier(name: str) -> str | None:
     return "cpu" if "cpu" in figure.presets else None
 
 
+def _tier(name: str, preset: str) -> str | None:
+    """The tier of training runs figure ``name`` is evaluated on at ``preset``: the preset itself,
+    except at ``demo`` (evaluation sizes only), whose runs are those of its ``demo_tier``."""
+    return demo_tier(name) if preset == DEMO else preset
+
+
 def demo_config(name: str):
     """Figure ``name``'s ``demo`` config: the preset of its ``demo_tier`` with the demo's
     evaluation sizes (``Figure.demo``)."""
@@ -316,7 +322,7 @@ def _reproduce_all(preset: str, out: Path, overrides: list[str] | None, configs:
 
     for name in todo:
         entries[name] = {"key": keys[name], "preset": preset, "seeds": list(getattr(configs[name], "seeds", ())),
-                         "tier": demo_tier(name) if preset == DEMO else preset,
+                         "tier": _tier(name, preset),
                          "config": dataclasses.asdict(configs[name]),
                          "runs": {p.name: run_source(p) for p in order if name in runs[p][1]}}
         broken = {str(p.relative_to(out)): err for p, err in failed_runs.items() if name in runs[p][1]}
@@ -430,7 +436,7 @@ def write_figure_report(out: Path, name: str, cfg, paths: dict, preset: str, ove
     ``report.md``, ``report.html``); ``paths``: the files ``Figure.run`` wrote."""
     out = Path(out)
     entry = {"status": "ok", "preset": preset, "seeds": list(getattr(cfg, "seeds", ())),
-             "config": dataclasses.asdict(cfg), "wall_seconds": round(wall_seconds, 1),
+             "tier": _tier(name, preset), "config": dataclasses.asdict(cfg), "wall_seconds": round(wall_seconds, 1),
              "outputs": {k: str(Path(p).relative_to(out)) for k, p in paths.items()}}
     manifest = {"preset": preset, "overrides": overrides or [], "environment": environment(),
                 "wall_seconds": round(wall_seconds, 1), "figures": {name: entry}}
