@@ -90,6 +90,10 @@ def test_each_scaled_claim_declares_the_range_of_its_measure_and_fits_use_it():
             for q, m in ((0.125, 2.0), (0.25, 1.55), (0.5, 1.2), (1.0, 0.9))]
     t = scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20))
     assert np.isnan(t.floor[0]) and t.verdict_extrapolated[0] == "inconclusive"
+    # The figure's report says there is no fit to extrapolate (as the claims table's note does), not "nan".
+    text = scaling.FIGURE.report(Result(pd.DataFrame(), extra={"fits": t}), scaling.Config())
+    row = next(line for line in text.splitlines() if line.startswith(f"| {claim} |"))
+    assert "nan" not in row and "no power-law fit to extrapolate" in row, row
     # The same points under a claim the figure does not declare (unbounded): the negative floor.
     t = scaling.fits(pd.DataFrame(rows).assign(claim="another claim"), scaling.Config(n_boot=20))
     assert t.floor[0] < 0

@@ -42,6 +42,7 @@ from icmix.predictors import Key
 
 HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
 INCONCLUSIVE = "inconclusive"  # the interval straddles the threshold
+NO_FIT = "no power-law fit to extrapolate"  # a scaled claim whose measure no power law with a floor fits
 NOT_CONVERGED = "not converged"  # fails, but on training runs that were still improving
 RULE = ("a claim measured over seeds holds when the whole 95 % Student-t interval of its measure lies on the "
         "claim's side of its threshold, doesn't when the whole interval lies on the other side, and is "
@@ -296,7 +297,7 @@ def _with_scaling(c: Claim, f: dict) -> None:
         extrapolated = (f"extrapolated to {f['target_steps']:.0f} steps: {f['extrapolated']:.3g} "
                         f"[{f['lo']:.3g}, {f['hi']:.3g}], {f['verdict_extrapolated']} there")
     else:
-        extrapolated = "no power-law fit to extrapolate"
+        extrapolated = NO_FIT
     unlisted = "scaling measured by a zoo the package's manifest does not list" \
         if f.get("measurements") == "unlisted zoo" else ""
     c.note = "; ".join(p for p in (c.note, f"doubling the steps moved it by {f['moved_by_doubling']:.2g}; "

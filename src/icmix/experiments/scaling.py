@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from icmix._checks import check_positive_int
-from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, SIDES, evaluate
+from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NO_FIT, SIDES, evaluate
 from icmix.experiments.common import run_name
 from icmix.experiments.figure import Figure, Result, figures_with, get_figure
 
@@ -448,9 +448,10 @@ class ClaimsScaling(Figure):
         lines = ["| claim | at the largest budget | doubling moved it by | converged | extrapolated to the paper's "
                  "budget | verdict there |", "|---|---|---|---|---|---|"]
         for _, f in table.iterrows():
+            extrapolated = (f"{f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] at {f.target_steps:.0f} steps"
+                            if np.isfinite(f.extrapolated) else NO_FIT)
             lines.append(f"| {f.claim} | {f['mean']:.3g} ± {f.ci:.2g} ({f.n} seeds, {f.steps} steps): {f.verdict} | "
-                         f"{f.moved_by_doubling:.2g} | {f.converged} | {f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] "
-                         f"at {f.target_steps:.0f} steps | {f.verdict_extrapolated} |")
+                         f"{f.moved_by_doubling:.2g} | {f.converged} | {extrapolated} | {f.verdict_extrapolated} |")
         return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}."
 
 
