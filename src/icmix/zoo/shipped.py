@@ -57,7 +57,7 @@ SHIPPED: dict[str, str] = {
     "cpu/lsa-d5-n10-gaussian-seed1-a6a551c8": "72a7138441c3d60a873ae08bab4ce73893fb2d1d8a538f1728fa9c9bfdf33b86",
     "cpu/lsa-d5-n10-gaussian-seed2-b13bb80e": "8c48f9dd6b82e3dd92501b8e14eab9b401ad10946c473002489d2fdd269e152e",
     "cpu/lsa-d5-n10-gaussian-seed3-05d79e26": "134cb7c89bc7a40d9641981773517308a917f6d46e347fb4fdc66c322acf1b70",
-    "long/claims-scaling-measured.csv": "f0283e226a78830443cc6a86d4922f125c1d8e2ff4271c7f1d9395fcf930dee2",
+    "long/claims-scaling-measured.csv": "6db44212fef4f325ffe15a52ec04cbb7097ad89ed20f1cd9ec2313c407d3b29f",
     "long/disentangled3-m3-T16-mse-seed0-9cfadffe": "e39aa82e81554bfa15db02c646db7a13a2b1672da8dbac94ec3b69b6c2bc493a",
     "long/disentangled3-m3-T16-mse-seed1-6b2c87f6": "0466e358bc795b446453be60f5963daaf4e6a8d440e17a50c850598c229c1730",
     "long/disentangled3-m3-T16-mse-seed2-d3f53eb4": "431e67b9147ea49924349476fb5b052d8c5b6443557a2255be918abe0ff065b9",
