@@ -498,6 +498,14 @@ def test_measuring_one_figure_keeps_the_other_figures_rows(tmp_path, monkeypatch
     shipped[shipped.figure != "mtd-fig5"].to_csv(tmp_path / scaling.MEASURED, index=False)
     monkeypatch.setattr(scaling, "measure", lambda cfg, out, progress=True: new.reset_index(drop=True))
     monkeypatch.setattr(common, "train_runs", lambda *args, **kwargs: [])
-    scaling.FIGURE.run(scaling.Config(figures=("mtd-fig5",), n_boot=10), tmp_path, progress=False)
+    scaling.FIGURE.run(scaling.Config(figures=("mlr-fig2", "mtd-fig5"), n_boot=10), tmp_path, progress=False)
     after = pd.read_csv(tmp_path / scaling.MEASURED, dtype={"runs": str})
     assert after.figure.value_counts().to_dict() == shipped.figure.value_counts().to_dict()
+    # The rows measured again were appended; the file, the fits and the figure's panels keep the
+    # figures' registered order all the same (not the order they happened to be measured in).
+    from icmix.experiments import figure_names
+
+    order = [f for f in figure_names() if f in set(after.figure)]
+    assert list(dict.fromkeys(after.figure)) == order
+    fitted = pd.read_csv(tmp_path / "claims-scaling-fits.csv")  # mtd-fig5's rows came after mlr-fig2's
+    assert list(dict.fromkeys(fitted.figure)) == ["mtd-fig5", "mlr-fig2"]

@@ -46,7 +46,7 @@ import pandas as pd
 from icmix._checks import check_positive_int
 from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NO_FIT, SIDES, evaluate
 from icmix.experiments.common import run_name
-from icmix.experiments.figure import Figure, Result, figures_with, get_figure
+from icmix.experiments.figure import Figure, Result, figure_names, figures_with, get_figure
 
 NAME = "claims-scaling"
 MEASURED = f"{NAME}-measured.csv"
@@ -296,6 +296,14 @@ def interval_verdict(lo: float, hi: float, threshold: float, side: str) -> str:
     return HOLDS if all(ends) else FAILS if not any(ends) else INCONCLUSIVE
 
 
+def in_figure_order(measured: pd.DataFrame) -> pd.DataFrame:
+    """The measurements with the figures in their registered order (each figure's rows as they
+    were), whatever order they were measured in: the fits, the curves and the panels follow it."""
+    position = {name: i for i, name in enumerate(figure_names())}
+    key = measured.figure.map(lambda f: position.get(f, len(position)))
+    return measured.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """One row per claim: its verdict at the largest budget, its convergence by doubling, the fit,
     and the extrapolation to the paper's budget with its verdict."""
@@ -404,6 +412,7 @@ class ClaimsScaling(Figure):
             atomic_write(path, lambda p: kept.to_csv(p, index=False))
         if measured is None or measured.empty:
             raise ValueError(f"{path} holds no measurements of {', '.join(f.name for f in figures)}")
+        measured, kept = in_figure_order(measured), in_figure_order(kept)
         table = fits(measured, cfg).assign(measurements=origin(out))
         # ("measured" is saved as claims-scaling-measured.csv itself: the whole file, every figure's rows)
         return Result(curves(measured, table), extra={"fits": table, "measured": kept})
@@ -448,10 +457,10 @@ class ClaimsScaling(Figure):
         lines = ["| claim | at the largest budget | doubling moved it by | converged | extrapolated to the paper's "
                  "budget | verdict there |", "|---|---|---|---|---|---|"]
         for _, f in table.iterrows():
-            extrapolated = (f"{f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] at {f.target_steps:.0f} steps"
-                            if np.isfinite(f.extrapolated) else NO_FIT)
+            there = (f"{f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] at {f.target_steps:.0f} steps | "
+                     f"{f.verdict_extrapolated}" if np.isfinite(f.extrapolated) else f"{NO_FIT} | –")
             lines.append(f"| {f.claim} | {f['mean']:.3g} ± {f.ci:.2g} ({f.n} seeds, {f.steps} steps): {f.verdict} | "
-                         f"{f.moved_by_doubling:.2g} | {f.converged} | {extrapolated} | {f.verdict_extrapolated} |")
+                         f"{f.moved_by_doubling:.2g} | {f.converged} | {there} |")
         return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}."
 
 
