@@ -142,7 +142,7 @@ class Config:
 PRESETS = {
     "quick": Config(orders=(2, 3), n_windows=300, n_tune=100, prior_windows=64, gibbs_samples=150, steps=1000,
                     warmup_steps=100),
-    "cpu": Config(),
+    "cpu": Config(seeds=(0, 1, 2, 3)),
     "paper": Config(n_windows=4000, n_tune=1000, prior_windows=512, gibbs_samples=1000, gibbs_burn_in=300,
                     gpt_layers=6, gpt_width=128, steps=100_000, batch_size=64, seeds=(0, 1, 2)),
 }
