@@ -1,6 +1,6 @@
 """Maintainers: train the claims-scaling figure's runs (the long tier's recipe at every budget), one
-process per core (on one list: a run another worker holds is skipped, its lock says so), so that an interrupted build (a session's end) loses at most the
-run in flight.  A run of the long tier itself (the full budget) is exported to the shipped zoo with
+process per core on one list (a run another worker holds is skipped: its lock says so), so that an
+interrupted build (a session's end) loses at most the run in flight.  A run of the long tier itself (the full budget) is exported to the shipped zoo with
 its tail checkpoint where it ships one, and committed with the package's manifest, as it finishes;
 the smaller budgets' runs stay under OUT/runs (the zoo ships their measurements, not their weights).
 A finished run is skipped, an unfinished one resumes from its checkpoint.
@@ -64,8 +64,10 @@ def main(argv: list[str]) -> int:
     from icmix import zoo
     from icmix.train import train
 
-    if argv and argv[0] == "--list":  # the long tier's runs first (they ship, and move the demo to the long
-        runs = scaling_runs(argv[1:])  # tier once a figure has them all), then the smaller budgets', cheapest first
+    if argv and argv[0] == "--list":
+        # the long tier's runs first (they ship, and move the demo to the long tier once a figure has
+        # them all), then the smaller budgets', cheapest first
+        runs = scaling_runs(argv[1:])
         have, long = set(zoo.entries()), zoo.preset_runs("long")
         for name, tc in sorted(runs.items(), key=lambda item: (item[0] not in long, item[1].steps)):
             if name not in have:
