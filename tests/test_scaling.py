@@ -89,11 +89,17 @@ def test_each_scaled_claim_declares_the_range_of_its_measure_and_fits_use_it():
              "n": 4, "threshold": 1.25, "side": "<=", "verdict": "inconclusive", "runs": "x"}
             for q, m in ((0.125, 2.0), (0.25, 1.55), (0.5, 1.2), (1.0, 0.9))]
     t = scaling.fits(pd.DataFrame(rows), scaling.Config(n_boot=20))
-    assert np.isnan(t.floor[0]) and t.verdict_extrapolated[0] == "inconclusive"
-    # The figure's report says there is no fit to extrapolate (as the claims table's note does), not "nan".
-    text = scaling.FIGURE.report(Result(pd.DataFrame(), extra={"fits": t}), scaling.Config())
+    # Within [0, ∞) no power law fits; the trend, bounded by the ratio's 0, does (and holds below 1.25).
+    assert np.isnan(t.floor[0]) and t.model[0] == scaling.TREND and t.lo[0] == 0.0
+    assert t.verdict_extrapolated[0] == "holds"
+    # The figure's report says so in words, never "nan"; a claim with too few budgets says there is no model.
+    few = scaling.fits(pd.DataFrame(rows[2:]), scaling.Config(n_boot=20))
+    text = scaling.FIGURE.report(Result(pd.DataFrame(), extra={"fits": pd.concat([t, few.assign(claim="few")])}),
+                                 scaling.Config())
     row = next(line for line in text.splitlines() if line.startswith(f"| {claim} |"))
-    assert "nan" not in row and "no power-law fit to extrapolate" in row, row
+    assert "nan" not in row and "still falling" in row and "| holds |" in row, row
+    row = next(line for line in text.splitlines() if line.startswith("| few |"))
+    assert "nan" not in row and "too few budgets with an interval to extrapolate | – |" in row, row
     # The same points under a claim the figure does not declare (unbounded): the negative floor.
     t = scaling.fits(pd.DataFrame(rows).assign(claim="another claim"), scaling.Config(n_boot=20))
     assert t.floor[0] < 0
@@ -512,3 +518,131 @@ def test_measuring_one_figure_keeps_the_other_figures_rows(tmp_path, monkeypatch
     assert list(dict.fromkeys(after.figure)) == order
     fitted = pd.read_csv(tmp_path / "claims-scaling-fits.csv")  # mtd-fig5's rows came after mlr-fig2's
     assert list(dict.fromkeys(fitted.figure)) == ["mtd-fig5", "mlr-fig2"]
+
+
+# --- what the data support where no power law fits ---------------------------------------------------
+
+STEPS = np.array([2500, 5000, 10_000, 20_000])
+
+
+def weighted_mean(values, ci):
+    """The inverse-variance mean of points whose 95 % half-widths are ``ci`` (equal seeds each)."""
+    w = 1 / np.asarray(ci, float) ** 2
+    return float((w * values).sum() / w.sum())
+
+
+def test_a_flat_tail_extrapolates_as_its_plateau():
+    # Layer 1's lag mass as measured (long tier, 4 seeds): it rises, then is flat over the last three
+    # budgets.  No power law with a floor fits it; the last three budgets' slope per doubling has an
+    # interval that covers 0, so the measure extrapolates as their inverse-variance mean.
+    mean, ci, n = np.array([0.333, 0.627, 0.703, 0.667]), np.array([0.119, 0.130, 0.0486, 0.0333]), np.full(4, 4)
+    assert np.isnan(scaling.fit(STEPS, mean, ci, n, 500_000, n_boot=20, bounds=(0.0, 1.0))["floor"])
+    e = scaling.extrapolate(STEPS, mean, ci, n, 500_000, n_boot=400, bounds=(0.0, 1.0))
+    assert e["model"] == scaling.PLATEAU and e["slope_lo"] < 0 < e["slope_hi"]
+    level = weighted_mean(mean[1:], ci[1:])
+    assert e["level"] == pytest.approx(level, abs=1e-9) and e["extrapolated"] == pytest.approx(level, abs=1e-9)
+    # its interval: from the mean's standard error (1 / √Σw, each point's se its half-width over t(3)), narrower
+    # than the tightest point's
+    from scipy import stats
+    se = 1 / np.sqrt((1 / (ci[1:] / stats.t.ppf(0.975, 3)) ** 2).sum())
+    assert e["lo"] < level < e["hi"] and e["hi"] - e["lo"] < 2 * ci[-1]
+    # each point redrawn from its Student-t (3 degrees of freedom): between the normal's half-width and the
+    # t's (the largest, as if every point shared one draw)
+    assert 1.96 * se < (e["hi"] - e["lo"]) / 2 < stats.t.ppf(0.975, 3) * se
+
+
+def test_a_tail_still_moving_extrapolates_between_its_last_interval_and_the_range():
+    # A ratio still falling in a straight line on log steps (the standard GPTs): no power law with a floor
+    # in [0, ∞) fits; the last three budgets fall by 0.325 per doubling (equal weights: the least-squares
+    # slope is (0.9 − 1.55) / 2), well clear of 0.  If it kept falling, the measure at the paper's budget
+    # lies between the range's end (0) and the top of the largest budget's interval (0.9 + 0.15).
+    steep, ci, n = np.array([2.0, 1.55, 1.2, 0.9]), np.full(4, 0.15), np.full(4, 4)
+    e = scaling.extrapolate(STEPS, steep, ci, n, 500_000, n_boot=200, bounds=(0.0, np.inf))
+    assert e["model"] == scaling.TREND and np.isnan(e["floor"])
+    assert e["slope"] == pytest.approx(-0.325) and e["slope_hi"] < 0
+    assert (e["lo"], e["hi"]) == (0.0, pytest.approx(1.05)) and e["lo"] <= e["extrapolated"] <= e["hi"]
+    # The attention cosine as measured: it peaks at 5,000 steps, then falls; its bound is the range's 0.
+    cosine, cci = np.array([0.570, 0.792, 0.729, 0.700]), np.array([0.165, 0.0360, 0.0353, 0.0225])
+    e = scaling.extrapolate(STEPS, cosine, cci, n, 500_000, n_boot=200, bounds=(0.0, 1.0))
+    assert e["model"] == scaling.TREND and e["slope_hi"] < 0 and (e["lo"], e["hi"]) == (0.0, pytest.approx(0.7225))
+    # Rising towards the top of its range: from the bottom of the last interval up to 1.
+    rising = scaling.extrapolate(STEPS, np.array([0.3, 0.6, 0.8, 0.95]), np.full(4, 0.02), n, 500_000, n_boot=50,
+                                 bounds=(0.0, 1.0))
+    assert rising["model"] == scaling.TREND and (rising["lo"], rising["hi"]) == (pytest.approx(0.93), 1.0)
+    # Unbounded, a trend has no end on its side: an infinite end, and the verdict still follows the interval.
+    free = scaling.extrapolate(STEPS, cosine, cci, n, 500_000, n_boot=50)
+    assert free["model"] == scaling.TREND and free["lo"] == -np.inf and free["hi"] == pytest.approx(0.7225)
+    assert scaling.interval_verdict(free["lo"], free["hi"], 0.9, ">=") == "doesn't"
+    assert scaling.interval_verdict(free["lo"], free["hi"], 0.71, ">=") == "inconclusive"
+    # A power law with a floor is preferred where it fits; too few budgets, or no interval, give nothing.
+    law = scaling.extrapolate(STEPS, 0.2 + 0.5 * (STEPS / 20_000) ** -0.7, np.full(4, 1e-3), n, 500_000, n_boot=20)
+    assert law["model"] == scaling.POWER_LAW and law["floor"] == pytest.approx(0.2, abs=1e-3)
+    for few in (scaling.extrapolate(STEPS[2:], steep[2:], ci[2:], n[2:], 500_000, n_boot=20),
+                scaling.extrapolate(STEPS, steep, np.full(4, np.nan), np.ones(4), 500_000, n_boot=20)):
+        assert few["model"] == "" and np.isnan(few["extrapolated"])
+
+
+def declared(figure: str, words: str) -> str:
+    """The statement of the trained-model claim of ``figure`` (at the long preset) containing ``words``."""
+    fig = get_figure(figure)
+    return next(c for spec in fig.claims if spec.trained
+                for c in [spec.blank(scaling.budget_config(fig, 1.0)).claim] if words in c)
+
+
+GPT_MTDG, MASS = declared("mtdg", "GPT"), declared("mtd-fig4", "Layer 1 attends")  # ranges [0, ∞) and [0, 1]
+
+
+def scaled_rows(claim, means, ci, threshold, side):
+    figure = "mtd-fig4" if claim == MASS else "mtdg"
+    return pd.DataFrame([{"claim": claim, "figure": figure, "fraction": q, "steps": int(q * 20_000), "mean": m,
+                          "ci": ci, "n": 4, "threshold": threshold, "side": side, "verdict": "inconclusive",
+                          "runs": "x"} for q, m in zip((0.125, 0.25, 0.5, 1.0), means)])
+
+
+def test_an_undecided_extrapolation_says_what_would_settle_it():
+    # Still falling, the last interval [0.75, 1.05] straddles 1: the extrapolation [0, 1.05] is undecided.
+    # Were the trend to go on (−0.325 per doubling), the top of that interval passes 1 after
+    # (1 − 1.05) / −0.325 = 0.154 doublings: at about 20,000 · 2^0.154 = 22,250 steps.
+    t = scaling.fits(scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.0, "<="), scaling.Config(n_boot=50))
+    f = t.iloc[0]
+    assert f.model == scaling.TREND and f.verdict_extrapolated == "inconclusive"
+    assert f.settle_steps == pytest.approx(20_000 * 2 ** (0.05 / 0.325), rel=1e-6)
+    assert f.settle == "the trend, if it went on, would settle it at about 22,000 steps", f.settle
+    # The same points below a threshold of 1.25: wherever the trend goes, the extrapolation holds.
+    f = scaling.fits(scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.25, "<="), scaling.Config(n_boot=50)).iloc[0]
+    assert (f.verdict_extrapolated, f.settle) == ("holds", "") and np.isnan(f.settle_steps)
+    # A plateau straddling its threshold: the seeds that would settle it, from its interval's half-width
+    # on the threshold's side (claims.seeds_to_settle, the claims table's rule).
+    from icmix.experiments.claims import seeds_to_settle
+    f = scaling.fits(scaled_rows(MASS, (0.3, 0.66, 0.7, 0.68), 0.05, 0.7, ">="), scaling.Config(n_boot=200)).iloc[0]
+    assert f.model == scaling.PLATEAU and f.verdict_extrapolated == "inconclusive"
+    needed = seeds_to_settle(f.extrapolated, f.hi - f.extrapolated if f.extrapolated < 0.7 else f.extrapolated - f.lo,
+                             4, 0.7)
+    assert f.settle == f"about {needed} seeds at each budget would settle it, if the spread stays", f.settle
+
+
+def test_the_report_curves_and_claims_note_name_the_model_behind_each_extrapolation():
+    from icmix.experiments.claims import Claim, _with_scaling
+    measured = pd.concat([scaled_rows(MASS, (0.3, 0.66, 0.7, 0.68), 0.05, 0.9, ">="),
+                          scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.0, "<=")], ignore_index=True)
+    t = scaling.fits(measured, scaling.Config(n_boot=50))
+    assert list(t.model) == [scaling.PLATEAU, scaling.TREND]
+    c = scaling.curves(measured, t)
+    fitted = c[c.kind == "fit"]
+    # the tail models are drawn over the budgets they were fitted on: the plateau's level, the trend's line
+    assert list(fitted[fitted.claim == MASS].steps) == [5000, 10_000, 20_000]
+    assert np.allclose(fitted[fitted.claim == MASS].value, t.level[0])
+    line = fitted[fitted.claim == GPT_MTDG]
+    assert np.allclose(line.value, t.level[1] + t.slope[1] * np.log2(line.steps / 20_000))
+    assert list(c[c.kind == "extrapolated"].model) == [scaling.PLATEAU, scaling.TREND]
+    text = scaling.FIGURE.report(Result(c, extra={"fits": t}), scaling.Config())
+    flat = next(line for line in text.splitlines() if line.startswith(f"| {MASS} |"))
+    falling = next(line for line in text.splitlines() if line.startswith(f"| {GPT_MTDG} |"))
+    assert "plateau" in flat and "doesn't" in flat and "nan" not in flat, flat
+    assert "still falling" in falling and "[0, 1.05]" in falling and "steps" in falling and "would settle it" in falling, falling
+    note = Claim(paper="p", claim=GPT_MTDG, test="t", figures=("mtdg",))
+    _with_scaling(note, t.iloc[1].to_dict())
+    assert "still falling" in note.note and "inconclusive there" in note.note and "would settle it" in note.note
+    # and the figure draws every model without error
+    import matplotlib.pyplot as plt
+    plt.close(scaling.FIGURE.draw(Result(c, extra={"fits": t}), scaling.Config()))

@@ -42,7 +42,7 @@ from icmix.predictors import Key
 
 HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
 INCONCLUSIVE = "inconclusive"  # the interval straddles the threshold
-NO_FIT = "no power-law fit to extrapolate"  # a scaled claim whose measure no power law with a floor fits
+NO_FIT = "too few budgets with an interval to extrapolate"  # a scaled claim no model fits (scaling.extrapolate)
 NOT_CONVERGED = "not converged"  # fails, but on training runs that were still improving
 RULE = ("a claim measured over seeds holds when the whole 95 % Student-t interval of its measure lies on the "
         "claim's side of its threshold, doesn't when the whole interval lies on the other side, and is "
@@ -290,14 +290,15 @@ def _scaling(out: Path) -> dict[str, dict]:
 
 def _with_scaling(c: Claim, f: dict) -> None:
     """A claim measured by the claims-scaling figure too: its convergence is the scaling data's
-    (doubling the budget moved the measure by less than its interval), and the note says where
-    the fit extrapolates it, and what the verdict would be at the paper's budget."""
+    (doubling the budget moved the measure by less than its interval), and the note says how its
+    budgets extrapolate it (the model they support, ``scaling.extrapolate``), what the verdict
+    would be at the paper's budget and, if undecided, what would settle it."""
     c.converged = f["converged"]
-    if np.isfinite(f.get("extrapolated", np.nan)):
-        extrapolated = (f"extrapolated to {f['target_steps']:.0f} steps: {f['extrapolated']:.3g} "
-                        f"[{f['lo']:.3g}, {f['hi']:.3g}], {f['verdict_extrapolated']} there")
-    else:
-        extrapolated = NO_FIT
+    text = lambda key: f.get(key) if isinstance(f.get(key), str) else ""  # noqa: E731  (empty in a CSV: NaN)
+    extrapolated = NO_FIT
+    if text("model") and text("extrapolation"):
+        extrapolated = "; ".join(p for p in (f"{f['extrapolation']}, {f['verdict_extrapolated']} there",
+                                             text("settle")) if p)
     unlisted = "scaling measured by a zoo the package's manifest does not list" \
         if f.get("measurements") == "unlisted zoo" else ""
     c.note = "; ".join(p for p in (c.note, f"doubling the steps moved it by {f['moved_by_doubling']:.2g}; "

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from icmix._checks import check_positive_int
-from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NO_FIT, SIDES, evaluate
+from icmix.experiments.claims import FAILS, HOLDS, INCONCLUSIVE, NO_FIT, SIDES, evaluate, seeds_to_settle
 from icmix.experiments.common import run_name
 from icmix.experiments.figure import Figure, Result, figure_names, figures_with, get_figure
 
@@ -277,6 +277,125 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0,
             "extrapolated": float(np.clip(power_law(target, *best, scale), low, high)), "lo": float(lo), "hi": float(hi)}
 
 
+POWER_LAW, PLATEAU, TREND = "power law", "plateau", "trend"  # the models ``extrapolate`` chooses from
+TAIL = 3  # the largest budgets that judge a plateau or a trend where no power law fits
+MODELS = (f"each claim's measure is extrapolated to the paper's budget by what its budgets support: a power law with a "
+          f"floor where one fits; else, over the largest {TAIL} budgets, a weighted straight line in log steps: "
+          "where the 95 % interval of its slope covers 0, a plateau (their inverse-variance mean, extrapolated "
+          "as a constant with its interval), and otherwise a trend, which, if it went on, puts the measure "
+          "between the largest budget's interval (on the side the trend leaves) and the end of the measure's "
+          "range (on the side it heads to)")
+
+
+def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0,
+                bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
+    """Extrapolate a claim's measure (per-budget means, 95 % half-widths, seeds) to ``target``
+    steps by what the data support (``MODELS``), and say which: ``model`` is
+
+    - ``POWER_LAW``: ``fit``'s power law with a floor, where it fits (4 budgets or more);
+    - ``PLATEAU``: the largest ``TAIL`` budgets show no trend (the 95 % bootstrap interval of their
+      weighted least-squares slope in log₂ steps, ``slope_lo``…``slope_hi``, covers 0): the
+      extrapolation is their inverse-variance mean ``level``, its interval that mean's under the
+      same bootstrap (means redrawn from their Student-t intervals);
+    - ``TREND``: the slope's interval excludes 0, so the measure is still moving: the
+      extrapolation's interval runs from the largest budget's interval, on the side the trend
+      leaves, to the end of ``bounds`` it heads to (infinite for an unbounded measure); its value,
+      the line at ``target`` kept within that interval, is the trend's, not a forecast;
+    - ``""``: fewer than ``TAIL`` budgets with an interval (two seeds or more): nothing.
+
+    ``level`` and ``slope`` (per doubling) are the line's at the largest budget.  The interval is
+    clipped to ``bounds``."""
+    from scipy import stats
+
+    low, high = (float(b) for b in bounds)
+    steps, mean, ci, n = (np.asarray(a, float) for a in (steps, mean, ci, n))
+    out = {"model": "", "floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "level": np.nan, "slope": np.nan,
+           "slope_lo": np.nan, "slope_hi": np.nan, "extrapolated": np.nan, "lo": np.nan, "hi": np.nan,
+           "target_steps": target}
+    if len(steps) >= 4:
+        law = fit(steps, mean, ci, n, target, n_boot, seed, bounds)
+        if np.isfinite(law["floor"]):
+            return {**out, **law, "model": POWER_LAW}
+    tail = np.argsort(steps, kind="stable")[-TAIL:]
+    steps, mean, ci, n = steps[tail], mean[tail], ci[tail], n[tail]
+    if len(steps) < TAIL or not (np.isfinite(ci) & (ci > 0) & (n >= 2)).all():
+        return out
+    x = np.log2(steps / steps.max())
+    se = ci / stats.t.ppf(0.975, n - 1)
+    w = 1 / se**2
+    draws = mean + se * np.random.default_rng(seed).standard_t(n - 1, size=(n_boot, len(x)))
+
+    def line(y):  # weighted least squares in x, per row of y: (value at x = 0, slope)
+        y = np.atleast_2d(y)
+        xm, ym = (w * x).sum() / w.sum(), (y * w).sum(-1) / w.sum()
+        slope = ((w * (x - xm)) * (y - ym[:, None])).sum(-1) / (w * (x - xm) ** 2).sum()
+        return ym - slope * xm, slope
+
+    level, slope = (float(v[0]) for v in line(mean))
+    slope_lo, slope_hi = np.percentile(line(draws)[1], [2.5, 97.5])
+    out = {**out, "level": level, "slope": slope, "slope_lo": float(slope_lo), "slope_hi": float(slope_hi)}
+    if slope_lo <= 0 <= slope_hi:
+        level = float((w * mean).sum() / w.sum())
+        lo, hi = np.clip(np.percentile((draws * w).sum(-1) / w.sum(), [2.5, 97.5]), low, high)
+        return {**out, "model": PLATEAU, "level": level, "extrapolated": float(np.clip(level, low, high)),
+                "lo": float(lo), "hi": float(hi)}
+    last, half = mean[-1], ci[-1]
+    lo, hi = (low, min(last + half, high)) if slope < 0 else (max(last - half, low), high)
+    value = np.clip(level + slope * np.log2(target / steps.max()), lo, hi)
+    return {**out, "model": TREND, "extrapolated": float(value), "lo": float(lo), "hi": float(hi)}
+
+
+def fitted(f, steps, scale: float):
+    """The model ``f`` (a row of ``fits``) at ``steps``: the power law, the plateau's level or the
+    trend's line (these two over the largest ``TAIL`` budgets only, where they were fitted)."""
+    steps = np.asarray(steps, float)
+    if f["model"] == POWER_LAW:
+        return power_law(steps, f["floor"], f["amplitude"], f["exponent"], scale)
+    if f["model"] == PLATEAU:
+        return np.full(steps.shape, f["level"])
+    if f["model"] == TREND:
+        return f["level"] + f["slope"] * np.log2(steps / scale)
+    return np.full(steps.shape, np.nan)
+
+
+def _round(steps: float) -> str:
+    return f"{float(f'{steps:.2g}'):,.0f}"
+
+
+def describe(f) -> str:
+    """In words, how ``f`` (a row of ``fits``) extrapolates its claim, and to what."""
+    at = f"{f['target_steps']:,.0f} steps"
+    slope = f"{f['slope']:+.2g} [{f['slope_lo']:+.2g}, {f['slope_hi']:+.2g}] per doubling"
+    if f["model"] == POWER_LAW:
+        return (f"a power law with a floor ({f['floor']:.3g}) extrapolates it to {at}: {f['extrapolated']:.3g} "
+                f"[{f['lo']:.3g}, {f['hi']:.3g}]")
+    if f["model"] == PLATEAU:
+        return (f"a plateau over the largest {TAIL} budgets (slope {slope}) extrapolates it to {at}: "
+                f"{f['extrapolated']:.3g} [{f['lo']:.3g}, {f['hi']:.3g}]")
+    if f["model"] == TREND:
+        way = "falling" if f["slope"] < 0 else "rising"
+        return (f"still {way} over the largest {TAIL} budgets ({slope}): in [{f['lo']:.3g}, {f['hi']:.3g}] at {at} "
+                f"if it goes on {way}")
+    return NO_FIT
+
+
+def settle(f, threshold: float) -> tuple[str, float]:
+    """What would settle an inconclusive extrapolation ``f`` (a row of ``fits``), and for a trend
+    the budget: where the largest budget's interval, moved along the trend, would clear the
+    threshold; for a power law or a plateau, the seeds at each budget that would narrow its
+    interval enough (``claims.seeds_to_settle``, from its half-width on the threshold's side)."""
+    if f["model"] == TREND:
+        end = f["mean"] + f["ci"] if f["slope"] < 0 else f["mean"] - f["ci"]
+        steps = f["steps"] * 2 ** max((threshold - end) / f["slope"], 0.0)
+        return f"the trend, if it went on, would settle it at about {_round(steps)} steps", float(steps)
+    if f["model"] in (POWER_LAW, PLATEAU):
+        x = f["extrapolated"]
+        needed = seeds_to_settle(x, f["hi"] - x if x < threshold else x - f["lo"], int(f["n"]), threshold)
+        return (f"about {needed} seeds at each budget would settle it, if the spread stays" if needed else
+                "more seeds at these budgets would not settle it"), np.nan
+    return "", np.nan
+
+
 def measure_bounds(figure: Figure, claim: str) -> tuple[float, float]:
     """The values the measure of ``figure``'s claim ``claim`` (its statement, as measured) can take:
     its ``ClaimSpec.bounds``; unbounded for a claim the figure no longer declares."""
@@ -289,7 +408,7 @@ def measure_bounds(figure: Figure, claim: str) -> tuple[float, float]:
 def interval_verdict(lo: float, hi: float, threshold: float, side: str) -> str:
     """``holds`` when the whole interval ``[lo, hi]`` is on the claim's side, ``doesn't`` when it
     is all on the other side, else ``inconclusive`` (the claims' ``RULE``)."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if np.isnan(lo) or np.isnan(hi):
         return INCONCLUSIVE
     ok = SIDES[side]
     ends = (ok(lo, threshold), ok(hi, threshold))
@@ -305,8 +424,10 @@ def in_figure_order(measured: pd.DataFrame) -> pd.DataFrame:
 
 
 def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """One row per claim: its verdict at the largest budget, its convergence by doubling, the fit,
-    and the extrapolation to the paper's budget with its verdict."""
+    """One row per claim: its verdict at the largest budget, its convergence by doubling, the model
+    the data support (``extrapolate``) and the extrapolation to the paper's budget with its verdict,
+    in words (``extrapolation``), and, where that verdict is inconclusive, what would settle it
+    (``settle``; ``settle_steps`` for a trend)."""
     rows = []
     for claim, t in measured.groupby("claim", sort=False):
         t = t.sort_values("steps")
@@ -315,39 +436,42 @@ def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         # the paper's budget (the figure's paper preset), else ten times the largest measured
         target = float(getattr(figure.presets.get("paper"), "steps", 10 * t.steps.max()))
         ok = t[np.isfinite(t["mean"])]
-        f = fit(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed, measure_bounds(figure, claim)) \
-            if len(ok) >= 4 else \
-            {"floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "extrapolated": np.nan, "lo": np.nan,
-             "hi": np.nan, "target_steps": target}
+        f = extrapolate(ok.steps, ok["mean"], ok.ci, ok.n, target, cfg.n_boot, cfg.seed, measure_bounds(figure, claim))
         moved = abs(last["mean"] - half["mean"].iloc[0]) if len(half) else np.nan
         # the 95 % half-width of the change: the two budgets' runs are independent
         spread = float(np.hypot(last.ci, half.ci.iloc[0])) if len(half) else np.nan
         converged = "?" if not (np.isfinite(moved) and np.isfinite(spread)) else "yes" if moved < spread else "no"
-        rows.append({"claim": claim, "figure": last.figure, "steps": int(last.steps), "n": int(last.n),
-                     "mean": last["mean"], "ci": last.ci, "threshold": last.threshold, "side": last.side,
-                     "verdict": last.verdict, "moved_by_doubling": moved, "converged": converged, **f,
-                     "verdict_extrapolated": interval_verdict(f["lo"], f["hi"], last.threshold, last.side)})
+        row = {"claim": claim, "figure": last.figure, "steps": int(last.steps), "n": int(last.n),
+               "mean": last["mean"], "ci": last.ci, "threshold": last.threshold, "side": last.side,
+               "verdict": last.verdict, "moved_by_doubling": moved, "converged": converged, **f,
+               "verdict_extrapolated": interval_verdict(f["lo"], f["hi"], last.threshold, last.side)}
+        row["extrapolation"] = describe(row)
+        row["settle"], row["settle_steps"] = settle(row, last.threshold) \
+            if row["verdict_extrapolated"] == INCONCLUSIVE else ("", np.nan)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def curves(measured: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """``claims-scaling.csv``: per claim, the measured points, the fitted curve at each budget and
-    the extrapolation, one row each (``kind``: measured, fit, extrapolated)."""
+    """``claims-scaling.csv``: per claim, the measured points, the fitted model at each budget it was
+    fitted on, and the extrapolation, one row each (``kind``: measured, fit, extrapolated; ``model``:
+    the fit's and the extrapolation's, ``extrapolate``)."""
     rows = []
     for _, f in table.iterrows():
         t = measured[measured.claim == f.claim].sort_values("steps")
         scale = t.steps.max()
+        along = set(t.steps) if f.model == POWER_LAW else set(t.steps.iloc[-TAIL:])  # where the model was fitted
         for _, r in t.iterrows():
             rows.append({"claim": f.claim, "figure": f.figure, "kind": "measured", "steps": int(r.steps),
                          "value": r["mean"], "lo": r["mean"] - r.ci, "hi": r["mean"] + r.ci, "n": int(r.n),
-                         "threshold": f.threshold, "side": f.side, "verdict": r.verdict})
-            if np.isfinite(f.floor):
+                         "threshold": f.threshold, "side": f.side, "verdict": r.verdict, "model": ""})
+            if f.model and r.steps in along:
                 rows.append({"claim": f.claim, "figure": f.figure, "kind": "fit", "steps": int(r.steps),
-                             "value": power_law(r.steps, f.floor, f.amplitude, f.exponent, scale), "lo": np.nan,
-                             "hi": np.nan, "n": int(r.n), "threshold": f.threshold, "side": f.side, "verdict": ""})
+                             "value": float(fitted(f, r.steps, scale)), "lo": np.nan, "hi": np.nan, "n": int(r.n),
+                             "threshold": f.threshold, "side": f.side, "verdict": "", "model": f.model})
         rows.append({"claim": f.claim, "figure": f.figure, "kind": "extrapolated", "steps": int(f.target_steps),
                      "value": f.extrapolated, "lo": f.lo, "hi": f.hi, "n": int(f.n), "threshold": f.threshold,
-                     "side": f.side, "verdict": f.verdict_extrapolated})
+                     "side": f.side, "verdict": f.verdict_extrapolated, "model": f.model})
     return pd.DataFrame(rows)
 
 
@@ -418,8 +542,8 @@ class ClaimsScaling(Figure):
         return Result(curves(measured, table), extra={"fits": table, "measured": kept})
 
     def draw(self, result: Result, cfg: Config):
-        """A panel per claim: the measure at each budget, the fitted power law out to the paper's budget with the
-        extrapolation's interval, and the claim's threshold."""
+        """A panel per claim: the measure at each budget, the model fitted to it (``extrapolate``), the
+        extrapolation's interval at the paper's budget, and the claim's threshold."""
         import matplotlib.pyplot as plt
 
         table = result.extra["fits"]
@@ -433,14 +557,36 @@ class ClaimsScaling(Figure):
             t = result.table[result.table.claim == f.claim]
             m = t[t.kind == "measured"]
             ax.errorbar(m.steps, m.value, yerr=m.value - m.lo, fmt="o", color="black", capsize=3, label="measured")
-            if np.isfinite(f.floor):
+            if f.model == POWER_LAW:
                 grid = np.geomspace(m.steps.min(), f.target_steps, 100)
                 shape = (f"floor {f.floor:.3g}, exponent {f.exponent:.2g}" if f.exponent >= 0.01 else
                          "a log-linear trend (exponent → 0)")
-                ax.plot(grid, power_law(grid, f.floor, f.amplitude, f.exponent, m.steps.max()), color="tab:blue",
-                        label=f"fit: {shape}")
-                ax.errorbar([f.target_steps], [f.extrapolated], yerr=[[f.extrapolated - f.lo], [f.hi - f.extrapolated]],
-                            fmt="s", color="tab:blue", capsize=4, label=f"paper budget: {f.verdict_extrapolated}")
+                ax.plot(grid, fitted(f, grid, m.steps.max()), color="tab:blue", label=f"fit: {shape}")
+            elif f.model:
+                line = t[t.kind == "fit"]
+                ax.plot(line.steps, line.value, color="tab:blue", lw=2,
+                        label=f"{f.model} over the largest {TAIL} budgets ({f.slope:+.2g} per doubling)")
+                if f.model == PLATEAU:
+                    ax.plot([line.steps.max(), f.target_steps], [f.level] * 2, color="tab:blue", ls=":")
+            if f.model:
+                # The extrapolation's interval; an end beyond the panel (a trend's, at the end of the measure's
+                # range) is an arrowhead at the panel's edge, labelled with its value.  A trend's has no point.
+                bottom, top = ax.get_ylim()
+                shown = [f.threshold, *([f.lo, f.hi] if f.model != TREND else [])]  # a trend's far end may be far
+                bottom, top = min(bottom, *shown), max(top, *shown)
+                margin = 0.03 * (top - bottom)
+                bottom, top = bottom - margin, top + margin
+                lo, hi = max(f.lo, bottom), min(f.hi, top)
+                ax.vlines(f.target_steps, lo, hi, color="tab:blue", lw=2,
+                          label=f"paper budget: {f.verdict_extrapolated}")
+                for end, edge, marker, inside in ((f.lo, lo, "v", f.lo >= bottom), (f.hi, hi, "^", f.hi <= top)):
+                    ax.plot([f.target_steps], [edge], "_" if inside else marker, color="tab:blue", ms=12 if inside else 7)
+                    if not inside:
+                        ax.annotate(f"{end:.3g}", (f.target_steps, edge), textcoords="offset points", xytext=(-22, -3),
+                                    fontsize=7, color="tab:blue")
+                if f.model != TREND:
+                    ax.plot([f.target_steps], [f.extrapolated], "s", color="tab:blue")
+                ax.set_ylim(bottom, top)
             ax.axhline(f.threshold, color="tab:red", ls="--", lw=1, label=f"threshold ({f.side} {f.threshold:g})")
             ax.set_xscale("log")
             ax.set_xlabel("training steps")
@@ -457,11 +603,12 @@ class ClaimsScaling(Figure):
         lines = ["| claim | at the largest budget | doubling moved it by | converged | extrapolated to the paper's "
                  "budget | verdict there |", "|---|---|---|---|---|---|"]
         for _, f in table.iterrows():
-            there = (f"{f.extrapolated:.3g} [{f.lo:.3g}, {f.hi:.3g}] at {f.target_steps:.0f} steps | "
-                     f"{f.verdict_extrapolated}" if np.isfinite(f.extrapolated) else f"{NO_FIT} | –")
+            settled = f": {f.settle}" if isinstance(f.settle, str) and f.settle else ""
+            there = f"{f.extrapolation} | " + (f"{f.verdict_extrapolated}{settled}"
+                                               if isinstance(f.model, str) and f.model else "–")
             lines.append(f"| {f.claim} | {f['mean']:.3g} ± {f.ci:.2g} ({f.n} seeds, {f.steps} steps): {f.verdict} | "
                          f"{f.moved_by_doubling:.2g} | {f.converged} | {there} |")
-        return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}."
+        return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}.\n\nExtrapolation: {MODELS}."
 
 
 def _wrap(text: str, width: int) -> list[str]:
