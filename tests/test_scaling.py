@@ -99,7 +99,7 @@ def test_each_scaled_claim_declares_the_range_of_its_measure_and_fits_use_it():
     row = next(line for line in text.splitlines() if line.startswith(f"| {claim} |"))
     assert "nan" not in row and "still falling" in row and "| holds |" in row, row
     row = next(line for line in text.splitlines() if line.startswith("| few |"))
-    assert "nan" not in row and "too few budgets with an interval to extrapolate | – |" in row, row
+    assert "nan" not in row and "the budgets support no model to extrapolate | – |" in row, row
     # The same points under a claim the figure does not declare (unbounded): the negative floor.
     t = scaling.fits(pd.DataFrame(rows).assign(claim="another claim"), scaling.Config(n_boot=20))
     assert t.floor[0] < 0
@@ -541,14 +541,26 @@ def test_a_flat_tail_extrapolates_as_its_plateau():
     assert e["model"] == scaling.PLATEAU and e["slope_lo"] < 0 < e["slope_hi"]
     level = weighted_mean(mean[1:], ci[1:])
     assert e["level"] == pytest.approx(level, abs=1e-9) and e["extrapolated"] == pytest.approx(level, abs=1e-9)
-    # its interval: from the mean's standard error (1 / √Σw, each point's se its half-width over t(3)), narrower
-    # than the tightest point's
+    # Its interval: a slope not told from 0 is not known to be 0, so the interval covers the line through
+    # the three budgets carried 4.64 doublings on (log₂ 25) to the paper's budget too.  The line's
+    # normal-theory interval there, from the weighted least-squares covariance (se = half-width / t(3)):
     from scipy import stats
-    se = 1 / np.sqrt((1 / (ci[1:] / stats.t.ppf(0.975, 3)) ** 2).sum())
-    assert e["lo"] < level < e["hi"] and e["hi"] - e["lo"] < 2 * ci[-1]
-    # each point redrawn from its Student-t (3 degrees of freedom): between the normal's half-width and the
-    # t's (the largest, as if every point shared one draw)
-    assert 1.96 * se < (e["hi"] - e["lo"]) / 2 < stats.t.ppf(0.975, 3) * se
+    se = ci[1:] / stats.t.ppf(0.975, 3)
+    x = np.log2(STEPS[1:] / 20_000)
+    design = np.c_[np.ones(3), x]
+    cov = np.linalg.inv(design.T @ np.diag(1 / se**2) @ design)
+    beta = cov @ design.T @ np.diag(1 / se**2) @ mean[1:]
+    at = np.array([1.0, np.log2(25)])
+    centre, sd = at @ beta, np.sqrt(at @ cov @ at)
+    assert e["slope"] == pytest.approx(beta[1], abs=1e-9)
+    assert e["lo"] <= min(level, centre - 1.96 * sd) and e["hi"] >= max(level, centre + 1.96 * sd)
+    assert e["hi"] - e["lo"] < 2 * 4 * sd  # Student-t redraws widen it, not beyond reason
+    assert e["hi"] < 0.9  # the claim's threshold: the mass does not reach it, even so
+    # Budgets with no trend that still disagree with a constant (a zig-zag, χ² ≈ 75 on 2 degrees of
+    # freedom) support no model: nothing is carried forward.
+    zigzag = scaling.extrapolate(STEPS, np.array([2.5, 1.25, 1.65, 1.25]), np.full(4, 0.12), n, 500_000,
+                                 bounds=(0.0, np.inf))
+    assert zigzag["slope_lo"] < 0 < zigzag["slope_hi"] and zigzag["model"] == "" and np.isnan(zigzag["lo"])
 
 
 def test_a_tail_still_moving_extrapolates_between_its_last_interval_and_the_range():
@@ -560,7 +572,8 @@ def test_a_tail_still_moving_extrapolates_between_its_last_interval_and_the_rang
     e = scaling.extrapolate(STEPS, steep, ci, n, 500_000, n_boot=200, bounds=(0.0, np.inf))
     assert e["model"] == scaling.TREND and np.isnan(e["floor"])
     assert e["slope"] == pytest.approx(-0.325) and e["slope_hi"] < 0
-    assert (e["lo"], e["hi"]) == (0.0, pytest.approx(1.05)) and e["lo"] <= e["extrapolated"] <= e["hi"]
+    assert (e["lo"], e["hi"]) == (0.0, pytest.approx(1.05)) and np.isnan(e["extrapolated"])  # a range, no value
+    assert (e["last"], e["last_mean"], e["last_ci"]) == (20_000, 0.9, 0.15)
     # The attention cosine as measured: it peaks at 5,000 steps, then falls; its bound is the range's 0.
     cosine, cci = np.array([0.570, 0.792, 0.729, 0.700]), np.array([0.165, 0.0360, 0.0353, 0.0225])
     e = scaling.extrapolate(STEPS, cosine, cci, n, 500_000, n_boot=200, bounds=(0.0, 1.0))
@@ -607,23 +620,34 @@ def test_an_undecided_extrapolation_says_what_would_settle_it():
     f = t.iloc[0]
     assert f.model == scaling.TREND and f.verdict_extrapolated == "inconclusive"
     assert f.settle_steps == pytest.approx(20_000 * 2 ** (0.05 / 0.325), rel=1e-6)
-    assert f.settle == "the trend, if it went on, would settle it at about 22,000 steps", f.settle
+    # over the slope's interval, between 20,000 · 2^(0.05 / −slope_lo) and 20,000 · 2^(0.05 / −slope_hi)
+    fast, slow = (f"{float(f'{20_000 * 2 ** (0.05 / -s):.2g}'):,.0f}" for s in (f.slope_lo, f.slope_hi))
+    assert f.settle == (f"the trend, if it went on, would settle it at about 22,000 steps ({fast} to {slow} over "
+                        "its slope's interval)"), f.settle
     # The same points below a threshold of 1.25: wherever the trend goes, the extrapolation holds.
     f = scaling.fits(scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.25, "<="), scaling.Config(n_boot=50)).iloc[0]
     assert (f.verdict_extrapolated, f.settle) == ("holds", "") and np.isnan(f.settle_steps)
-    # A plateau straddling its threshold: the seeds that would settle it, from its interval's half-width
-    # on the threshold's side (claims.seeds_to_settle, the claims table's rule).
-    from icmix.experiments.claims import seeds_to_settle
-    f = scaling.fits(scaled_rows(MASS, (0.3, 0.66, 0.7, 0.68), 0.05, 0.7, ">="), scaling.Config(n_boot=200)).iloc[0]
-    assert f.model == scaling.PLATEAU and f.verdict_extrapolated == "inconclusive"
-    needed = seeds_to_settle(f.extrapolated, f.hi - f.extrapolated if f.extrapolated < 0.7 else f.extrapolated - f.lo,
-                             4, 0.7)
-    assert f.settle == f"about {needed} seeds at each budget would settle it, if the spread stays", f.settle
+    # A power law straddling its threshold: the 5-layer model's ratio as measured (mtd-fig5, long tier), fitted
+    # at the figure's default 400 refits.  Its interval at 500,000 steps, [0.882, 1.12] about 1.064, runs
+    # 0.183 to the threshold's side: a spread across 4 seeds of 0.183 · √4 / t(3) = 0.115.  With m seeds
+    # the half-width t(m−1) · 0.115 / √m first drops below the distance 0.064 at m = 15 (t(14) = 2.145:
+    # 0.0637), not at 14 (t(13) = 2.160: 0.0664).
+    from icmix import zoo
+    shipped = pd.read_csv(zoo.ZOO_ROOT / "long" / scaling.MEASURED)
+    f = scaling.fits(shipped[shipped.figure == "mtd-fig5"], scaling.Config()).iloc[0]
+    assert f.model == scaling.POWER_LAW and (f.lo, f.extrapolated) == (pytest.approx(0.882, abs=2e-3),
+                                                                        pytest.approx(1.064, abs=2e-3))
+    assert f.settle == "about 15 seeds at each budget would settle it, if the spread stays", f.settle
+    # A trend whose fitted slope would never get there says so, rather than a budget.
+    row = {"model": scaling.TREND, "slope": 0.0, "slope_lo": -0.2, "slope_hi": -0.1, "last": 20_000.0,
+           "last_mean": 1.0, "last_ci": 0.1, "target_steps": 500_000.0}
+    text, steps = scaling.settle(row, 1.0)
+    assert steps == np.inf and "28,000 to 40,000" in text and "at about" not in text, text
 
 
 def test_the_report_curves_and_claims_note_name_the_model_behind_each_extrapolation():
     from icmix.experiments.claims import Claim, _with_scaling
-    measured = pd.concat([scaled_rows(MASS, (0.3, 0.66, 0.7, 0.68), 0.05, 0.9, ">="),
+    measured = pd.concat([scaled_rows(MASS, (0.3, 0.68, 0.7, 0.68), 0.03, 0.9, ">="),
                           scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.0, "<=")], ignore_index=True)
     t = scaling.fits(measured, scaling.Config(n_boot=50))
     assert list(t.model) == [scaling.PLATEAU, scaling.TREND]
@@ -646,3 +670,34 @@ def test_the_report_curves_and_claims_note_name_the_model_behind_each_extrapolat
     # and the figure draws every model without error
     import matplotlib.pyplot as plt
     plt.close(scaling.FIGURE.draw(Result(c, extra={"fits": t}), scaling.Config()))
+
+
+def test_fits_survive_a_missing_largest_budget_a_csv_round_trip_and_an_unbounded_measure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from icmix.experiments.claims import NO_FIT, Claim, _with_scaling
+    # A fifth budget with no mean (a claim with no data there): the model rests on the budgets measured, its
+    # trend's line is drawn where they are, and what would settle it is read from the largest of them.
+    falling = pd.concat([scaled_rows(GPT_MTDG, (2.0, 1.55, 1.2, 0.9), 0.15, 1.0, "<="),
+                         scaled_rows(GPT_MTDG, (np.nan,), 0.15, 1.0, "<=").assign(fraction=2.0, steps=40_000)])
+    cosine = scaled_rows("a claim no figure declares", (0.570, 0.792, 0.729, 0.700), 0.03, 0.9, ">=")  # unbounded
+    few = scaled_rows("two budgets", (1.2, 0.9), 0.15, 1.0, "<=")
+    t = scaling.fits(pd.concat([falling, cosine, few], ignore_index=True), scaling.Config(n_boot=50))
+    assert list(t.model) == [scaling.TREND, scaling.TREND, ""]
+    assert t.settle_steps[0] == pytest.approx(20_000 * 2 ** (0.05 / -t.slope[0]), rel=1e-9)
+    assert (t.lo[1], t.verdict_extrapolated[1]) == (-np.inf, "doesn't")  # the range's open end: −∞
+    c = scaling.curves(pd.concat([falling, cosine, few], ignore_index=True), t)
+    assert list(c[(c.kind == "fit") & (c.claim == GPT_MTDG)].steps) == [5000, 10_000, 20_000]
+    plt.close(scaling.FIGURE.draw(Result(c, extra={"fits": t}), scaling.Config()))
+    # Written and read back (empty text becomes NaN), the claims note and the report still say it in words.
+    t.to_csv(tmp_path / "fits.csv", index=False)
+    back = pd.read_csv(tmp_path / "fits.csv")
+    notes = []
+    for row in back.to_dict("records"):
+        note = Claim(paper="p", claim=row["claim"], test="t", figures=("mtdg",))
+        _with_scaling(note, row)
+        notes.append(note.note)
+    assert "still falling" in notes[0] and "22,000 steps" in notes[0] and "-inf" in notes[1], notes
+    assert notes[2].endswith(NO_FIT) and "nan" not in notes[2], notes
+    text = scaling.FIGURE.report(Result(c, extra={"fits": back}), scaling.Config())
+    assert "| two budgets |" in text and "nan" not in text.replace("-inf", ""), text

@@ -551,7 +551,7 @@ def _status(entry: dict) -> str:
 
 def _markdown(out: Path, manifest: dict, claims, runs) -> str:
     from icmix.experiments.claims import RULE
-    from icmix.experiments.scaling import CONVERGENCE
+    from icmix.experiments.scaling import CONVERGENCE, MODELS
     from icmix.train.convergence import DEFINITION
 
     parts = ["# icmix: both papers reproduced", "", *(f"- {line}" for line in _header(manifest)), "",
@@ -559,8 +559,9 @@ def _markdown(out: Path, manifest: dict, claims, runs) -> str:
              f"*verdict*: {RULE}.", "",
              f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
              f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged* (unless its "
-             "scaling fit extrapolates to a failure at the paper's budget). *basis*: the "
-             "tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.", ""]
+             "scaling data extrapolate to a failure at the paper's budget). *basis*: the "
+             "tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.", "",
+             f"*extrapolation* (in the notes): {MODELS}.", ""]
     checks = _verification_lines(out)
     if checks:
         parts += ["## Model zoo verification", "", *(f"- {line}" for line in checks), ""]
@@ -598,7 +599,7 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
     import markdown
 
     from icmix.experiments.claims import RULE
-    from icmix.experiments.scaling import CONVERGENCE
+    from icmix.experiments.scaling import CONVERGENCE, MODELS
     from icmix.train.convergence import DEFINITION
 
     def md(text: str) -> str:  # raw HTML in the text (a stale entry's reason, say) is shown, never run
@@ -625,8 +626,9 @@ def _html(out: Path, manifest: dict, claims, runs) -> str:
             md(f"*verdict*: {RULE}."),
             md(f"*converged*: {DEFINITION}; for a claim the claims-scaling figure measured at every budget, "
                f"{CONVERGENCE}. A claim that fails on runs that had not converged reads *not converged* (unless "
-               "its scaling fit extrapolates to a failure at the paper's budget). *basis*: "
-               "the tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on.")]
+               "its scaling data extrapolate to a failure at the paper's budget). *basis*: "
+               "the tier of training runs (cpu: the cpu preset's; long: the long tier's) and the seeds a claim rests on."),
+            md(f"*extrapolation* (in the notes): {MODELS}.")]
     checks = _verification_lines(out)
     if checks:
         body.append("<h2 id='zoo-verify'>Model zoo verification</h2>" + md("\n".join(f"- {line}" for line in checks)))

@@ -42,7 +42,7 @@ from icmix.predictors import Key
 
 HOLDS, FAILS, NOT_RUN, NO_DATA = "holds", "doesn't", "not run", "no data"
 INCONCLUSIVE = "inconclusive"  # the interval straddles the threshold
-NO_FIT = "too few budgets with an interval to extrapolate"  # a scaled claim no model fits (scaling.extrapolate)
+NO_FIT = "the budgets support no model to extrapolate"  # a scaled claim no model fits (scaling.extrapolate)
 NOT_CONVERGED = "not converged"  # fails, but on training runs that were still improving
 RULE = ("a claim measured over seeds holds when the whole 95 % Student-t interval of its measure lies on the "
         "claim's side of its threshold, doesn't when the whole interval lies on the other side, and is "
@@ -299,10 +299,14 @@ def _with_scaling(c: Claim, f: dict) -> None:
     if text("model") and text("extrapolation"):
         extrapolated = "; ".join(p for p in (f"{f['extrapolation']}, {f['verdict_extrapolated']} there",
                                              text("settle")) if p)
+    elif "model" not in f and np.isfinite(f.get("extrapolated", np.nan)):  # fits written before models had names
+        extrapolated = (f"extrapolated to {f['target_steps']:.0f} steps: {f['extrapolated']:.3g} "
+                        f"[{f['lo']:.3g}, {f['hi']:.3g}], {f['verdict_extrapolated']} there")
     unlisted = "scaling measured by a zoo the package's manifest does not list" \
         if f.get("measurements") == "unlisted zoo" else ""
-    c.note = "; ".join(p for p in (c.note, f"doubling the steps moved it by {f['moved_by_doubling']:.2g}; "
-                                            + extrapolated, unlisted) if p)
+    moved = f"doubling the steps moved it by {f['moved_by_doubling']:.2g}" \
+        if np.isfinite(f.get("moved_by_doubling", np.nan)) else ""  # no half budget measured
+    c.note = "; ".join(p for p in (c.note, moved, extrapolated, unlisted) if p)
 
 
 def claim_runs(spec: ClaimSpec, figure, cfg) -> list[str]:

@@ -15,6 +15,9 @@ seeds.  Then, per claim, the figure fits
 by least squares weighted by each budget's interval (``fit``), extrapolates it to the paper's
 budget (the figure's ``paper`` preset), with a 95 % interval from refitting on means redrawn
 within their intervals (a parametric bootstrap), and says what the claim's verdict would be there.
+Where no power law fits, the largest three budgets decide (``extrapolate``, ``MODELS``): a plateau,
+extrapolated as a constant, or a trend, which gives the range the measure lies in if it goes on.
+An undecided extrapolation says what would settle it (``settle``): a budget, or seeds.
 
 The same data judge a claim's convergence (``CONVERGENCE``): ``yes`` when doubling the budget (half
 the steps to all of them) moved the measure by less than the 95 % interval of that change (the two
@@ -279,12 +282,14 @@ def fit(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0,
 
 POWER_LAW, PLATEAU, TREND = "power law", "plateau", "trend"  # the models ``extrapolate`` chooses from
 TAIL = 3  # the largest budgets that judge a plateau or a trend where no power law fits
+TAIL_DRAWS = 20_000  # bootstrap draws of the tail's line (cheap: a closed form, vectorised)
 MODELS = (f"each claim's measure is extrapolated to the paper's budget by what its budgets support: a power law with a "
           f"floor where one fits; else, over the largest {TAIL} budgets, a weighted straight line in log steps: "
-          "where the 95 % interval of its slope covers 0, a plateau (their inverse-variance mean, extrapolated "
-          "as a constant with its interval), and otherwise a trend, which, if it went on, puts the measure "
-          "between the largest budget's interval (on the side the trend leaves) and the end of the measure's "
-          "range (on the side it heads to)")
+          "where the 95 % interval of its slope covers 0 and the budgets agree with a constant, a plateau (their "
+          "inverse-variance mean, with an interval wide enough for the line too, carried to the paper's budget), "
+          "and where the slope's interval excludes 0, a trend, which gives no value, only a range if it goes on: "
+          "from the largest budget's interval (on the side the trend leaves) to the end of the measure's range "
+          "(on the side it heads to)")
 
 
 def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int = 0,
@@ -293,25 +298,33 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
     steps by what the data support (``MODELS``), and say which: ``model`` is
 
     - ``POWER_LAW``: ``fit``'s power law with a floor, where it fits (4 budgets or more);
-    - ``PLATEAU``: the largest ``TAIL`` budgets show no trend (the 95 % bootstrap interval of their
-      weighted least-squares slope in log₂ steps, ``slope_lo``…``slope_hi``, covers 0): the
-      extrapolation is their inverse-variance mean ``level``, its interval that mean's under the
-      same bootstrap (means redrawn from their Student-t intervals);
-    - ``TREND``: the slope's interval excludes 0, so the measure is still moving: the
-      extrapolation's interval runs from the largest budget's interval, on the side the trend
-      leaves, to the end of ``bounds`` it heads to (infinite for an unbounded measure); its value,
-      the line at ``target`` kept within that interval, is the trend's, not a forecast;
-    - ``""``: fewer than ``TAIL`` budgets with an interval (two seeds or more): nothing.
+    - else the largest ``TAIL`` budgets judge, by their weighted least-squares line in log₂ steps
+      (weights 1/se², se = half-width / t), its ``slope`` per doubling with the 95 % interval
+      ``slope_lo``…``slope_hi`` of ``TAIL_DRAWS`` refits on means redrawn from their Student-t
+      intervals:
+    - ``PLATEAU``: the slope's interval covers 0 and the budgets agree with a constant (their χ²
+      about their inverse-variance mean within its 95 % point): the extrapolation is that mean, and
+      its interval spans both the mean's (under the same redraws) and the line's at ``target``: a
+      slope not told from 0 is not known to be 0;
+    - ``TREND``: the slope's interval excludes 0, so the measure is still moving: no value
+      (``extrapolated`` NaN), only the range it lies in if it goes on, from the largest budget's
+      interval on the side the trend leaves to the end of ``bounds`` it heads to (infinite for an
+      unbounded measure);
+    - ``""``: nothing the budgets support: fewer than ``TAIL`` budgets with a mean and an interval
+      (two seeds or more) among the largest, or a tail that is neither a trend nor a constant.
 
-    ``level`` and ``slope`` (per doubling) are the line's at the largest budget.  The interval is
-    clipped to ``bounds``."""
+    ``level`` and ``slope`` are the line's at the largest budget (a plateau's ``level``: its mean);
+    ``last`` is that budget's steps, ``last_mean`` and ``last_ci`` its measure.  Intervals are clipped
+    to ``bounds``."""
     from scipy import stats
 
     low, high = (float(b) for b in bounds)
     steps, mean, ci, n = (np.asarray(a, float) for a in (steps, mean, ci, n))
     out = {"model": "", "floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "level": np.nan, "slope": np.nan,
            "slope_lo": np.nan, "slope_hi": np.nan, "extrapolated": np.nan, "lo": np.nan, "hi": np.nan,
-           "target_steps": target}
+           "target_steps": target, "last": np.nan, "last_mean": np.nan, "last_ci": np.nan}
+    measured = np.isfinite(mean)
+    steps, mean, ci, n = steps[measured], mean[measured], ci[measured], n[measured]
     if len(steps) >= 4:
         law = fit(steps, mean, ci, n, target, n_boot, seed, bounds)
         if np.isfinite(law["floor"]):
@@ -323,7 +336,7 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
     x = np.log2(steps / steps.max())
     se = ci / stats.t.ppf(0.975, n - 1)
     w = 1 / se**2
-    draws = mean + se * np.random.default_rng(seed).standard_t(n - 1, size=(n_boot, len(x)))
+    draws = mean + se * np.random.default_rng(seed).standard_t(n - 1, size=(max(n_boot, TAIL_DRAWS), len(x)))
 
     def line(y):  # weighted least squares in x, per row of y: (value at x = 0, slope)
         y = np.atleast_2d(y)
@@ -332,17 +345,21 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
         return ym - slope * xm, slope
 
     level, slope = (float(v[0]) for v in line(mean))
-    slope_lo, slope_hi = np.percentile(line(draws)[1], [2.5, 97.5])
-    out = {**out, "level": level, "slope": slope, "slope_lo": float(slope_lo), "slope_hi": float(slope_hi)}
+    levels, slopes = line(draws)
+    slope_lo, slope_hi = (float(v) for v in np.percentile(slopes, [2.5, 97.5]))
+    out = {**out, "level": level, "slope": slope, "slope_lo": slope_lo, "slope_hi": slope_hi,
+           "last": float(steps[-1]), "last_mean": float(mean[-1]), "last_ci": float(ci[-1])}
     if slope_lo <= 0 <= slope_hi:
-        level = float((w * mean).sum() / w.sum())
-        lo, hi = np.clip(np.percentile((draws * w).sum(-1) / w.sum(), [2.5, 97.5]), low, high)
-        return {**out, "model": PLATEAU, "level": level, "extrapolated": float(np.clip(level, low, high)),
-                "lo": float(lo), "hi": float(hi)}
+        constant = float((w * mean).sum() / w.sum())
+        if (w * (mean - constant) ** 2).sum() > stats.chi2.ppf(0.95, len(x) - 1):
+            return {**out, "model": ""}  # no trend, yet no constant either: nothing to carry forward
+        ahead = levels + slopes * np.log2(target / steps.max())  # the line, carried to the target
+        lo, hi = np.percentile(np.c_[(draws * w).sum(-1) / w.sum(), ahead], [2.5, 97.5], axis=0)
+        return {**out, "model": PLATEAU, "level": constant, "extrapolated": float(np.clip(constant, low, high)),
+                "lo": float(np.clip(lo.min(), low, high)), "hi": float(np.clip(hi.max(), low, high))}
     last, half = mean[-1], ci[-1]
-    lo, hi = (low, min(last + half, high)) if slope < 0 else (max(last - half, low), high)
-    value = np.clip(level + slope * np.log2(target / steps.max()), lo, hi)
-    return {**out, "model": TREND, "extrapolated": float(value), "lo": float(lo), "hi": float(hi)}
+    lo, hi = (low, min(last + half, high)) if slope_hi < 0 else (max(last - half, low), high)
+    return {**out, "model": TREND, "lo": float(lo), "hi": float(hi)}
 
 
 def fitted(f, steps, scale: float):
@@ -373,7 +390,7 @@ def describe(f) -> str:
         return (f"a plateau over the largest {TAIL} budgets (slope {slope}) extrapolates it to {at}: "
                 f"{f['extrapolated']:.3g} [{f['lo']:.3g}, {f['hi']:.3g}]")
     if f["model"] == TREND:
-        way = "falling" if f["slope"] < 0 else "rising"
+        way = "falling" if f["slope_hi"] < 0 else "rising"
         return (f"still {way} over the largest {TAIL} budgets ({slope}): in [{f['lo']:.3g}, {f['hi']:.3g}] at {at} "
                 f"if it goes on {way}")
     return NO_FIT
@@ -382,12 +399,20 @@ def describe(f) -> str:
 def settle(f, threshold: float) -> tuple[str, float]:
     """What would settle an inconclusive extrapolation ``f`` (a row of ``fits``), and for a trend
     the budget: where the largest budget's interval, moved along the trend, would clear the
-    threshold; for a power law or a plateau, the seeds at each budget that would narrow its
-    interval enough (``claims.seeds_to_settle``, from its half-width on the threshold's side)."""
+    threshold (at the fitted slope, and the range over the slope's interval); for a power law or a
+    plateau, the seeds at each budget that would narrow its interval enough
+    (``claims.seeds_to_settle``, from its half-width on the threshold's side)."""
     if f["model"] == TREND:
-        end = f["mean"] + f["ci"] if f["slope"] < 0 else f["mean"] - f["ci"]
-        steps = f["steps"] * 2 ** max((threshold - end) / f["slope"], 0.0)
-        return f"the trend, if it went on, would settle it at about {_round(steps)} steps", float(steps)
+        falling = f["slope_hi"] < 0
+        end = f["last_mean"] + f["last_ci"] if falling else f["last_mean"] - f["last_ci"]
+        gap = threshold - end  # the way the trailing end has to move, at ``s`` per doubling
+        at = [f["last"] * 2 ** (gap / s) if gap * s > 0 else f["last"] if gap == 0 else np.inf
+              for s in (f["slope"], f["slope_lo"], f["slope_hi"])]
+        lo, hi = sorted(at[1:])
+        beyond = " (beyond the paper's budget)" if at[0] > f["target_steps"] else ""
+        when = f"at about {_round(at[0])} steps{beyond}" if np.isfinite(at[0]) else "never at its fitted slope"
+        return (f"the trend, if it went on, would settle it {when} "
+                f"({_round(lo)} to {_round(hi)} over its slope's interval)"), float(at[0])
     if f["model"] in (POWER_LAW, PLATEAU):
         x = f["extrapolated"]
         needed = seeds_to_settle(x, f["hi"] - x if x < threshold else x - f["lo"], int(f["n"]), threshold)
@@ -459,8 +484,9 @@ def curves(measured: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, f in table.iterrows():
         t = measured[measured.claim == f.claim].sort_values("steps")
-        scale = t.steps.max()
-        along = set(t.steps) if f.model == POWER_LAW else set(t.steps.iloc[-TAIL:])  # where the model was fitted
+        ok = t[np.isfinite(t["mean"])]  # the budgets the model was fitted on
+        scale = ok.steps.max()
+        along = set(ok.steps) if f.model == POWER_LAW else set(ok.steps.iloc[-TAIL:])
         for _, r in t.iterrows():
             rows.append({"claim": f.claim, "figure": f.figure, "kind": "measured", "steps": int(r.steps),
                          "value": r["mean"], "lo": r["mean"] - r.ci, "hi": r["mean"] + r.ci, "n": int(r.n),
@@ -606,8 +632,10 @@ class ClaimsScaling(Figure):
             settled = f": {f.settle}" if isinstance(f.settle, str) and f.settle else ""
             there = f"{f.extrapolation} | " + (f"{f.verdict_extrapolated}{settled}"
                                                if isinstance(f.model, str) and f.model else "–")
-            lines.append(f"| {f.claim} | {f['mean']:.3g} ± {f.ci:.2g} ({f.n} seeds, {f.steps} steps): {f.verdict} | "
-                         f"{f.moved_by_doubling:.2g} | {f.converged} | {there} |")
+            value = f"{f['mean']:.3g} ± {f.ci:.2g}" if np.isfinite(f["mean"]) else "no data"
+            moved = f"{f.moved_by_doubling:.2g}" if np.isfinite(f.moved_by_doubling) else "–"
+            lines.append(f"| {f.claim} | {value} ({f.n} seeds, {f.steps} steps): {f.verdict} | {moved} | "
+                         f"{f.converged} | {there} |")
         return "\n".join(lines) + f"\n\nConvergence: {CONVERGENCE}.\n\nExtrapolation: {MODELS}."
 
 
