@@ -561,6 +561,21 @@ def test_a_flat_tail_extrapolates_as_its_plateau():
     zigzag = scaling.extrapolate(STEPS, np.array([2.5, 1.25, 1.65, 1.25]), np.full(4, 0.12), n, 500_000,
                                  bounds=(0.0, np.inf))
     assert zigzag["slope_lo"] < 0 < zigzag["slope_hi"] and zigzag["model"] == "" and np.isnan(zigzag["lo"])
+    # Nor does a zig-zag with a slope: no straight line fits it either (its χ² about the line is 142 on 1 degree
+    # of freedom), so there is no trend to carry forward.
+    sloped = scaling.extrapolate(STEPS, np.array([2.5, 1.25, 1.65, 0.95]), np.full(4, 0.12), n, 500_000,
+                                 bounds=(0.0, np.inf))
+    assert sloped["slope_hi"] < 0 and sloped["model"] == "" and np.isnan(sloped["lo"])
+    # The fit checks are calibrated to the redraws' Student-t noise.  The 5-layer model's three largest
+    # budgets as measured: no trend (the slope's interval covers 0); their χ² about the constant is 9.25,
+    # beyond the χ² table's 95 % point on 2 degrees of freedom (5.99), which would take the se's as exact
+    # and reject a constant about 14 % of the time at 4 seeds, but well within that point under t(3) noise.
+    five, fci = np.array([1.217, 1.103, 1.066]), np.array([0.147, 0.0788, 0.0622])
+    e = scaling.extrapolate(STEPS[1:], five, fci, n[1:], 500_000, bounds=(0.0, np.inf))
+    w = (stats.t.ppf(0.975, 3) / fci) ** 2
+    chi2 = (w * (five - weighted_mean(five, fci)) ** 2).sum()
+    assert chi2 == pytest.approx(9.25, abs=0.05) and chi2 > stats.chi2.ppf(0.95, 2)
+    assert e["slope_lo"] < 0 < e["slope_hi"] and e["model"] == scaling.PLATEAU
 
 
 def test_a_tail_still_moving_extrapolates_between_its_last_interval_and_the_range():
@@ -579,9 +594,14 @@ def test_a_tail_still_moving_extrapolates_between_its_last_interval_and_the_rang
     e = scaling.extrapolate(STEPS, cosine, cci, n, 500_000, n_boot=200, bounds=(0.0, 1.0))
     assert e["model"] == scaling.TREND and e["slope_hi"] < 0 and (e["lo"], e["hi"]) == (0.0, pytest.approx(0.7225))
     # Rising towards the top of its range: from the bottom of the last interval up to 1.
-    rising = scaling.extrapolate(STEPS, np.array([0.3, 0.6, 0.8, 0.95]), np.full(4, 0.02), n, 500_000, n_boot=50,
+    rising = scaling.extrapolate(STEPS, np.array([0.3, 0.6, 0.8, 0.95]), np.full(4, 0.04), n, 500_000, n_boot=50,
                                  bounds=(0.0, 1.0))
-    assert rising["model"] == scaling.TREND and (rising["lo"], rising["hi"]) == (pytest.approx(0.93), 1.0)
+    assert rising["model"] == scaling.TREND and (rising["lo"], rising["hi"]) == (pytest.approx(0.91), 1.0)
+    # The same points measured four times as tightly bend too much for a straight line (χ² 10.5 about it,
+    # beyond its 95 % point of about 10 under t(3) noise): no trend is carried forward.
+    tight = scaling.extrapolate(STEPS, np.array([0.3, 0.6, 0.8, 0.95]), np.full(4, 0.02), n, 500_000,
+                                bounds=(0.0, 1.0))
+    assert tight["model"] == ""
     # Unbounded, a trend has no end on its side: an infinite end, and the verdict still follows the interval.
     free = scaling.extrapolate(STEPS, cosine, cci, n, 500_000, n_boot=50)
     assert free["model"] == scaling.TREND and free["lo"] == -np.inf and free["hi"] == pytest.approx(0.7225)
@@ -638,11 +658,25 @@ def test_an_undecided_extrapolation_says_what_would_settle_it():
     assert f.model == scaling.POWER_LAW and (f.lo, f.extrapolated) == (pytest.approx(0.882, abs=2e-3),
                                                                         pytest.approx(1.064, abs=2e-3))
     assert f.settle == "about 15 seeds at each budget would settle it, if the spread stays", f.settle
-    # A trend whose fitted slope would never get there says so, rather than a budget.
+    # A trend whose fitted slope would never get there says so, rather than a budget; a budget past 100 times
+    # the paper's is not printed digit by digit.
     row = {"model": scaling.TREND, "slope": 0.0, "slope_lo": -0.2, "slope_hi": -0.1, "last": 20_000.0,
            "last_mean": 1.0, "last_ci": 0.1, "target_steps": 500_000.0}
     text, steps = scaling.settle(row, 1.0)
     assert steps == np.inf and "28,000 to 40,000" in text and "at about" not in text, text
+    text, _ = scaling.settle({**row, "slope": -0.15, "slope_hi": -1e-9}, 1.0)
+    assert "(28,000 to over 50,000,000 over" in text, text
+    # Rising (a cosine, equal weights: slope (0.95 − 0.6) / 2 = 0.175 per doubling), [0.91, 1] straddles 0.97:
+    # the bottom of the interval passes it after 0.06 / 0.175 doublings, at 20,000 · 2^0.343 ≈ 25,000 steps.
+    rising = scaled_rows(MASS, (0.3, 0.6, 0.8, 0.95), 0.04, 0.97, ">=")
+    f = scaling.fits(rising, scaling.Config()).iloc[0]
+    assert (f.model, f.lo, f.hi, f.verdict_extrapolated) == (scaling.TREND, pytest.approx(0.91), 1.0, "inconclusive")
+    assert f.settle_steps == pytest.approx(20_000 * 2 ** (0.06 / 0.175)) and "at about 25,000 steps (" in f.settle
+    # A plateau straddling its threshold says how many seeds at each budget would settle it.
+    f = scaling.fits(scaled_rows(MASS, (0.3, 0.66, 0.7, 0.68), 0.05, 0.7, ">="), scaling.Config()).iloc[0]
+    assert (f.model, f.verdict_extrapolated) == (scaling.PLATEAU, "inconclusive")
+    assert f.settle.startswith("about ") and f.settle.endswith(" seeds at each budget would settle it, if the spread "
+                                                               "stays") and int(f.settle.split()[1]) > 4, f.settle
 
 
 def test_the_report_curves_and_claims_note_name_the_model_behind_each_extrapolation():
@@ -701,3 +735,25 @@ def test_fits_survive_a_missing_largest_budget_a_csv_round_trip_and_an_unbounded
     assert notes[2].endswith(NO_FIT) and "nan" not in notes[2], notes
     text = scaling.FIGURE.report(Result(c, extra={"fits": back}), scaling.Config())
     assert "| two budgets |" in text and "nan" not in text.replace("-inf", ""), text
+
+
+def test_a_budget_without_data_beyond_a_power_law_changes_neither_its_curve_nor_its_seeds():
+    # A fifth budget whose claim had no data (mean NaN, 0 seeds): the power law is fitted on, drawn through and
+    # scaled by the four measured, and what would settle it counts the seeds of the largest measured budget.
+    steps = np.array([2500, 5000, 10_000, 20_000])
+    truth = 1.0 + 0.5 * (steps / 20_000) ** -0.7
+    rows = pd.DataFrame([{"claim": GPT_MTDG, "figure": "mtdg", "fraction": q, "steps": s, "mean": m, "ci": 0.08,
+                          "n": 4, "threshold": 1.0, "side": "<=", "verdict": "doesn't", "runs": "x"}
+                         for q, s, m in zip((0.125, 0.25, 0.5, 1.0), steps, truth)])
+    rows = pd.concat([rows, rows.iloc[[-1]].assign(fraction=2.0, steps=40_000, mean=np.nan, ci=np.nan, n=0)])
+    f = scaling.fits(rows, scaling.Config(n_boot=100)).iloc[0]
+    assert f.model == scaling.POWER_LAW and f.floor == pytest.approx(1.0, abs=1e-3)
+    assert f.verdict_extrapolated == "inconclusive" and "seeds at each budget would settle it" in f.settle, f.settle
+    c = scaling.curves(rows, pd.DataFrame([f]))
+    fit = c[c.kind == "fit"]
+    assert list(fit.steps) == list(steps) and np.allclose(fit.value, truth, atol=2e-3)
+    import matplotlib.pyplot as plt
+    figure = scaling.FIGURE.draw(Result(c, extra={"fits": pd.DataFrame([f])}), scaling.Config())
+    curve = next(line for line in figure.axes[0].lines if line.get_label().startswith("fit:"))
+    assert np.interp(20_000, *curve.get_data()) == pytest.approx(1.5, abs=5e-3)  # the curve, where it was measured
+    plt.close(figure)

@@ -287,7 +287,8 @@ MODELS = (f"each claim's measure is extrapolated to the paper's budget by what i
           f"floor where one fits; else, over the largest {TAIL} budgets, a weighted straight line in log steps: "
           "where the 95 % interval of its slope covers 0 and the budgets agree with a constant, a plateau (their "
           "inverse-variance mean, with an interval wide enough for the line too, carried to the paper's budget), "
-          "and where the slope's interval excludes 0, a trend, which gives no value, only a range if it goes on: "
+          "and where the slope's interval excludes 0 and the budgets agree with the line, a trend, which gives no "
+          "value, only a range if it goes on: "
           "from the largest budget's interval (on the side the trend leaves) to the end of the measure's range "
           "(on the side it heads to)")
 
@@ -303,15 +304,17 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
       ``slope_lo``…``slope_hi`` of ``TAIL_DRAWS`` refits on means redrawn from their Student-t
       intervals:
     - ``PLATEAU``: the slope's interval covers 0 and the budgets agree with a constant (their χ²
-      about their inverse-variance mean within its 95 % point): the extrapolation is that mean, and
+      about their inverse-variance mean within its 95 % point under the redraws' Student-t noise):
+      the extrapolation is that mean, and
       its interval spans both the mean's (under the same redraws) and the line's at ``target``: a
       slope not told from 0 is not known to be 0;
-    - ``TREND``: the slope's interval excludes 0, so the measure is still moving: no value
+    - ``TREND``: the slope's interval excludes 0 and the budgets agree with the line (their χ²
+      about it, likewise), so the measure is still moving: no value
       (``extrapolated`` NaN), only the range it lies in if it goes on, from the largest budget's
       interval on the side the trend leaves to the end of ``bounds`` it heads to (infinite for an
       unbounded measure);
     - ``""``: nothing the budgets support: fewer than ``TAIL`` budgets with a mean and an interval
-      (two seeds or more) among the largest, or a tail that is neither a trend nor a constant.
+      (two seeds or more) among the largest, or a tail that does not fit its model (a zig-zag).
 
     ``level`` and ``slope`` are the line's at the largest budget (a plateau's ``level``: its mean);
     ``last`` is that budget's steps, ``last_mean`` and ``last_ci`` its measure.  Intervals are clipped
@@ -344,15 +347,25 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
         slope = ((w * (x - xm)) * (y - ym[:, None])).sum(-1) / (w * (x - xm) ** 2).sum()
         return ym - slope * xm, slope
 
+    def misfit(y, slope: bool):  # χ² of y about its weighted mean (slope=False) or its weighted line, per row
+        y = np.atleast_2d(y)
+        at, b = line(y)
+        centre = at[:, None] + b[:, None] * x if slope else ((y * w).sum(-1) / w.sum())[:, None]
+        return (w * (y - centre) ** 2).sum(-1)
+
     level, slope = (float(v[0]) for v in line(mean))
     levels, slopes = line(draws)
     slope_lo, slope_hi = (float(v) for v in np.percentile(slopes, [2.5, 97.5]))
     out = {**out, "level": level, "slope": slope, "slope_lo": slope_lo, "slope_hi": slope_hi,
            "last": float(steps[-1]), "last_mean": float(mean[-1]), "last_ci": float(ci[-1])}
-    if slope_lo <= 0 <= slope_hi:
+    # Does the model fit the budgets at all?  Their χ² about it against its 95 % point under the same
+    # Student-t noise as the redraws (``draws - mean``; χ² tables would assume the se's exact, and reject
+    # far more often than 5 % at 4 seeds).
+    trend = not slope_lo <= 0 <= slope_hi
+    if misfit(mean, trend)[0] > np.percentile(misfit(draws - mean, trend), 95):
+        return out  # a zig-zag: neither a constant nor a line: nothing to carry forward
+    if not trend:
         constant = float((w * mean).sum() / w.sum())
-        if (w * (mean - constant) ** 2).sum() > stats.chi2.ppf(0.95, len(x) - 1):
-            return {**out, "model": ""}  # no trend, yet no constant either: nothing to carry forward
         ahead = levels + slopes * np.log2(target / steps.max())  # the line, carried to the target
         lo, hi = np.percentile(np.c_[(draws * w).sum(-1) / w.sum(), ahead], [2.5, 97.5], axis=0)
         return {**out, "model": PLATEAU, "level": constant, "extrapolated": float(np.clip(constant, low, high)),
@@ -406,13 +419,18 @@ def settle(f, threshold: float) -> tuple[str, float]:
         falling = f["slope_hi"] < 0
         end = f["last_mean"] + f["last_ci"] if falling else f["last_mean"] - f["last_ci"]
         gap = threshold - end  # the way the trailing end has to move, at ``s`` per doubling
-        at = [f["last"] * 2 ** (gap / s) if gap * s > 0 else f["last"] if gap == 0 else np.inf
-              for s in (f["slope"], f["slope_lo"], f["slope_hi"])]
+        at = [f["last"] * np.exp2(min(gap / s, 200.0)) if gap * s > 0 else f["last"] if gap == 0 else np.inf
+              for s in (f["slope"], f["slope_lo"], f["slope_hi"])]  # (200 doublings: "over 100 × the paper's")
         lo, hi = sorted(at[1:])
-        beyond = " (beyond the paper's budget)" if at[0] > f["target_steps"] else ""
-        when = f"at about {_round(at[0])} steps{beyond}" if np.isfinite(at[0]) else "never at its fitted slope"
-        return (f"the trend, if it went on, would settle it {when} "
-                f"({_round(lo)} to {_round(hi)} over its slope's interval)"), float(at[0])
+        far = 100 * f["target_steps"]  # budgets beyond this are "never" for any purpose
+
+        def budget(steps):
+            return f"over {_round(far)}" if not steps <= far else _round(steps)
+
+        when = (f"at about {budget(at[0])} steps" + (", beyond the paper's budget" if at[0] > f["target_steps"] else "")
+                if np.isfinite(at[0]) else "never at its fitted slope")
+        return (f"the trend, if it went on, would settle it {when} ({budget(lo)} to {budget(hi)} over its slope's "
+                "interval)"), float(at[0])
     if f["model"] in (POWER_LAW, PLATEAU):
         x = f["extrapolated"]
         needed = seeds_to_settle(x, f["hi"] - x if x < threshold else x - f["lo"], int(f["n"]), threshold)
@@ -471,7 +489,8 @@ def fits(measured: pd.DataFrame, cfg: Config) -> pd.DataFrame:
                "verdict": last.verdict, "moved_by_doubling": moved, "converged": converged, **f,
                "verdict_extrapolated": interval_verdict(f["lo"], f["hi"], last.threshold, last.side)}
         row["extrapolation"] = describe(row)
-        row["settle"], row["settle_steps"] = settle(row, last.threshold) \
+        seeds = int(ok.n.iloc[-1]) if len(ok) else 0  # at the largest budget measured: its seeds would be added to
+        row["settle"], row["settle_steps"] = settle({**row, "n": seeds}, last.threshold) \
             if row["verdict_extrapolated"] == INCONCLUSIVE else ("", np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -587,7 +606,8 @@ class ClaimsScaling(Figure):
                 grid = np.geomspace(m.steps.min(), f.target_steps, 100)
                 shape = (f"floor {f.floor:.3g}, exponent {f.exponent:.2g}" if f.exponent >= 0.01 else
                          "a log-linear trend (exponent → 0)")
-                ax.plot(grid, fitted(f, grid, m.steps.max()), color="tab:blue", label=f"fit: {shape}")
+                ax.plot(grid, fitted(f, grid, m[np.isfinite(m.value)].steps.max()), color="tab:blue",
+                        label=f"fit: {shape}")
             elif f.model:
                 line = t[t.kind == "fit"]
                 ax.plot(line.steps, line.value, color="tab:blue", lw=2,
