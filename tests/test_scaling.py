@@ -677,6 +677,11 @@ def test_an_undecided_extrapolation_says_what_would_settle_it():
     assert (f.model, f.verdict_extrapolated) == (scaling.PLATEAU, "inconclusive")
     assert f.settle.startswith("about ") and f.settle.endswith(" seeds at each budget would settle it, if the spread "
                                                                "stays") and int(f.settle.split()[1]) > 4, f.settle
+    # One on its threshold (the shift claim's extrapolation, 1.53 [0.70, 1.95] against 1.5) would need more seeds
+    # than anyone would run, and says so with the distance.
+    row = {"model": scaling.POWER_LAW, "extrapolated": 1.53, "lo": 0.70, "hi": 1.95, "n": 4}
+    assert scaling.settle(row, 1.5)[0] == ("over 1,000 seeds at each budget would be needed to settle it: it lies "
+                                           "0.03 from the threshold")
 
 
 def test_the_report_curves_and_claims_note_name_the_model_behind_each_extrapolation():

@@ -435,7 +435,8 @@ def settle(f, threshold: float) -> tuple[str, float]:
         x = f["extrapolated"]
         needed = seeds_to_settle(x, f["hi"] - x if x < threshold else x - f["lo"], int(f["n"]), threshold)
         return (f"about {needed} seeds at each budget would settle it, if the spread stays" if needed else
-                "more seeds at these budgets would not settle it"), np.nan
+                f"over 1,000 seeds at each budget would be needed to settle it: it lies {abs(x - threshold):.2g} "
+                "from the threshold"), np.nan
     return "", np.nan
 
 
