@@ -323,9 +323,9 @@ def extrapolate(steps, mean, ci, n, target: float, n_boot: int = 400, seed: int 
 
     low, high = (float(b) for b in bounds)
     steps, mean, ci, n = (np.asarray(a, float) for a in (steps, mean, ci, n))
-    out = {"model": "", "floor": np.nan, "amplitude": np.nan, "exponent": np.nan, "level": np.nan, "slope": np.nan,
-           "slope_lo": np.nan, "slope_hi": np.nan, "extrapolated": np.nan, "lo": np.nan, "hi": np.nan,
-           "target_steps": target, "last": np.nan, "last_mean": np.nan, "last_ci": np.nan}
+    out = {"model": "", **dict.fromkeys(("floor", "amplitude", "exponent", "level", "slope", "slope_lo", "slope_hi",
+                                          "extrapolated", "lo", "hi"), np.nan),
+           "target_steps": target, **dict.fromkeys(("last", "last_mean", "last_ci"), np.nan)}
     measured = np.isfinite(mean)
     steps, mean, ci, n = steps[measured], mean[measured], ci[measured], n[measured]
     if len(steps) >= 4:
